@@ -1,0 +1,72 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ip"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/bpfbridge/bpfbridge/datapath/topology"
+	"github.com/bpfbridge/bpfbridge/ipam"
+)
+
+// cmdCheck verifies that the attachment still looks as ADD left it, as
+// described by prevResult: the address reservation, the veth pair on the
+// bridge, and the container's addresses and routes.
+func cmdCheck(args *skel.CmdArgs) error {
+	conf, err := loadConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	prev, err := conf.prevResult()
+	if err != nil {
+		return err
+	}
+	if prev == nil {
+		return invalidConf("\"prevResult\" is required for CHECK")
+	}
+	contIdx := -1
+	for i, intf := range prev.Interfaces {
+		if intf.Name == args.IfName && intf.Sandbox == args.Netns {
+			contIdx = i
+		}
+	}
+	if contIdx < 0 {
+		return checkFailed("prevResult lists no interface %q in %s", args.IfName, args.Netns)
+	}
+	if conf.IPAM.Type != "" {
+		if err := ipam.Check(conf.IPAM.Type, args); err != nil {
+			return err
+		}
+	}
+	netns, err := ns.GetNS(args.Netns)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q: %v", args.Netns, err), "")
+	}
+	defer netns.Close()
+	if err := topology.VerifyVeth(netns, args.IfName, prev.Interfaces[contIdx].Mac, conf.Bridge); err != nil {
+		return checkFailed("%v", err)
+	}
+	var ips []*current.IPConfig
+	for _, ipc := range prev.IPs {
+		if ipc.Interface != nil && *ipc.Interface == contIdx {
+			ips = append(ips, ipc)
+		}
+	}
+	return netns.Do(func(ns.NetNS) error {
+		if err := ip.ValidateExpectedInterfaceIPs(args.IfName, ips); err != nil {
+			return checkFailed("%v", err)
+		}
+		if err := ip.ValidateExpectedRoute(prev.Routes); err != nil {
+			return checkFailed("%v", err)
+		}
+		return nil
+	})
+}
+
+func checkFailed(format string, args ...any) error {
+	return types.NewError(errCheckFailed, "CHECK: "+fmt.Sprintf(format, args...), "")
+}

@@ -1,0 +1,267 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/utils"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/bpfbridge/bpfbridge/datapath/topology"
+)
+
+// defaultBridge is the reference plugin's default bridge name.
+const defaultBridge = "cni0"
+
+// Plugin-specific CNI error codes (the spec reserves 100 and up); the
+// host-local IPAM owns 100-109.
+const (
+	// errHostConflict: the node's links disagree with the config (an
+	// existing bridge with another MTU, a foreign address on the bridge).
+	errHostConflict uint = 110
+	// errCheckFailed: CHECK found the attachment differs from prevResult.
+	errCheckFailed uint = 111
+)
+
+// NetConf is the configuration of a bpfbridge network: every key of the
+// reference bridge plugin, so existing configs work unchanged.
+type NetConf struct {
+	types.NetConf
+
+	Bridge                    string      `json:"bridge"`
+	IsGateway                 bool        `json:"isGateway"`
+	IsDefaultGateway          bool        `json:"isDefaultGateway"`
+	ForceAddress              bool        `json:"forceAddress"`
+	IPMasq                    bool        `json:"ipMasq"`
+	IPMasqBackend             *string     `json:"ipMasqBackend,omitempty"` // accepted, ignored: eBPF is our only backend
+	MTU                       int         `json:"mtu"`
+	HairpinMode               bool        `json:"hairpinMode"`
+	PromiscMode               bool        `json:"promiscMode"`
+	Vlan                      int         `json:"vlan"`
+	VlanTrunk                 []VlanTrunk `json:"vlanTrunk,omitempty"`
+	PreserveDefaultVlan       bool        `json:"preserveDefaultVlan"`
+	MacSpoofChk               bool        `json:"macspoofchk"`
+	EnableDad                 bool        `json:"enabledad"`
+	DisableContainerInterface bool        `json:"disableContainerInterface"`
+	PortIsolation             bool        `json:"portIsolation"`
+
+	// Args holds args.cni.mac; other keys (Mesos sends
+	// args["org.apache.mesos"]) are ignored.
+	Args struct {
+		CNI struct {
+			MAC string `json:"mac,omitempty"`
+		} `json:"cni"`
+	} `json:"args"`
+	RuntimeConfig struct {
+		MAC string `json:"mac,omitempty"`
+	} `json:"runtimeConfig"`
+
+	// trunk is VlanTrunk expanded into sorted, distinct VLAN IDs.
+	trunk []int
+}
+
+// VlanTrunk is one entry of vlanTrunk: a single id or a minID-maxID range.
+type VlanTrunk struct {
+	MinID *int `json:"minID,omitempty"`
+	MaxID *int `json:"maxID,omitempty"`
+	ID    *int `json:"id,omitempty"`
+}
+
+// envArgs are the CNI_ARGS keys bpfbridge reads; IP is listed so that
+// static-address requests meant for IPAM are not "unknown".
+type envArgs struct {
+	types.CommonArgs
+	MAC types.UnmarshallableString `json:"mac,omitempty"`
+	IP  types.UnmarshallableString `json:"ip,omitempty"`
+}
+
+// loadConf decodes and validates a network configuration. It checks what
+// every verb relies on; checks that only matter when creating an attachment
+// are in validateForAdd, so that DEL still cleans up after a config that ADD
+// rejected.
+func loadConf(stdin []byte) (*NetConf, error) {
+	conf := &NetConf{Bridge: defaultBridge}
+	if err := json.Unmarshal(stdin, conf); err != nil {
+		return nil, decodeError(err)
+	}
+	// A config without cniVersion is 0.1.0; libcni passes it on as "".
+	if conf.CNIVersion == "" {
+		conf.CNIVersion = "0.1.0"
+	}
+	if conf.IsDefaultGateway {
+		conf.IsGateway = true
+	}
+	if err := utils.ValidateInterfaceName(conf.Bridge); err != nil {
+		return nil, invalidConf("\"bridge\": %q is not a valid interface name: %s", conf.Bridge, err.Msg)
+	}
+	if conf.MTU < 0 || conf.MTU > 65535 {
+		return nil, invalidConf("\"mtu\": %d is out of range (0-65535)", conf.MTU)
+	}
+	if conf.Vlan < 0 || conf.Vlan > 4094 {
+		return nil, invalidConf("\"vlan\": %d is out of range (0-4094)", conf.Vlan)
+	}
+	trunk, err := expandTrunk(conf.VlanTrunk)
+	if err != nil {
+		return nil, err
+	}
+	conf.trunk = trunk
+	return conf, nil
+}
+
+// validateForAdd rejects configs that cannot be honoured, before anything is
+// created.
+func (c *NetConf) validateForAdd() error {
+	if c.IPMasq {
+		return types.NewError(types.ErrUnsupportedField,
+			"\"ipMasq\": true is not supported yet: bpfbridge masquerades in eBPF, which this build lacks; set \"ipMasq\": false", "")
+	}
+	if c.MacSpoofChk {
+		return types.NewError(types.ErrUnsupportedField,
+			"\"macspoofchk\": true is not supported yet: bpfbridge checks MACs in eBPF, which this build lacks; set \"macspoofchk\": false", "")
+	}
+	if c.HairpinMode && c.PromiscMode {
+		return invalidConf("\"hairpinMode\": true and \"promiscMode\": true cannot be set together")
+	}
+	if c.DisableContainerInterface && c.IPAM.Type != "" {
+		return invalidConf("\"disableContainerInterface\": true cannot be used with \"ipam\" (type %q): addresses need the interface up", c.IPAM.Type)
+	}
+	if c.IPAM.Type == "" {
+		// Results before 0.3.0 can only carry addresses (ip4/ip6).
+		if ok, _ := version.GreaterThanOrEqualTo(c.CNIVersion, "0.3.0"); !ok {
+			return invalidConf("\"ipam\" is required with \"cniVersion\": %q: its results carry only addresses", c.CNIVersion)
+		}
+	}
+	return nil
+}
+
+// containerMAC resolves the container interface's MAC address; the
+// precedence is runtimeConfig.mac, then args.cni.mac, then CNI_ARGS MAC, as
+// in the reference plugin. It returns "" when none is set.
+func (c *NetConf) containerMAC(cniArgs string) (string, error) {
+	for _, src := range []struct{ key, value string }{
+		{"runtimeConfig.mac", c.RuntimeConfig.MAC},
+		{"args.cni.mac", c.Args.CNI.MAC},
+	} {
+		if src.value == "" {
+			continue
+		}
+		if _, err := net.ParseMAC(src.value); err != nil {
+			return "", invalidConf("%q: %q is not a MAC address", src.key, src.value)
+		}
+		return src.value, nil
+	}
+	var env envArgs
+	if err := types.LoadArgs(cniArgs, &env); err != nil {
+		return "", types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_ARGS %q: %v", cniArgs, err), "")
+	}
+	if mac := string(env.MAC); mac != "" {
+		if _, err := net.ParseMAC(mac); err != nil {
+			return "", types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_ARGS MAC=%q is not a MAC address", mac), "")
+		}
+		return mac, nil
+	}
+	return "", nil
+}
+
+// prevResult returns the result of the previous plugin in a chain, or nil.
+func (c *NetConf) prevResult() (*current.Result, error) {
+	if c.RawPrevResult == nil {
+		return nil, nil
+	}
+	if err := version.ParsePrevResult(&c.NetConf); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("\"prevResult\": %v", err), "")
+	}
+	prev, err := current.NewResultFromResult(c.PrevResult)
+	if err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("\"prevResult\": %v", err), "")
+	}
+	return prev, nil
+}
+
+// portConfig is how the container's host-side veth joins the bridge.
+func (c *NetConf) portConfig() topology.PortConfig {
+	return topology.PortConfig{
+		Hairpin:             c.HairpinMode,
+		Isolated:            c.PortIsolation,
+		Vlan:                c.Vlan,
+		Trunk:               c.trunk,
+		PreserveDefaultVlan: c.PreserveDefaultVlan,
+	}
+}
+
+// bridgeConfig is the desired state of the network's bridge.
+func (c *NetConf) bridgeConfig() topology.BridgeConfig {
+	return topology.BridgeConfig{
+		Name:          c.Bridge,
+		MTU:           c.MTU,
+		Promisc:       c.PromiscMode,
+		VlanFiltering: c.Vlan != 0 || len(c.trunk) > 0,
+	}
+}
+
+// expandTrunk turns vlanTrunk entries into sorted, distinct VLAN IDs.
+func expandTrunk(entries []VlanTrunk) ([]int, error) {
+	var vids []int
+	for i, e := range entries {
+		key := fmt.Sprintf("vlanTrunk[%d]", i)
+		switch {
+		case e.MinID != nil && e.MaxID != nil:
+			if err := checkVid(key+".minID", *e.MinID); err != nil {
+				return nil, err
+			}
+			if err := checkVid(key+".maxID", *e.MaxID); err != nil {
+				return nil, err
+			}
+			if *e.MaxID < *e.MinID {
+				return nil, invalidConf("%q: maxID %d is below minID %d", key, *e.MaxID, *e.MinID)
+			}
+			for v := *e.MinID; v <= *e.MaxID; v++ {
+				vids = append(vids, v)
+			}
+		case e.MinID != nil || e.MaxID != nil:
+			return nil, invalidConf("%q: minID and maxID must be set together", key)
+		}
+		if e.ID != nil {
+			if err := checkVid(key+".id", *e.ID); err != nil {
+				return nil, err
+			}
+			vids = append(vids, *e.ID)
+		}
+	}
+	slices.Sort(vids)
+	return slices.Compact(vids), nil
+}
+
+func checkVid(key string, v int) error {
+	if v < 1 || v > 4094 {
+		return invalidConf("%q: %d is out of range (1-4094)", key, v)
+	}
+	return nil
+}
+
+// decodeError names the offending key of a JSON decoding failure.
+func decodeError(err error) error {
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) {
+		return invalidConf("%q: expected %s, got JSON %s", typeErr.Field, typeErr.Type, typeErr.Value)
+	}
+	return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("network config is not valid JSON: %v", err), "")
+}
+
+func invalidConf(format string, args ...any) error {
+	return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(format, args...), "")
+}
+
+// hostError gives errors caused by the node's state their CNI code.
+func hostError(err error) error {
+	var conflict *topology.ConflictError
+	if errors.As(err, &conflict) {
+		return types.NewError(errHostConflict, conflict.Msg, "")
+	}
+	return err
+}

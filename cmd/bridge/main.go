@@ -1,0 +1,71 @@
+// Command bridge is bpfbridge's CNI plugin, a drop-in replacement for the
+// reference "bridge" plugin with host-local IPAM built in. Run by a container
+// runtime (CNI_COMMAND set) it serves the CNI verbs; run by a person with
+// arguments it is the operator's command-line tool.
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/utils"
+	"github.com/containernetworking/cni/pkg/version"
+)
+
+// Set at build time with -ldflags "-X main.buildVersion=… -X main.buildCommit=…".
+var (
+	buildVersion = "dev"
+	buildCommit  = "unknown"
+)
+
+func init() {
+	// Namespace switches (setns) act on one OS thread; keep main on the
+	// thread group leader so the plugin's own namespace never moves.
+	runtime.LockOSThread()
+}
+
+func main() {
+	if os.Getenv("CNI_COMMAND") == "" && len(os.Args) > 1 {
+		os.Exit(runCLI(os.Args[1:]))
+	}
+	err := skel.PluginMainFuncsWithError(skel.CNIFuncs{
+		Add:    cmdAdd,
+		Del:    cmdDel,
+		Check:  cmdCheck,
+		GC:     cmdGC,
+		Status: cmdStatus,
+	}, version.All, about())
+	if err != nil {
+		nameBadEnv(err)
+		if perr := err.Print(); perr != nil {
+			fmt.Fprintln(os.Stderr, "bridge: print error:", perr)
+		}
+		os.Exit(1)
+	}
+}
+
+// nameBadEnv adds the offending variable and value to skel's validation
+// errors for CNI_CONTAINERID and CNI_IFNAME, whose messages name neither.
+func nameBadEnv(err *types.Error) {
+	if err.Code != types.ErrInvalidEnvironmentVariables {
+		return
+	}
+	for _, v := range []struct {
+		name     string
+		validate func(string) *types.Error
+	}{
+		{"CNI_CONTAINERID", utils.ValidateContainerID},
+		{"CNI_IFNAME", utils.ValidateInterfaceName},
+	} {
+		if value := os.Getenv(v.name); value != "" && v.validate(value) != nil {
+			err.Msg = fmt.Sprintf("%s=%q: %s", v.name, value, err.Msg)
+		}
+	}
+}
+
+func about() string {
+	return fmt.Sprintf("bpfbridge bridge %s (commit %s)", buildVersion, buildCommit)
+}

@@ -1,0 +1,20 @@
+package main
+
+import (
+	"github.com/containernetworking/cni/pkg/skel"
+
+	"github.com/bpfbridge/bpfbridge/ipam"
+)
+
+// cmdStatus reports whether the network can serve an ADD now; the IPAM
+// answers for its address pool and store.
+func cmdStatus(args *skel.CmdArgs) error {
+	conf, err := loadConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if conf.IPAM.Type == "" {
+		return nil
+	}
+	return ipam.Status(conf.IPAM.Type, args)
+}

@@ -1,0 +1,340 @@
+// Package e2e tests bpfbridge end to end: real plugin binaries driven by
+// real CNI clients (libcni, cnitool) in throwaway network namespaces built by
+// test/sandbox. Run as root: `make test`.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+
+	"github.com/bpfbridge/bpfbridge/test/sandbox"
+)
+
+// bins are the plugin binaries and tools under test, found once.
+var bins sandbox.Binaries
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "e2e: these tests create network namespaces and must run as root (sudo make test)")
+		os.Exit(1)
+	}
+	var err error
+	if bins, err = sandbox.FindBinaries(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+// opTimeout bounds every plugin invocation.
+const opTimeout = 30 * time.Second
+
+// network is one CNI network on a sandbox node, driven through libcni as a
+// container runtime drives it.
+type network struct {
+	t       *testing.T
+	sb      *sandbox.Sandbox
+	list    *libcni.NetworkConfigList
+	cni     *libcni.CNIConfig
+	name    string
+	dataDir string // the IPAM store root (ipam.dataDir)
+}
+
+// newNetwork parses conf, a single plugin config, and serves it with the
+// plugins in pluginDir. libcni's result cache goes to a temporary directory,
+// never /var/lib/cni.
+func newNetwork(t *testing.T, sb *sandbox.Sandbox, conf string, pluginDir string) *network {
+	t.Helper()
+	c, err := libcni.ConfFromBytes([]byte(conf))
+	if err != nil {
+		t.Fatalf("parse config: %v\n%s", err, conf)
+	}
+	list, err := libcni.ConfListFromConf(c)
+	if err != nil {
+		t.Fatalf("config list: %v", err)
+	}
+	var ipam struct {
+		IPAM struct {
+			DataDir string `json:"dataDir"`
+		} `json:"ipam"`
+	}
+	_ = json.Unmarshal([]byte(conf), &ipam)
+	return &network{
+		t:       t,
+		sb:      sb,
+		list:    list,
+		cni:     libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(), nil),
+		name:    c.Network.Name,
+		dataDir: ipam.IPAM.DataDir,
+	}
+}
+
+func runtimeConf(ctr *sandbox.NetNS, id, ifname string) *libcni.RuntimeConf {
+	rt := &libcni.RuntimeConf{ContainerID: id, IfName: ifname}
+	if ctr != nil {
+		rt.NetNS = ctr.Path
+	}
+	return rt
+}
+
+// add attaches ctr (as container id, interface ifname) from inside the node.
+func (n *network) add(ctr *sandbox.NetNS, id, ifname string) (types.Result, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	var res types.Result
+	err := n.sb.InNode(func() error {
+		var err error
+		res, err = n.cni.AddNetworkList(ctx, n.list, runtimeConf(ctr, id, ifname))
+		return err
+	})
+	return res, err
+}
+
+// mustAdd is add for attachments the test expects to succeed; it returns
+// the result in the current CNI version.
+func (n *network) mustAdd(ctr *sandbox.NetNS, id, ifname string) *current.Result {
+	n.t.Helper()
+	res, err := n.add(ctr, id, ifname)
+	if err != nil {
+		n.t.Fatalf("ADD %s/%s: %v", id, ifname, err)
+	}
+	cur, err := current.NewResultFromResult(res)
+	if err != nil {
+		n.t.Fatalf("ADD %s/%s: convert result: %v", id, ifname, err)
+	}
+	return cur
+}
+
+// del detaches; ctr nil means no CNI_NETNS, as after a node reboot.
+func (n *network) del(ctr *sandbox.NetNS, id, ifname string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	return n.sb.InNode(func() error {
+		return n.cni.DelNetworkList(ctx, n.list, runtimeConf(ctr, id, ifname))
+	})
+}
+
+func (n *network) check(ctr *sandbox.NetNS, id, ifname string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	return n.sb.InNode(func() error {
+		return n.cni.CheckNetworkList(ctx, n.list, runtimeConf(ctr, id, ifname))
+	})
+}
+
+// storeDir is the network's directory in the IPAM store.
+func (n *network) storeDir() string { return filepath.Join(n.dataDir, n.name) }
+
+// allocations maps each allocated address in the store to the file's
+// content, skipping the store's bookkeeping files.
+func (n *network) allocations() map[string]string {
+	n.t.Helper()
+	got := map[string]string{}
+	entries, err := os.ReadDir(n.storeDir())
+	if os.IsNotExist(err) {
+		return got
+	}
+	if err != nil {
+		n.t.Fatalf("read store: %v", err)
+	}
+	for _, e := range entries {
+		if _, err := netip.ParseAddr(e.Name()); err != nil {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(n.storeDir(), e.Name()))
+		if err != nil {
+			n.t.Fatalf("read allocation: %v", err)
+		}
+		got[e.Name()] = string(data)
+	}
+	return got
+}
+
+// assertStoreEmpty fails unless no address is allocated and no attachment
+// is indexed.
+func (n *network) assertStoreEmpty() {
+	n.t.Helper()
+	if a := n.allocations(); len(a) != 0 {
+		n.t.Errorf("allocations left in the store: %v", a)
+	}
+	idx, err := os.ReadDir(filepath.Join(n.storeDir(), ".attachments"))
+	if err != nil && !os.IsNotExist(err) {
+		n.t.Fatal(err)
+	}
+	if len(idx) != 0 {
+		n.t.Errorf("%d attachment index entries left in the store", len(idx))
+	}
+}
+
+// bridgePorts returns the names of the ports of bridge in the node.
+func bridgePorts(t *testing.T, sb *sandbox.Sandbox, bridge string) []string {
+	t.Helper()
+	var ports []string
+	err := sb.InNode(func() error {
+		br, err := netlink.LinkByName(bridge)
+		if err != nil {
+			return err
+		}
+		links, err := netlink.LinkList()
+		for _, l := range links {
+			if l.Attrs().MasterIndex == br.Attrs().Index {
+				ports = append(ports, l.Attrs().Name)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("list ports of %s: %v", bridge, err)
+	}
+	return ports
+}
+
+// nodeVeths returns the names of the veths in the node other than the
+// sandbox's uplink: the host ends of container attachments.
+func nodeVeths(t *testing.T, sb *sandbox.Sandbox) []string {
+	t.Helper()
+	var names []string
+	err := sb.InNode(func() error {
+		links, err := netlink.LinkList()
+		for _, l := range links {
+			if l.Type() == "veth" && l.Attrs().Name != sandbox.NodeUplinkName {
+				names = append(names, l.Attrs().Name)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("list node links: %v", err)
+	}
+	return names
+}
+
+// linkIn returns the link named name inside n, failing the test if absent.
+func linkIn(t *testing.T, n *sandbox.NetNS, name string) netlink.Link {
+	t.Helper()
+	var link netlink.Link
+	if err := n.Do(func() (err error) { link, err = netlink.LinkByName(name); return err }); err != nil {
+		t.Fatalf("%s in %s: %v", name, n.Name, err)
+	}
+	return link
+}
+
+// hasLink reports whether n has a link named name.
+func hasLink(t *testing.T, n *sandbox.NetNS, name string) bool {
+	t.Helper()
+	found := false
+	_ = n.Do(func() error {
+		_, err := netlink.LinkByName(name)
+		found = err == nil
+		return nil
+	})
+	return found
+}
+
+// resultJSON renders res in its own CNI version as a generic JSON object.
+func resultJSON(t *testing.T, res types.Result) map[string]any {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := res.PrintTo(&buf); err != nil {
+		t.Fatalf("print result: %v", err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
+		t.Fatalf("result is not JSON: %v\n%s", err, buf.String())
+	}
+	return m
+}
+
+// cniCode returns the CNI error code of err, or 0 when err is not a CNI error.
+func cniCode(err error) uint {
+	var e *types.Error
+	for err != nil {
+		if te, ok := err.(*types.Error); ok {
+			e = te
+			break
+		}
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			break
+		}
+		err = u.Unwrap()
+	}
+	if e == nil {
+		return 0
+	}
+	return e.Code
+}
+
+// newContainers creates count container namespaces named <base><i>.
+func newContainers(t *testing.T, sb *sandbox.Sandbox, base string, count int) []*sandbox.NetNS {
+	t.Helper()
+	var ctrs []*sandbox.NetNS
+	for i := range count {
+		c, err := sb.NewContainer(fmt.Sprintf("%s%d", base, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctrs = append(ctrs, c)
+	}
+	return ctrs
+}
+
+// addrsOf returns the addresses of ifname inside n, as prefixes, excluding
+// link-local ones.
+func addrsOf(t *testing.T, n *sandbox.NetNS, ifname string) []string {
+	t.Helper()
+	var got []string
+	err := n.Do(func() error {
+		link, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return err
+		}
+		addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+		for _, a := range addrs {
+			if !a.IP.IsLinkLocalUnicast() {
+				got = append(got, a.IPNet.String())
+			}
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("addresses of %s in %s: %v", ifname, n.Name, err)
+	}
+	slices.Sort(got)
+	return got
+}
+
+// mustContain fails unless s contains every one of subs.
+func mustContain(t *testing.T, what, s string, subs ...string) {
+	t.Helper()
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			t.Errorf("%s %q does not mention %q", what, s, sub)
+		}
+	}
+}
+
+// resultIP returns the first address of res without its prefix length. It
+// is safe to call from any goroutine.
+func resultIP(t *testing.T, res types.Result) string {
+	cur, err := current.NewResultFromResult(res)
+	if err != nil || len(cur.IPs) == 0 {
+		t.Errorf("result without addresses: %v (%v)", res, err)
+		return ""
+	}
+	return cur.IPs[0].Address.IP.String()
+}
