@@ -37,9 +37,9 @@ type BridgeConfig struct {
 }
 
 // EnsureBridge returns the bridge named cfg.Name, creating it when missing,
-// and makes sure it is up with the configured promiscuity and VLAN filtering.
-// An existing link with that name that is not a bridge, or a bridge whose MTU
-// differs from a configured MTU, is a *ConflictError.
+// and makes sure it is up with the configured MTU, promiscuity and VLAN
+// filtering. An existing link with that name that is not a bridge, or a
+// bridge in use whose MTU differs from a configured MTU, is a *ConflictError.
 func EnsureBridge(cfg BridgeConfig) (*netlink.Bridge, error) {
 	br, err := LookupBridge(cfg.Name)
 	if errors.As(err, new(netlink.LinkNotFoundError)) {
@@ -49,8 +49,9 @@ func EnsureBridge(cfg BridgeConfig) (*netlink.Bridge, error) {
 		return nil, err
 	}
 	if cfg.MTU != 0 && br.MTU != cfg.MTU {
-		return nil, conflictf("bridge %q has mtu %d but the config sets \"mtu\": %d; "+
-			"align the config or delete the bridge once no container uses it", cfg.Name, br.MTU, cfg.MTU)
+		if err := adoptMTU(br, cfg.MTU); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.VlanFiltering && (br.VlanFiltering == nil || !*br.VlanFiltering) {
 		if err := netlink.BridgeSetVlanFiltering(br, true); err != nil {
@@ -75,7 +76,6 @@ func EnsureBridge(cfg BridgeConfig) (*netlink.Bridge, error) {
 func createBridge(cfg BridgeConfig) (*netlink.Bridge, error) {
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = cfg.Name
-	attrs.MTU = cfg.MTU
 	br := &netlink.Bridge{LinkAttrs: attrs}
 	if cfg.VlanFiltering {
 		br.VlanFiltering = &cfg.VlanFiltering
@@ -97,10 +97,52 @@ func createBridge(cfg BridgeConfig) (*netlink.Bridge, error) {
 	if err := netlink.LinkSetHardwareAddr(created, created.HardwareAddr); err != nil {
 		return nil, fmt.Errorf("pin MAC of bridge %q: %w", cfg.Name, err)
 	}
+	// The MTU is set after creation, not with it: only an explicit change
+	// marks it as the operator's, for the kernel to keep.
+	if cfg.MTU != 0 && created.MTU != cfg.MTU {
+		if err := setMTU(created, cfg.MTU); err != nil {
+			return nil, err
+		}
+	}
 	// The gateway owns the routes of this network; router advertisements
 	// from a container must not add routes to the node.
 	_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/accept_ra", cfg.Name), "0")
 	return created, nil
+}
+
+// adoptMTU sets the configured MTU on an existing bridge that has no ports.
+// A bridge whose MTU was never set explicitly follows its smallest port and
+// falls back to 1500 when its last port leaves, so a port-less bridge with
+// another MTU is normal and nothing depends on it. With ports, their veths
+// carry the old MTU: changing the bridge under them would leave the network
+// inconsistent, so the operator decides.
+func adoptMTU(br *netlink.Bridge, mtu int) error {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	ports := 0
+	for _, l := range links {
+		if l.Attrs().MasterIndex == br.Index {
+			ports++
+		}
+	}
+	if ports > 0 {
+		return conflictf("bridge %q has mtu %d but the config sets \"mtu\": %d, and %d port(s) use the bridge; "+
+			"align the config, or detach those containers so the bridge can take the new MTU", br.Name, br.MTU, mtu, ports)
+	}
+	return setMTU(br, mtu)
+}
+
+// setMTU sets the bridge's MTU explicitly. Unlike the MTU given at
+// creation, an explicit one is kept by the kernel as containers come and go
+// instead of following the smallest port.
+func setMTU(br *netlink.Bridge, mtu int) error {
+	if err := netlink.LinkSetMTU(br, mtu); err != nil {
+		return fmt.Errorf("set mtu %d on bridge %q: %w", mtu, br.Name, err)
+	}
+	br.MTU = mtu
+	return nil
 }
 
 // LookupBridge returns the bridge named name; a link of another type with

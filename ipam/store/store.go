@@ -142,9 +142,6 @@ func (s *Store) Reserve(a Attachment, rs []Reservation, prior []netip.Addr) (err
 	for _, r := range rs {
 		held = append(held, r.IP)
 	}
-	if err := s.writeIndex(a, held); err != nil {
-		return err
-	}
 	var created []netip.Addr
 	defer func() {
 		if err == nil {
@@ -155,6 +152,9 @@ func (s *Store) Reserve(a Attachment, rs []Reservation, prior []netip.Addr) (err
 		}
 		s.restoreIndex(a, prior)
 	}()
+	if err := s.writeIndex(a, held); err != nil {
+		return err
+	}
 	for _, r := range rs {
 		if err := s.createAddrFile(a, r.IP); err != nil {
 			return err

@@ -115,6 +115,9 @@ func TestDCOSConfigThroughCnitool(t *testing.T) {
 	if v := nodeVeths(t, sb); len(v) != 0 {
 		t.Errorf("host veths left after DEL: %v", v)
 	}
+	if got := linkIn(t, sb.Node, "m-dcos").Attrs().MTU; got != 1420 {
+		t.Errorf("bridge m-dcos MTU after the last DEL = %d, want 1420", got)
+	}
 }
 
 // assertDefaultRoute fails unless n has a default route via gw.

@@ -54,30 +54,24 @@ func TestExhaustionLeavesNothing(t *testing.T) {
 }
 
 // TestFailureAfterAllocationUndoesAll makes ADD fail after IPAM allocated
-// (the bridge's MTU disagrees) and after the veth exists (a foreign address
-// on the bridge): both leave no allocation and no veth behind.
+// (a bridge in use has another MTU) and after the veth exists (a foreign
+// address on the bridge): neither leaves an allocation or a veth behind.
 func TestFailureAfterAllocationUndoesAll(t *testing.T) {
 	sb := sandbox.ForTest(t)
 	err := sb.InNode(func() error {
-		for _, br := range []struct {
-			name string
-			mtu  int
-			addr string
-		}{{"br-mtu", 1500, ""}, {"br-addr", 1420, "10.61.0.77/24"}} {
-			attrs := netlink.NewLinkAttrs()
-			attrs.Name, attrs.MTU = br.name, br.mtu
-			if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
-				return err
-			}
-			if br.addr != "" {
-				addr, _ := netlink.ParseAddr(br.addr)
-				link, _ := netlink.LinkByName(br.name)
-				if err := netlink.AddrAdd(link, addr); err != nil {
-					return err
-				}
-			}
+		if err := addBridge("br-mtu", 1500, ""); err != nil {
+			return err
 		}
-		return nil
+		// A port makes br-mtu "in use", so its MTU must not change.
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "busy0", MTU: 1500}, PeerName: "busy1"}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return err
+		}
+		br, _ := netlink.LinkByName("br-mtu")
+		if err := netlink.LinkSetMaster(veth, br); err != nil {
+			return err
+		}
+		return addBridge("br-addr", 1420, "10.61.0.77/24")
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -107,11 +101,59 @@ func TestFailureAfterAllocationUndoesAll(t *testing.T) {
 			if hasLink(t, ctr, "eth0") {
 				t.Error("eth0 left in the container")
 			}
-			if p := bridgePorts(t, sb, c.bridge); len(p) != 0 {
-				t.Errorf("ports left on %s: %v", c.bridge, p)
+			if v := nodeVeths(t, sb); !slices.Equal(v, []string{"busy1", "busy0"}) && !slices.Equal(v, []string{"busy0", "busy1"}) {
+				t.Errorf("node veths %v, want only the test's busy0/busy1", v)
 			}
 		})
 	}
+}
+
+// TestBridgeMTUIsKept checks that a bridge keeps the configured MTU when
+// its last container leaves (the kernel would fall back to 1500), and that
+// an unused bridge with another MTU takes the configured one.
+func TestBridgeMTUIsKept(t *testing.T) {
+	sb := sandbox.ForTest(t)
+	if err := sb.InNode(func() error { return addBridge("br-idle", 1500, "") }); err != nil {
+		t.Fatal(err)
+	}
+	for _, bridge := range []string{"br-new", "br-idle"} {
+		n := newNetwork(t, sb, fmt.Sprintf(`{"cniVersion": "1.0.0", "name": %q, "type": "bridge",
+			"bridge": %q, "mtu": 1420, "ipam": {"type": "host-local", "subnet": "10.62.0.0/24", "dataDir": %q}}`,
+			bridge, bridge, t.TempDir()), bins.PluginDir())
+		ctr, err := sb.NewContainer(bridge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.mustAdd(ctr, "c", "eth0")
+		if err := n.del(ctr, "c", "eth0"); err != nil {
+			t.Fatal(err)
+		}
+		if mtu := linkIn(t, sb.Node, bridge).Attrs().MTU; mtu != 1420 {
+			t.Errorf("%s MTU after its last container left = %d, want 1420", bridge, mtu)
+		}
+	}
+}
+
+// addBridge creates a bridge in the calling thread's namespace, optionally
+// with an address, as another tool or an older plugin would have left it.
+func addBridge(name string, mtu int, addr string) error {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.MTU = name, mtu
+	if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
+		return err
+	}
+	if addr == "" {
+		return nil
+	}
+	a, err := netlink.ParseAddr(addr)
+	if err != nil {
+		return err
+	}
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	return netlink.AddrAdd(link, a)
 }
 
 // TestDelIsIdempotent deletes twice, without a netns, after the netns is

@@ -54,32 +54,33 @@ type network struct {
 	dataDir string // the IPAM store root (ipam.dataDir)
 }
 
-// newNetwork parses conf, a single plugin config, and serves it with the
-// plugins in pluginDir. libcni's result cache goes to a temporary directory,
-// never /var/lib/cni.
+// newNetwork serves conf, a single plugin config, as a one-plugin config
+// list with the plugins in pluginDir. libcni's result cache goes to a
+// temporary directory, never /var/lib/cni.
 func newNetwork(t *testing.T, sb *sandbox.Sandbox, conf string, pluginDir string) *network {
 	t.Helper()
-	c, err := libcni.ConfFromBytes([]byte(conf))
-	if err != nil {
-		t.Fatalf("parse config: %v\n%s", err, conf)
-	}
-	list, err := libcni.ConfListFromConf(c)
-	if err != nil {
-		t.Fatalf("config list: %v", err)
-	}
-	var ipam struct {
-		IPAM struct {
+	var plugin struct {
+		Name       string `json:"name"`
+		CNIVersion string `json:"cniVersion"`
+		IPAM       struct {
 			DataDir string `json:"dataDir"`
 		} `json:"ipam"`
 	}
-	_ = json.Unmarshal([]byte(conf), &ipam)
+	if err := json.Unmarshal([]byte(conf), &plugin); err != nil {
+		t.Fatalf("parse config: %v\n%s", err, conf)
+	}
+	listJSON := fmt.Sprintf(`{"cniVersion": %q, "name": %q, "plugins": [%s]}`, plugin.CNIVersion, plugin.Name, conf)
+	list, err := libcni.NetworkConfFromBytes([]byte(listJSON))
+	if err != nil {
+		t.Fatalf("config list: %v\n%s", err, listJSON)
+	}
 	return &network{
 		t:       t,
 		sb:      sb,
 		list:    list,
 		cni:     libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(), nil),
-		name:    c.Network.Name,
-		dataDir: ipam.IPAM.DataDir,
+		name:    plugin.Name,
+		dataDir: plugin.IPAM.DataDir,
 	}
 }
 

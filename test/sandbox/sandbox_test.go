@@ -270,13 +270,17 @@ func TestChildrenInheritNodeNetNS(t *testing.T) {
 			t.Fatalf("building cnitool: %v\n%s", err, out)
 		}
 		t.Setenv("CNI_ARGS", "LEAKED=1") // must not reach the plugin
-		tool := sandbox.CNITool{Binary: cnitool, NetConfPath: dir, CNIPath: []string{dir}, IfName: "net1", Args: "K8S_POD_NAME=p"}
+		state := t.TempDir()             // stands in for /var/lib: libcni's cache must land here
+		tool := sandbox.CNITool{Binary: cnitool, NetConfPath: dir, CNIPath: []string{dir}, IfName: "net1", Args: "K8S_POD_NAME=p", StateDir: state}
 		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 		defer cancel()
 		for _, verb := range []string{"add", "del"} {
 			if _, _, err := tool.Run(ctx, s.Node, verb, "rec", c.Path); err != nil {
 				t.Fatal(err)
 			}
+		}
+		if _, err := os.Stat(filepath.Join(state, "cni", "results")); err != nil {
+			t.Errorf("libcni's result cache is not under StateDir: %v", err)
 		}
 		want := fmt.Sprintf("%[1]s ADD net1 %[2]s K8S_POD_NAME=p\n%[1]s DEL net1 %[2]s K8S_POD_NAME=p", nodeNS, c.Path)
 		if got := readFile(t, record); got != want {
