@@ -21,23 +21,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/bpfbridge/bpfbridge/test/netconf"
 	"github.com/bpfbridge/bpfbridge/test/sandbox"
 )
-
-// dcosConf is the config DC/OS ships for its "dcos" overlay-less network.
-const dcosConf = `{
-  "name": "dcos",
-  "type": "bridge",
-  "bridge": "m-dcos",
-  "isGateway": true,
-  "ipMasq": false,
-  "mtu": 1420,
-  "ipam": {
-    "type": "host-local",
-    "subnet": "9.0.1.0/25",
-    "routes": [{ "dst": "0.0.0.0/0" }]
-  }
-}`
 
 func main() {
 	if os.Geteuid() != 0 {
@@ -78,7 +64,7 @@ func run() error {
 			return err
 		}
 	}
-	if err := os.WriteFile(filepath.Join(confDir, "dcos.conf"), []byte(dcosConf), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(confDir, "dcos.conf"), []byte(netconf.DCOS), 0o644); err != nil {
 		return err
 	}
 	tool := sandbox.CNITool{Binary: bins.CNITool, NetConfPath: confDir, CNIPath: []string{bins.PluginDir()}, StateDir: state}
@@ -87,7 +73,7 @@ func run() error {
 
 	step("Namespaces: node %s, containers below it", sb.Node.Name)
 	step("Network config (DC/OS's dcos.conf, unchanged; no cniVersion, so results are 0.1.0-shaped):")
-	fmt.Println(indent(dcosConf))
+	fmt.Println(indent(netconf.DCOS))
 
 	var ctrs []*sandbox.NetNS
 	var ips []netip.Addr

@@ -12,25 +12,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/bpfbridge/bpfbridge/test/netconf"
 	"github.com/bpfbridge/bpfbridge/test/sandbox"
 )
-
-// dcosConf is DC/OS's stock "dcos" network config, verbatim: no cniVersion,
-// no dataDir (so the store is /var/lib/cni/networks/dcos, which the test
-// redirects with cnitool's StateDir).
-const dcosConf = `{
-  "name": "dcos",
-  "type": "bridge",
-  "bridge": "m-dcos",
-  "isGateway": true,
-  "ipMasq": false,
-  "mtu": 1420,
-  "ipam": {
-    "type": "host-local",
-    "subnet": "9.0.1.0/25",
-    "routes": [{ "dst": "0.0.0.0/0" }]
-  }
-}`
 
 // TestDCOSConfigThroughCnitool attaches two containers with the DC/OS
 // config through cnitool and checks the result shape Mesos expects, the
@@ -38,7 +22,7 @@ const dcosConf = `{
 func TestDCOSConfigThroughCnitool(t *testing.T) {
 	sb := sandbox.ForTest(t)
 	confDir, state := t.TempDir(), t.TempDir()
-	if err := os.WriteFile(filepath.Join(confDir, "dcos.conf"), []byte(dcosConf), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(confDir, "dcos.conf"), []byte(netconf.DCOS), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	tool := sandbox.CNITool{Binary: bins.CNITool, NetConfPath: confDir, CNIPath: []string{bins.PluginDir()}, StateDir: state}
