@@ -7,9 +7,12 @@ COMMIT      ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS     := -X main.buildVersion=$(VERSION) -X main.buildCommit=$(COMMIT)
 CNI_BIN_DIR ?= /opt/cni/bin
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# The generated bpf2go files are committed; each clang version emits other
+# bytes, so regeneration uses this one.
+CLANG       := clang-19
 TEST_FLAGS  ?= -count=1 -timeout 15m
 
-.PHONY: build tools deps test demo install lint clean require-root
+.PHONY: build tools deps test demo bench install lint generate check-generated clean require-root
 
 ## build: the plugins into bin/ (no clang or cgo needed)
 build:
@@ -19,18 +22,41 @@ build:
 tools:
 	bash test/tools.sh $(BIN)
 
-## deps: system packages the tests and demo use (a fresh machine of our kind lacks some)
+## deps: system packages the tests and demo use (a fresh machine of our kind lacks some):
+## nsenter, ip, and iptables-save/nft to show that no firewall rule is ever created
 deps:
-	@command -v nsenter >/dev/null && command -v ip >/dev/null || \
-	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends iproute2 util-linux)
+	@command -v nsenter >/dev/null && command -v ip >/dev/null && \
+	  command -v iptables-save >/dev/null && command -v nft >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends iproute2 util-linux iptables nftables)
 
-## test: every test, unit and end to end (root: they create network namespaces)
+## test: every test, unit and end to end (root: they create network namespaces); the
+## end-to-end suite runs again with the legacy attach mode (clsact + cls_bpf)
 test: require-root deps build tools
 	$(GO) test $(TEST_FLAGS) ./...
+	BPFBRIDGE_ATTACH=legacy $(GO) test $(TEST_FLAGS) ./test/e2e
+
+## generate: rebuild the bpf2go files in datapath/program from bpf/ with the pinned clang
+generate:
+	@command -v $(CLANG) >/dev/null || (apt-get update -qq && \
+	  apt-get install -y -qq --no-install-recommends clang-19 llvm-19 libbpf-dev linux-libc-dev)
+	$(GO) generate ./datapath/program
+
+## check-generated: fail if the committed generated files are not what bpf/ compiles to
+check-generated: generate
+	@git diff --exit-code --stat -- datapath/program || \
+	  { echo "generated files are stale: run make generate and commit"; exit 1; }
 
 ## demo: the DC/OS config on throwaway namespaces, driven by cnitool
 demo: require-root deps build tools
 	$(GO) run ./test/demo
+
+## bench: ADD/DEL latency at N up to 1000 through cnitool, bpfbridge vs the reference plugins.
+## cnitool keeps state in /var/lib/cni, so /var/lib is a private scratch mount for the run.
+bench: require-root deps build tools
+	@scratch=$$(mktemp -d /var/tmp/bpfbridge-bench.XXXXXX); \
+	unshare --mount --propagation private -- sh -c 'mount --bind "$$0" /var/lib && exec "$$@"' "$$scratch" \
+	  $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/e2e; \
+	rc=$$?; rm -rf "$$scratch"; exit $$rc
 
 ## install: the plugins into $(DESTDIR)$(CNI_BIN_DIR)
 install: build

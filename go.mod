@@ -3,6 +3,7 @@ module github.com/bpfbridge/bpfbridge
 go 1.26.0
 
 require (
+	github.com/cilium/ebpf v0.22.0
 	github.com/containernetworking/cni v1.3.0
 	github.com/containernetworking/plugins v1.9.0
 	github.com/vishvananda/netlink v1.3.1

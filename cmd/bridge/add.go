@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -10,10 +11,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ip"
-	cniipam "github.com/containernetworking/plugins/pkg/ipam"
-	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
 
 	"github.com/bpfbridge/bpfbridge/datapath/topology"
@@ -23,16 +21,13 @@ import (
 // portUpTimeout bounds the wait for the new bridge port to come up.
 const portUpTimeout = 5 * time.Second
 
-// Indexes of the interfaces in the result this plugin builds.
-const (
-	bridgeIfIndex = iota
-	hostIfIndex
-	containerIfIndex
-)
+// containerIfIndex is the container interface's index in the result, which
+// lists the bridge, the host veth and the container interface.
+const containerIfIndex = 2
 
-// cmdAdd attaches a container: addresses from IPAM, the bridge, a veth pair
-// into the container, addresses and routes inside it and the gateway on the
-// bridge. Whatever it did is undone when a later step fails.
+// cmdAdd attaches a container: the bridge, a veth pair into the container,
+// addresses from IPAM, addresses and routes inside the container and the
+// gateway on the bridge. Whatever it did is undone when a later step fails.
 func cmdAdd(args *skel.CmdArgs) (err error) {
 	conf, err := loadConf(args.StdinData)
 	if err != nil {
@@ -45,6 +40,11 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
+	if mac == "" {
+		// Chosen here rather than by the kernel, so that the datapath knows
+		// the container's MAC before the container's interface comes up.
+		mac = topology.RandomMAC().String()
+	}
 	prev, err := conf.prevResult()
 	if err != nil {
 		return err
@@ -54,9 +54,6 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q: %v", args.Netns, err), "")
 	}
 	defer netns.Close()
-	if err := ensureIfnameFree(netns, args.IfName); err != nil {
-		return err
-	}
 
 	var undo rollback
 	defer func() {
@@ -64,6 +61,22 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			undo.run()
 		}
 	}()
+
+	br, err := topology.EnsureBridge(conf.bridgeConfig())
+	if err != nil {
+		return hostError(err)
+	}
+	// The veth comes first: it fails when CNI_IFNAME exists, before any
+	// address is allocated.
+	hostVeth, err := topology.CreateVeth(netns, args.IfName, conf.MTU, mac, br, conf.portConfig())
+	var taken *topology.IfnameTakenError
+	if errors.As(err, &taken) {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_IFNAME %q: %v", args.IfName, err), "")
+	}
+	if err != nil {
+		return err
+	}
+	undo.push(func() { _ = netlink.LinkDel(hostVeth) })
 
 	result := &current.Result{CNIVersion: current.ImplementedSpecVersion}
 	if conf.IPAM.Type != "" {
@@ -78,25 +91,38 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		result.IPs, result.Routes, result.DNS = ipamResult.IPs, ipamResult.Routes, ipamResult.DNS
 	}
 
-	br, err := topology.EnsureBridge(conf.bridgeConfig())
-	if err != nil {
-		return hostError(err)
-	}
-	veth, err := topology.CreateVeth(netns, args.IfName, conf.MTU, mac, br, conf.portConfig())
+	// The programs are attached while the container's interface is still
+	// down: it never sends a packet they have not seen.
+	dp, err := openDatapath(conf)
 	if err != nil {
 		return err
 	}
-	undo.push(func() { _ = netlink.LinkDel(veth.Host) })
+	defer dp.Close()
+	ep := endpointOf(conf, args, hostVeth, mac, result.IPs)
+	if err := dp.Attach(ep); err != nil {
+		return datapathError(err)
+	}
+	undo.push(func() { _ = dp.Detach(args.ContainerID, args.IfName) })
 
 	gateways := completeRoutes(conf, result)
-	if err := configureContainer(conf, netns, args.IfName, veth, result); err != nil {
+	contIf, err := topology.ConfigureContainer(netns, topology.ContainerConfig{
+		IfName:    args.IfName,
+		IPs:       result.IPs,
+		Routes:    result.Routes,
+		EnableDAD: conf.EnableDad,
+		LeaveDown: conf.DisableContainerInterface,
+	})
+	if err != nil {
 		return err
+	}
+	for _, ipc := range result.IPs {
+		ipc.Interface = current.Int(containerIfIndex)
 	}
 	if err := setupGateways(conf, br, gateways); err != nil {
 		return err
 	}
 	if !conf.DisableContainerInterface {
-		if err := topology.WaitOperUp(veth.Host.Attrs().Index, portUpTimeout); err != nil {
+		if err := topology.WaitOperUp(hostVeth.Attrs().Index, portUpTimeout); err != nil {
 			return err
 		}
 	}
@@ -106,8 +132,8 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	}
 	result.Interfaces = []*current.Interface{
 		{Name: br.Name, Mac: br.HardwareAddr.String()},
-		{Name: veth.Host.Attrs().Name, Mac: veth.Host.Attrs().HardwareAddr.String()},
-		{Name: veth.Container.Name, Mac: veth.Container.HardwareAddr.String(), Sandbox: args.Netns},
+		{Name: hostVeth.Attrs().Name, Mac: hostVeth.Attrs().HardwareAddr.String()},
+		contIf,
 	}
 	if conf.DNS.Nameservers != nil || conf.DNS.Search != nil || conf.DNS.Options != nil || conf.DNS.Domain != "" {
 		result.DNS = conf.DNS
@@ -115,20 +141,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	return types.PrintResult(chain(prev, result), conf.CNIVersion)
 }
 
-// ensureIfnameFree fails when CNI_IFNAME already exists in the container, as
-// the spec asks, before anything is allocated.
-func ensureIfnameFree(netns ns.NetNS, ifName string) error {
-	return netns.Do(func(ns.NetNS) error {
-		if _, err := netlinksafe.LinkByName(ifName); err == nil {
-			return types.NewError(types.ErrInvalidEnvironmentVariables,
-				fmt.Sprintf("CNI_IFNAME %q already exists in %s", ifName, netns.Path()), "")
-		}
-		return nil
-	})
-}
-
-// completeRoutes assigns the IPAM addresses to the container interface, fills
-// in gateways for a gateway network and, with isDefaultGateway, adds a
+// completeRoutes fills in gateways for a gateway network and, with isDefaultGateway, adds a
 // default route per family unless IPAM already gave one. It returns the
 // gateway addresses the bridge must hold.
 func completeRoutes(conf *NetConf, result *current.Result) []net.IPNet {
@@ -140,7 +153,6 @@ func completeRoutes(conf *NetConf, result *current.Result) []net.IPNet {
 		}
 	}
 	for _, ipc := range result.IPs {
-		ipc.Interface = current.Int(containerIfIndex)
 		if !conf.IsGateway {
 			continue
 		}
@@ -159,45 +171,6 @@ func completeRoutes(conf *NetConf, result *current.Result) []net.IPNet {
 		}
 	}
 	return gateways
-}
-
-// configureContainer sets the container end's addresses and routes and
-// brings it up; an L2-only attachment is just brought up, unless the config
-// asks to leave the interface down.
-func configureContainer(conf *NetConf, netns ns.NetNS, ifName string, veth *topology.VethPair, result *current.Result) error {
-	if conf.DisableContainerInterface {
-		return nil
-	}
-	return netns.Do(func(ns.NetNS) error {
-		if len(result.IPs) == 0 {
-			link, err := netlinksafe.LinkByName(ifName)
-			if err != nil {
-				return err
-			}
-			return netlink.LinkSetUp(link)
-		}
-		if hasIPv6(result.IPs) {
-			dad := "0"
-			if conf.EnableDad {
-				dad = "1"
-				_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/enhanced_dad", ifName), "1")
-			}
-			_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/accept_dad", ifName), dad)
-		}
-		// Announce the address with a gratuitous ARP when the link comes up,
-		// so a reused IP's stale neighbour entries are replaced at once.
-		_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv4/conf/%s/arp_notify", ifName), "1")
-		// ConfigureIface matches addresses to interfaces by result index.
-		configured := &current.Result{
-			Interfaces: []*current.Interface{{}, {}, {Name: ifName, Mac: veth.Container.HardwareAddr.String()}},
-			IPs:        result.IPs,
-			Routes:     result.Routes,
-		}
-		if err := cniipam.ConfigureIface(ifName, configured); err != nil {
-			return fmt.Errorf("configure %q in %s: %w", ifName, netns.Path(), err)
-		}
-		return nil
-	})
 }
 
 // setupGateways puts the gateway addresses on the bridge (or on the VLAN's
@@ -245,15 +218,6 @@ func chain(prev, result *current.Result) *current.Result {
 		prev.DNS = result.DNS
 	}
 	return prev
-}
-
-func hasIPv6(ips []*current.IPConfig) bool {
-	for _, ipc := range ips {
-		if ipc.Address.IP.To4() == nil {
-			return true
-		}
-	}
-	return false
 }
 
 // rollback collects the undo steps of an ADD and runs them newest first.

@@ -15,7 +15,8 @@ import (
 
 // cmdCheck verifies that the attachment still looks as ADD left it, as
 // described by prevResult: the address reservation, the veth pair on the
-// bridge, and the container's addresses and routes.
+// bridge, the eBPF datapath's entries and programs, and the container's
+// addresses and routes.
 func cmdCheck(args *skel.CmdArgs) error {
 	conf, err := loadConf(args.StdinData)
 	if err != nil {
@@ -47,7 +48,9 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q: %v", args.Netns, err), "")
 	}
 	defer netns.Close()
-	if err := topology.VerifyVeth(netns, args.IfName, prev.Interfaces[contIdx].Mac, conf.Bridge); err != nil {
+	mac := prev.Interfaces[contIdx].Mac
+	hostVeth, err := topology.VerifyVeth(netns, args.IfName, mac, conf.Bridge)
+	if err != nil {
 		return checkFailed("%v", err)
 	}
 	var ips []*current.IPConfig
@@ -55,6 +58,14 @@ func cmdCheck(args *skel.CmdArgs) error {
 		if ipc.Interface != nil && *ipc.Interface == contIdx {
 			ips = append(ips, ipc)
 		}
+	}
+	dp, err := openDatapath(conf)
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+	if err := dp.Check(endpointOf(conf, args, hostVeth, mac, ips)); err != nil {
+		return checkFailed("datapath: %v", err)
 	}
 	return netns.Do(func(ns.NetNS) error {
 		if err := ip.ValidateExpectedInterfaceIPs(args.IfName, ips); err != nil {

@@ -1,18 +1,27 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/bpfbridge/bpfbridge/datapath"
 )
 
 const usage = `Usage: bridge [--version | --help]
+       bridge datapath upgrade [--bpffs DIR]
 
 bridge is bpfbridge's CNI plugin. Container runtimes run it with CNI_COMMAND
 set (ADD, DEL, CHECK, GC, STATUS, VERSION) and the network config on stdin.
+
+Commands:
+  datapath upgrade   move every endpoint on this node onto this binary's eBPF
+                     programs now (ADD and CHECK do it on their own when they
+                     find programs of an older build)
 
 Options:
   --version   print the version, commit and supported CNI versions
@@ -29,6 +38,8 @@ func runCLI(args []string) int {
 	case "--help", "-h", "help":
 		fmt.Print(usage)
 		return 0
+	case "datapath":
+		return runDatapath(args[1:])
 	default:
 		fmt.Fprintf(os.Stderr, "bridge: unknown argument %q\n\n%s", args[0], usage)
 		return 2
@@ -38,4 +49,37 @@ func runCLI(args []string) int {
 func printVersion(w io.Writer) {
 	fmt.Fprintln(w, about())
 	fmt.Fprintf(w, "CNI protocol versions supported: %s\n", strings.Join(version.All.SupportedVersions(), ", "))
+}
+
+// runDatapath serves `bridge datapath upgrade`.
+func runDatapath(args []string) int {
+	fs := flag.NewFlagSet("bridge datapath upgrade", flag.ContinueOnError)
+	bpffs := fs.String("bpffs", envOr(envBPFFS, datapath.DefaultBPFFS), "mount point of the bpffs holding the node's state")
+	if len(args) == 0 || args[0] != "upgrade" {
+		fmt.Fprintf(os.Stderr, "bridge: usage: bridge datapath upgrade [--bpffs DIR]\n")
+		return 2
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	dp, err := datapath.Open(datapath.Options{BPFFS: *bpffs})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bridge: %v\n", err)
+		return 1
+	}
+	defer dp.Close()
+	moved, err := dp.Upgrade()
+	fmt.Printf("moved %d endpoint(s) onto programs of %s\n", moved, about())
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bridge: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func envOr(key, fallback string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return fallback
 }

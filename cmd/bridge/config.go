@@ -12,6 +12,7 @@ import (
 	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/bpfbridge/bpfbridge/datapath"
 	"github.com/bpfbridge/bpfbridge/datapath/topology"
 )
 
@@ -26,6 +27,9 @@ const (
 	errHostConflict uint = 110
 	// errCheckFailed: CHECK found the attachment differs from prevResult.
 	errCheckFailed uint = 111
+	// errDatapath: the eBPF datapath could not be set up or changed
+	// (bpffs, loading or attaching programs, maps).
+	errDatapath uint = 112
 )
 
 // NetConf is the configuration of a bpfbridge network: every key of the
@@ -45,10 +49,19 @@ type NetConf struct {
 	Vlan                      int         `json:"vlan"`
 	VlanTrunk                 []VlanTrunk `json:"vlanTrunk,omitempty"`
 	PreserveDefaultVlan       bool        `json:"preserveDefaultVlan"`
-	MacSpoofChk               bool        `json:"macspoofchk"`
+	MacSpoofChk               bool        `json:"macspoofchk"` // always on in bpfbridge
 	EnableDad                 bool        `json:"enabledad"`
 	DisableContainerInterface bool        `json:"disableContainerInterface"`
 	PortIsolation             bool        `json:"portIsolation"`
+
+	// Isolation is bpfbridge's: "network" (default), "container" or "none".
+	Isolation string `json:"isolation"`
+	// Datapath says where the node's eBPF state lives and how programs
+	// are attached; the defaults suit a node.
+	Datapath struct {
+		BPFFS  string `json:"bpffs"`
+		Attach string `json:"attach"`
+	} `json:"datapath"`
 
 	// Args holds args.cni.mac; other keys (Mesos sends
 	// args["org.apache.mesos"]) are ignored.
@@ -105,6 +118,18 @@ func loadConf(stdin []byte) (*NetConf, error) {
 	if conf.Vlan < 0 || conf.Vlan > 4094 {
 		return nil, invalidConf("\"vlan\": %d is out of range (0-4094)", conf.Vlan)
 	}
+	if conf.Isolation == "" {
+		conf.Isolation = "network"
+	}
+	if _, ok := datapath.ParseIsolation(conf.Isolation); !ok {
+		return nil, invalidConf("\"isolation\": %q is not one of \"network\", \"container\", \"none\"", conf.Isolation)
+	}
+	switch conf.datapathOptions().Attach {
+	case "", datapath.AttachAuto, datapath.AttachTCX, datapath.AttachLegacy:
+	default:
+		return nil, invalidConf("\"datapath.attach\" (or %s): %q is not one of \"auto\", \"tcx\", \"legacy\"",
+			envAttach, conf.datapathOptions().Attach)
+	}
 	trunk, err := expandTrunk(conf.VlanTrunk)
 	if err != nil {
 		return nil, err
@@ -119,10 +144,6 @@ func (c *NetConf) validateForAdd() error {
 	if c.IPMasq {
 		return types.NewError(types.ErrUnsupportedField,
 			"\"ipMasq\": true is not supported yet: bpfbridge masquerades in eBPF, which this build lacks; set \"ipMasq\": false", "")
-	}
-	if c.MacSpoofChk {
-		return types.NewError(types.ErrUnsupportedField,
-			"\"macspoofchk\": true is not supported yet: bpfbridge checks MACs in eBPF, which this build lacks; set \"macspoofchk\": false", "")
 	}
 	if c.HairpinMode && c.PromiscMode {
 		return invalidConf("\"hairpinMode\": true and \"promiscMode\": true cannot be set together")

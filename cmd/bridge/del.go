@@ -24,6 +24,9 @@ func cmdDel(args *skel.CmdArgs) error {
 			return err
 		}
 	}
+	if err := detachDatapath(conf, args); err != nil {
+		return err
+	}
 	// Release the addresses only after the interface holding them is gone,
 	// so they are never handed to a new container while still in use.
 	if conf.IPAM.Type != "" {

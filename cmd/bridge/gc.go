@@ -1,18 +1,37 @@
 package main
 
 import (
+	"errors"
+
 	"github.com/containernetworking/cni/pkg/skel"
 
+	"github.com/bpfbridge/bpfbridge/datapath"
 	"github.com/bpfbridge/bpfbridge/ipam"
 )
 
 // cmdGC releases the state of every attachment of this network that is not
-// in cni.dev/valid-attachments. Links need no collection: a veth disappears
-// with its container's namespace.
+// in cni.dev/valid-attachments: datapath entries and addresses. Links need
+// no collection: a veth disappears with its container's namespace.
 func cmdGC(args *skel.CmdArgs) error {
 	conf, err := loadConf(args.StdinData)
 	if err != nil {
 		return err
+	}
+	valid := make(map[datapath.EndpointKey]bool, len(conf.ValidAttachments))
+	for _, a := range conf.ValidAttachments {
+		valid[datapath.KeyOf(a.ContainerID, a.IfName)] = true
+	}
+	dp, err := datapath.OpenExisting(conf.datapathOptions())
+	switch {
+	case errors.Is(err, datapath.ErrNoState):
+	case err != nil:
+		return datapathError(err)
+	default:
+		err = dp.GC(conf.Name, valid)
+		dp.Close()
+		if err != nil {
+			return datapathError(err)
+		}
 	}
 	if conf.IPAM.Type == "" {
 		return nil

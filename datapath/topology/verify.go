@@ -10,11 +10,11 @@ import (
 
 // VerifyVeth checks that ifName in netns is a veth, with the MAC address mac
 // when mac is not empty, whose peer is a port of the bridge named bridge in
-// the calling thread's namespace.
-func VerifyVeth(netns ns.NetNS, ifName, mac, bridge string) error {
+// the calling thread's namespace, and returns that peer.
+func VerifyVeth(netns ns.NetNS, ifName, mac, bridge string) (netlink.Link, error) {
 	br, err := LookupBridge(bridge)
 	if err != nil {
-		return fmt.Errorf("bridge %q: %w", bridge, err)
+		return nil, fmt.Errorf("bridge %q: %w", bridge, err)
 	}
 	var peerIndex int
 	err = netns.Do(func(ns.NetNS) error {
@@ -33,14 +33,14 @@ func VerifyVeth(netns ns.NetNS, ifName, mac, bridge string) error {
 		return err
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	host, err := netlink.LinkByIndex(peerIndex)
 	if err != nil {
-		return fmt.Errorf("peer of %q (ifindex %d) not found on the node: %w", ifName, peerIndex, err)
+		return nil, fmt.Errorf("peer of %q (ifindex %d) not found on the node: %w", ifName, peerIndex, err)
 	}
 	if host.Attrs().MasterIndex != br.Index {
-		return fmt.Errorf("peer %q of %q is not a port of bridge %q", host.Attrs().Name, ifName, bridge)
+		return nil, fmt.Errorf("peer %q of %q is not a port of bridge %q", host.Attrs().Name, ifName, bridge)
 	}
-	return nil
+	return host, nil
 }

@@ -1,9 +1,11 @@
 package topology
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -23,58 +25,76 @@ type PortConfig struct {
 	PreserveDefaultVlan bool
 }
 
-// VethPair is a container's veth pair after CreateVeth.
-type VethPair struct {
-	// Host is the bridge port, in the calling thread's network namespace.
-	Host netlink.Link
-	// Container is the end inside the container's network namespace.
-	Container net.Interface
+// IfnameTakenError reports that the container already has an interface
+// with the requested name.
+type IfnameTakenError struct{ IfName, Netns string }
+
+func (e *IfnameTakenError) Error() string {
+	return fmt.Sprintf("interface %q already exists in %s", e.IfName, e.Netns)
 }
 
-// CreateVeth creates a veth pair whose end named ifName (with mtu and, when
-// not empty, the MAC address mac) lives in netns and whose other end, named
-// "veth" plus random hex like the reference plugin's, joins br in the calling
-// thread's namespace with the port settings. Both ends are up on return. On
-// error nothing is left behind.
-func CreateVeth(netns ns.NetNS, ifName string, mtu int, mac string, br *netlink.Bridge, port PortConfig) (*VethPair, error) {
-	hostNS, err := ns.GetCurrentNS()
-	if err != nil {
-		return nil, fmt.Errorf("open node network namespace: %w", err)
-	}
-	defer hostNS.Close()
+// maxNameAttempts bounds the retries when a random host-side name is taken.
+const maxNameAttempts = 4
 
-	var hostIf, contIf net.Interface
-	err = netns.Do(func(ns.NetNS) error {
+// CreateVeth creates a container's veth pair without entering the
+// container's namespace: the host end, named "veth" plus random hex like the
+// reference plugin's, is created in the calling thread's namespace already
+// enslaved to br and up, and its peer is created directly inside netns as
+// ifName with mtu and, when not empty, the MAC address mac. The peer is left
+// down for ConfigureContainer. One netlink request does all of this, which
+// matters on the ADD path. An existing ifName in netns is an
+// *IfnameTakenError; on any error nothing is left behind.
+func CreateVeth(netns ns.NetNS, ifName string, mtu int, mac string, br *netlink.Bridge, port PortConfig) (netlink.Link, error) {
+	var peerMAC net.HardwareAddr
+	if mac != "" {
 		var err error
-		hostIf, contIf, err = ip.SetupVeth(ifName, mtu, mac, hostNS)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create veth %q in %s: %w", ifName, netns.Path(), err)
-	}
-	// The host end was created in this namespace, so its name is enough to
-	// find it; deleting it removes the container end too.
-	host, err := netlinksafe.LinkByName(hostIf.Name)
-	if err == nil {
-		err = joinBridge(host, br, port)
-		if err != nil {
-			_ = netlink.LinkDel(host)
+		if peerMAC, err = net.ParseMAC(mac); err != nil {
+			return nil, fmt.Errorf("container MAC %q: %w", mac, err)
 		}
 	}
-	if err != nil {
-		return nil, err
+	for range maxNameAttempts {
+		name, err := ip.RandomVethName()
+		if err != nil {
+			return nil, err
+		}
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name, attrs.MTU, attrs.MasterIndex, attrs.Flags = name, mtu, br.Index, net.FlagUp
+		veth := &netlink.Veth{
+			LinkAttrs:        attrs,
+			PeerName:         ifName,
+			PeerNamespace:    netlink.NsFd(int(netns.Fd())),
+			PeerHardwareAddr: peerMAC,
+		}
+		err = netlink.LinkAdd(veth)
+		if errors.Is(err, syscall.EEXIST) {
+			if _, lookupErr := netlinksafe.LinkByName(name); lookupErr == nil {
+				continue // the random host name is taken: draw another
+			}
+			return nil, &IfnameTakenError{IfName: ifName, Netns: netns.Path()}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create veth %q in %s: %w", ifName, netns.Path(), err)
+		}
+		// Read back what the kernel chose (index, MAC of the host end).
+		host, err := netlinksafe.LinkByName(name)
+		if err == nil {
+			if err = configurePort(host, port); err != nil {
+				_ = netlink.LinkDel(host)
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+		return host, nil
 	}
-	return &VethPair{Host: host, Container: contIf}, nil
+	return nil, fmt.Errorf("no free host-side veth name after %d attempts", maxNameAttempts)
 }
 
-// joinBridge enslaves port to br and applies the port settings. Settings
+// configurePort applies the port settings to a new bridge port. Settings
 // that equal a new port's defaults are skipped: each costs a netlink round
 // trip on the ADD path.
-func joinBridge(port netlink.Link, br *netlink.Bridge, cfg PortConfig) error {
+func configurePort(port netlink.Link, cfg PortConfig) error {
 	name := port.Attrs().Name
-	if err := netlink.LinkSetMaster(port, br); err != nil {
-		return fmt.Errorf("attach %q to bridge %q: %w", name, br.Name, err)
-	}
 	if cfg.Hairpin {
 		if err := netlink.LinkSetHairpin(port, true); err != nil {
 			return fmt.Errorf("set hairpin mode on %q: %w", name, err)
@@ -145,5 +165,19 @@ func EnsureVlanGateway(br *netlink.Bridge, vlan int, preserveDefaultVlan bool) (
 	if _, err := CreateVeth(nodeNS, name, br.MTU, "", br, port); err != nil {
 		return nil, fmt.Errorf("create vlan gateway link %q: %w", name, err)
 	}
-	return netlinksafe.LinkByName(name)
+	link, err = netlinksafe.LinkByName(name)
+	if err == nil {
+		err = netlink.LinkSetUp(link)
+	}
+	return link, err
+}
+
+// RandomMAC returns a random locally administered unicast MAC address, as
+// the kernel picks for a veth. Choosing it here lets the caller know the
+// container's MAC before the container's interface exists.
+func RandomMAC() net.HardwareAddr {
+	mac := make(net.HardwareAddr, 6)
+	_, _ = rand.Read(mac) // crypto/rand never fails
+	mac[0] = mac[0]&^0x01 | 0x02
+	return mac
 }

@@ -11,8 +11,12 @@ import (
 // for at most timeout. The kernel reports a veth's carrier asynchronously
 // (linkwatch), so right after both ends are set up the host end may still be
 // down for a moment. Rather than polling with sleeps, it subscribes to link
-// updates first and then checks the current state, so no transition is missed.
+// updates and then checks the current state again, so no transition is
+// missed; the subscription is skipped when the link is already up.
 func WaitOperUp(ifindex int, timeout time.Duration) error {
+	if link, err := netlink.LinkByIndex(ifindex); err == nil && link.Attrs().OperState == netlink.OperUp {
+		return nil
+	}
 	updates := make(chan netlink.LinkUpdate, 16)
 	done := make(chan struct{})
 	defer close(done)

@@ -67,7 +67,8 @@ func run() error {
 	if err := os.WriteFile(filepath.Join(confDir, "dcos.conf"), []byte(netconf.DCOS), 0o644); err != nil {
 		return err
 	}
-	tool := sandbox.CNITool{Binary: bins.CNITool, NetConfPath: confDir, CNIPath: []string{bins.PluginDir()}, StateDir: state}
+	tool := sandbox.CNITool{Binary: bins.CNITool, NetConfPath: confDir, CNIPath: []string{bins.PluginDir()}, StateDir: state,
+		Env: []string{"BPFBRIDGE_BPFFS=" + sb.BPFFS}}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 

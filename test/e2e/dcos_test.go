@@ -25,7 +25,8 @@ func TestDCOSConfigThroughCnitool(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(confDir, "dcos.conf"), []byte(netconf.DCOS), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	tool := sandbox.CNITool{Binary: bins.CNITool, NetConfPath: confDir, CNIPath: []string{bins.PluginDir()}, StateDir: state}
+	tool := sandbox.CNITool{Binary: bins.CNITool, NetConfPath: confDir, CNIPath: []string{bins.PluginDir()}, StateDir: state,
+		Env: []string{"BPFBRIDGE_BPFFS=" + sb.BPFFS}}
 	store := filepath.Join(state, "cni", "networks", "dcos")
 	ctrs := newContainers(t, sb, "c", 2)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -256,7 +256,8 @@ func TestInvalidInputs(t *testing.T) {
 		{"mtu of the wrong type", conf(`"mtu": "big"`, ipam), nil, 7, []string{"mtu", "string"}},
 		{"bridge name too long", conf(`"bridge": "a-very-long-bridge-name"`, ipam), nil, 7, []string{"bridge", "a-very-long-bridge-name"}},
 		{"ipMasq not yet supported", conf(`"ipMasq": true`, ipam), nil, 2, []string{"ipMasq"}},
-		{"macspoofchk not yet supported", conf(`"macspoofchk": true`, ipam), nil, 2, []string{"macspoofchk"}},
+		{"unknown isolation", conf(`"isolation": "strict"`, ipam), nil, 7, []string{"isolation", "strict"}},
+		{"unknown attach mode", conf(`"datapath": {"attach": "xdp"}`, ipam), nil, 7, []string{"datapath.attach", "xdp"}},
 		{"hairpin with promisc", conf(`"hairpinMode": true, "promiscMode": true`, ipam), nil, 7, []string{"hairpinMode", "promiscMode"}},
 		{"L2-only with a 0.2.0 result", `{"cniVersion": "0.2.0", "name": "bad", "type": "bridge", "bridge": "br-bad"}`, nil, 7, []string{"ipam", "0.2.0"}},
 		{"disabled interface with ipam", conf(`"disableContainerInterface": true`, ipam), nil, 7, []string{"disableContainerInterface"}},
@@ -271,7 +272,7 @@ func TestInvalidInputs(t *testing.T) {
 			dataDir := t.TempDir()
 			env := map[string]string{
 				"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "bad-input", "CNI_NETNS": ctr.Path,
-				"CNI_IFNAME": "eth0", "CNI_PATH": bins.PluginDir(),
+				"CNI_IFNAME": "eth0", "CNI_PATH": bins.PluginDir(), "BPFBRIDGE_BPFFS": sb.BPFFS,
 			}
 			for k, v := range c.env {
 				env[k] = v
@@ -339,7 +340,7 @@ func execPlugin(t *testing.T, sb *sandbox.Sandbox, env map[string]string, stdin 
 }
 
 // storeFiles lists allocation files under every network of dataDir.
-func storeFiles(t *testing.T, dataDir string) []string {
+func storeFiles(t testing.TB, dataDir string) []string {
 	t.Helper()
 	var found []string
 	nets, _ := os.ReadDir(dataDir)

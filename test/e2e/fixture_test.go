@@ -69,7 +69,7 @@ func newNetwork(t *testing.T, sb *sandbox.Sandbox, conf string, pluginDir string
 	if err := json.Unmarshal([]byte(conf), &plugin); err != nil {
 		t.Fatalf("parse config: %v\n%s", err, conf)
 	}
-	listJSON := fmt.Sprintf(`{"cniVersion": %q, "name": %q, "plugins": [%s]}`, plugin.CNIVersion, plugin.Name, conf)
+	listJSON := fmt.Sprintf(`{"cniVersion": %q, "name": %q, "plugins": [%s]}`, plugin.CNIVersion, plugin.Name, withBPFFS(t, sb, conf))
 	list, err := libcni.NetworkConfFromBytes([]byte(listJSON))
 	if err != nil {
 		t.Fatalf("config list: %v\n%s", err, listJSON)
@@ -82,6 +82,27 @@ func newNetwork(t *testing.T, sb *sandbox.Sandbox, conf string, pluginDir string
 		name:    plugin.Name,
 		dataDir: plugin.IPAM.DataDir,
 	}
+}
+
+// withBPFFS points a bridge config's datapath at the sandbox node's bpffs,
+// so that tests never pin state in the machine's /sys/fs/bpf.
+func withBPFFS(t *testing.T, sb *sandbox.Sandbox, conf string) string {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal([]byte(conf), &m); err != nil {
+		t.Fatalf("parse config: %v", err)
+	}
+	if m["type"] != "bridge" {
+		return conf
+	}
+	if _, ok := m["datapath"]; !ok {
+		m["datapath"] = map[string]any{"bpffs": sb.BPFFS}
+	}
+	out, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
 }
 
 func runtimeConf(ctr *sandbox.NetNS, id, ifname string) *libcni.RuntimeConf {

@@ -156,7 +156,8 @@ func (n *NetNS) Delete() error {
 }
 
 // RemoveAll deletes every namespace in RunDir whose name starts with prefix,
-// for example the leftovers of a crashed run. The prefix must start with
+// and every sandbox bpffs (see BPFFSDir) of the same name, for example the
+// leftovers of a crashed run. The prefix must start with
 // NamePrefix; RemoveAll(NamePrefix) clears the namespaces of every sandbox,
 // including those of runs still in progress.
 func RemoveAll(prefix string) error {
@@ -165,7 +166,7 @@ func RemoveAll(prefix string) error {
 	}
 	entries, err := os.ReadDir(RunDir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+		return removeBPFFS(prefix)
 	}
 	if err != nil {
 		return fmt.Errorf("sandbox: %w", err)
@@ -177,7 +178,7 @@ func RemoveAll(prefix string) error {
 			errs = append(errs, n.Delete())
 		}
 	}
-	return errors.Join(errs...)
+	return errors.Join(append(errs, removeBPFFS(prefix))...)
 }
 
 // checkPrefix accepts names and name prefixes that start with NamePrefix and
@@ -241,4 +242,38 @@ func sysctlPath(name string) (string, error) {
 		return "", fmt.Errorf("sandbox: sysctl %q is not a per-namespace net.* sysctl", name)
 	}
 	return path, nil
+}
+
+// BPFFSRoot holds the bpffs mount points of sandboxes: each sandbox node
+// gets its own bpffs, as each real node has one, so that nodes on one
+// machine never share pinned state, and the machine's /sys/fs/bpf is never
+// touched.
+const BPFFSRoot = "/run/bpfbridge-sandbox"
+
+// removeBPFFS unmounts and removes the sandbox bpffs directories whose names
+// start with prefix.
+func removeBPFFS(prefix string) error {
+	entries, err := os.ReadDir(BPFFSRoot)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("sandbox: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), prefix) {
+			continue
+		}
+		dir := filepath.Join(BPFFSRoot, e.Name())
+		// Detach lazily: a plugin run may still hold pins open.
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("sandbox: unmount %s: %w", dir, err))
+			continue
+		}
+		if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("sandbox: %w", err))
+		}
+	}
+	return errors.Join(errs...)
 }

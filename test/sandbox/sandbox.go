@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -34,6 +35,12 @@ type Sandbox struct {
 	NodeUplink4, External4 netip.Prefix // 198.51.100.1/24 on uplink0, 198.51.100.2/24 on ext0
 	NodeUplink6, External6 netip.Prefix // 2001:db8:ffff::1/64 on uplink0, 2001:db8:ffff::2/64 on ext0
 	Internet4, Internet6   netip.Addr   // 203.0.113.10 and 2001:db8:eeee::10 on External's lo
+
+	// BPFFS is the node's bpffs mount point, under BPFFSRoot: point the
+	// plugin's datapath at it (config datapath.bpffs or BPFBRIDGE_BPFFS).
+	// It does not exist until the plugin mounts a bpffs there; Close
+	// unmounts and removes it.
+	BPFFS string
 }
 
 // New builds a sandbox whose namespaces are named prefix+"node",
@@ -56,6 +63,7 @@ func New(prefix string) (*Sandbox, error) {
 		External6:   netip.MustParsePrefix("2001:db8:ffff::2/64"),
 		Internet4:   netip.MustParseAddr("203.0.113.10"),
 		Internet6:   netip.MustParseAddr("2001:db8:eeee::10"),
+		BPFFS:       filepath.Join(BPFFSRoot, prefix+"bpffs"),
 	}
 	err := s.build()
 	if err != nil {

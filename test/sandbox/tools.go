@@ -115,6 +115,7 @@ type CNITool struct {
 	IfName      string   // CNI_IFNAME; cnitool's default is eth0
 	Args        string   // CNI_ARGS, as "KEY=VALUE;KEY2=VALUE2"
 	CapArgs     string   // CAP_ARGS, capability arguments as JSON
+	Env         []string // more KEY=VALUE variables, e.g. BPFBRIDGE_BPFFS
 	// StateDir, when set, stands in for /var/lib during the run. cnitool
 	// keeps libcni's result cache in /var/lib/cni, and a config without
 	// ipam.dataDir (such as DC/OS's) keeps its IPAM store in
@@ -125,26 +126,28 @@ type CNITool struct {
 
 // Run runs `cnitool verb network netnsPath` inside in, normally
 // Sandbox.Node, so that cnitool and the plugins it execs start in that
-// namespace. netnsPath is the container namespace, normally a [NetNS] Path;
+// namespace; it is forked from a thread in that namespace, with no nsenter
+// in between, so timings are cnitool's own. netnsPath is the container namespace, normally a [NetNS] Path;
 // it need not exist, since DEL must cope with a vanished namespace. The
 // error of a failed run includes cnitool's stderr. A run is killed when ctx
 // ends or after a minute, whichever comes first.
 func (t CNITool) Run(ctx context.Context, in *NetNS, verb, network, netnsPath string) (stdout, stderr []byte, err error) {
 	ctx, cancel := context.WithTimeout(ctx, cniToolTimeout)
 	defer cancel()
-	cmd := in.Command(ctx, t.Binary, verb, network, netnsPath)
+	cmd := exec.CommandContext(ctx, t.Binary, verb, network, netnsPath)
 	if t.StateDir != "" {
 		// A private mount namespace for this run only, where /var/lib is
 		// StateDir; the machine's mount table is untouched.
-		wrapped := append([]string{"--mount", "--propagation", "private", "--",
-			"sh", "-c", `mount --bind "$0" /var/lib && exec "$@"`, t.StateDir}, cmd.Args...)
-		cmd = exec.CommandContext(ctx, "unshare", wrapped...)
+		cmd = exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private", "--",
+			"sh", "-c", `mount --bind "$0" /var/lib && exec "$@"`, t.StateDir, t.Binary, verb, network, netnsPath)
 	}
 	cmd.Env = t.env()
 	cmd.WaitDelay = cniToolWaitDelay
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
-	if err := cmd.Run(); err != nil {
+	// Forked from a thread inside in, cnitool starts in that namespace
+	// without an nsenter process in front of it, as under a runtime.
+	if err := in.Do(cmd.Run); err != nil {
 		return o.Bytes(), e.Bytes(), fmt.Errorf("sandbox: cnitool %s %s %s: %w: %s", verb, network, netnsPath, err, bytes.TrimSpace(e.Bytes()))
 	}
 	return o.Bytes(), e.Bytes(), nil
@@ -165,5 +168,5 @@ func (t CNITool) env() []string {
 			env = append(env, k+"="+v)
 		}
 	}
-	return env
+	return append(env, t.Env...)
 }

@@ -1,0 +1,155 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* bpfbridge's datapath: two tc programs on the host-side veth of every
+ * container attachment.
+ *
+ *   from_container  tc ingress of the host veth: what the container sends.
+ *                   Anti-spoofing (MAC, IPv4, IPv6, ARP, NDP), then
+ *                   isolation by destination.
+ *   to_container    tc egress of the host veth: what is delivered to the
+ *                   container. Isolation by source, in the receiver's mode.
+ *
+ * skb->ifindex is the host veth in both, and keys the endpoint. Packets pass
+ * with TC_ACT_UNSPEC and drop with TC_ACT_SHOT through drop_packet(), which
+ * counts and reports every drop (verdict.h). */
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+
+#include "antispoof.h"
+#include "drop.h"
+#include "endpoint.h"
+#include "isolation.h"
+#include "parse.h"
+#include "stats.h"
+#include "verdict.h"
+
+/* Build variant, 0 in every release. The upgrade test builds the plugin
+ * with Go build tag bpfbridge_variant, whose object is compiled with
+ * BPFBRIDGE_VARIANT=1: a build whose programs differ, as a newer release's
+ * would. The value lives in .rodata, so the object and its tag differ while
+ * the verdicts stay the same. */
+#ifndef BPFBRIDGE_VARIANT
+#define BPFBRIDGE_VARIANT 0
+#endif
+volatile const __u32 bpfbridge_variant = BPFBRIDGE_VARIANT;
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* The policy for a frame a container sends; parsed is what parse_packet()
+ * returned. Returns DROP_NONE or the reason to drop. */
+static __always_inline __u8 from_container_policy(struct __sk_buff *skb, const struct endpoint *ep,
+						  const struct pkt *pkt, __u8 parsed)
+{
+	__u8 reason;
+
+	if (!(pkt->flags & PKT_F_ETH))
+		return DROP_MALFORMED;
+	if (!mac_equal(pkt->src_mac, ep->mac))
+		return DROP_SPOOF_MAC;
+	if (pkt->flags & PKT_F_TAGGED)
+		/* A trunk port: what is inside the tag belongs to another
+		 * L2 domain and is not ours to interpret. */
+		return (ep->flags & EP_F_TAGGED_OK) ? DROP_NONE : DROP_ETHERTYPE;
+
+	switch (pkt->eth_proto) {
+	case ETH_P_ARP:
+		if (parsed != DROP_NONE)
+			return parsed;
+		return antispoof_arp(ep, pkt);
+	case ETH_P_IP:
+		if (parsed != DROP_NONE)
+			return parsed;
+		reason = antispoof_ipv4(ep, pkt);
+		if (reason != DROP_NONE)
+			return reason;
+		return isolation_check(ep, pkt, &pkt->daddr, skb->ifindex);
+	case ETH_P_IPV6:
+		if (parsed != DROP_NONE)
+			return parsed;
+		/* A header chain we did not walk to its end could hide a
+		 * router advertisement: fail closed. */
+		if (pkt->flags & PKT_F_EXT_DEEP)
+			return DROP_MALFORMED;
+		reason = antispoof_ipv6(ep, pkt);
+		if (reason != DROP_NONE)
+			return reason;
+		reason = antispoof_ndp(skb, ep, pkt);
+		if (reason != DROP_NONE)
+			return reason;
+		return isolation_check(ep, pkt, &pkt->daddr, skb->ifindex);
+	default:
+		return DROP_ETHERTYPE;
+	}
+}
+
+/* The policy for a frame delivered to a container. Only isolation: what
+ * reaches the bridge was already checked on its way in, by from_container
+ * for containers and by the host for everything else. */
+static __always_inline __u8 to_container_policy(struct __sk_buff *skb, const struct endpoint *ep,
+						const struct pkt *pkt, __u8 parsed)
+{
+	if (pkt->flags & PKT_F_TAGGED)
+		return DROP_NONE;
+	switch (pkt->eth_proto) {
+	case ETH_P_IP:
+	case ETH_P_IPV6:
+		/* Without the addresses there is no isolation decision;
+		 * the receiving stack would discard the packet anyway. */
+		if (parsed != DROP_NONE)
+			return parsed;
+		return isolation_check(ep, pkt, &pkt->saddr, skb->ifindex);
+	default:
+		/* ARP and everything else: never isolated. */
+		return DROP_NONE;
+	}
+}
+
+SEC("tc")
+int from_container(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	struct endpoint_stats *st;
+	struct endpoint *ep;
+	struct pkt pkt = {};
+	__u8 parsed, reason;
+
+	/* Parse first so that even a no-endpoint drop reports the packet. */
+	parsed = parse_packet(skb, &pkt);
+
+	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	if (!ep)
+		return drop_packet(skb, NULL, &pkt, DROP_NO_ENDPOINT, DIR_FROM_CONTAINER);
+	st = stats_get(ifindex);
+	stats_count_from(st, skb->len);
+
+	reason = from_container_policy(skb, ep, &pkt, parsed);
+	if (reason != DROP_NONE)
+		return drop_packet(skb, st, &pkt, reason, DIR_FROM_CONTAINER);
+	return VERDICT_PASS;
+}
+
+SEC("tc")
+int to_container(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	struct endpoint_stats *st;
+	struct endpoint *ep;
+	struct pkt pkt = {};
+	__u8 parsed, reason;
+
+	parsed = parse_packet(skb, &pkt);
+
+	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	if (!ep)
+		return drop_packet(skb, NULL, &pkt, DROP_NO_ENDPOINT, DIR_TO_CONTAINER);
+	st = stats_get(ifindex);
+	stats_count_to(st, skb->len);
+
+	reason = to_container_policy(skb, ep, &pkt, parsed);
+	if (reason != DROP_NONE)
+		return drop_packet(skb, st, &pkt, reason, DIR_TO_CONTAINER);
+	return VERDICT_PASS;
+}

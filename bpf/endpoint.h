@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Endpoint state: what the control plane (datapath/ in Go) tells the
+ * programs about each container attachment, keyed by the ifindex of its
+ * host-side veth. The Go side mirrors these layouts through bpf2go. */
+#pragma once
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+/* A change to any struct or map here is a new layout: bump it, and the Go
+ * side pins the maps under a new directory instead of failing on the old
+ * pins (see datapath/layout.go). */
+#define LAYOUT_VERSION 1
+
+#define MAX_ENDPOINTS 65536
+#define MAX_IPV4 4
+#define MAX_IPV6 4
+
+/* The hash maps below are BPF_F_NO_PREALLOC: sized for the most endpoints a
+ * node could ever have, preallocated they would pin tens of megabytes
+ * (endpoint_meta alone is 65536 x ~0.9 KiB, ip_owners half a million
+ * entries) in every node's kernel, charged to the cgroup that loads them.
+ * Only the control plane inserts into them, so allocating on insert costs
+ * the datapath nothing; lookups are the same either way. */
+
+enum isolation_mode {
+	ISOLATION_NONE = 0,      /* anti-spoofing only */
+	ISOLATION_NETWORK = 1,   /* no traffic to or from other networks' containers */
+	ISOLATION_CONTAINER = 2, /* and none between containers of one network */
+};
+
+/* endpoint.flags */
+#define EP_F_TAGGED_OK (1 << 0) /* VLAN trunk port: 802.1Q/802.1ad frames pass */
+
+/* What a container may send as, and how it is isolated. */
+struct endpoint {
+	__u8 mac[6];     /* the container interface's MAC */
+	__u8 isolation;  /* enum isolation_mode */
+	__u8 flags;      /* EP_F_* */
+	__u32 network;   /* network id: the same for every endpoint of a network */
+	__u8 n_ipv4;
+	__u8 n_ipv6;
+	__u8 pad[2];
+	__be32 ipv4[MAX_IPV4];
+	__u8 ipv6[MAX_IPV6][16];
+	__u8 ipv6_ll[16]; /* link-local address derived from mac (EUI-64) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENDPOINTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32); /* ifindex of the host-side veth */
+	__type(value, struct endpoint);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} endpoints SEC(".maps");
+
+/* Which endpoint holds an address, for isolation decisions. */
+struct ip_key {
+	__u8 family; /* 4 or 6 */
+	__u8 pad[3];
+	__u8 addr[16]; /* IPv4 in the first 4 bytes, rest zero */
+};
+
+struct ip_owner {
+	__u32 ifindex;
+	__u32 network;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENDPOINTS * (MAX_IPV4 + MAX_IPV6));
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ip_key);
+	__type(value, struct ip_owner);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ip_owners SEC(".maps");
+
+/* Control-plane record of an attachment, keyed by the SHA-256 of
+ * "<containerID>\0<ifname>". The programs never read it: it lets DEL, GC and
+ * `bridge inspect` find an endpoint by container id and ifname even after
+ * its veth (and so its ifindex) is gone, and rebuild the maps above after a
+ * layout change. */
+struct endpoint_key {
+	__u8 sha256[32];
+};
+
+/* endpoint_meta.attach */
+#define ATTACH_TCX 1
+#define ATTACH_LEGACY 2 /* clsact + cls_bpf direct-action */
+
+struct endpoint_meta {
+	__u32 ifindex;
+	__u32 attach;      /* ATTACH_* */
+	__u64 created_ns;  /* CLOCK_REALTIME, nanoseconds */
+	char container_id[256];
+	char ifname[16];      /* inside the container */
+	char host_ifname[16]; /* the host-side veth */
+	char network[128];    /* network name */
+	char netns[256];      /* CNI_NETNS at ADD */
+	char prog_tag[16];    /* program set attached (see datapath) */
+	struct endpoint ep;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENDPOINTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_meta);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} endpoint_meta SEC(".maps");

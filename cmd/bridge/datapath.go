@@ -1,0 +1,105 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+
+	"github.com/bpfbridge/bpfbridge/datapath"
+)
+
+// Environment variables that set the datapath options a config leaves
+// out: configs such as DC/OS's cannot change, and tests run the same
+// configs in both attach modes.
+const (
+	envBPFFS  = "BPFBRIDGE_BPFFS"
+	envAttach = "BPFBRIDGE_ATTACH"
+)
+
+// datapathOptions locates the node's eBPF datapath: config keys first,
+// then the environment, then the defaults.
+func (c *NetConf) datapathOptions() datapath.Options {
+	opts := datapath.Options{BPFFS: c.Datapath.BPFFS, Attach: datapath.AttachMode(c.Datapath.Attach)}
+	if opts.BPFFS == "" {
+		opts.BPFFS = os.Getenv(envBPFFS)
+	}
+	if opts.Attach == "" {
+		opts.Attach = datapath.AttachMode(os.Getenv(envAttach))
+	}
+	return opts
+}
+
+// openDatapath opens the node's datapath for ADD and CHECK. When this build's
+// programs are new on the node, existing endpoints move onto them now: this
+// is how a plugin upgrade reaches running containers.
+func openDatapath(c *NetConf) (*datapath.Datapath, error) {
+	dp, err := datapath.Open(c.datapathOptions())
+	if err != nil {
+		return nil, datapathError(err)
+	}
+	if dp.NewPrograms() {
+		if _, err := dp.Upgrade(); err != nil {
+			dp.Close()
+			return nil, datapathError(err)
+		}
+	}
+	return dp, nil
+}
+
+// isolation is the network's isolation mode (validated by loadConf).
+func (c *NetConf) isolation() datapath.Isolation {
+	i, _ := datapath.ParseIsolation(c.Isolation)
+	return i
+}
+
+// endpointOf describes the attachment to the datapath.
+func endpointOf(conf *NetConf, args *skel.CmdArgs, hostVeth netlink.Link, mac string, ips []*current.IPConfig) datapath.Endpoint {
+	hw, _ := net.ParseMAC(mac) // validated by containerMAC or generated
+	ep := datapath.Endpoint{
+		ContainerID: args.ContainerID,
+		IfName:      args.IfName,
+		Network:     conf.Name,
+		Netns:       args.Netns,
+		HostIfindex: hostVeth.Attrs().Index,
+		HostIfName:  hostVeth.Attrs().Name,
+		MAC:         hw,
+		Isolation:   conf.isolation(),
+		TaggedOK:    len(conf.trunk) > 0,
+	}
+	for _, ipc := range ips {
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok {
+			ep.IPs = append(ep.IPs, a.Unmap())
+		}
+	}
+	return ep
+}
+
+// detachDatapath removes the attachment's eBPF state, found by container
+// ID and ifname since the veth may be gone. A node without datapath state
+// has nothing to remove.
+func detachDatapath(conf *NetConf, args *skel.CmdArgs) error {
+	dp, err := datapath.OpenExisting(conf.datapathOptions())
+	if errors.Is(err, datapath.ErrNoState) {
+		return nil
+	}
+	if err != nil {
+		return datapathError(err)
+	}
+	defer dp.Close()
+	return datapathError(dp.Detach(args.ContainerID, args.IfName))
+}
+
+// datapathError gives errors of the eBPF datapath their CNI code.
+func datapathError(err error) error {
+	if err == nil {
+		return nil
+	}
+	return types.NewError(errDatapath, fmt.Sprintf("eBPF datapath: %v", err), "")
+}

@@ -1,0 +1,230 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/bpfbridge/bpfbridge/datapath/program"
+)
+
+// hook is one attachment point of an endpoint's veth.
+type hook struct {
+	pin    string          // tcx link pin name
+	tcx    ebpf.AttachType // tcx attach type
+	parent uint32          // clsact parent of the legacy filter
+	name   string          // legacy filter name
+	prog   func(*program.BpfbridgePrograms) *ebpf.Program
+}
+
+// hooks: packets from the container enter the host veth (ingress); packets
+// to it leave through the host veth (egress).
+var hooks = []hook{
+	{"ingress", ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS, "bpfbridge_from",
+		func(p *program.BpfbridgePrograms) *ebpf.Program { return p.FromContainer }},
+	{"egress", ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS, "bpfbridge_to",
+		func(p *program.BpfbridgePrograms) *ebpf.Program { return p.ToContainer }},
+}
+
+// Legacy filters use a fixed priority and handle of their own, so that a
+// replace finds exactly bpfbridge's filter and other filters are left alone.
+const (
+	legacyPriority = 0xbb
+	legacyHandle   = 0xbb
+)
+
+// attach attaches the programs to the veth ifindex and returns the mode used.
+func (d *Datapath) attach(key EndpointKey, ifindex int) (uint32, error) {
+	mode := d.opts.Attach
+	if mode != AttachLegacy {
+		err := d.attachTCX(key, ifindex)
+		if err == nil {
+			return attachedTCX, nil
+		}
+		if mode == AttachTCX || !errors.Is(err, ebpf.ErrNotSupported) {
+			return 0, err
+		}
+	}
+	return attachedLegacy, d.attachLegacy(ifindex)
+}
+
+func (d *Datapath) attachTCX(key EndpointKey, ifindex int) error {
+	dir := d.state.linkDir(key)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, h := range hooks {
+		l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: h.prog(d.progs), Attach: h.tcx})
+		if err != nil {
+			return fmt.Errorf("attach tcx %s to ifindex %d: %w", h.pin, ifindex, err)
+		}
+		err = l.Pin(filepath.Join(dir, h.pin))
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("pin tcx link: %w", err)
+		}
+	}
+	return nil
+}
+
+func (d *Datapath) attachLegacy(ifindex int) error {
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := netlink.QdiscReplace(qdisc); err != nil {
+		return fmt.Errorf("add clsact qdisc to ifindex %d: %w", ifindex, err)
+	}
+	return replaceLegacy(ifindex, d.progs)
+}
+
+// replaceLegacy installs or atomically replaces bpfbridge's filters.
+func replaceLegacy(ifindex int, progs *program.BpfbridgePrograms) error {
+	for _, h := range hooks {
+		f := legacyFilter(ifindex, h)
+		f.Fd = h.prog(progs).FD()
+		if err := netlink.FilterReplace(f); err != nil {
+			return fmt.Errorf("add cls_bpf filter %s to ifindex %d: %w", h.name, ifindex, err)
+		}
+	}
+	return nil
+}
+
+func legacyFilter(ifindex int, h hook) *netlink.BpfFilter {
+	return &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: ifindex,
+			Parent:    h.parent,
+			Handle:    legacyHandle,
+			Priority:  legacyPriority,
+			Protocol:  unix.ETH_P_ALL,
+		},
+		Name:         h.name,
+		DirectAction: true,
+	}
+}
+
+// replacePrograms moves an endpoint's veth onto this build's programs.
+func (d *Datapath) replacePrograms(key EndpointKey, m *program.BpfbridgeEndpointMeta) error {
+	if m.Attach == attachedLegacy {
+		if !d.vethExists(m) {
+			return nil // gone with its container; DEL or GC will clean up
+		}
+		return replaceLegacy(int(m.Ifindex), d.progs)
+	}
+	for _, h := range hooks {
+		l, err := link.LoadPinnedLink(filepath.Join(d.state.linkDir(key), h.pin), nil)
+		if err != nil {
+			return err
+		}
+		err = l.Update(h.prog(d.progs))
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("update tcx link %s: %w", h.pin, err)
+		}
+	}
+	return nil
+}
+
+// detachPrograms removes an endpoint's programs from its veth; a veth that
+// is already gone took legacy filters with it, but tcx links outlive their
+// device and must be unpinned.
+func (d *Datapath) detachPrograms(key EndpointKey, m *program.BpfbridgeEndpointMeta) error {
+	var errs []error
+	if m != nil && m.Attach == attachedLegacy && d.vethExists(m) {
+		for _, h := range hooks {
+			if err := netlink.FilterDel(legacyFilter(int(m.Ifindex), h)); err != nil && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("remove cls_bpf filter %s: %w", h.name, err))
+			}
+		}
+	}
+	// Unpinning drops the last reference to a tcx link, which detaches it.
+	if err := os.RemoveAll(d.state.linkDir(key)); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// attachedPrograms reports an error unless this build's programs are
+// attached to the endpoint's veth in both directions.
+func (d *Datapath) attachedPrograms(m *program.BpfbridgeEndpointMeta) error {
+	for _, h := range hooks {
+		want, err := programID(h.prog(d.progs))
+		if err != nil {
+			return err
+		}
+		var have []ebpf.ProgramID
+		if m.Attach == attachedLegacy {
+			have, err = legacyProgramIDs(int(m.Ifindex), h)
+		} else {
+			have, err = tcxProgramIDs(int(m.Ifindex), h)
+		}
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(have, want) {
+			return fmt.Errorf("%s program (id %d) is not attached to %s (attached: %v)", h.pin, want, cString(m.HostIfname[:]), have)
+		}
+	}
+	return nil
+}
+
+func programID(p *ebpf.Program) (ebpf.ProgramID, error) {
+	info, err := p.Info()
+	if err != nil {
+		return 0, err
+	}
+	id, _ := info.ID()
+	return id, nil
+}
+
+func tcxProgramIDs(ifindex int, h hook) ([]ebpf.ProgramID, error) {
+	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: h.tcx})
+	if err != nil {
+		return nil, fmt.Errorf("query tcx programs of ifindex %d: %w", ifindex, err)
+	}
+	var ids []ebpf.ProgramID
+	for _, p := range res.Programs {
+		ids = append(ids, p.ID)
+	}
+	return ids, nil
+}
+
+func legacyProgramIDs(ifindex int, h hook) ([]ebpf.ProgramID, error) {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return nil, err
+	}
+	filters, err := netlink.FilterList(l, h.parent)
+	if err != nil {
+		return nil, fmt.Errorf("list filters of ifindex %d: %w", ifindex, err)
+	}
+	var ids []ebpf.ProgramID
+	for _, f := range filters {
+		if bf, ok := f.(*netlink.BpfFilter); ok {
+			ids = append(ids, ebpf.ProgramID(bf.Id))
+		}
+	}
+	return ids, nil
+}
+
+// vethExists reports whether the endpoint's host veth is still the link at
+// its ifindex (ifindexes are reused once a veth is gone).
+func (d *Datapath) vethExists(m *program.BpfbridgeEndpointMeta) bool {
+	l, err := netlink.LinkByIndex(int(m.Ifindex))
+	return err == nil && l.Attrs().Name == cString(m.HostIfname[:])
+}
+
+// How an endpoint's programs are attached (endpoint_meta.attach); mirrors
+// ATTACH_* in bpf/endpoint.h.
+const (
+	attachedTCX    uint32 = 1
+	attachedLegacy uint32 = 2
+)

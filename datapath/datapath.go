@@ -1,0 +1,163 @@
+// Package datapath is the Go side of bpfbridge's eBPF datapath. It loads the
+// tc programs of package program once per node (and once per new build),
+// pins them and their maps in a bpffs, attaches them to each container's
+// host-side veth (tcx, or clsact + cls_bpf direct-action on kernels without
+// tcx) and keeps the maps that tell the programs what each container may
+// send and to whom.
+//
+// A CNI plugin is a short-lived process, so everything that must outlive it
+// is pinned: maps, programs and tcx links. An ADD on a node whose programs
+// are already loaded only opens pins, writes map entries and attaches.
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/bpfbridge/bpfbridge/datapath/program"
+)
+
+// DefaultBPFFS is where the node's bpffs is mounted (and mounted if missing).
+const DefaultBPFFS = "/sys/fs/bpf"
+
+// AttachMode selects how programs are attached to a veth.
+type AttachMode string
+
+const (
+	// AttachAuto uses tcx where the kernel has it (6.6+) and falls back to
+	// clsact + cls_bpf otherwise.
+	AttachAuto AttachMode = "auto"
+	// AttachTCX uses tcx links, pinned in the bpffs.
+	AttachTCX AttachMode = "tcx"
+	// AttachLegacy uses a clsact qdisc with cls_bpf direct-action filters.
+	AttachLegacy AttachMode = "legacy"
+)
+
+// Options says where a node's datapath state lives and how to attach.
+type Options struct {
+	// BPFFS is the mount point of the bpffs holding the state (in its
+	// "bpfbridge" directory); default DefaultBPFFS. Two nodes simulated on
+	// one machine must use different ones.
+	BPFFS  string
+	Attach AttachMode // default AttachAuto
+}
+
+func (o Options) withDefaults() Options {
+	if o.BPFFS == "" {
+		o.BPFFS = DefaultBPFFS
+	}
+	if o.Attach == "" {
+		o.Attach = AttachAuto
+	}
+	return o
+}
+
+// ErrNoState reports that the node has no bpfbridge datapath state (no
+// attachment was ever made, or the bpffs was reset by a reboot).
+var ErrNoState = errors.New("no bpfbridge datapath state on this node")
+
+// Datapath is one node's datapath: its pinned maps and, once needed, the
+// programs of this build.
+type Datapath struct {
+	opts  Options
+	state state
+	maps  maps
+	progs *program.BpfbridgePrograms
+	// newPrograms: this build's programs were not on the node before Open.
+	newPrograms bool
+}
+
+// maps are the pinned maps the control plane writes or reads.
+type maps struct {
+	endpoints *ebpf.Map // ifindex → endpoint
+	ipOwners  *ebpf.Map // address → owning endpoint
+	meta      *ebpf.Map // endpoint key → control-plane record
+	stats     *ebpf.Map // ifindex → per-CPU counters
+}
+
+// Open opens the node's datapath, creating what is missing: the bpffs
+// mount, the pinned maps, and this build's programs (loaded and verified
+// once per node). When they are new on the node, NewPrograms reports it and
+// the caller should move existing endpoints onto them with Upgrade.
+func Open(opts Options) (*Datapath, error) {
+	opts = opts.withDefaults()
+	if err := ensureBPFFS(opts.BPFFS); err != nil {
+		return nil, err
+	}
+	d := &Datapath{opts: opts, state: state{root: filepath.Join(opts.BPFFS, stateDirName)}}
+	if err := os.MkdirAll(d.state.root, 0o700); err != nil {
+		return nil, fmt.Errorf("create %s: %w", d.state.root, err)
+	}
+	var err error
+	if d.newPrograms, err = d.loadPrograms(); err != nil {
+		return nil, err
+	}
+	if err := d.openMaps(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// NewPrograms reports whether Open loaded this build's programs for the
+// first time on the node: endpoints attached by other builds may be waiting
+// for Upgrade.
+func (d *Datapath) NewPrograms() bool { return d.newPrograms }
+
+// OpenExisting opens the node's datapath state without creating anything
+// and without loading programs, for DEL, GC and inspection. It returns
+// ErrNoState when the node has none.
+func OpenExisting(opts Options) (*Datapath, error) {
+	opts = opts.withDefaults()
+	d := &Datapath{opts: opts, state: state{root: filepath.Join(opts.BPFFS, stateDirName)}}
+	if _, err := os.Stat(d.state.mapsDir()); errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNoState
+	}
+	if err := d.openMaps(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *Datapath) openMaps() error {
+	for _, m := range []struct {
+		name string
+		dst  **ebpf.Map
+	}{
+		{"endpoints", &d.maps.endpoints},
+		{"ip_owners", &d.maps.ipOwners},
+		{"endpoint_meta", &d.maps.meta},
+		{"endpoint_stats", &d.maps.stats},
+	} {
+		path := filepath.Join(d.state.mapsDir(), m.name)
+		mp, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			return ErrNoState
+		}
+		if err != nil {
+			return fmt.Errorf("open pinned map %s: %w", path, err)
+		}
+		*m.dst = mp
+	}
+	return nil
+}
+
+// Close releases the file descriptors; pinned state stays.
+func (d *Datapath) Close() error {
+	for _, m := range []*ebpf.Map{d.maps.endpoints, d.maps.ipOwners, d.maps.meta, d.maps.stats} {
+		if m != nil {
+			m.Close()
+		}
+	}
+	if d.progs != nil {
+		d.progs.Close()
+	}
+	return nil
+}
+
+// Dir is the node's state directory in the bpffs.
+func (d *Datapath) Dir() string { return d.state.root }

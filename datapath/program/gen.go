@@ -1,0 +1,31 @@
+// Package program embeds bpfbridge's tc programs, compiled from bpf/ by
+// bpf2go, and the Go mirrors of the structs they share with the control
+// plane.
+//
+// Two programs run on the host-side veth of every container attachment:
+// FromContainer at tc ingress (what the container sends: anti-spoofing,
+// then isolation by destination) and ToContainer at tc egress (what is
+// delivered to the container: isolation by source, in the receiver's mode).
+// Both pass with TC_ACT_UNSPEC and drop with TC_ACT_SHOT, counting every
+// drop under a [DropReason].
+//
+// The generated bpfbridge_bpfel.go and bpfbridge_bpfel.o are committed, so
+// building needs no clang. Regenerate with clang-19 (each clang version emits
+// different bytes, and CI checks that the committed files are current):
+//
+//	go generate ./datapath/program
+package program
+
+// bpf2go emits the Go type of every map key and value by itself. The -type
+// flags name the rest (drop_event travels on a ring buffer, which has no
+// value type) and pin down the structs the control plane fills. There is no
+// -type for endpoint_meta, endpoint_stats and event_budget: each shares its
+// name with its map, which makes bpf2go's lookup by name ambiguous, and they
+// are generated as map values anyway.
+//
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -tags !bpfbridge_variant -target bpfel -type endpoint -type ip_key -type ip_owner -type endpoint_key -type drop_event Bpfbridge ../../bpf/bpfbridge.c -- -I../../bpf
+//
+// The same programs built as another release would be (BPFBRIDGE_VARIANT in
+// bpf/bpfbridge.c), for the upgrade test: go build -tags bpfbridge_variant.
+//
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -DBPFBRIDGE_VARIANT=1" -tags bpfbridge_variant -output-stem bpfbridge_variant -target bpfel -type endpoint -type ip_key -type ip_owner -type endpoint_key -type drop_event Bpfbridge ../../bpf/bpfbridge.c -- -I../../bpf

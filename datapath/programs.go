@@ -1,0 +1,163 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/bpfbridge/bpfbridge/datapath/program"
+)
+
+// Pin names of the programs in a build's program directory.
+const (
+	fromContainerPin = "from_container"
+	toContainerPin   = "to_container"
+)
+
+// loadPrograms makes this build's programs available, from their pins when
+// this node already loaded them (the common case: no verification on the
+// ADD path) or by loading the collection, which also creates or reuses the
+// pinned maps. fresh reports that this build's programs were new on the node.
+func (d *Datapath) loadPrograms() (fresh bool, err error) {
+	dir := d.state.progDir(program.Tag())
+	if d.progs, err = loadPinnedPrograms(dir); err == nil {
+		return false, nil
+	}
+	unlock, err := lock(d.state.root)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	// Another plugin run may have loaded them while we waited.
+	if d.progs, err = loadPinnedPrograms(dir); err == nil {
+		return false, nil
+	}
+	spec, err := program.LoadBpfbridge()
+	if err != nil {
+		return false, fmt.Errorf("read embedded programs: %w", err)
+	}
+	var objs program.BpfbridgeObjects
+	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.state.mapsDir()}})
+	if errors.Is(err, os.ErrNotExist) {
+		if err = os.MkdirAll(d.state.mapsDir(), 0o700); err == nil {
+			err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.state.mapsDir()}})
+		}
+	}
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return false, fmt.Errorf("maps pinned in %s differ from this build's (bump layoutVersion with LAYOUT_VERSION): %w", d.state.mapsDir(), err)
+	}
+	var verr *ebpf.VerifierError
+	if errors.As(err, &verr) {
+		return false, fmt.Errorf("load programs: %+v", verr)
+	}
+	if err != nil {
+		return false, fmt.Errorf("load programs: %w", err)
+	}
+	objs.BpfbridgeMaps.Close() // the programs hold their maps; the pins stay
+	if err := pinPrograms(&objs.BpfbridgePrograms, dir); err != nil {
+		objs.BpfbridgePrograms.Close()
+		return false, err
+	}
+	d.progs = &objs.BpfbridgePrograms
+	return true, nil
+}
+
+func loadPinnedPrograms(dir string) (*program.BpfbridgePrograms, error) {
+	from, err := ebpf.LoadPinnedProgram(filepath.Join(dir, fromContainerPin), nil)
+	if err != nil {
+		return nil, err
+	}
+	to, err := ebpf.LoadPinnedProgram(filepath.Join(dir, toContainerPin), nil)
+	if err != nil {
+		from.Close()
+		return nil, err
+	}
+	return &program.BpfbridgePrograms{FromContainer: from, ToContainer: to}, nil
+}
+
+// pinPrograms pins the programs into dir. They are pinned in a temporary
+// directory that is then renamed, so a program directory is either absent
+// or complete, whatever happens to this process.
+func pinPrograms(progs *program.BpfbridgePrograms, dir string) error {
+	// bpffs refuses names with dots.
+	tmp := filepath.Join(filepath.Dir(dir), "tmp-"+filepath.Base(dir))
+	_ = os.RemoveAll(tmp)
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return err
+	}
+	err := progs.FromContainer.Pin(filepath.Join(tmp, fromContainerPin))
+	if err == nil {
+		err = progs.ToContainer.Pin(filepath.Join(tmp, toContainerPin))
+	}
+	if err == nil {
+		err = os.Rename(tmp, dir)
+	}
+	if err != nil {
+		_ = os.RemoveAll(tmp)
+		return fmt.Errorf("pin programs in %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Upgrade moves every endpoint whose programs are not this build's onto
+// this build's programs, replacing them atomically on each veth (a tcx link
+// update or a cls_bpf filter replace: no packet sees a veth without a
+// program), then unpins program sets no endpoint uses any more. It returns
+// how many endpoints it moved. The plugin calls it when Open reports new
+// programs; `bridge datapath upgrade` calls it explicitly.
+func (d *Datapath) Upgrade() (int, error) {
+	if d.progs == nil {
+		return 0, errors.New("upgrade needs the programs: open the datapath with Open")
+	}
+	unlock, err := lock(d.state.root)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	tag := program.Tag()
+	var (
+		moved int
+		errs  []error
+	)
+	err = d.eachEndpoint(func(key EndpointKey, m *program.BpfbridgeEndpointMeta) {
+		if cString(m.ProgTag[:]) == tag {
+			return
+		}
+		if err := d.replacePrograms(key, m); err != nil {
+			errs = append(errs, fmt.Errorf("endpoint %s/%s: %w", cString(m.ContainerId[:]), cString(m.Ifname[:]), err))
+			return
+		}
+		setCString(m.ProgTag[:], tag)
+		if err := d.maps.meta.Update(key, m, ebpf.UpdateExist); err != nil {
+			errs = append(errs, err)
+			return
+		}
+		moved++
+	})
+	if err != nil {
+		return moved, err
+	}
+	if len(errs) == 0 {
+		errs = append(errs, d.unpinOldPrograms(tag))
+	}
+	return moved, errors.Join(errs...)
+}
+
+// unpinOldPrograms removes the program sets of other builds. It runs only
+// after every endpoint was moved to the current set, so none is in use.
+func (d *Datapath) unpinOldPrograms(current string) error {
+	entries, err := os.ReadDir(d.state.progsDir())
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		if e.Name() != current {
+			errs = append(errs, os.RemoveAll(filepath.Join(d.state.progsDir(), e.Name())))
+		}
+	}
+	return errors.Join(errs...)
+}
