@@ -46,12 +46,14 @@ const opTimeout = 30 * time.Second
 // network is one CNI network on a sandbox node, driven through libcni as a
 // container runtime drives it.
 type network struct {
-	t       *testing.T
-	sb      *sandbox.Sandbox
-	list    *libcni.NetworkConfigList
-	cni     *libcni.CNIConfig
-	name    string
-	dataDir string // the IPAM store root (ipam.dataDir)
+	t    *testing.T
+	sb   *sandbox.Sandbox
+	list *libcni.NetworkConfigList
+	cni  *libcni.CNIConfig
+	// cacheDir is libcni's result cache: the runtime's memory.
+	cacheDir string
+	name     string
+	dataDir  string // the IPAM store root (ipam.dataDir)
 }
 
 // newNetwork serves conf, a single plugin config, as a one-plugin config
@@ -74,14 +76,24 @@ func newNetwork(t *testing.T, sb *sandbox.Sandbox, conf string, pluginDir string
 	if err != nil {
 		t.Fatalf("config list: %v\n%s", err, listJSON)
 	}
+	cacheDir := t.TempDir()
 	return &network{
-		t:       t,
-		sb:      sb,
-		list:    list,
-		cni:     libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(), nil),
-		name:    plugin.Name,
-		dataDir: plugin.IPAM.DataDir,
+		t:        t,
+		sb:       sb,
+		list:     list,
+		cni:      libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, cacheDir, nil),
+		cacheDir: cacheDir,
+		name:     plugin.Name,
+		dataDir:  plugin.IPAM.DataDir,
 	}
+}
+
+// servedBy is the same network and runtime (the same result cache) with the
+// plugins of another directory, as after a plugin upgrade.
+func (n *network) servedBy(pluginDir string) *network {
+	next := *n
+	next.cni = libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, n.cacheDir, nil)
+	return &next
 }
 
 // withBPFFS points a bridge config's datapath at the sandbox node's bpffs,
