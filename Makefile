@@ -30,10 +30,10 @@ deps:
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends iproute2 util-linux iptables nftables)
 
 ## test: every test, unit and end to end (root: they create network namespaces); the
-## end-to-end suite runs again with the legacy attach mode (clsact + cls_bpf)
+## end-to-end suite runs again with programs attached as tcx links instead of cls_bpf filters
 test: require-root deps build tools
 	$(GO) test $(TEST_FLAGS) ./...
-	BPFBRIDGE_ATTACH=legacy $(GO) test $(TEST_FLAGS) ./test/e2e
+	BPFBRIDGE_ATTACH=tcx $(GO) test $(TEST_FLAGS) ./test/e2e
 
 ## generate: rebuild the bpf2go files in datapath/program from bpf/ with the pinned clang
 generate:

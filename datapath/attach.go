@@ -42,19 +42,20 @@ const (
 
 // attach attaches the programs to the veth ifindex and returns the mode used.
 func (d *Datapath) attach(key EndpointKey, ifindex int) (uint32, error) {
-	mode := d.opts.Attach
-	if mode != AttachLegacy {
+	if d.opts.Attach == AttachTCX {
 		err := d.attachTCX(key, ifindex)
-		if err == nil {
-			return attachedTCX, nil
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return attachedTCX, err
 		}
-		if mode == AttachTCX || !errors.Is(err, ebpf.ErrNotSupported) {
+		// A kernel older than 6.6 has no tcx: fall back.
+		if err := d.detachPrograms(key, nil); err != nil {
 			return 0, err
 		}
 	}
 	return attachedLegacy, d.attachLegacy(ifindex)
 }
 
+// attachTCX attaches both programs as tcx links and pins the links.
 func (d *Datapath) attachTCX(key EndpointKey, ifindex int) error {
 	dir := d.state.linkDir(key)
 	if err := os.MkdirAll(dir, 0o700); err != nil {

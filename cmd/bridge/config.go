@@ -125,9 +125,9 @@ func loadConf(stdin []byte) (*NetConf, error) {
 		return nil, invalidConf("\"isolation\": %q is not one of \"network\", \"container\", \"none\"", conf.Isolation)
 	}
 	switch conf.datapathOptions().Attach {
-	case "", datapath.AttachAuto, datapath.AttachTCX, datapath.AttachLegacy:
+	case "", datapath.AttachLegacy, datapath.AttachTCX:
 	default:
-		return nil, invalidConf("\"datapath.attach\" (or %s): %q is not one of \"auto\", \"tcx\", \"legacy\"",
+		return nil, invalidConf("\"datapath.attach\" (or %s): %q is not one of \"legacy\", \"tcx\"",
 			envAttach, conf.datapathOptions().Attach)
 	}
 	trunk, err := expandTrunk(conf.VlanTrunk)

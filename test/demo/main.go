@@ -1,16 +1,19 @@
 // Command demo shows bpfbridge at work on throwaway network namespaces: the
 // stock DC/OS "dcos" network config, unchanged, attaches two containers
 // through cnitool (a real CNI client); they reach their gateway and each
-// other; DEL leaves nothing behind. It never touches the machine's own
+// other; the eBPF datapath drops a container of another network and a
+// container using an address it was not given; DEL leaves nothing behind. It never touches the machine's own
 // network namespace or /var/lib/cni. Run it as root with `make demo`.
 package main
 
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha512"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -21,6 +24,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/bpfbridge/bpfbridge/datapath"
+	"github.com/bpfbridge/bpfbridge/datapath/program"
 	"github.com/bpfbridge/bpfbridge/test/netconf"
 	"github.com/bpfbridge/bpfbridge/test/sandbox"
 )
@@ -129,6 +134,10 @@ func run() error {
 	}
 	step("TCP echo app-1 -> %s: ok", bound)
 
+	if err := showIsolation(ctx, sb, tool, confDir, ctrs, ips); err != nil {
+		return err
+	}
+
 	for _, ctr := range ctrs {
 		if _, _, err := tool.Run(ctx, sb.Node, "del", "dcos", ctr.Path); err != nil {
 			return err
@@ -150,6 +159,98 @@ func run() error {
 	}
 	step("Done: cleaning up the namespaces.")
 	return nil
+}
+
+// otherConf is a second network on the node, with isolation "network"
+// (the default, spelled out here).
+const otherConf = `{"name": "other", "type": "bridge", "bridge": "m-other", "isGateway": true,
+  "isolation": "network", "ipam": {"type": "host-local", "subnet": "9.0.2.0/25"}}`
+
+// showIsolation shows the eBPF datapath at work: a container of another
+// network cannot reach the dcos containers, and a container that takes an
+// address it was not given gets nothing through; both drops are counted.
+func showIsolation(ctx context.Context, sb *sandbox.Sandbox, tool sandbox.CNITool, confDir string, ctrs []*sandbox.NetNS, ips []netip.Addr) error {
+	if err := os.WriteFile(filepath.Join(confDir, "other.conf"), []byte(otherConf), 0o644); err != nil {
+		return err
+	}
+	intruder, err := sb.NewContainer("intruder")
+	if err != nil {
+		return err
+	}
+	if _, _, err := tool.Run(ctx, sb.Node, "add", "other", intruder.Path); err != nil {
+		return err
+	}
+	defer tool.Run(ctx, sb.Node, "del", "other", intruder.Path)
+	dp, err := datapath.OpenExisting(datapath.Options{BPFFS: sb.BPFFS})
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+
+	got, _ := sandbox.Ping(intruder, ips[0], 2, 300*time.Millisecond)
+	step("ping %s (app-1, network dcos) from %s (network other): %d/2 replies", ips[0], intruder.Name, got)
+	if err := printDrops(dp, intruder, program.DropCrossNetwork); err != nil {
+		return err
+	}
+
+	// app-2 swaps its address for one it was not given.
+	stolen := netip.MustParseAddr("9.0.1.99")
+	if err := takeAddress(ctrs[1], ips[1], stolen, ips[0]); err != nil {
+		return err
+	}
+	got, _ = sandbox.Ping(ctrs[1], ips[0], 2, 300*time.Millisecond)
+	step("app-2 replaces its %s with %s; ping app-1 from it: %d/2 replies", ips[1], stolen, got)
+	return printDrops(dp, ctrs[1], program.DropSpoofIPv4)
+}
+
+// takeAddress replaces own with stolen on eth0 inside ctr, with a static
+// neighbour entry for peer (losing its last address flushed the ARP cache).
+func takeAddress(ctr *sandbox.NetNS, own, stolen, peer netip.Addr) error {
+	return ctr.Do(func() error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		neighs, err := netlink.NeighList(l.Attrs().Index, netlink.FAMILY_V4)
+		if err != nil {
+			return err
+		}
+		var peerMAC net.HardwareAddr
+		for _, n := range neighs {
+			if n.IP.Equal(peer.AsSlice()) {
+				peerMAC = n.HardwareAddr
+			}
+		}
+		ownAddr, _ := netlink.ParseAddr(own.String() + "/25")
+		stolenAddr, _ := netlink.ParseAddr(stolen.String() + "/25")
+		if err := netlink.AddrDel(l, ownAddr); err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(l, stolenAddr); err != nil {
+			return err
+		}
+		return netlink.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: netlink.FAMILY_V4,
+			State: netlink.NUD_PERMANENT, IP: peer.AsSlice(), HardwareAddr: peerMAC})
+	})
+}
+
+// printDrops prints the drops the datapath counted for the container ctr
+// under reason.
+func printDrops(dp *datapath.Datapath, ctr *sandbox.NetNS, reason program.DropReason) error {
+	id := cnitoolContainerID(ctr.Path)
+	c, err := dp.Counters(id, "eth0")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("    datapath: %s dropped %d packet(s) as %s (sent %d, received %d)\n",
+		ctr.Name, c.Drops[reason], reason, c.FromPackets, c.ToPackets)
+	return nil
+}
+
+// cnitoolContainerID is the container ID cnitool derives from a netns path.
+func cnitoolContainerID(netnsPath string) string {
+	sum := sha512.Sum512([]byte(netnsPath))
+	return fmt.Sprintf("cnitool-%x", sum[:10])
 }
 
 // printLinks prints the links of the calling thread's namespace, with

@@ -83,12 +83,12 @@ func drops(t *testing.T, dp *datapath.Datapath, c container, reason program.Drop
 }
 
 // attachMode is the attach mode this run of the suite uses (make test runs
-// it with BPFBRIDGE_ATTACH=legacy too).
+// it with BPFBRIDGE_ATTACH=tcx too).
 func attachMode() datapath.AttachMode {
-	if os.Getenv("BPFBRIDGE_ATTACH") == string(datapath.AttachLegacy) {
-		return datapath.AttachLegacy
+	if os.Getenv("BPFBRIDGE_ATTACH") == string(datapath.AttachTCX) {
+		return datapath.AttachTCX
 	}
-	return datapath.AttachTCX
+	return datapath.AttachLegacy
 }
 
 // attachedPrograms lists the IDs of the programs attached to the node's link
@@ -133,7 +133,7 @@ func attachedPrograms(t *testing.T, sb *sandbox.Sandbox, ifname string) (ingress
 }
 
 // hostVeth returns the name of the bridge port whose peer is c's eth0.
-func hostVeth(t *testing.T, sb *sandbox.Sandbox, c container) string {
+func hostVeth(t testing.TB, sb *sandbox.Sandbox, c container) string {
 	t.Helper()
 	var peer int
 	if err := c.ns.Do(func() error {

@@ -46,7 +46,7 @@ const opTimeout = 30 * time.Second
 // network is one CNI network on a sandbox node, driven through libcni as a
 // container runtime drives it.
 type network struct {
-	t    *testing.T
+	t    testing.TB
 	sb   *sandbox.Sandbox
 	list *libcni.NetworkConfigList
 	cni  *libcni.CNIConfig
@@ -59,7 +59,7 @@ type network struct {
 // newNetwork serves conf, a single plugin config, as a one-plugin config
 // list with the plugins in pluginDir. libcni's result cache goes to a
 // temporary directory, never /var/lib/cni.
-func newNetwork(t *testing.T, sb *sandbox.Sandbox, conf string, pluginDir string) *network {
+func newNetwork(t testing.TB, sb *sandbox.Sandbox, conf string, pluginDir string) *network {
 	t.Helper()
 	var plugin struct {
 		Name       string `json:"name"`
@@ -98,7 +98,7 @@ func (n *network) servedBy(pluginDir string) *network {
 
 // withBPFFS points a bridge config's datapath at the sandbox node's bpffs,
 // so that tests never pin state in the machine's /sys/fs/bpf.
-func withBPFFS(t *testing.T, sb *sandbox.Sandbox, conf string) string {
+func withBPFFS(t testing.TB, sb *sandbox.Sandbox, conf string) string {
 	t.Helper()
 	var m map[string]any
 	if err := json.Unmarshal([]byte(conf), &m); err != nil {

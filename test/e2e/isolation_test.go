@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
+	"github.com/bpfbridge/bpfbridge/datapath"
 	"github.com/bpfbridge/bpfbridge/datapath/program"
 	"github.com/bpfbridge/bpfbridge/test/sandbox"
 )
@@ -197,7 +198,7 @@ func TestDatapathStateLifecycle(t *testing.T) {
 		}
 	}
 	want := map[string]int{"endpoints": 2, "ip_owners": 2, "endpoint_meta": 2, "endpoint_stats": 2, "links": 2}
-	if attachMode() == "legacy" {
+	if attachMode() == datapath.AttachLegacy {
 		want["links"] = 0 // cls_bpf filters live on the veth, not in the bpffs
 	}
 	if got := pinnedEntries(t, sb); !mapsEqual(got, want) {
