@@ -72,6 +72,9 @@ func run() error {
 	if err := os.WriteFile(filepath.Join(confDir, "dcos.conf"), []byte(netconf.DCOS), 0o644); err != nil {
 		return err
 	}
+	if err := sb.MountBPFFS(); err != nil {
+		return err
+	}
 	tool := sandbox.CNITool{Binary: bins.CNITool, NetConfPath: confDir, CNIPath: []string{bins.PluginDir()}, StateDir: state,
 		Env: []string{"BPFBRIDGE_BPFFS=" + sb.BPFFS}}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -164,7 +167,8 @@ func run() error {
 // otherConf is a second network on the node, with isolation "network"
 // (the default, spelled out here).
 const otherConf = `{"name": "other", "type": "bridge", "bridge": "m-other", "isGateway": true,
-  "isolation": "network", "ipam": {"type": "host-local", "subnet": "9.0.2.0/25"}}`
+  "isolation": "network",
+  "ipam": {"type": "host-local", "subnet": "9.0.2.0/25", "routes": [{"dst": "0.0.0.0/0"}]}}`
 
 // showIsolation shows the eBPF datapath at work: a container of another
 // network cannot reach the dcos containers, and a container that takes an

@@ -25,6 +25,9 @@ func TestDCOSConfigThroughCnitool(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(confDir, "dcos.conf"), []byte(netconf.DCOS), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if err := sb.MountBPFFS(); err != nil {
+		t.Fatal(err)
+	}
 	tool := sandbox.CNITool{Binary: bins.CNITool, NetConfPath: confDir, CNIPath: []string{bins.PluginDir()}, StateDir: state,
 		Env: []string{"BPFBRIDGE_BPFFS=" + sb.BPFFS}}
 	store := filepath.Join(state, "cni", "networks", "dcos")
@@ -70,6 +73,9 @@ func TestDCOSConfigThroughCnitool(t *testing.T) {
 	if got := linkIn(t, sb.Node, "m-dcos").Attrs().MTU; got != 1420 {
 		t.Errorf("bridge m-dcos MTU = %d, want 1420", got)
 	}
+	if got := pinnedEntries(t, sb)["endpoint_meta"]; got != 2 {
+		t.Errorf("datapath records after two ADDs: %d, want 2", got)
+	}
 	ports := bridgePorts(t, sb, "m-dcos")
 	if len(ports) != 2 {
 		t.Fatalf("m-dcos has ports %v, want 2", ports)
@@ -102,6 +108,10 @@ func TestDCOSConfigThroughCnitool(t *testing.T) {
 	}
 	if got := linkIn(t, sb.Node, "m-dcos").Attrs().MTU; got != 1420 {
 		t.Errorf("bridge m-dcos MTU after the last DEL = %d, want 1420", got)
+	}
+	zero := map[string]int{"endpoints": 0, "ip_owners": 0, "endpoint_meta": 0, "endpoint_stats": 0, "links": 0}
+	if got := pinnedEntries(t, sb); !mapsEqual(got, zero) {
+		t.Errorf("datapath state after DEL = %v, want none", got)
 	}
 }
 

@@ -38,8 +38,8 @@ type Sandbox struct {
 
 	// BPFFS is the node's bpffs mount point, under BPFFSRoot: point the
 	// plugin's datapath at it (config datapath.bpffs or BPFBRIDGE_BPFFS).
-	// It does not exist until the plugin mounts a bpffs there; Close
-	// unmounts and removes it.
+	// It does not exist until the plugin (or MountBPFFS) mounts a bpffs
+	// there; Close unmounts and removes it.
 	BPFFS string
 }
 
@@ -183,6 +183,24 @@ func addAddr(link netlink.Link, p netip.Prefix) error {
 
 func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// MountBPFFS mounts a bpffs at BPFFS, if none is there yet. The plugin
+// mounts one itself when missing, but a plugin run in a mount namespace of
+// its own (CNITool with StateDir) would mount it there, out of sight of
+// the next run: mount it beforehand, and every run shares it.
+func (s *Sandbox) MountBPFFS() error {
+	var st unix.Statfs_t
+	if unix.Statfs(s.BPFFS, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := os.MkdirAll(s.BPFFS, 0o700); err != nil {
+		return fmt.Errorf("sandbox: %w", err)
+	}
+	if err := unix.Mount("bpf", s.BPFFS, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("sandbox: mount bpffs at %s: %w", s.BPFFS, err)
+	}
+	return nil
 }
 
 // AddExternalRoute routes dst (a container subnet) in External via the

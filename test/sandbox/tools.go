@@ -120,7 +120,9 @@ type CNITool struct {
 	// keeps libcni's result cache in /var/lib/cni, and a config without
 	// ipam.dataDir (such as DC/OS's) keeps its IPAM store in
 	// /var/lib/cni/networks: with StateDir, both land in
-	// StateDir/cni/… instead of on the machine.
+	// StateDir/cni/… instead of on the machine. The run gets a private mount
+	// namespace for that, so mounts it makes die with it: mount the node's
+	// bpffs beforehand (Sandbox.MountBPFFS).
 	StateDir string
 }
 
