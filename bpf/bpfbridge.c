@@ -1,16 +1,23 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* bpfbridge's datapath: two tc programs on the host-side veth of every
- * container attachment.
+ * container attachment, two on the node's uplinks when a network
+ * masquerades.
  *
  *   from_container  tc ingress of the host veth: what the container sends.
  *                   Anti-spoofing (MAC, IPv4, IPv6, ARP, NDP), then
  *                   isolation by destination.
  *   to_container    tc egress of the host veth: what is delivered to the
  *                   container. Isolation by source, in the receiver's mode.
+ *   uplink_egress   tc egress of an uplink: source NAT of what masqueraded
+ *                   containers send out (nat.h).
+ *   uplink_ingress  tc ingress of an uplink: reverse NAT of the replies and
+ *                   of ICMP errors about translated flows (nat.h,
+ *                   icmp_error.h).
  *
- * skb->ifindex is the host veth in both, and keys the endpoint. Packets pass
- * with TC_ACT_UNSPEC and drop with TC_ACT_SHOT through drop_packet(), which
- * counts and reports every drop (verdict.h). */
+ * skb->ifindex is the host veth in the first two, and keys the endpoint; the
+ * uplink in the others. Packets pass with TC_ACT_UNSPEC and drop with
+ * TC_ACT_SHOT through drop_packet(), which counts and reports every drop
+ * (verdict.h). */
 
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -19,9 +26,12 @@
 #include <bpf/bpf_helpers.h>
 
 #include "antispoof.h"
+#include "conntrack.h"
 #include "drop.h"
 #include "endpoint.h"
+#include "icmp_error.h"
 #include "isolation.h"
+#include "nat.h"
 #include "parse.h"
 #include "stats.h"
 #include "verdict.h"
@@ -151,5 +161,46 @@ int to_container(struct __sk_buff *skb)
 	reason = to_container_policy(skb, ep, &pkt, parsed);
 	if (reason != DROP_NONE)
 		return drop_packet(skb, st, &pkt, reason, DIR_TO_CONTAINER);
+	return VERDICT_PASS;
+}
+
+/* Masquerade. Runs for every packet the node sends on the uplink, its own
+ * included: what is not from a masqueraded container passes untouched. A
+ * packet that must be translated and cannot be is dropped rather than sent
+ * with the container's address. */
+SEC("tc")
+int uplink_egress(struct __sk_buff *skb)
+{
+	struct pkt pkt = {};
+	__u32 ep_ifindex = 0;
+	__u8 reason;
+
+	/* A packet we cannot parse is none we translate: from_container
+	 * already dropped malformed ones from containers. */
+	if (parse_packet(skb, &pkt) != DROP_NONE || (pkt.flags & PKT_F_TAGGED))
+		return VERDICT_PASS;
+	reason = snat_egress(skb, &pkt, &ep_ifindex);
+	if (reason != DROP_NONE)
+		return drop_packet(skb, ep_ifindex ? stats_get(ep_ifindex) : NULL, &pkt, reason,
+				   DIR_UPLINK_EGRESS);
+	return VERDICT_PASS;
+}
+
+/* Reverse NAT: replies to masqueraded flows, and ICMP errors about them, go
+ * on to the container; everything else passes untouched. */
+SEC("tc")
+int uplink_ingress(struct __sk_buff *skb)
+{
+	struct pkt pkt = {};
+	__u8 reason;
+
+	if (parse_packet(skb, &pkt) != DROP_NONE || (pkt.flags & PKT_F_TAGGED))
+		return VERDICT_PASS;
+	if (icmp_is_error(skb, &pkt))
+		reason = icmp_error_rnat(skb, &pkt);
+	else
+		reason = rnat_ingress(skb, &pkt);
+	if (reason != DROP_NONE)
+		return drop_packet(skb, NULL, &pkt, reason, DIR_UPLINK_INGRESS);
 	return VERDICT_PASS;
 }

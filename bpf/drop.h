@@ -22,16 +22,20 @@ enum drop_reason {
 	DROP_NO_ENDPOINT = 9,     /* the veth has no endpoint entry */
 	DROP_MALFORMED = 10,      /* headers truncated or inconsistent */
 	DROP_ETHERTYPE = 11,      /* neither IPv4, IPv6 nor ARP (nor VLAN on a trunk) */
-	DROP_REASONS = 12,        /* number of reasons */
+	DROP_NAT_EXHAUSTED = 12,  /* masquerade: no free NAT port among the tries, or NAT table full */
+	DROP_NAT_NO_ADDRESS = 13, /* masquerade: the uplink has no address of the packet's family */
+	DROP_REASONS = 14,        /* number of reasons */
 };
 
 /* drop_event.direction */
 #define DIR_FROM_CONTAINER 0 /* tc ingress of the host veth */
 #define DIR_TO_CONTAINER 1   /* tc egress of the host veth */
+#define DIR_UPLINK_EGRESS 2  /* tc egress of an uplink (masquerade); ifindex is the uplink */
+#define DIR_UPLINK_INGRESS 3 /* tc ingress of an uplink (reverse NAT); ifindex is the uplink */
 
 struct drop_event {
 	__u64 timestamp_ns; /* bpf_ktime_get_ns(), CLOCK_MONOTONIC */
-	__u32 ifindex;      /* host-side veth */
+	__u32 ifindex;      /* host-side veth; the uplink for DIR_UPLINK_* */
 	__u8 reason;        /* enum drop_reason */
 	__u8 direction;     /* DIR_* */
 	__u16 eth_proto;    /* host byte order */

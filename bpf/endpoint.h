@@ -11,7 +11,9 @@
 /* A change to any struct or map here is a new layout: bump it, and the Go
  * side pins the maps under a new directory instead of failing on the old
  * pins (see datapath/layout.go). */
-#define LAYOUT_VERSION 1
+/* 2: DROP_REASONS 12 -> 14 (masquerade), which resizes endpoint_stats and
+ * drop_totals; the NAT maps are new. */
+#define LAYOUT_VERSION 2
 
 #define MAX_ENDPOINTS 65536
 #define MAX_IPV4 4

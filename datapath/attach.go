@@ -24,9 +24,9 @@ type hook struct {
 	prog   func(*program.BpfbridgePrograms) *ebpf.Program
 }
 
-// hooks: packets from the container enter the host veth (ingress); packets
-// to it leave through the host veth (egress).
-var hooks = []hook{
+// endpointHooks: packets from the container enter the host veth
+// (ingress); packets to it leave through the host veth (egress).
+var endpointHooks = []hook{
 	{"ingress", ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS, "bpfbridge_from",
 		func(p *program.BpfbridgePrograms) *ebpf.Program { return p.FromContainer }},
 	{"egress", ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS, "bpfbridge_to",
@@ -52,7 +52,7 @@ func (d *Datapath) attach(key EndpointKey, ifindex int) (uint32, error) {
 			return 0, err
 		}
 	}
-	return attachedLegacy, d.attachLegacy(ifindex)
+	return attachedLegacy, d.attachLegacy(ifindex, endpointHooks)
 }
 
 // attachTCX attaches both programs as tcx links and pins the links.
@@ -61,7 +61,7 @@ func (d *Datapath) attachTCX(key EndpointKey, ifindex int) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	for _, h := range hooks {
+	for _, h := range endpointHooks {
 		l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: h.prog(d.progs), Attach: h.tcx})
 		if err != nil {
 			return fmt.Errorf("attach tcx %s to ifindex %d: %w", h.pin, ifindex, err)
@@ -75,7 +75,7 @@ func (d *Datapath) attachTCX(key EndpointKey, ifindex int) error {
 	return nil
 }
 
-func (d *Datapath) attachLegacy(ifindex int) error {
+func (d *Datapath) attachLegacy(ifindex int, hs []hook) error {
 	qdisc := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
 		QdiscType:  "clsact",
@@ -83,12 +83,12 @@ func (d *Datapath) attachLegacy(ifindex int) error {
 	if err := netlink.QdiscReplace(qdisc); err != nil {
 		return fmt.Errorf("add clsact qdisc to ifindex %d: %w", ifindex, err)
 	}
-	return replaceLegacy(ifindex, d.progs)
+	return replaceLegacy(ifindex, d.progs, hs)
 }
 
 // replaceLegacy installs or atomically replaces bpfbridge's filters.
-func replaceLegacy(ifindex int, progs *program.BpfbridgePrograms) error {
-	for _, h := range hooks {
+func replaceLegacy(ifindex int, progs *program.BpfbridgePrograms, hs []hook) error {
+	for _, h := range hs {
 		f := legacyFilter(ifindex, h)
 		f.Fd = h.prog(progs).FD()
 		if err := netlink.FilterReplace(f); err != nil {
@@ -118,9 +118,9 @@ func (d *Datapath) replacePrograms(key EndpointKey, m *program.BpfbridgeEndpoint
 		if !d.vethExists(m) {
 			return nil // gone with its container; DEL or GC will clean up
 		}
-		return replaceLegacy(int(m.Ifindex), d.progs)
+		return replaceLegacy(int(m.Ifindex), d.progs, endpointHooks)
 	}
-	for _, h := range hooks {
+	for _, h := range endpointHooks {
 		l, err := link.LoadPinnedLink(filepath.Join(d.state.linkDir(key), h.pin), nil)
 		if err != nil {
 			return err
@@ -140,7 +140,7 @@ func (d *Datapath) replacePrograms(key EndpointKey, m *program.BpfbridgeEndpoint
 func (d *Datapath) detachPrograms(key EndpointKey, m *program.BpfbridgeEndpointMeta) error {
 	var errs []error
 	if m != nil && m.Attach == attachedLegacy && d.vethExists(m) {
-		for _, h := range hooks {
+		for _, h := range endpointHooks {
 			if err := netlink.FilterDel(legacyFilter(int(m.Ifindex), h)); err != nil && !errors.Is(err, unix.ENOENT) {
 				errs = append(errs, fmt.Errorf("remove cls_bpf filter %s: %w", h.name, err))
 			}
@@ -156,7 +156,7 @@ func (d *Datapath) detachPrograms(key EndpointKey, m *program.BpfbridgeEndpointM
 // attachedPrograms reports an error unless this build's programs are
 // attached to the endpoint's veth in both directions.
 func (d *Datapath) attachedPrograms(m *program.BpfbridgeEndpointMeta) error {
-	for _, h := range hooks {
+	for _, h := range endpointHooks {
 		want, err := programID(h.prog(d.progs))
 		if err != nil {
 			return err

@@ -23,8 +23,13 @@ func (d *Datapath) Counters(containerID, ifname string) (Counters, error) {
 	if err := d.maps.meta.Lookup(KeyOf(containerID, ifname), &meta); err != nil {
 		return Counters{}, fmt.Errorf("no datapath record for %s/%s: %w", containerID, ifname, err)
 	}
+	return d.countersOf(meta.Ifindex)
+}
+
+// countersOf returns the counters of the endpoint on the veth ifindex.
+func (d *Datapath) countersOf(ifindex uint32) (Counters, error) {
 	var perCPU []program.BpfbridgeEndpointStats
-	err := d.maps.stats.Lookup(meta.Ifindex, &perCPU)
+	err := d.maps.stats.Lookup(ifindex, &perCPU)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return Counters{}, nil // no packet yet
 	}

@@ -80,6 +80,31 @@ type maps struct {
 	ipOwners  *ebpf.Map // address → owning endpoint
 	meta      *ebpf.Map // endpoint key → control-plane record
 	stats     *ebpf.Map // ifindex → per-CPU counters
+
+	// Masquerade (see masquerade.go).
+	natConfig   *ebpf.Map // [0] → ports and timeouts
+	natUplinks  *ebpf.Map // uplink ifindex → its addresses
+	natNetworks *ebpf.Map // network id → flags
+	natExclude  *ebpf.Map // (network, prefix) → never masqueraded
+	natOut      *ebpf.Map // container's tuple → translation
+	natIn       *ebpf.Map // reply's tuple → container's address and port
+}
+
+// all lists the maps with their pinned names.
+func (m *maps) all() []struct {
+	name string
+	dst  **ebpf.Map
+} {
+	return []struct {
+		name string
+		dst  **ebpf.Map
+	}{
+		{"endpoints", &m.endpoints}, {"ip_owners", &m.ipOwners},
+		{"endpoint_meta", &m.meta}, {"endpoint_stats", &m.stats},
+		{"nat_config", &m.natConfig}, {"nat_uplinks", &m.natUplinks},
+		{"nat_networks", &m.natNetworks}, {"nat_exclude", &m.natExclude},
+		{"nat_out", &m.natOut}, {"nat_in", &m.natIn},
+	}
 }
 
 // Open opens the node's datapath, creating what is missing: the bpffs
@@ -127,15 +152,7 @@ func OpenExisting(opts Options) (*Datapath, error) {
 }
 
 func (d *Datapath) openMaps() error {
-	for _, m := range []struct {
-		name string
-		dst  **ebpf.Map
-	}{
-		{"endpoints", &d.maps.endpoints},
-		{"ip_owners", &d.maps.ipOwners},
-		{"endpoint_meta", &d.maps.meta},
-		{"endpoint_stats", &d.maps.stats},
-	} {
+	for _, m := range d.maps.all() {
 		path := filepath.Join(d.state.mapsDir(), m.name)
 		mp, err := ebpf.LoadPinnedMap(path, nil)
 		if errors.Is(err, os.ErrNotExist) {
@@ -151,9 +168,9 @@ func (d *Datapath) openMaps() error {
 
 // Close releases the file descriptors; pinned state stays.
 func (d *Datapath) Close() error {
-	for _, m := range []*ebpf.Map{d.maps.endpoints, d.maps.ipOwners, d.maps.meta, d.maps.stats} {
-		if m != nil {
-			m.Close()
+	for _, m := range d.maps.all() {
+		if *m.dst != nil {
+			(*m.dst).Close()
 		}
 	}
 	if d.progs != nil {

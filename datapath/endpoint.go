@@ -88,8 +88,7 @@ func (ep *Endpoint) entry() (program.BpfbridgeEndpoint, error) {
 		ip = ip.Unmap()
 		switch {
 		case ip.Is4() && e.N_ipv4 < maxIPv4:
-			// __be32: the in-memory bytes must be the address bytes.
-			e.Ipv4[e.N_ipv4] = binary.NativeEndian.Uint32(ip.AsSlice())
+			e.Ipv4[e.N_ipv4] = be32(ip)
 			e.N_ipv4++
 		case ip.Is6() && e.N_ipv6 < maxIPv6:
 			e.Ipv6[e.N_ipv6] = ip.As16()
@@ -101,6 +100,10 @@ func (ep *Endpoint) entry() (program.BpfbridgeEndpoint, error) {
 	e.Ipv6Ll = linkLocal(ep.MAC)
 	return e, nil
 }
+
+// be32 is an IPv4 address as a __be32 field: the in-memory bytes, which
+// cilium/ebpf writes in native order, must be the address bytes.
+func be32(a netip.Addr) uint32 { return binary.NativeEndian.Uint32(a.AsSlice()) }
 
 // epFlagTaggedOK mirrors EP_F_TAGGED_OK in bpf/endpoint.h.
 const epFlagTaggedOK = 1 << 0
@@ -254,6 +257,16 @@ func endpointIPs(e *program.BpfbridgeEndpoint) []netip.Addr {
 		ips = append(ips, netip.AddrFrom16(v6))
 	}
 	return ips
+}
+
+// Addresses returns the addresses recorded for the attachment
+// (containerID, ifname), or none when there is no record.
+func (d *Datapath) Addresses(containerID, ifname string) []netip.Addr {
+	var meta program.BpfbridgeEndpointMeta
+	if d.maps.meta.Lookup(KeyOf(containerID, ifname), &meta) != nil {
+		return nil
+	}
+	return endpointIPs(&meta.Ep)
 }
 
 // Check verifies that the datapath enforces ep on its veth: the record, the

@@ -11,11 +11,19 @@ import (
 	"github.com/bpfbridge/bpfbridge/datapath/program"
 )
 
-// Pin names of the programs in a build's program directory.
-const (
-	fromContainerPin = "from_container"
-	toContainerPin   = "to_container"
-)
+// pinned lists the programs of a build's program directory, by pin name.
+func pinned(p *program.BpfbridgePrograms) []struct {
+	name string
+	prog **ebpf.Program
+} {
+	return []struct {
+		name string
+		prog **ebpf.Program
+	}{
+		{"from_container", &p.FromContainer}, {"to_container", &p.ToContainer},
+		{"uplink_egress", &p.UplinkEgress}, {"uplink_ingress", &p.UplinkIngress},
+	}
+}
 
 // loadPrograms makes this build's programs available, from their pins when
 // this node already loaded them (the common case: no verification on the
@@ -66,16 +74,16 @@ func (d *Datapath) loadPrograms() (fresh bool, err error) {
 }
 
 func loadPinnedPrograms(dir string) (*program.BpfbridgePrograms, error) {
-	from, err := ebpf.LoadPinnedProgram(filepath.Join(dir, fromContainerPin), nil)
-	if err != nil {
-		return nil, err
+	progs := &program.BpfbridgePrograms{}
+	for _, p := range pinned(progs) {
+		prog, err := ebpf.LoadPinnedProgram(filepath.Join(dir, p.name), nil)
+		if err != nil {
+			progs.Close()
+			return nil, err
+		}
+		*p.prog = prog
 	}
-	to, err := ebpf.LoadPinnedProgram(filepath.Join(dir, toContainerPin), nil)
-	if err != nil {
-		from.Close()
-		return nil, err
-	}
-	return &program.BpfbridgePrograms{FromContainer: from, ToContainer: to}, nil
+	return progs, nil
 }
 
 // pinPrograms pins the programs into dir. They are pinned in a temporary
@@ -85,12 +93,11 @@ func pinPrograms(progs *program.BpfbridgePrograms, dir string) error {
 	// bpffs refuses names with dots.
 	tmp := filepath.Join(filepath.Dir(dir), "tmp-"+filepath.Base(dir))
 	_ = os.RemoveAll(tmp)
-	if err := os.MkdirAll(tmp, 0o700); err != nil {
-		return err
-	}
-	err := progs.FromContainer.Pin(filepath.Join(tmp, fromContainerPin))
-	if err == nil {
-		err = progs.ToContainer.Pin(filepath.Join(tmp, toContainerPin))
+	err := os.MkdirAll(tmp, 0o700)
+	for _, p := range pinned(progs) {
+		if err == nil {
+			err = (*p.prog).Pin(filepath.Join(tmp, p.name))
+		}
 	}
 	if err == nil {
 		err = os.Rename(tmp, dir)
@@ -140,7 +147,8 @@ func (d *Datapath) Upgrade() (int, error) {
 	if err != nil {
 		return moved, err
 	}
-	if len(errs) == 0 {
+	errs = append(errs, d.upgradeUplinks())
+	if errors.Join(errs...) == nil {
 		errs = append(errs, d.unpinOldPrograms(tag))
 	}
 	return moved, errors.Join(errs...)

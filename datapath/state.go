@@ -16,7 +16,7 @@ import (
 // with LAYOUT_VERSION in bpf/endpoint.h whenever a map or a struct in it
 // changes: a binary with a new layout then pins fresh maps instead of failing
 // on incompatible old ones (and moves the endpoints over, see Upgrade).
-const layoutVersion = 1
+const layoutVersion = 2
 
 // stateDirName is the directory of bpfbridge's pins inside the bpffs.
 const stateDirName = "bpfbridge"
@@ -55,7 +55,7 @@ const bpffsMagic = 0xcafe4a11
 // ensureBPFFS makes sure a bpffs is mounted at dir, mounting one when it is
 // not (a fresh node has none at /sys/fs/bpf).
 func ensureBPFFS(dir string) error {
-	if isBPFFS(dir) {
+	if IsBPFFS(dir) {
 		return nil
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -67,7 +67,8 @@ func ensureBPFFS(dir string) error {
 	return nil
 }
 
-func isBPFFS(dir string) bool {
+// IsBPFFS reports whether a bpffs is mounted at dir.
+func IsBPFFS(dir string) bool {
 	var st unix.Statfs_t
 	return unix.Statfs(dir, &st) == nil && uint32(st.Type) == bpffsMagic
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"time"
 
@@ -103,6 +104,13 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return datapathError(err)
 	}
 	undo.push(func() { _ = dp.Detach(args.ContainerID, args.IfName) })
+	if conf.IPMasq {
+		m := conf.masq
+		m.Network, m.Subnets = conf.Name, subnets(result.IPs)
+		if err := dp.EnableMasquerade(m); err != nil {
+			return datapathError(err)
+		}
+	}
 
 	gateways := completeRoutes(conf, result)
 	contIf, err := topology.ConfigureContainer(netns, topology.ContainerConfig{
@@ -139,6 +147,17 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		result.DNS = conf.DNS
 	}
 	return types.PrintResult(chain(prev, result), conf.CNIVersion)
+}
+
+// subnets are the networks of the attachment's addresses.
+func subnets(ips []*current.IPConfig) []netip.Prefix {
+	var out []netip.Prefix
+	for _, ipc := range ips {
+		a, _ := netip.AddrFromSlice(ipc.Address.IP)
+		ones, _ := ipc.Address.Mask.Size()
+		out = append(out, netip.PrefixFrom(a.Unmap(), ones).Masked())
+	}
+	return out
 }
 
 // completeRoutes fills in gateways for a gateway network and, with isDefaultGateway, adds a

@@ -14,6 +14,7 @@ import (
 
 const usage = `Usage: bridge [--version | --help]
        bridge datapath upgrade [--bpffs DIR]
+       bridge inspect <object> [verb] [flags]
 
 bridge is bpfbridge's CNI plugin. Container runtimes run it with CNI_COMMAND
 set (ADD, DEL, CHECK, GC, STATUS, VERSION) and the network config on stdin.
@@ -22,6 +23,9 @@ Commands:
   datapath upgrade   move every endpoint on this node onto this binary's eBPF
                      programs now (ADD and CHECK do it on their own when they
                      find programs of an older build)
+  inspect            show the node's datapath, read-only: programs, links, maps,
+                     endpoints, drop statistics, live drop events, IPAM
+                     allocations (bridge inspect --help for details)
 
 Options:
   --version   print the version, commit and supported CNI versions
@@ -40,6 +44,8 @@ func runCLI(args []string) int {
 		return 0
 	case "datapath":
 		return runDatapath(args[1:])
+	case "inspect":
+		return runInspect(args[1:])
 	default:
 		fmt.Fprintf(os.Stderr, "bridge: unknown argument %q\n\n%s", args[0], usage)
 		return 2

@@ -5,7 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -54,6 +58,20 @@ type NetConf struct {
 	DisableContainerInterface bool        `json:"disableContainerInterface"`
 	PortIsolation             bool        `json:"portIsolation"`
 
+	// Masquerade tunes ipMasq (bpfbridge's own keys, all optional).
+	Masquerade struct {
+		Exclude   []string `json:"exclude"`   // destination CIDRs never masqueraded
+		Uplinks   []string `json:"uplinks"`   // instead of the routing table's
+		PortRange string   `json:"portRange"` // "61000-65535"
+		Timeouts  struct {
+			TCP        int `json:"tcp"`
+			TCPSyn     int `json:"tcpSyn"`
+			TCPClosing int `json:"tcpClosing"`
+			UDP        int `json:"udp"`
+			ICMP       int `json:"icmp"`
+		} `json:"timeouts"` // seconds
+	} `json:"masquerade"`
+
 	// Isolation is bpfbridge's: "network" (default), "container" or "none".
 	Isolation string `json:"isolation"`
 	// Datapath says where the node's eBPF state lives and how programs
@@ -76,6 +94,8 @@ type NetConf struct {
 
 	// trunk is VlanTrunk expanded into sorted, distinct VLAN IDs.
 	trunk []int
+	// masq is Masquerade, parsed; Network and Subnets are filled at ADD.
+	masq datapath.Masquerade
 }
 
 // VlanTrunk is one entry of vlanTrunk: a single id or a minID-maxID range.
@@ -99,7 +119,8 @@ type envArgs struct {
 // rejected.
 func loadConf(stdin []byte) (*NetConf, error) {
 	conf := &NetConf{Bridge: defaultBridge}
-	if err := json.Unmarshal(stdin, conf); err != nil {
+	var err error
+	if err = json.Unmarshal(stdin, conf); err != nil {
 		return nil, decodeError(err)
 	}
 	// A config without cniVersion is 0.1.0; libcni passes it on as "".
@@ -130,6 +151,9 @@ func loadConf(stdin []byte) (*NetConf, error) {
 		return nil, invalidConf("\"datapath.attach\" (or %s): %q is not one of \"legacy\", \"tcx\"",
 			envAttach, conf.datapathOptions().Attach)
 	}
+	if conf.masq, err = parseMasquerade(conf); err != nil {
+		return nil, err
+	}
 	trunk, err := expandTrunk(conf.VlanTrunk)
 	if err != nil {
 		return nil, err
@@ -141,10 +165,6 @@ func loadConf(stdin []byte) (*NetConf, error) {
 // validateForAdd rejects configs that cannot be honoured, before anything is
 // created.
 func (c *NetConf) validateForAdd() error {
-	if c.IPMasq {
-		return types.NewError(types.ErrUnsupportedField,
-			"\"ipMasq\": true is not supported yet: bpfbridge masquerades in eBPF, which this build lacks; set \"ipMasq\": false", "")
-	}
 	if c.HairpinMode && c.PromiscMode {
 		return invalidConf("\"hairpinMode\": true and \"promiscMode\": true cannot be set together")
 	}
@@ -223,6 +243,37 @@ func (c *NetConf) bridgeConfig() topology.BridgeConfig {
 		Promisc:       c.PromiscMode,
 		VlanFiltering: c.Vlan != 0 || len(c.trunk) > 0,
 	}
+}
+
+// parseMasquerade validates the masquerade keys.
+func parseMasquerade(c *NetConf) (datapath.Masquerade, error) {
+	m := c.Masquerade
+	out := datapath.Masquerade{Uplinks: m.Uplinks}
+	for i, cidr := range m.Exclude {
+		p, err := netip.ParsePrefix(cidr)
+		if err != nil {
+			return out, invalidConf("\"masquerade.exclude[%d]\": %q is not a CIDR", i, cidr)
+		}
+		out.Exclude = append(out.Exclude, p)
+	}
+	if m.PortRange != "" {
+		lo, hi, _ := strings.Cut(m.PortRange, "-")
+		min, err1 := strconv.ParseUint(lo, 10, 16)
+		max, err2 := strconv.ParseUint(hi, 10, 16)
+		if err1 != nil || err2 != nil || min == 0 || min > max {
+			return out, invalidConf("\"masquerade.portRange\": %q is not a port range like \"61000-65535\"", m.PortRange)
+		}
+		out.PortMin, out.PortMax = uint16(min), uint16(max)
+	}
+	t := m.Timeouts
+	for key, v := range map[string]int{"tcp": t.TCP, "tcpSyn": t.TCPSyn, "tcpClosing": t.TCPClosing, "udp": t.UDP, "icmp": t.ICMP} {
+		if v < 0 {
+			return out, invalidConf("\"masquerade.timeouts.%s\": %d is negative", key, v)
+		}
+	}
+	sec := func(v int) time.Duration { return time.Duration(v) * time.Second }
+	out.Timeouts = datapath.NATTimeouts{TCP: sec(t.TCP), TCPSyn: sec(t.TCPSyn), TCPClosing: sec(t.TCPClosing), UDP: sec(t.UDP), ICMP: sec(t.ICMP)}
+	return out, nil
 }
 
 // expandTrunk turns vlanTrunk entries into sorted, distinct VLAN IDs.

@@ -93,6 +93,11 @@ func detachDatapath(conf *NetConf, args *skel.CmdArgs) error {
 		return datapathError(err)
 	}
 	defer dp.Close()
+	if conf.IPMasq {
+		if err := dp.ForgetFlows(dp.Addresses(args.ContainerID, args.IfName)); err != nil {
+			return datapathError(err)
+		}
+	}
 	return datapathError(dp.Detach(args.ContainerID, args.IfName))
 }
 

@@ -10,7 +10,8 @@ import (
 )
 
 // cmdGC releases the state of every attachment of this network that is not
-// in cni.dev/valid-attachments: datapath entries and addresses. Links need
+// in cni.dev/valid-attachments: datapath entries, masquerade translations
+// (and expired ones) and addresses. Links need
 // no collection: a veth disappears with its container's namespace.
 func cmdGC(args *skel.CmdArgs) error {
 	conf, err := loadConf(args.StdinData)
@@ -28,6 +29,9 @@ func cmdGC(args *skel.CmdArgs) error {
 		return datapathError(err)
 	default:
 		err = dp.GC(conf.Name, valid)
+		if err == nil && conf.IPMasq {
+			err = dp.SweepFlows()
+		}
 		dp.Close()
 		if err != nil {
 			return datapathError(err)

@@ -71,7 +71,7 @@ type BpfbridgeEndpointStats struct {
 	FromBytes   uint64
 	ToPackets   uint64
 	ToBytes     uint64
-	Drops       [12]uint64
+	Drops       [14]uint64
 }
 
 type BpfbridgeEventBudget struct {
@@ -94,6 +94,74 @@ type BpfbridgeIpOwner struct {
 	Network uint32
 }
 
+type BpfbridgeNatConfig struct {
+	_                  structs.HostLayout
+	PortMin            uint16
+	PortMax            uint16
+	TimeoutTcpS        uint32
+	TimeoutTcpSynS     uint32
+	TimeoutTcpClosingS uint32
+	TimeoutUdpS        uint32
+	TimeoutIcmpS       uint32
+}
+
+type BpfbridgeNatEntry struct {
+	_          structs.HostLayout
+	Addr       [16]uint8
+	Port       uint16
+	State      uint8
+	Pad        uint8
+	Uplink     uint32
+	CreatedNs  uint64
+	LastSeenNs uint64
+	Packets    uint64
+	Bytes      uint64
+}
+
+type BpfbridgeNatExcludeKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Network   uint32
+	Family    uint8
+	Pad       [3]uint8
+	Addr      [16]uint8
+}
+
+type BpfbridgeNatNetwork struct {
+	_     structs.HostLayout
+	Flags uint32
+}
+
+type BpfbridgeNatScratch struct {
+	_       structs.HostLayout
+	Ot      BpfbridgeNatTuple
+	It      BpfbridgeNatTuple
+	NatAddr struct {
+		_ structs.HostLayout
+		B [16]uint8
+	}
+}
+
+type BpfbridgeNatTuple struct {
+	_      structs.HostLayout
+	Src    [16]uint8
+	Dst    [16]uint8
+	Sport  uint16
+	Dport  uint16
+	Proto  uint8
+	Family uint8
+	Pad    [2]uint8
+}
+
+type BpfbridgeNatUplink struct {
+	_       structs.HostLayout
+	HasIpv4 uint8
+	HasIpv6 uint8
+	Pad     [2]uint8
+	Ipv4    uint32
+	Ipv6    [16]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -105,8 +173,17 @@ const (
 	BpfbridgeMapEndpoints        = "endpoints"
 	BpfbridgeMapEventBudget      = "event_budget"
 	BpfbridgeMapIpOwners         = "ip_owners"
+	BpfbridgeMapNatConfig        = "nat_config"
+	BpfbridgeMapNatExclude       = "nat_exclude"
+	BpfbridgeMapNatIn            = "nat_in"
+	BpfbridgeMapNatNetworks      = "nat_networks"
+	BpfbridgeMapNatOut           = "nat_out"
+	BpfbridgeMapNatScratch       = "nat_scratch"
+	BpfbridgeMapNatUplinks       = "nat_uplinks"
 	BpfbridgeProgFromContainer   = "from_container"
 	BpfbridgeProgToContainer     = "to_container"
+	BpfbridgeProgUplinkEgress    = "uplink_egress"
+	BpfbridgeProgUplinkIngress   = "uplink_ingress"
 	BpfbridgeVarBpfbridgeVariant = "bpfbridge_variant"
 )
 
@@ -154,6 +231,8 @@ type BpfbridgeSpecs struct {
 type BpfbridgeProgramSpecs struct {
 	FromContainer *ebpf.ProgramSpec `ebpf:"from_container"`
 	ToContainer   *ebpf.ProgramSpec `ebpf:"to_container"`
+	UplinkEgress  *ebpf.ProgramSpec `ebpf:"uplink_egress"`
+	UplinkIngress *ebpf.ProgramSpec `ebpf:"uplink_ingress"`
 }
 
 // BpfbridgeMapSpecs contains maps before they are loaded into the kernel.
@@ -167,6 +246,13 @@ type BpfbridgeMapSpecs struct {
 	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
 	EventBudget   *ebpf.MapSpec `ebpf:"event_budget"`
 	IpOwners      *ebpf.MapSpec `ebpf:"ip_owners"`
+	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
+	NatExclude    *ebpf.MapSpec `ebpf:"nat_exclude"`
+	NatIn         *ebpf.MapSpec `ebpf:"nat_in"`
+	NatNetworks   *ebpf.MapSpec `ebpf:"nat_networks"`
+	NatOut        *ebpf.MapSpec `ebpf:"nat_out"`
+	NatScratch    *ebpf.MapSpec `ebpf:"nat_scratch"`
+	NatUplinks    *ebpf.MapSpec `ebpf:"nat_uplinks"`
 }
 
 // BpfbridgeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -203,6 +289,13 @@ type BpfbridgeMaps struct {
 	Endpoints     *ebpf.Map `ebpf:"endpoints"`
 	EventBudget   *ebpf.Map `ebpf:"event_budget"`
 	IpOwners      *ebpf.Map `ebpf:"ip_owners"`
+	NatConfig     *ebpf.Map `ebpf:"nat_config"`
+	NatExclude    *ebpf.Map `ebpf:"nat_exclude"`
+	NatIn         *ebpf.Map `ebpf:"nat_in"`
+	NatNetworks   *ebpf.Map `ebpf:"nat_networks"`
+	NatOut        *ebpf.Map `ebpf:"nat_out"`
+	NatScratch    *ebpf.Map `ebpf:"nat_scratch"`
+	NatUplinks    *ebpf.Map `ebpf:"nat_uplinks"`
 }
 
 func (m *BpfbridgeMaps) Close() error {
@@ -214,6 +307,13 @@ func (m *BpfbridgeMaps) Close() error {
 		m.Endpoints,
 		m.EventBudget,
 		m.IpOwners,
+		m.NatConfig,
+		m.NatExclude,
+		m.NatIn,
+		m.NatNetworks,
+		m.NatOut,
+		m.NatScratch,
+		m.NatUplinks,
 	)
 }
 
@@ -230,12 +330,16 @@ type BpfbridgeVariables struct {
 type BpfbridgePrograms struct {
 	FromContainer *ebpf.Program `ebpf:"from_container"`
 	ToContainer   *ebpf.Program `ebpf:"to_container"`
+	UplinkEgress  *ebpf.Program `ebpf:"uplink_egress"`
+	UplinkIngress *ebpf.Program `ebpf:"uplink_ingress"`
 }
 
 func (p *BpfbridgePrograms) Close() error {
 	return _BpfbridgeClose(
 		p.FromContainer,
 		p.ToContainer,
+		p.UplinkEgress,
+		p.UplinkIngress,
 	)
 }
 

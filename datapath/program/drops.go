@@ -22,11 +22,13 @@ const (
 	DropNoEndpoint   DropReason = 9  // the veth has no endpoint entry
 	DropMalformed    DropReason = 10 // headers truncated or inconsistent
 	DropEtherType    DropReason = 11 // neither IPv4, IPv6 nor ARP (nor VLAN on a trunk)
+	DropNATExhausted DropReason = 12 // masquerade: no free NAT port among the tries, or NAT table full
+	DropNATNoAddress DropReason = 13 // masquerade: the uplink has no address of the packet's family
 )
 
 // NumDropReasons is DROP_REASONS: the number of reasons, DropNone included,
 // and so the length of BpfbridgeEndpointStats.Drops and of drop_totals.
-const NumDropReasons = 12
+const NumDropReasons = 14
 
 var dropReasonNames = [NumDropReasons]string{
 	DropNone:         "none",
@@ -41,6 +43,8 @@ var dropReasonNames = [NumDropReasons]string{
 	DropNoEndpoint:   "no-endpoint",
 	DropMalformed:    "malformed",
 	DropEtherType:    "ethertype",
+	DropNATExhausted: "nat-exhausted",
+	DropNATNoAddress: "nat-no-address",
 }
 
 // String returns the reason's name, as `bridge inspect` prints it, or

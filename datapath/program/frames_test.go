@@ -238,3 +238,77 @@ func multicastMAC(a netip.Addr) net.HardwareAddr {
 func linkLocal(hw net.HardwareAddr) netip.Addr {
 	return netip.AddrFrom16([16]byte{0xfe, 0x80, 8: hw[0] ^ 0x02, 9: hw[1], 10: hw[2], 11: 0xff, 12: 0xfe, 13: hw[3], 14: hw[4], 15: hw[5]})
 }
+
+// Frames for the masquerade tests.
+
+const (
+	icmp4EchoReply    = 0
+	icmp4DestUnreach  = 3
+	icmp4EchoRequest  = 8
+	icmp4FragNeeded   = 4 // code of icmp4DestUnreach
+	icmp6PacketTooBig = 2
+	icmp6EchoReply    = 129
+
+	tcpFIN = 0x01
+	tcpSYN = 0x02
+	tcpRST = 0x04
+	tcpACK = 0x10
+)
+
+// tcpFlags is tcp with the given flags and a payload-free segment.
+func tcpFlags(src, dst netip.Addr, sport, dport uint16, flags uint8) []byte {
+	seg := be16(nil, sport)
+	seg = be16(seg, dport)
+	seg = be32(seg, 1000) // seq
+	seg = be32(seg, 2000) // ack
+	seg = append(seg, 5<<4, flags)
+	seg = be16(seg, 64240)
+	seg = append(seg, 0, 0, 0, 0)
+	return l4(src, dst, protoTCP, seg, 16)
+}
+
+// udpNoCsum is a UDP datagram without checksum (0: allowed over IPv4).
+func udpNoCsum(sport, dport uint16, data []byte) []byte {
+	seg := be16(nil, sport)
+	seg = be16(seg, dport)
+	seg = be16(seg, uint16(8+len(data)))
+	seg = append(seg, 0, 0)
+	return append(seg, data...)
+}
+
+// icmp4EchoMsg is an ICMPv4 echo request or reply with identifier id.
+func icmp4EchoMsg(typ uint8, id, seq uint16) []byte {
+	m := []byte{typ, 0, 0, 0}
+	m = be16(m, id)
+	m = be16(m, seq)
+	m = append(m, "ping"...)
+	binary.BigEndian.PutUint16(m[2:], checksum(m, 0))
+	return m
+}
+
+// icmp6EchoMsg is an ICMPv6 echo request or reply with identifier id.
+func icmp6EchoMsg(src, dst netip.Addr, typ uint8, id, seq uint16) []byte {
+	body := be16(nil, id)
+	body = be16(body, seq)
+	body = append(body, "ping"...)
+	return icmp6(src, dst, typ, 0, body)
+}
+
+// icmp4Error is an ICMPv4 error (type, code, 4 bytes of rest-of-header
+// such as the next-hop MTU) quoting quote, the start of an IP packet.
+func icmp4Error(typ, code uint8, rest uint32, quote []byte) []byte {
+	m := []byte{typ, code, 0, 0}
+	m = be32(m, rest)
+	m = append(m, quote...)
+	binary.BigEndian.PutUint16(m[2:], checksum(m, 0))
+	return m
+}
+
+// ipv4Frame and ipv6Frame wrap an L4 message into an Ethernet frame.
+func ipv4Frame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, proto uint8, msg []byte) []byte {
+	return eth(dstMAC, srcMAC, etherTypeIPv4, ipv4(src, dst, proto, msg))
+}
+
+func ipv6Frame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, proto uint8, msg []byte) []byte {
+	return eth(dstMAC, srcMAC, etherTypeIPv6, ipv6(src, dst, proto, 64, msg))
+}

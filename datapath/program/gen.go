@@ -23,9 +23,9 @@ package program
 // name with its map, which makes bpf2go's lookup by name ambiguous, and they
 // are generated as map values anyway.
 //
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -tags !bpfbridge_variant -target bpfel -type endpoint -type ip_key -type ip_owner -type endpoint_key -type drop_event Bpfbridge ../../bpf/bpfbridge.c -- -I../../bpf
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -tags !bpfbridge_variant -target bpfel -type endpoint -type ip_key -type ip_owner -type endpoint_key -type drop_event -type nat_tuple -type nat_entry -type nat_exclude_key -type nat_uplink -type nat_network Bpfbridge ../../bpf/bpfbridge.c -- -I../../bpf
 //
 // The same programs built as another release would be (BPFBRIDGE_VARIANT in
 // bpf/bpfbridge.c), for the upgrade test: go build -tags bpfbridge_variant.
 //
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -DBPFBRIDGE_VARIANT=1" -tags bpfbridge_variant -output-stem bpfbridge_variant -target bpfel -type endpoint -type ip_key -type ip_owner -type endpoint_key -type drop_event Bpfbridge ../../bpf/bpfbridge.c -- -I../../bpf
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -DBPFBRIDGE_VARIANT=1" -tags bpfbridge_variant -output-stem bpfbridge_variant -target bpfel -type endpoint -type ip_key -type ip_owner -type endpoint_key -type drop_event -type nat_tuple -type nat_entry -type nat_exclude_key -type nat_uplink -type nat_network Bpfbridge ../../bpf/bpfbridge.c -- -I../../bpf

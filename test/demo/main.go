@@ -140,6 +140,9 @@ func run() error {
 	if err := showIsolation(ctx, sb, tool, confDir, ctrs, ips); err != nil {
 		return err
 	}
+	if err := showMasquerade(ctx, sb, tool, confDir); err != nil {
+		return err
+	}
 
 	for _, ctr := range ctrs {
 		if _, _, err := tool.Run(ctx, sb.Node, "del", "dcos", ctr.Path); err != nil {
@@ -205,6 +208,40 @@ func showIsolation(ctx context.Context, sb *sandbox.Sandbox, tool sandbox.CNIToo
 	got, _ = sandbox.Ping(ctrs[1], ips[0], 2, 300*time.Millisecond)
 	step("app-2 replaces its %s with %s; ping app-1 from it: %d/2 replies", ips[1], stolen, got)
 	return printDrops(dp, ctrs[1], program.DropSpoofIPv4)
+}
+
+// egressConf is a masquerading network: its containers reach the outside
+// world with the node's address, translated by the uplink's eBPF programs.
+const egressConf = `{"name": "egress", "type": "bridge", "bridge": "m-egress", "isGateway": true, "ipMasq": true,
+  "ipam": {"type": "host-local", "subnet": "9.0.3.0/25", "routes": [{"dst": "0.0.0.0/0"}]}}`
+
+// showMasquerade shows a container of a masquerading network reaching the
+// external namespace, which sees the node's uplink address.
+func showMasquerade(ctx context.Context, sb *sandbox.Sandbox, tool sandbox.CNITool, confDir string) error {
+	if err := os.WriteFile(filepath.Join(confDir, "egress.conf"), []byte(egressConf), 0o644); err != nil {
+		return err
+	}
+	client, err := sb.NewContainer("client")
+	if err != nil {
+		return err
+	}
+	if _, _, err := tool.Run(ctx, sb.Node, "add", "egress", client.Path); err != nil {
+		return err
+	}
+	defer tool.Run(ctx, sb.Node, "del", "egress", client.Path)
+	server := netip.AddrPortFrom(sb.Internet4, 80)
+	stop, err := sandbox.ServeWhoAmI(sb.External, server)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	seen, err := sandbox.WhoAmI(client, "tcp", server, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("masqueraded TCP to %s: %w", server, err)
+	}
+	step("TCP from %s (network egress, ipMasq) to %s in the external namespace:", client.Name, server)
+	fmt.Printf("    the server saw the connection come from %s (the node's uplink address is %s)\n", seen, sb.NodeUplink4.Addr())
+	return nil
 }
 
 // takeAddress replaces own with stolen on eth0 inside ctr, with a static

@@ -95,28 +95,16 @@ func attachMode() datapath.AttachMode {
 // ifname in the suite's attach mode, ingress then egress.
 func attachedPrograms(t *testing.T, sb *sandbox.Sandbox, ifname string) (ingress, egress []ebpf.ProgramID) {
 	t.Helper()
+	if attachMode() == datapath.AttachLegacy {
+		return legacyFilters(t, sb, ifname)
+	}
 	err := sb.InNode(func() error {
 		l, err := netlink.LinkByName(ifname)
 		if err != nil {
 			return err
 		}
-		idx := l.Attrs().Index
-		if attachMode() == datapath.AttachLegacy {
-			for parent, dst := range map[uint32]*[]ebpf.ProgramID{netlink.HANDLE_MIN_INGRESS: &ingress, netlink.HANDLE_MIN_EGRESS: &egress} {
-				filters, err := netlink.FilterList(l, parent)
-				if err != nil {
-					return err
-				}
-				for _, f := range filters {
-					if bf, ok := f.(*netlink.BpfFilter); ok {
-						*dst = append(*dst, ebpf.ProgramID(bf.Id))
-					}
-				}
-			}
-			return nil
-		}
 		for at, dst := range map[ebpf.AttachType]*[]ebpf.ProgramID{ebpf.AttachTCXIngress: &ingress, ebpf.AttachTCXEgress: &egress} {
-			res, err := link.QueryPrograms(link.QueryOptions{Target: idx, Attach: at})
+			res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: at})
 			if err != nil {
 				return err
 			}
@@ -127,9 +115,66 @@ func attachedPrograms(t *testing.T, sb *sandbox.Sandbox, ifname string) (ingress
 		return nil
 	})
 	if err != nil {
-		t.Fatalf("programs on %s: %v", ifname, err)
+		t.Fatalf("tcx programs on %s: %v", ifname, err)
 	}
 	return ingress, egress
+}
+
+// legacyFilters lists the programs of the cls_bpf filters on the node's
+// link ifname, ingress then egress.
+func legacyFilters(t *testing.T, sb *sandbox.Sandbox, ifname string) (ingress, egress []ebpf.ProgramID) {
+	t.Helper()
+	err := sb.InNode(func() error {
+		l, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return err
+		}
+		for parent, dst := range map[uint32]*[]ebpf.ProgramID{netlink.HANDLE_MIN_INGRESS: &ingress, netlink.HANDLE_MIN_EGRESS: &egress} {
+			filters, err := netlink.FilterList(l, parent)
+			if err != nil {
+				return err
+			}
+			for _, f := range filters {
+				if bf, ok := f.(*netlink.BpfFilter); ok {
+					*dst = append(*dst, ebpf.ProgramID(bf.Id))
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("filters on %s: %v", ifname, err)
+	}
+	return ingress, egress
+}
+
+// mapsDir is the directory of the node's pinned maps (maps/v<layout>).
+func mapsDir(t *testing.T, sb *sandbox.Sandbox) string {
+	t.Helper()
+	dirs, err := filepath.Glob(filepath.Join(sb.BPFFS, "bpfbridge", "maps", "v*"))
+	if err != nil || len(dirs) != 1 {
+		t.Fatalf("pinned map directories %v (%v), want exactly one", dirs, err)
+	}
+	return dirs[0]
+}
+
+// dropTotal is the node's total of drops for reason, over all CPUs.
+func dropTotal(t *testing.T, sb *sandbox.Sandbox, reason program.DropReason) uint64 {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(mapsDir(t, sb), "drop_totals"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var perCPU []uint64
+	if err := m.Lookup(uint32(reason), &perCPU); err != nil {
+		t.Fatal(err)
+	}
+	var sum uint64
+	for _, n := range perCPU {
+		sum += n
+	}
+	return sum
 }
 
 // hostVeth returns the name of the bridge port whose peer is c's eth0.
@@ -165,7 +210,7 @@ func pinnedEntries(t *testing.T, sb *sandbox.Sandbox) map[string]int {
 	t.Helper()
 	root := filepath.Join(sb.BPFFS, "bpfbridge")
 	counts := map[string]int{}
-	maps := filepath.Join(root, "maps", "v1")
+	maps := mapsDir(t, sb)
 	counts["endpoints"] = countKeys[uint32](t, filepath.Join(maps, "endpoints"))
 	counts["ip_owners"] = countKeys[program.BpfbridgeIpKey](t, filepath.Join(maps, "ip_owners"))
 	counts["endpoint_meta"] = countKeys[program.BpfbridgeEndpointKey](t, filepath.Join(maps, "endpoint_meta"))

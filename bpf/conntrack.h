@@ -1,0 +1,209 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Connection tracking for masquerade: the NAT table (nat_out and nat_in), the
+ * states of a tracked flow and when a flow expires.
+ *
+ * Every masqueraded flow is a PAIR of entries:
+ *
+ *   nat_out  key: the flow as the container sent it (container -> remote)
+ *            value: the translated source (uplink address, NAT port)
+ *   nat_in   key: the reply as it arrives on the uplink
+ *                 (remote -> uplink address, NAT port)
+ *            value: the container's original address and port
+ *
+ * nat_in is also the port allocator: claiming a NAT port is inserting the
+ * nat_in key with BPF_NOEXIST. The two halves must stay consistent, which is
+ * why these are plain hash maps and not LRU: an LRU evicts one half without
+ * the other, and then either replies go nowhere or two flows share a port
+ * (Cilium lived through both). Entries are never evicted; they expire:
+ * an entry idle for longer than the timeout of its state counts as absent,
+ * its port may be reclaimed by a new flow, and the control plane garbage
+ * collects pairs that stay expired.
+ *
+ * Timestamps are bpf_ktime_get_ns(): CLOCK_MONOTONIC, not wall time. */
+#pragma once
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+
+/* nat_entry.state. TCP is tracked just enough to pick a timeout; the
+ * endpoints do the real state keeping. */
+#define CT_SYN_SENT 1    /* TCP: the container sent a SYN, no reply yet */
+#define CT_ESTABLISHED 2 /* TCP: the remote replied (or picked up mid-stream) */
+#define CT_CLOSING 3     /* TCP: FIN or RST seen in either direction */
+#define CT_UDP 4         /* UDP: no states */
+#define CT_ICMP 5        /* ICMP/ICMPv6 echo */
+
+/* Defaults for the zero fields of nat_config. The port range lies above
+ * Linux's default ephemeral range (32768-60999), and the control plane
+ * reserves it (net.ipv4.ip_local_reserved_ports) so that the node's own
+ * connections from the uplink address never collide with a NAT port. Timeouts follow Linux conntrack's
+ * order of magnitude: established TCP for hours, the rest for seconds. */
+#define NAT_PORT_MIN_DEFAULT 61000
+#define NAT_PORT_MAX_DEFAULT 65535
+#define CT_TIMEOUT_TCP_DEFAULT_S 7200
+#define CT_TIMEOUT_TCP_SYN_DEFAULT_S 60
+#define CT_TIMEOUT_TCP_CLOSING_DEFAULT_S 10
+#define CT_TIMEOUT_UDP_DEFAULT_S 60
+#define CT_TIMEOUT_ICMP_DEFAULT_S 30
+
+#define NAT_MAX_ENTRIES 262144
+
+/* TCP header flags (byte 13 of the header). */
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
+/* Written by the control plane; zero fields mean the defaults above. */
+struct nat_config {
+	__u16 port_min; /* host order, inclusive */
+	__u16 port_max;
+	__u32 timeout_tcp_s;         /* CT_ESTABLISHED */
+	__u32 timeout_tcp_syn_s;     /* CT_SYN_SENT */
+	__u32 timeout_tcp_closing_s; /* CT_CLOSING */
+	__u32 timeout_udp_s;
+	__u32 timeout_icmp_s;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nat_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_config SEC(".maps");
+
+/* A flow in one direction. Addresses as in struct ip_key: IPv4 in the first
+ * 4 bytes, the rest zero. ICMP echo: the identifier is sport, dport is 0 (in
+ * nat_in too, where it is the NAT identifier). Padding must be zero: it is
+ * hashed with the rest. */
+struct nat_tuple {
+	__u8 src[16];
+	__u8 dst[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;  /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6 */
+	__u8 family; /* 4 or 6 */
+	__u8 pad[2];
+};
+
+struct nat_entry {
+	__u8 addr[16];  /* nat_out: the translated source; nat_in: the container's address */
+	__be16 port;    /* nat_out: the NAT port/identifier; nat_in: the container's */
+	__u8 state;     /* CT_*, the same in both halves */
+	__u8 pad;
+	__u32 uplink;   /* ifindex of the uplink the flow was created on */
+	__u64 created_ns;
+	__u64 last_seen_ns; /* refreshed in both halves by traffic in either direction */
+	__u64 packets;  /* nat_out: container -> remote; nat_in: replies */
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NAT_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct nat_tuple);
+	__type(value, struct nat_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_out SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NAT_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct nat_tuple);
+	__type(value, struct nat_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_in SEC(".maps");
+
+static __always_inline const struct nat_config *nat_config_get(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&nat_config, &zero);
+}
+
+static __always_inline __u64 ct_timeout_ns(const struct nat_config *cfg, __u8 state)
+{
+	__u32 s = 0;
+
+	switch (state) {
+	case CT_SYN_SENT:
+		s = cfg ? cfg->timeout_tcp_syn_s : 0;
+		if (!s)
+			s = CT_TIMEOUT_TCP_SYN_DEFAULT_S;
+		break;
+	case CT_ESTABLISHED:
+		s = cfg ? cfg->timeout_tcp_s : 0;
+		if (!s)
+			s = CT_TIMEOUT_TCP_DEFAULT_S;
+		break;
+	case CT_CLOSING:
+		s = cfg ? cfg->timeout_tcp_closing_s : 0;
+		if (!s)
+			s = CT_TIMEOUT_TCP_CLOSING_DEFAULT_S;
+		break;
+	case CT_UDP:
+		s = cfg ? cfg->timeout_udp_s : 0;
+		if (!s)
+			s = CT_TIMEOUT_UDP_DEFAULT_S;
+		break;
+	default:
+		/* CT_ICMP, and states a newer program wrote: the
+		 * shortest sensible lifetime. */
+		s = cfg ? cfg->timeout_icmp_s : 0;
+		if (!s)
+			s = CT_TIMEOUT_ICMP_DEFAULT_S;
+		break;
+	}
+	return (__u64)s * 1000000000ULL;
+}
+
+static __always_inline int ct_expired(const struct nat_entry *e, const struct nat_config *cfg,
+				      __u64 now)
+{
+	return e->last_seen_ns + ct_timeout_ns(cfg, e->state) < now;
+}
+
+/* The state of a flow after a packet. orig is 1 for the container's
+ * direction, 0 for replies; is_new for the packet that creates the flow;
+ * tcp_flags is byte 13 of the TCP header. */
+static __always_inline __u8 ct_next_state(__u8 cur, __u8 proto, __u8 tcp_flags, int orig,
+					  int is_new)
+{
+	if (proto == IPPROTO_UDP)
+		return CT_UDP;
+	if (proto != IPPROTO_TCP)
+		return CT_ICMP;
+	if (tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+		return CT_CLOSING;
+	if (is_new)
+		/* A flow we first see mid-stream (entries expired, or the
+		 * node rebooted) is picked up as established, as Linux
+		 * conntrack does by default (nf_conntrack_tcp_loose). */
+		return (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN ?
+			       CT_SYN_SENT : CT_ESTABLISHED;
+	if (!orig && cur == CT_SYN_SENT)
+		return CT_ESTABLISHED;
+	/* A new SYN on a closing tuple: the container reuses the port for
+	 * a new connection. */
+	if (orig && cur == CT_CLOSING && (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		return CT_SYN_SENT;
+	return cur;
+}
+
+/* Refresh an entry for a packet; state as from ct_next_state. Counters are
+ * atomic: both halves are shared by all CPUs. */
+static __always_inline void ct_touch(struct nat_entry *e, __u8 state, __u64 now, __u32 len)
+{
+	if (e->state != state)
+		e->state = state;
+	e->last_seen_ns = now;
+	if (len) {
+		__sync_fetch_and_add(&e->packets, 1);
+		__sync_fetch_and_add(&e->bytes, len);
+	}
+}

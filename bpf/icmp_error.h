@@ -1,0 +1,260 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* ICMP errors about masqueraded flows. A router on the path that cannot
+ * deliver a translated packet (too big for its next hop, TTL exceeded, no
+ * route) answers the uplink address and quotes the packet as it saw it:
+ * from the uplink address and NAT port. Unless the error is translated back,
+ * the container never learns the path MTU (TCP connections over a smaller
+ * MTU hang) and traceroute shows nothing.
+ *
+ * Translated, like Linux NAT does (nf_nat_icmp_reply_translation):
+ *   - the outer destination becomes the container's address (IPv4 header
+ *     checksum; for ICMPv6 the pseudo-header part of its checksum);
+ *   - the quoted source address and port (or echo identifier) become the
+ *     container's; the quoted IPv4 header checksum and the quoted L4
+ *     checksum follow when the quote includes them (an ICMPv4 error quotes
+ *     only 8 bytes of L4 header: a TCP checksum is usually cut off, a UDP
+ *     one is there);
+ *   - the ICMP checksum follows every quoted byte that changed.
+ *
+ * Errors translated: IPv4 destination unreachable (every code, including
+ * fragmentation needed) and time exceeded; ICMPv6 destination unreachable,
+ * packet too big and time exceeded. The quoted packet must be TCP, UDP or an
+ * echo request directly behind its IP header (no IPv6 extension headers). */
+#pragma once
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "conntrack.h"
+#include "csum.h"
+#include "drop.h"
+#include "nat.h"
+#include "parse.h"
+
+/* Whether pkt is an ICMP error we translate. */
+static __always_inline int icmp_is_error(struct __sk_buff *skb, const struct pkt *pkt)
+{
+	__u8 type;
+
+	if (!(pkt->flags & PKT_F_L4))
+		return 0;
+	if (pkt->family == 6)
+		return pkt->ip_proto == IPPROTO_ICMPV6 &&
+		       (pkt->icmp6_type == ICMPV6_DEST_UNREACH ||
+			pkt->icmp6_type == ICMPV6_PKT_TOOBIG ||
+			pkt->icmp6_type == ICMPV6_TIME_EXCEED);
+	if (pkt->family != 4 || pkt->ip_proto != IPPROTO_ICMP)
+		return 0;
+	if (bpf_skb_load_bytes(skb, pkt->l4_off, &type, sizeof(type)))
+		return 0;
+	return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED;
+}
+
+/* The packet an ICMP error quotes, as far as the NAT cares. */
+struct icmp_quote {
+	union addr saddr; /* should be the uplink address */
+	union addr daddr; /* the remote */
+	__u32 saddr_off;  /* offsets in the skb */
+	__u32 check_off;  /* IPv4 header checksum; 0 for IPv6 */
+	__u32 l4_off;
+	__u32 port_off;   /* source port, or echo identifier */
+	__u32 l4_csum_off; /* 0 when cut off */
+	__be16 sport;     /* the NAT port, or echo identifier */
+	__be16 dport;     /* echo: 0 */
+	__sum16 check;    /* the quoted IPv4 header checksum */
+	__u8 proto;
+	__u8 pad;
+};
+
+/* Read the quoted IP header behind the 8-byte ICMP header. Returns 0 when
+ * there is no usable quote. */
+static __always_inline int icmp_quote_ip(struct __sk_buff *skb, const struct pkt *pkt, __u32 end,
+					 struct icmp_quote *q)
+{
+	__u32 off = pkt->l4_off + 8;
+
+	if (pkt->family == 4) {
+		struct iphdr ip;
+
+		if (off + sizeof(ip) > end || bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)))
+			return 0;
+		/* A non-first fragment quotes no L4 header. */
+		if (ip.version != 4 || ip.ihl < 5 || (ip.frag_off & bpf_htons(IPV4_FRAG_OFFSET)))
+			return 0;
+		q->saddr.v4 = ip.saddr;
+		q->daddr.v4 = ip.daddr;
+		q->saddr_off = off + offsetof(struct iphdr, saddr);
+		q->check_off = off + offsetof(struct iphdr, check);
+		q->check = ip.check;
+		q->proto = ip.protocol;
+		q->l4_off = off + ip.ihl * 4;
+	} else {
+		struct ipv6hdr ip6;
+
+		if (off + sizeof(ip6) > end || bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
+			return 0;
+		if (ip6.version != 6)
+			return 0;
+		__builtin_memcpy(q->saddr.b, &ip6.saddr, 16);
+		__builtin_memcpy(q->daddr.b, &ip6.daddr, 16);
+		q->saddr_off = off + offsetof(struct ipv6hdr, saddr);
+		q->check_off = 0;
+		q->proto = ip6.nexthdr;
+		q->l4_off = off + sizeof(ip6);
+	}
+	return 1;
+}
+
+/* Read the quoted L4 header: ports, or the identifier of an echo request
+ * (the only ICMP we translate on the way out), and where its checksum is
+ * if the quote includes it. */
+static __always_inline int icmp_quote_l4(struct __sk_buff *skb, const struct pkt *pkt, __u32 end,
+					 struct icmp_quote *q)
+{
+	__u32 off = q->l4_off, csum_rel;
+	__u8 hdr[8];
+
+	/* Every error quotes at least 8 bytes of it (RFC 792, RFC 4443). */
+	if (off + sizeof(hdr) > end || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)))
+		return 0;
+	switch (q->proto) {
+	case IPPROTO_TCP:
+		csum_rel = 16;
+		break;
+	case IPPROTO_UDP:
+		csum_rel = 6;
+		break;
+	case IPPROTO_ICMP:
+		if (pkt->family != 4 || hdr[0] != ICMP_ECHO)
+			return 0;
+		goto echo;
+	case IPPROTO_ICMPV6:
+		if (pkt->family != 6 || hdr[0] != ICMPV6_ECHO_REQUEST)
+			return 0;
+	echo:
+		q->port_off = off + 4;
+		__builtin_memcpy(&q->sport, &hdr[4], 2);
+		q->dport = 0;
+		q->l4_csum_off = off + 2;
+		return 1;
+	default:
+		return 0;
+	}
+	q->port_off = off;
+	__builtin_memcpy(&q->sport, &hdr[0], 2);
+	__builtin_memcpy(&q->dport, &hdr[2], 2);
+	q->l4_csum_off = off + csum_rel + 2 <= end ? off + csum_rel : 0;
+	return 1;
+}
+
+/* Translate an ICMP error (icmp_is_error) back to the container, if it is
+ * about a masqueraded flow. Returns DROP_NONE, or DROP_MALFORMED when the
+ * kernel refused a rewrite (the packet may be half rewritten). */
+static __always_inline __u8 icmp_error_rnat(struct __sk_buff *skb, const struct pkt *pkt)
+{
+	struct icmp_quote q = {};
+	struct nat_tuple it;
+	struct nat_entry *in;
+	union addr orig = {};
+	__u32 end, icmp_csum_off = pkt->l4_off + 2, addr_diff, acc;
+	__be16 orig_port;
+	int ret;
+
+	end = nat_l3_end(skb, pkt);
+	if (!icmp_quote_ip(skb, pkt, end, &q) || !icmp_quote_l4(skb, pkt, end, &q))
+		return DROP_NONE;
+	/* We sent the quoted packet: from the address the error comes to. */
+	if (pkt->family == 4 ? q.saddr.v4 != pkt->daddr.v4 : !addr16_equal(q.saddr.b, pkt->daddr.b))
+		return DROP_NONE;
+
+	/* The quoted packet went out, so its reply-direction key is the
+	 * nat_in key of its flow. */
+	__builtin_memset(&it, 0, sizeof(it));
+	__builtin_memcpy(it.src, q.daddr.b, 16);
+	__builtin_memcpy(it.dst, q.saddr.b, 16);
+	if (q.proto == IPPROTO_TCP || q.proto == IPPROTO_UDP) {
+		it.sport = q.dport;
+		it.dport = q.sport;
+	} else {
+		it.sport = q.sport;
+		it.dport = 0;
+	}
+	it.proto = q.proto;
+	it.family = pkt->family;
+	in = bpf_map_lookup_elem(&nat_in, &it);
+	if (!in || ct_expired(in, nat_config_get(), bpf_ktime_get_ns()))
+		return DROP_NONE;
+	/* An error neither refreshes the flow nor changes its state: a
+	 * stream of errors must not keep a dead flow alive. */
+	__builtin_memcpy(orig.b, in->addr, 16);
+	orig_port = in->port;
+
+	/* The outer destination. */
+	if (pkt->family == 4) {
+		addr_diff = csum_diff32(q.saddr.v4, orig.v4);
+		ret = bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check),
+					  pkt->daddr.v4, orig.v4, 4);
+		if (!ret)
+			/* ICMPv4 has no pseudo-header. */
+			ret = bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr),
+						  &orig.v4, 4, 0);
+	} else {
+		addr_diff = bpf_csum_diff((__be32 *)q.saddr.b, 16, (__be32 *)orig.b, 16, 0);
+		ret = csum_l4_replace_ipv6_addr(skb, icmp_csum_off, nat_daddr_off(pkt), orig.b,
+						addr_diff, 0);
+	}
+	if (ret)
+		return DROP_MALFORMED;
+
+	/* The quoted source address, and the quoted IPv4 header checksum. acc
+	 * sums what changed inside the ICMP message. */
+	ret = bpf_skb_store_bytes(skb, q.saddr_off, orig.b, pkt->family == 4 ? 4 : 16, 0);
+	if (ret)
+		return DROP_MALFORMED;
+	acc = addr_diff;
+	if (pkt->family == 4) {
+		__sum16 check = csum_update(q.check, addr_diff);
+
+		if (bpf_skb_store_bytes(skb, q.check_off, &check, sizeof(check), 0))
+			return DROP_MALFORMED;
+		acc = csum_add(acc, csum_diff16(q.check, check));
+	}
+
+	/* The quoted source port or echo identifier. */
+	if (bpf_skb_store_bytes(skb, q.port_off, &orig_port, sizeof(orig_port), 0))
+		return DROP_MALFORMED;
+	acc = csum_add(acc, csum_diff16(q.sport, orig_port));
+
+	/* The quoted L4 checksum, when quoted: it covers the port, and for
+	 * all but ICMPv4 the pseudo-header with the source address. */
+	if (q.l4_csum_off) {
+		__sum16 old, new;
+		__u32 diff = csum_diff16(q.sport, orig_port);
+
+		if (bpf_skb_load_bytes(skb, q.l4_csum_off, &old, sizeof(old)))
+			return DROP_MALFORMED;
+		if (q.proto != IPPROTO_ICMP)
+			diff = csum_add(diff, addr_diff);
+		/* A UDP checksum of 0 is none (IPv4): leave it. */
+		if (!(q.proto == IPPROTO_UDP && old == 0)) {
+			new = csum_update(old, diff);
+			if (q.proto == IPPROTO_UDP && new == 0)
+				new = 0xffff;
+			if (bpf_skb_store_bytes(skb, q.l4_csum_off, &new, sizeof(new), 0))
+				return DROP_MALFORMED;
+			acc = csum_add(acc, csum_diff16(old, new));
+		}
+	}
+
+	/* The ICMP checksum, for the quoted bytes: a plain data change, no
+	 * pseudo-header, so skb->csum needs no update either. */
+	if (bpf_l4_csum_replace(skb, icmp_csum_off, 0, acc, 0))
+		return DROP_MALFORMED;
+	return DROP_NONE;
+}

@@ -1,0 +1,704 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Masquerade (ipMasq): source NAT of container traffic on the node's uplinks.
+ *
+ *   uplink_egress   tc egress of an uplink: a TCP, UDP or ICMP echo packet
+ *                   from a container of a masqueraded network to a
+ *                   destination outside the network's exclusions leaves
+ *                   with the uplink's address and a NAT port (snat_egress).
+ *   uplink_ingress  tc ingress of the uplink: replies get the container's
+ *                   address and port back (rnat_ingress); ICMP errors about
+ *                   a translated flow are translated too (icmp_error.h).
+ *
+ * The control plane fills nat_uplinks, nat_networks, nat_exclude and
+ * nat_config; the programs own nat_out and nat_in (conntrack.h), which the
+ * control plane only reads and garbage collects. */
+#pragma once
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/errno.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "conntrack.h"
+#include "csum.h"
+#include "drop.h"
+#include "endpoint.h"
+#include "isolation.h"
+#include "parse.h"
+
+/* How many NAT ports a new flow tries before it is dropped with
+ * DROP_NAT_EXHAUSTED. Each try is a hash map insert; 32 keeps the worst case
+ * cheap and the verifier's walk short, and with ports picked by hash a
+ * table needs to be nearly full for 32 in a row to be taken. */
+#define NAT_PORT_TRIES 32
+
+#define NAT_MAX_UPLINKS 64
+#define NAT_MAX_NETWORKS 4096
+#define NAT_MAX_EXCLUDES 4096
+
+/* ICMP message types we translate (RFC 792, RFC 4443). */
+#define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
+#define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PKT_TOOBIG 2
+#define ICMPV6_TIME_EXCEED 3
+#define ICMPV6_ECHO_REQUEST 128
+#define ICMPV6_ECHO_REPLY 129
+
+/* The node's address on an uplink: the source masqueraded packets leave
+ * with. Keyed by the uplink's ifindex. */
+struct nat_uplink {
+	__u8 has_ipv4;
+	__u8 has_ipv6;
+	__u8 pad[2];
+	__be32 ipv4;
+	__u8 ipv6[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NAT_MAX_UPLINKS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32); /* ifindex of the uplink */
+	__type(value, struct nat_uplink);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_uplinks SEC(".maps");
+
+/* nat_network.flags */
+#define NAT_F_MASQUERADE (1 << 0)
+
+struct nat_network {
+	__u32 flags; /* NAT_F_* */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NAT_MAX_NETWORKS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32); /* network id, as struct endpoint.network */
+	__type(value, struct nat_network);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_networks SEC(".maps");
+
+/* Destinations a network never masquerades to: its own subnets and the
+ * configured exclusions. prefixlen counts the bits after itself: 64 for
+ * network, family and pad, which must match exactly, plus the address
+ * prefix length. */
+struct nat_exclude_key {
+	__u32 prefixlen;
+	__u32 network;
+	__u8 family; /* 4 or 6 */
+	__u8 pad[3];
+	__u8 addr[16]; /* IPv4 in the first 4 bytes */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, NAT_MAX_EXCLUDES);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* required for LPM tries */
+	__type(key, struct nat_exclude_key);
+	__type(value, __u8); /* 1 */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_exclude SEC(".maps");
+
+/* What the NAT needs of an L4 header, from struct pkt plus a few loads. */
+struct nat_l4 {
+	__u32 csum_off; /* the L4 checksum */
+	__u32 sport_off; /* source port, or the echo identifier */
+	__u32 dport_off; /* destination port, or the echo identifier */
+	__be16 sport;   /* echo: the identifier */
+	__be16 dport;   /* echo: 0 */
+	__u8 tcp_flags;
+	__u8 pad[3];
+};
+
+/* Per-CPU scratch space for a packet's NAT: the flow, its nat_in key and
+ * the address it is translated to. Off the stack, which is 512 bytes for a
+ * whole call chain, and the way to hand them to nat_create, a global
+ * function (see there). A tc program runs to its end before the next one
+ * runs on the CPU (packets it lets through are processed after it
+ * returned), so one slot per CPU is enough. Not pinned: nothing outside a
+ * program run reads it. */
+struct nat_scratch {
+	struct nat_tuple ot; /* the flow as the container sent it */
+	struct nat_tuple it; /* its nat_in key; scratch for nat_create */
+	union addr nat_addr; /* the uplink's address */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nat_scratch);
+} nat_scratch SEC(".maps");
+
+static __always_inline int addr16_equal(const __u8 *a, const __u8 *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	/* Every 16-byte address here sits at a 4-byte aligned offset. */
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
+/* End of the IP packet: parse_ipv4 uses skb->len, which includes Ethernet
+ * padding; the NAT must not take padding for a checksum field. */
+static __always_inline __u32 nat_l3_end(struct __sk_buff *skb, const struct pkt *pkt)
+{
+	__be16 tot_len;
+	__u32 end;
+
+	if (pkt->family != 4)
+		return pkt->l3_end;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, tot_len), &tot_len,
+			       sizeof(tot_len)))
+		return 0;
+	/* tot_len 0: a BIG TCP GSO packet, whose length is the skb's. */
+	end = ETH_HLEN + bpf_ntohs(tot_len);
+	if (!tot_len || end > skb->len)
+		return skb->len;
+	return end;
+}
+
+/* Whether pkt is a packet the NAT translates: TCP, UDP, or ICMP echo of the
+ * given types (request leaving, reply arriving). Fills l4. Packets without
+ * an L4 header in this packet (non-first fragments, IPv6 chains longer than
+ * we walk) are not translated. */
+static __always_inline int nat_parse_l4(struct __sk_buff *skb, const struct pkt *pkt,
+					__u8 echo4, __u8 echo6, struct nat_l4 *l4)
+{
+	__u32 off = pkt->l4_off, end;
+	__u8 hdr[8];
+
+	if ((pkt->family != 4 && pkt->family != 6) || !(pkt->flags & PKT_F_L4))
+		return 0;
+	end = nat_l3_end(skb, pkt);
+	if (off + sizeof(hdr) > end || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)))
+		return 0;
+
+	switch (pkt->ip_proto) {
+	case IPPROTO_TCP:
+		if (off + 20 > end ||
+		    bpf_skb_load_bytes(skb, off + 13, &l4->tcp_flags, sizeof(l4->tcp_flags)))
+			return 0;
+		l4->csum_off = off + 16;
+		break;
+	case IPPROTO_UDP:
+		l4->csum_off = off + 6;
+		break;
+	case IPPROTO_ICMP:
+		if (pkt->family != 4 || hdr[0] != echo4)
+			return 0;
+		goto echo;
+	case IPPROTO_ICMPV6:
+		if (pkt->family != 6 || hdr[0] != echo6)
+			return 0;
+	echo:
+		/* type, code, checksum, identifier, sequence */
+		l4->csum_off = off + 2;
+		l4->sport_off = off + 4;
+		l4->dport_off = off + 4;
+		__builtin_memcpy(&l4->sport, &hdr[4], 2);
+		l4->dport = 0;
+		return 1;
+	default:
+		return 0;
+	}
+	l4->sport_off = off;
+	l4->dport_off = off + 2;
+	__builtin_memcpy(&l4->sport, &hdr[0], 2);
+	__builtin_memcpy(&l4->dport, &hdr[2], 2);
+	return 1;
+}
+
+static __always_inline int pkt_is_echo(const struct pkt *pkt)
+{
+	return pkt->ip_proto == IPPROTO_ICMP || pkt->ip_proto == IPPROTO_ICMPV6;
+}
+
+/* Multicast and broadcast are link-local business, never masqueraded. A
+ * subnet's directed broadcast is in the network's exclusions. */
+static __always_inline int nat_dst_is_group(const struct pkt *pkt)
+{
+	if (pkt->family == 4)
+		return (pkt->daddr.b[0] & 0xf0) == 0xe0 || pkt->daddr.v4 == 0xffffffff;
+	return pkt->daddr.b[0] == 0xff;
+}
+
+static __always_inline int nat_excluded(__u32 network, const struct pkt *pkt)
+{
+	struct nat_exclude_key key;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.prefixlen = 64 + (pkt->family == 4 ? 32 : 128);
+	key.network = network;
+	key.family = pkt->family;
+	__builtin_memcpy(key.addr, pkt->daddr.b, 16);
+	return bpf_map_lookup_elem(&nat_exclude, &key) != NULL;
+}
+
+/* The key of a flow's nat_in half from its nat_out key and entry: the reply
+ * comes from the remote to the NAT address and port. */
+static __always_inline void nat_in_key(struct nat_tuple *it, const struct nat_tuple *ot,
+				       const __u8 *nat_addr, __be16 nat_port)
+{
+	__builtin_memcpy(it->src, ot->dst, 16);
+	__builtin_memcpy(it->dst, nat_addr, 16);
+	if (ot->proto == IPPROTO_ICMP || ot->proto == IPPROTO_ICMPV6) {
+		it->sport = nat_port;
+		it->dport = 0;
+	} else {
+		it->sport = ot->dport;
+		it->dport = nat_port;
+	}
+	it->proto = ot->proto;
+	it->family = ot->family;
+	it->pad[0] = 0;
+	it->pad[1] = 0;
+}
+
+/* The key of a flow's nat_out half from its nat_in key and entry. ot may
+ * be it (rewritten in place): every field of it is read before written. */
+static __always_inline void nat_out_key(struct nat_tuple *ot, const struct nat_tuple *it,
+					const struct nat_entry *in)
+{
+	__be16 remote_port = it->sport;
+
+	if (it->proto == IPPROTO_ICMP || it->proto == IPPROTO_ICMPV6)
+		remote_port = 0;
+	__builtin_memcpy(ot->dst, it->src, 16);
+	__builtin_memcpy(ot->src, in->addr, 16);
+	ot->sport = in->port;
+	ot->dport = remote_port;
+	/* proto and family are the same in both halves. */
+	ot->proto = it->proto;
+	ot->family = it->family;
+	ot->pad[0] = 0;
+	ot->pad[1] = 0;
+}
+
+/* The NAT port of a nat_in key. */
+static __always_inline __be16 nat_in_port(const struct nat_tuple *it)
+{
+	return (it->proto == IPPROTO_ICMP || it->proto == IPPROTO_ICMPV6) ? it->sport : it->dport;
+}
+
+/* Whether a nat_in entry is the other half of the flow ot. */
+static __always_inline int nat_in_belongs(const struct nat_entry *in, const struct nat_tuple *ot)
+{
+	return in->port == ot->sport && addr16_equal(in->addr, ot->src);
+}
+
+/* Whether a nat_out entry is the other half of the nat_in key it. */
+static __always_inline int nat_out_belongs(const struct nat_entry *out, const struct nat_tuple *it)
+{
+	return out->port == nat_in_port(it) && addr16_equal(out->addr, it->dst);
+}
+
+/* Picks where a flow starts looking for a port: the same flow gets the same
+ * candidates every time (a flow whose entries expired gets its port back if
+ * still free), different flows spread over the range. */
+static __always_inline __u32 nat_hash(const struct nat_tuple *t)
+{
+	const __u32 *w = (const __u32 *)t;
+	__u32 h = 0x9e3779b9;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < (int)(sizeof(*t) / 4); i++) {
+		h ^= w[i];
+		h *= 0x01000193;
+		h ^= h >> 15;
+	}
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	return h;
+}
+
+/* Whether the holder of a taken NAT port may be replaced: its flow expired,
+ * or it is this very flow's nat_in half whose nat_out half went missing
+ * (adopted rather than leaked). */
+static __always_inline int nat_in_replaceable(const struct nat_entry *in,
+					      const struct nat_tuple *ot,
+					      const struct nat_config *cfg, __u64 now)
+{
+	return ct_expired(in, cfg, now) || nat_in_belongs(in, ot);
+}
+
+/* Free the NAT port of nat_in key it for flow ot, if its holder is
+ * replaceable: delete the holder's pair. it is clobbered (it becomes the
+ * holder's nat_out key, to save stack): the caller rebuilds it. The nat_out
+ * half is only deleted if it still points at this port (nat_addr, port): it
+ * may have moved on. In the moment between the two deletes a late reply of
+ * the old flow passes untranslated, and a packet of it finds a nat_out
+ * without partner and starts over: the flow expired anyway. Returns whether
+ * the port is free now (another CPU may still be faster). */
+static __always_inline int nat_port_reclaim(struct nat_tuple *it, const struct nat_tuple *ot,
+					    const union addr *nat_addr, __be16 port,
+					    const struct nat_config *cfg, __u64 now)
+{
+	struct nat_entry *in, *out;
+
+	in = bpf_map_lookup_elem(&nat_in, it);
+	if (!in)
+		return 1; /* deleted meanwhile */
+	if (!nat_in_replaceable(in, ot, cfg, now))
+		return 0;
+	bpf_map_delete_elem(&nat_in, it);
+	/* in stays readable until the end of the program (RCU). */
+	nat_out_key(it, it, in);
+	out = bpf_map_lookup_elem(&nat_out, it);
+	if (out && out->port == port && addr16_equal(out->addr, nat_addr->b))
+		bpf_map_delete_elem(&nat_out, it);
+	return 1;
+}
+
+/* nat_create results */
+#define NAT_CREATED 0
+#define NAT_EXISTS 1    /* another CPU created the flow meanwhile */
+#define NAT_EXHAUSTED 2 /* no port free among the tries, or the table is full */
+
+/* Create the pair for the new flow in this CPU's nat_scratch (ot, nat_addr),
+ * with state as its first state, on uplink. The port is claimed by
+ * inserting the nat_in half with BPF_NOEXIST, which is atomic against other
+ * CPUs; the nat_out half follows, and if it cannot be inserted the claim is
+ * rolled back, so a pair exists whole or not at all.
+ *
+ * The first candidate comes from hashing the flow, the others are random. The loop
+ * inserts, adopts this flow's own orphaned nat_in half, and remembers the
+ * first candidate whose holder expired; the costlier reclaim of that one
+ * runs at most once, after the loop, and only if no port was free.
+ *
+ * A global function: the verifier checks it once, on its own, instead of
+ * once for every state its caller reaches the call in (which, through
+ * NAT_PORT_TRIES iterations, cost hundreds of thousands of instructions).
+ * Global functions take scalars only on older kernels, hence the scratch
+ * map. Returns NAT_CREATED, NAT_EXISTS or NAT_EXHAUSTED; the caller looks
+ * the nat_out entry up. */
+__noinline int nat_create(__u32 uplink, __u32 state)
+{
+	const struct nat_config *cfg = nat_config_get();
+	struct nat_scratch *s;
+	struct nat_entry v = {};
+	struct nat_entry *in;
+	__u32 pmin = 0, pmax = 0, range, start, tries, i, zero = 0;
+	__u64 now = bpf_ktime_get_ns();
+	__be16 port, reclaim = 0;
+	int ret;
+
+	s = bpf_map_lookup_elem(&nat_scratch, &zero);
+	if (!s)
+		return NAT_EXHAUSTED; /* cannot happen: an array */
+	if (cfg) {
+		pmin = cfg->port_min;
+		pmax = cfg->port_max;
+	}
+	if (!pmin)
+		pmin = NAT_PORT_MIN_DEFAULT;
+	if (!pmax)
+		pmax = NAT_PORT_MAX_DEFAULT;
+	if (pmin > pmax) {
+		/* A config no control plane writes on purpose: better
+		 * the defaults than no masquerade at all. */
+		pmin = NAT_PORT_MIN_DEFAULT;
+		pmax = NAT_PORT_MAX_DEFAULT;
+	}
+	range = pmax - pmin + 1;
+	tries = range < NAT_PORT_TRIES ? range : NAT_PORT_TRIES;
+	start = nat_hash(&s->ot) % range;
+
+	/* v is the nat_in value while claiming, the nat_out value after. */
+	__builtin_memcpy(v.addr, s->ot.src, 16);
+	v.port = s->ot.sport;
+	v.state = (__u8)state;
+	v.uplink = uplink;
+	v.created_ns = now;
+	v.last_seen_ns = now;
+
+	for (i = 0; i < NAT_PORT_TRIES; i++) {
+		if (i >= tries)
+			break;
+		/* The first candidate is the flow's own (a flow whose entries
+		 * expired gets its port back), the others random: probing
+		 * consecutive ports would walk through the runs of taken
+		 * ports that form long before the range is full, and report
+		 * exhaustion with most ports free (measured: at 60%). */
+		port = bpf_htons((__u16)(pmin + (i ? bpf_get_prandom_u32() : start) % range));
+		nat_in_key(&s->it, &s->ot, s->nat_addr.b, port);
+		ret = bpf_map_update_elem(&nat_in, &s->it, &v, BPF_NOEXIST);
+		if (!ret)
+			goto claimed;
+		if (ret != -EEXIST)
+			return NAT_EXHAUSTED; /* table full: no other port does better */
+		in = bpf_map_lookup_elem(&nat_in, &s->it);
+		if (!in)
+			continue; /* freed meanwhile: leave it to the next try */
+		if (nat_in_belongs(in, &s->ot)) {
+			/* This flow's own nat_in half, orphaned: adopt
+			 * it (refreshed) rather than leak it and take a
+			 * second port. */
+			if (!bpf_map_update_elem(&nat_in, &s->it, &v, BPF_EXIST))
+				goto claimed;
+			continue;
+		}
+		if (!reclaim && ct_expired(in, cfg, now))
+			reclaim = port;
+	}
+	if (!reclaim)
+		return NAT_EXHAUSTED;
+	port = reclaim;
+	nat_in_key(&s->it, &s->ot, s->nat_addr.b, port);
+	if (!nat_port_reclaim(&s->it, &s->ot, &s->nat_addr, port, cfg, now))
+		return NAT_EXHAUSTED; /* refreshed meanwhile */
+	nat_in_key(&s->it, &s->ot, s->nat_addr.b, port);
+	if (bpf_map_update_elem(&nat_in, &s->it, &v, BPF_NOEXIST))
+		return NAT_EXHAUSTED; /* another CPU took it */
+
+claimed:
+	__builtin_memcpy(v.addr, s->nat_addr.b, 16);
+	v.port = port;
+	ret = bpf_map_update_elem(&nat_out, &s->ot, &v, BPF_NOEXIST);
+	if (!ret)
+		return NAT_CREATED;
+	/* Roll back: never leave half a pair. */
+	bpf_map_delete_elem(&nat_in, &s->it);
+	return ret == -EEXIST ? NAT_EXISTS : NAT_EXHAUSTED;
+}
+
+/* Rewrite one address and one port of the packet and fix the checksums:
+ * the IPv4 header's, and the L4 checksum for the pseudo-header (not ICMPv4,
+ * which has none) and the port. from/to are the address, old_port/new_port
+ * the port (or echo identifier), all in network order. Returns 0 or a
+ * negative error, after which the packet may be half rewritten. */
+static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct pkt *pkt,
+				       const struct nat_l4 *l4, __u32 addr_off,
+				       const union addr *from, const union addr *to, __u32 port_off,
+				       __be16 old_port, __be16 new_port)
+{
+	/* A UDP checksum of 0 means "none" (IPv4) and must stay 0, and a
+	 * computed 0 must be sent as 0xffff. */
+	__u64 mangled = pkt->ip_proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	int ret;
+
+	if (pkt->family == 4) {
+		ret = bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), from->v4,
+					  to->v4, 4);
+		if (ret)
+			return ret;
+		if (pkt->ip_proto != IPPROTO_ICMP) {
+			ret = bpf_l4_csum_replace(skb, l4->csum_off, from->v4, to->v4,
+						  BPF_F_PSEUDO_HDR | mangled | 4);
+			if (ret)
+				return ret;
+		}
+		ret = bpf_skb_store_bytes(skb, addr_off, &to->v4, 4, 0);
+	} else {
+		__u32 diff = bpf_csum_diff((__be32 *)from->b, 16, (__be32 *)to->b, 16, 0);
+
+		ret = csum_l4_replace_ipv6_addr(skb, l4->csum_off, addr_off, to->b, diff, mangled);
+	}
+	if (ret)
+		return ret;
+	if (old_port == new_port)
+		return 0;
+	/* Not a pseudo-header field: with CHECKSUM_PARTIAL the helper
+	 * rightly leaves the field alone, the device sums the port. */
+	ret = bpf_l4_csum_replace(skb, l4->csum_off, old_port, new_port, mangled | 2);
+	if (ret)
+		return ret;
+	return bpf_skb_store_bytes(skb, port_off, &new_port, 2, 0);
+}
+
+static __always_inline __u32 nat_saddr_off(const struct pkt *pkt)
+{
+	return pkt->family == 4 ? ETH_HLEN + offsetof(struct iphdr, saddr) :
+				  ETH_HLEN + offsetof(struct ipv6hdr, saddr);
+}
+
+static __always_inline __u32 nat_daddr_off(const struct pkt *pkt)
+{
+	return pkt->family == 4 ? ETH_HLEN + offsetof(struct iphdr, daddr) :
+				  ETH_HLEN + offsetof(struct ipv6hdr, daddr);
+}
+
+/* Whether a packet leaving on uplink is masqueraded: its source is a
+ * container of a network with NAT_F_MASQUERADE, its destination neither a
+ * group nor excluded for that network. Returns 1 and the address to
+ * translate to in *nat_addr; 0 when the packet is none of ours; or minus
+ * the reason to drop it. *ep_ifindex is the container's veth once known.
+ *
+ * Not inlined: the keys of its lookups get a frame of their own, off the
+ * stack of the path that creates flows (the BPF stack is 512 bytes for a
+ * whole call chain). */
+static __noinline int nat_source_policy(const struct pkt *pkt, __u32 uplink, union addr *nat_addr,
+					__u32 *ep_ifindex)
+{
+	const struct nat_uplink *up;
+	const struct nat_network *net;
+	const struct ip_owner *owner;
+	__u32 network;
+
+	owner = ip_owner_lookup(pkt->family, &pkt->saddr);
+	if (!owner)
+		return 0; /* the node's own traffic, or routed */
+	network = owner->network;
+	*ep_ifindex = owner->ifindex;
+	net = bpf_map_lookup_elem(&nat_networks, &network);
+	if (!net || !(net->flags & NAT_F_MASQUERADE))
+		return 0;
+	if (nat_dst_is_group(pkt) || nat_excluded(network, pkt))
+		return 0;
+
+	/* Past this point the packet must be translated or dropped: sent
+	 * as it is, it would leak the container's address and its replies
+	 * would not find their way back. A missing uplink entry is an
+	 * uplink without address. */
+	up = bpf_map_lookup_elem(&nat_uplinks, &uplink);
+	if (!up)
+		return -DROP_NAT_NO_ADDRESS;
+	if (pkt->family == 4) {
+		if (!up->has_ipv4)
+			return -DROP_NAT_NO_ADDRESS;
+		nat_addr->v4 = up->ipv4;
+	} else {
+		if (!up->has_ipv6)
+			return -DROP_NAT_NO_ADDRESS;
+		__builtin_memcpy(nat_addr->b, up->ipv6, 16);
+	}
+	return 1;
+}
+
+/* Source NAT of a packet leaving on an uplink. Returns DROP_NONE (the packet
+ * was translated, or is none of ours) or the reason to drop it;
+ * *ep_ifindex is set to the sending container's veth once known, for its
+ * drop counters. */
+static __always_inline __u8 snat_egress(struct __sk_buff *skb, const struct pkt *pkt,
+					__u32 *ep_ifindex)
+{
+	const struct nat_config *cfg;
+	struct nat_scratch *s;
+	struct nat_entry *out, *in;
+	struct nat_l4 l4 = {};
+	__u32 uplink = skb->ifindex, zero = 0;
+	__u8 state;
+	__u64 now;
+	int ret;
+
+	if (!nat_parse_l4(skb, pkt, ICMP_ECHO, ICMPV6_ECHO_REQUEST, &l4))
+		return DROP_NONE;
+	s = bpf_map_lookup_elem(&nat_scratch, &zero);
+	if (!s)
+		return DROP_NONE; /* cannot happen: an array */
+	__builtin_memset(&s->nat_addr, 0, sizeof(s->nat_addr));
+	ret = nat_source_policy(pkt, uplink, &s->nat_addr, ep_ifindex);
+	if (ret <= 0)
+		return (__u8)-ret;
+
+	__builtin_memset(&s->ot, 0, sizeof(s->ot));
+	__builtin_memcpy(s->ot.src, pkt->saddr.b, 16);
+	__builtin_memcpy(s->ot.dst, pkt->daddr.b, 16);
+	s->ot.sport = l4.sport;
+	s->ot.dport = l4.dport;
+	s->ot.proto = pkt->ip_proto;
+	s->ot.family = pkt->family;
+
+	cfg = nat_config_get();
+	now = bpf_ktime_get_ns();
+
+	out = bpf_map_lookup_elem(&nat_out, &s->ot);
+	if (out) {
+		nat_in_key(&s->it, &s->ot, out->addr, out->port);
+		in = bpf_map_lookup_elem(&nat_in, &s->it);
+		if (in && nat_in_belongs(in, &s->ot) && !ct_expired(out, cfg, now) &&
+		    addr16_equal(out->addr, s->nat_addr.b)) {
+			state = ct_next_state(out->state, pkt->ip_proto, l4.tcp_flags, 1, 0);
+			ct_touch(out, state, now, skb->len);
+			ct_touch(in, state, now, 0);
+			goto rewrite;
+		}
+		/* Expired, half a pair, or made for an uplink address that
+		 * changed since: start over. The nat_in half goes only if
+		 * it is ours; if another flow reclaimed the port it is
+		 * theirs now. */
+		if (in && nat_in_belongs(in, &s->ot))
+			bpf_map_delete_elem(&nat_in, &s->it);
+		bpf_map_delete_elem(&nat_out, &s->ot);
+	}
+
+	state = ct_next_state(0, pkt->ip_proto, l4.tcp_flags, 1, 1);
+	if (nat_create(uplink, state) == NAT_EXHAUSTED)
+		return DROP_NAT_EXHAUSTED;
+	/* Created, or created by another CPU meanwhile: either way the
+	 * pair is whole now (should it be gone already, the next packet
+	 * tries again). */
+	out = bpf_map_lookup_elem(&nat_out, &s->ot);
+	if (!out)
+		return DROP_NAT_EXHAUSTED;
+	__sync_fetch_and_add(&out->packets, 1);
+	__sync_fetch_and_add(&out->bytes, skb->len);
+
+rewrite:
+	if (nat_rewrite(skb, pkt, &l4, nat_saddr_off(pkt), &pkt->saddr, &s->nat_addr, l4.sport_off,
+			l4.sport, out->port))
+		/* The kernel refused a write (a packet shorter than its
+		 * headers, no memory to unclone): it may be half rewritten. */
+		return DROP_MALFORMED;
+	return DROP_NONE;
+}
+
+/* Reverse NAT of a reply arriving on an uplink: a packet matching a live
+ * nat_in entry goes on to the container's address and port. Returns
+ * DROP_NONE, or DROP_MALFORMED when the kernel refused a rewrite. */
+static __always_inline __u8 rnat_ingress(struct __sk_buff *skb, const struct pkt *pkt)
+{
+	const struct nat_config *cfg;
+	struct nat_entry *in, *out;
+	struct nat_tuple it, ot;
+	struct nat_l4 l4 = {};
+	union addr orig = {};
+	__be16 orig_port;
+	__u8 state;
+	__u64 now;
+
+	if (!nat_parse_l4(skb, pkt, ICMP_ECHOREPLY, ICMPV6_ECHO_REPLY, &l4))
+		return DROP_NONE;
+
+	__builtin_memset(&it, 0, sizeof(it));
+	__builtin_memcpy(it.src, pkt->saddr.b, 16);
+	__builtin_memcpy(it.dst, pkt->daddr.b, 16);
+	it.sport = l4.sport;
+	it.dport = l4.dport;
+	it.proto = pkt->ip_proto;
+	it.family = pkt->family;
+
+	in = bpf_map_lookup_elem(&nat_in, &it);
+	if (!in)
+		return DROP_NONE;
+	cfg = nat_config_get();
+	now = bpf_ktime_get_ns();
+	if (ct_expired(in, cfg, now))
+		/* Treated as absent: the host gets the packet as sent. */
+		return DROP_NONE;
+
+	state = ct_next_state(in->state, it.proto, l4.tcp_flags, 0, 0);
+	ct_touch(in, state, now, skb->len);
+	nat_out_key(&ot, &it, in);
+	out = bpf_map_lookup_elem(&nat_out, &ot);
+	if (out && nat_out_belongs(out, &it))
+		ct_touch(out, state, now, 0);
+
+	__builtin_memcpy(orig.b, in->addr, 16);
+	orig_port = in->port;
+	/* The NAT port is the destination port, or the echo identifier. */
+	if (nat_rewrite(skb, pkt, &l4, nat_daddr_off(pkt), &pkt->daddr, &orig, l4.dport_off,
+			nat_in_port(&it), orig_port))
+		return DROP_MALFORMED;
+	return DROP_NONE;
+}

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/netip"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/bpfbridge/bpfbridge/datapath"
+)
+
+// mapJSON is a map in `map list -j`.
+type mapJSON struct {
+	Name       string     `json:"name"`
+	ID         ebpf.MapID `json:"id"`
+	Type       string     `json:"type"`
+	KeySize    uint32     `json:"key_size"`
+	ValueSize  uint32     `json:"value_size"`
+	MaxEntries uint32     `json:"max_entries"`
+	Flags      uint32     `json:"flags"`
+	// Entries is null for a ring buffer, which has no keys.
+	Entries *int   `json:"entries"`
+	Pin     string `json:"pin"`
+}
+
+// mapList serves `map list`.
+func (in *inspector) mapList([]string) error {
+	maps, err := in.dp.Maps()
+	if err != nil {
+		return err
+	}
+	views := make([]mapJSON, len(maps))
+	for i, m := range maps {
+		views[i] = mapJSON{Name: m.Name, ID: m.ID, Type: m.Type.String(), KeySize: m.KeySize,
+			ValueSize: m.ValueSize, MaxEntries: m.MaxEntries, Flags: m.Flags, Pin: m.Path}
+		if m.Entries >= 0 {
+			views[i].Entries = &maps[i].Entries
+		}
+	}
+	return in.emit(views, func(w io.Writer) {
+		row(w, "NAME", "ID", "TYPE", "KEY", "VALUE", "MAX_ENTRIES", "ENTRIES", "FLAGS")
+		for _, v := range views {
+			entries := "-"
+			if v.Entries != nil {
+				entries = fmt.Sprint(*v.Entries)
+			}
+			row(w, v.Name, v.ID, v.Type, fmt.Sprintf("%dB", v.KeySize), fmt.Sprintf("%dB", v.ValueSize),
+				v.MaxEntries, entries, fmt.Sprintf("%#x", v.Flags))
+		}
+	})
+}
+
+// mapDump serves `map dump <name>`: JSON is the list of entries, each
+// {"key": …, "value": …} plus "per_cpu" with --per-cpu.
+func (in *inspector) mapDump(args []string) error {
+	entries, err := in.dp.DumpMap(args[0])
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("no map %q on this node (see bridge inspect map list)", args[0])
+	}
+	if err != nil {
+		return err
+	}
+	return in.emitEntries(entries)
+}
+
+// emitEntries prints decoded map entries: in a table, one "key … value …"
+// line each, and with --per-cpu a line per CPU below it.
+func (in *inspector) emitEntries(entries []datapath.MapEntry) error {
+	if !in.perCPU {
+		for i := range entries {
+			entries[i].PerCPU = nil
+		}
+	}
+	return in.emit(entries, func(w io.Writer) {
+		for _, e := range entries {
+			row(w, "key:", fields(e.Key), "value:", fields(e.Value))
+			for cpu, v := range e.PerCPU {
+				row(w, "", "", fmt.Sprintf("cpu%d:", cpu), fields(v))
+			}
+		}
+		row(w, fmt.Sprintf("(%d entries)", len(entries)))
+	})
+}
+
+// ctList serves `ct list`: the masquerade's connection tracking, both
+// tuples of each flow with state, age, expiry and counters.
+func (in *inspector) ctList([]string) error {
+	flows, err := in.flows()
+	if err != nil || flows == nil {
+		return err
+	}
+	return in.emit(flows, func(w io.Writer) {
+		row(w, "PROTO", "ORIGINAL", "REPLY", "STATE", "AGE", "EXPIRES", "PKTS_ORIG", "BYTES_ORIG", "PKTS_REPLY", "BYTES_REPLY")
+		for _, f := range flows {
+			row(w, f.Proto, f.Container.String()+" > "+f.Remote.String(), f.Remote.String()+" > "+f.Translated.String(),
+				f.State, f.Age.Round(time.Second), f.ExpiresIn.Round(time.Second), f.Orig.Packets, f.Orig.Bytes, f.Reply.Packets, f.Reply.Bytes)
+		}
+	})
+}
+
+// natList serves `nat list`: who is translated to what.
+func (in *inspector) natList([]string) error {
+	flows, err := in.flows()
+	if err != nil || flows == nil {
+		return err
+	}
+	return in.emit(flows, func(w io.Writer) {
+		row(w, "PROTO", "CONTAINER", "TRANSLATED", "REMOTE", "UPLINK")
+		for _, f := range flows {
+			row(w, f.Proto, f.Container, f.Translated, f.Remote, f.Uplink)
+		}
+	})
+}
+
+// flows reads the masquerade translations, filtered by --endpoint. With
+// none it says so, which is no error: on stdout, or with --json on stderr
+// and an empty list on stdout; then it returns nil flows.
+func (in *inspector) flows() ([]datapath.Flow, error) {
+	flows, err := in.dp.Flows()
+	if err == nil && in.endpoint != "" {
+		ips, ferr := in.endpointIPs()
+		if ferr != nil {
+			return nil, ferr
+		}
+		flows = slices.DeleteFunc(flows, func(f datapath.Flow) bool { return !slices.Contains(ips, f.Container.Addr()) })
+		if len(flows) == 0 {
+			err = datapath.ErrNoMasquerade
+		}
+	}
+	if errors.Is(err, datapath.ErrNoMasquerade) {
+		if in.json {
+			fmt.Fprintln(os.Stderr, err)
+			return nil, in.emit([]datapath.Flow{}, nil)
+		}
+		fmt.Fprintln(in.out, err)
+		return nil, nil
+	}
+	return flows, err
+}
+
+// endpointIPs are the addresses of the endpoint(s) --endpoint names.
+func (in *inspector) endpointIPs() ([]netip.Addr, error) {
+	recs, err := in.endpointsOf(splitEndpoint(in.endpoint))
+	if err != nil {
+		return nil, err
+	}
+	var ips []netip.Addr
+	for _, r := range recs {
+		ips = append(ips, r.IPs...)
+	}
+	return ips, nil
+}

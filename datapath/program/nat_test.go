@@ -1,0 +1,906 @@
+package program_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"os"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/bpfbridge/bpfbridge/datapath/program"
+)
+
+// Masquerade tests: uplink_egress and uplink_ingress run on the fourth
+// ifindex of the test namespace, which stands for an uplink. Network 1
+// (endpoints a and b) masquerades, network 2 (c) does not.
+
+const (
+	natFlagMasquerade = 1 // NAT_F_MASQUERADE
+
+	ctSynSent     = 1
+	ctEstablished = 2
+	ctClosing     = 3
+	ctUDP         = 4
+	ctICMP        = 5
+
+	natPortMinDefault = 61000
+	natPortMaxDefault = 65535
+)
+
+var (
+	uplinkMAC = mac("02:00:00:00:00:99")
+	routerMAC = mac("02:00:00:00:00:fe")
+	uplink4   = ip("203.0.113.1")
+	uplink6   = ip("2001:db8::1")
+	remote4   = ip("198.51.100.7")
+	remote6   = ip("2001:db8:ffff::7")
+	router4   = ip("198.51.100.1")
+	router6   = ip("2001:db8:ffff::1")
+	excluded4 = netip.MustParsePrefix("192.0.2.0/24")
+)
+
+type natEnv struct {
+	*env
+	uplink uint32
+}
+
+// newNATEnv is newEnv with the uplink's addresses, network 1 masqueraded
+// and network 1's exclusions: its subnets and excluded4.
+func newNATEnv(t *testing.T) *natEnv {
+	t.Helper()
+	n := &natEnv{env: newEnv(t)}
+	n.uplink = n.noEP
+	n.setUplink(t, n.uplink, true, true)
+	if err := n.objs.NatNetworks.Put(uint32(1), program.BpfbridgeNatNetwork{Flags: natFlagMasquerade}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"10.0.0.0/24", "fd00::/64", excluded4.String()} {
+		n.exclude(t, 1, netip.MustParsePrefix(p))
+	}
+	return n
+}
+
+func (n *natEnv) setUplink(t *testing.T, ifindex uint32, has4, has6 bool) {
+	t.Helper()
+	var u program.BpfbridgeNatUplink
+	if has4 {
+		u.HasIpv4 = 1
+		b := uplink4.As4()
+		u.Ipv4 = binary.NativeEndian.Uint32(b[:])
+	}
+	if has6 {
+		u.HasIpv6 = 1
+		u.Ipv6 = uplink6.As16()
+	}
+	if err := n.objs.NatUplinks.Put(ifindex, u); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (n *natEnv) exclude(t *testing.T, network uint32, p netip.Prefix) {
+	t.Helper()
+	k := program.BpfbridgeNatExcludeKey{Network: network, Family: 6, Prefixlen: 64 + uint32(p.Bits())}
+	if p.Addr().Is4() {
+		k.Family = 4
+		b := p.Addr().As4()
+		copy(k.Addr[:], b[:])
+	} else {
+		k.Addr = p.Addr().As16()
+	}
+	if err := n.objs.NatExclude.Put(k, uint8(1)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (n *natEnv) setConfig(t *testing.T, c program.BpfbridgeNatConfig) {
+	t.Helper()
+	if err := n.objs.NatConfig.Put(uint32(0), c); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// xlate runs prog on frame on the uplink and returns the verdict and the
+// frame as the program left it.
+func (n *natEnv) xlate(t *testing.T, prog *ebpf.Program, frame []byte) (uint32, []byte) {
+	t.Helper()
+	var ret uint32
+	out := make([]byte, len(frame)+256)
+	err := n.ns.Do(func() error {
+		opts := ebpf.RunOptions{Data: frame, DataOut: out, Context: skbContext{Ifindex: n.uplink}}
+		var err error
+		ret, err = prog.Run(&opts)
+		out = opts.DataOut
+		return err
+	})
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	return ret, out
+}
+
+func (n *natEnv) egress(t *testing.T, frame []byte) (uint32, []byte) {
+	t.Helper()
+	return n.xlate(t, n.objs.UplinkEgress, frame)
+}
+
+func (n *natEnv) ingress(t *testing.T, frame []byte) (uint32, []byte) {
+	t.Helper()
+	return n.xlate(t, n.objs.UplinkIngress, frame)
+}
+
+// table dumps nat_out or nat_in.
+func table(t *testing.T, m *ebpf.Map) map[program.BpfbridgeNatTuple]program.BpfbridgeNatEntry {
+	t.Helper()
+	res := map[program.BpfbridgeNatTuple]program.BpfbridgeNatEntry{}
+	var k program.BpfbridgeNatTuple
+	var v program.BpfbridgeNatEntry
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		res[k] = v
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// checkPairs checks that nat_out and nat_in hold whole pairs only: every
+// entry's partner exists and points back. Returns the number of pairs.
+func (n *natEnv) checkPairs(t *testing.T) int {
+	t.Helper()
+	outs, ins := table(t, n.objs.NatOut), table(t, n.objs.NatIn)
+	if len(outs) != len(ins) {
+		t.Errorf("nat_out has %d entries, nat_in %d", len(outs), len(ins))
+	}
+	for ok, ov := range outs {
+		ik := inKeyOf(ok, ov)
+		iv, found := ins[ik]
+		if !found {
+			t.Errorf("nat_out %+v has no nat_in partner %+v", ok, ik)
+			continue
+		}
+		if iv.Addr != ok.Src || iv.Port != ok.Sport || iv.State != ov.State {
+			t.Errorf("nat_in %+v = %+v does not point back to nat_out %+v = %+v", ik, iv, ok, ov)
+		}
+	}
+	return len(outs)
+}
+
+func inKeyOf(ok program.BpfbridgeNatTuple, ov program.BpfbridgeNatEntry) program.BpfbridgeNatTuple {
+	ik := program.BpfbridgeNatTuple{Src: ok.Dst, Dst: ov.Addr, Proto: ok.Proto, Family: ok.Family}
+	if ok.Proto == protoICMP || ok.Proto == protoICMPv6 {
+		ik.Sport = ov.Port
+	} else {
+		ik.Sport, ik.Dport = ok.Dport, ov.Port
+	}
+	return ik
+}
+
+func addr16(a netip.Addr) (b [16]byte) {
+	if a.Is4() {
+		v := a.As4()
+		copy(b[:], v[:])
+		return b
+	}
+	return a.As16()
+}
+
+// nbo returns the native-endian value whose bytes are port in network
+// order: how a __be16 reads in Go.
+func nbo(port uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], port)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+func tuple(src, dst netip.Addr, sport, dport uint16, proto uint8) program.BpfbridgeNatTuple {
+	f := uint8(6)
+	if src.Is4() {
+		f = 4
+	}
+	return program.BpfbridgeNatTuple{Src: addr16(src), Dst: addr16(dst), Sport: nbo(sport), Dport: nbo(dport), Proto: proto, Family: f}
+}
+
+func monotonicNow(t *testing.T) uint64 {
+	t.Helper()
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatal(err)
+	}
+	return uint64(ts.Nano())
+}
+
+// A decoded IP packet, for checking what the programs wrote.
+type ipPacket struct {
+	v6       bool
+	src, dst netip.Addr
+	proto    uint8
+	hdr      []byte // the IP header
+	seg      []byte // what follows it, up to the packet's length (or the data's end)
+}
+
+// decodeIP decodes an IP packet (no IPv6 extension headers) and checks the
+// IPv4 header checksum.
+func decodeIP(t *testing.T, b []byte) ipPacket {
+	t.Helper()
+	if len(b) < 20 {
+		t.Fatalf("IP packet of %d bytes", len(b))
+	}
+	var p ipPacket
+	switch b[0] >> 4 {
+	case 4:
+		ihl := int(b[0]&0xf) * 4
+		p.src = netip.AddrFrom4([4]byte(b[12:16]))
+		p.dst = netip.AddrFrom4([4]byte(b[16:20]))
+		p.proto = b[9]
+		p.hdr = b[:ihl]
+		end := min(int(binary.BigEndian.Uint16(b[2:])), len(b))
+		p.seg = b[ihl:end]
+		if c := checksum(p.hdr, 0); c != 0 {
+			t.Errorf("IPv4 header checksum of %v -> %v is wrong (residue %#04x)", p.src, p.dst, c)
+		}
+	case 6:
+		p.v6 = true
+		p.src = netip.AddrFrom16([16]byte(b[8:24]))
+		p.dst = netip.AddrFrom16([16]byte(b[24:40]))
+		p.proto = b[6]
+		p.hdr = b[:40]
+		end := min(40+int(binary.BigEndian.Uint16(b[4:])), len(b))
+		p.seg = b[40:end]
+	default:
+		t.Fatalf("not an IP packet: %x", b)
+	}
+	return p
+}
+
+func decodeFrame(t *testing.T, frame []byte) ipPacket {
+	t.Helper()
+	return decodeIP(t, frame[14:])
+}
+
+// checkL4 recomputes the L4 checksum of a complete packet.
+func checkL4(t *testing.T, p ipPacket, what string) {
+	t.Helper()
+	var c uint16
+	switch p.proto {
+	case protoICMP:
+		c = checksum(p.seg, 0)
+	case protoUDP:
+		if !p.v6 && binary.BigEndian.Uint16(p.seg[6:]) == 0 {
+			return // no checksum
+		}
+		c = checksum(p.seg, pseudoSum(p.src, p.dst, p.proto, len(p.seg)))
+	default:
+		c = checksum(p.seg, pseudoSum(p.src, p.dst, p.proto, len(p.seg)))
+	}
+	if c != 0 {
+		t.Errorf("%s: L4 (proto %d) checksum %v -> %v is wrong (residue %#04x)", what, p.proto, p.src, p.dst, c)
+	}
+}
+
+// ports returns the source and destination port, or for echo the
+// identifier and 0.
+func (p ipPacket) ports() (uint16, uint16) {
+	if p.proto == protoICMP || p.proto == protoICMPv6 {
+		return binary.BigEndian.Uint16(p.seg[4:]), 0
+	}
+	return binary.BigEndian.Uint16(p.seg[0:]), binary.BigEndian.Uint16(p.seg[2:])
+}
+
+// A masqueraded protocol: the container's packet, and the remote's reply to
+// the translated address and port.
+type natProto struct {
+	name   string
+	src    netip.Addr // the container's
+	remote netip.Addr
+	nat    netip.Addr // the uplink's
+	proto  uint8
+	state  uint8 // after the first packet
+	out    func(sport uint16) []byte
+	reply  func(natPort uint16) []byte
+}
+
+func natProtos(a *testEndpoint) []natProto {
+	v4, v6 := a.v4(), a.v6()
+	return []natProto{
+		{name: "tcp4", src: v4, remote: remote4, nat: uplink4, proto: protoTCP, state: ctSynSent,
+			out: func(sp uint16) []byte {
+				return ipv4Frame(a.mac, gwMAC, v4, remote4, protoTCP, tcpFlags(v4, remote4, sp, 80, tcpSYN))
+			},
+			reply: func(np uint16) []byte {
+				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoTCP, tcpFlags(remote4, uplink4, 80, np, tcpSYN|tcpACK))
+			}},
+		{name: "udp4", src: v4, remote: remote4, nat: uplink4, proto: protoUDP, state: ctUDP,
+			out: func(sp uint16) []byte {
+				return ipv4Frame(a.mac, gwMAC, v4, remote4, protoUDP, udp(v4, remote4, sp, 53, []byte("query")))
+			},
+			reply: func(np uint16) []byte {
+				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoUDP, udp(remote4, uplink4, 53, np, []byte("answer")))
+			}},
+		{name: "udp4 without checksum", src: v4, remote: remote4, nat: uplink4, proto: protoUDP, state: ctUDP,
+			out: func(sp uint16) []byte {
+				return ipv4Frame(a.mac, gwMAC, v4, remote4, protoUDP, udpNoCsum(sp, 53, []byte("query")))
+			},
+			reply: func(np uint16) []byte {
+				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoUDP, udpNoCsum(53, np, []byte("answer")))
+			}},
+		{name: "icmp4 echo", src: v4, remote: remote4, nat: uplink4, proto: protoICMP, state: ctICMP,
+			out: func(id uint16) []byte {
+				return ipv4Frame(a.mac, gwMAC, v4, remote4, protoICMP, icmp4EchoMsg(icmp4EchoRequest, id, 1))
+			},
+			reply: func(id uint16) []byte {
+				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoICMP, icmp4EchoMsg(icmp4EchoReply, id, 1))
+			}},
+		{name: "tcp6", src: v6, remote: remote6, nat: uplink6, proto: protoTCP, state: ctSynSent,
+			out: func(sp uint16) []byte {
+				return ipv6Frame(a.mac, gwMAC, v6, remote6, protoTCP, tcpFlags(v6, remote6, sp, 443, tcpSYN))
+			},
+			reply: func(np uint16) []byte {
+				return ipv6Frame(routerMAC, uplinkMAC, remote6, uplink6, protoTCP, tcpFlags(remote6, uplink6, 443, np, tcpSYN|tcpACK))
+			}},
+		{name: "udp6", src: v6, remote: remote6, nat: uplink6, proto: protoUDP, state: ctUDP,
+			out: func(sp uint16) []byte {
+				return ipv6Frame(a.mac, gwMAC, v6, remote6, protoUDP, udp(v6, remote6, sp, 53, []byte("query")))
+			},
+			reply: func(np uint16) []byte {
+				return ipv6Frame(routerMAC, uplinkMAC, remote6, uplink6, protoUDP, udp(remote6, uplink6, 53, np, []byte("answer")))
+			}},
+		{name: "icmp6 echo", src: v6, remote: remote6, nat: uplink6, proto: protoICMPv6, state: ctICMP,
+			out: func(id uint16) []byte {
+				return ipv6Frame(a.mac, gwMAC, v6, remote6, protoICMPv6, icmp6EchoMsg(v6, remote6, icmp6EchoRequest, id, 1))
+			},
+			reply: func(id uint16) []byte {
+				return ipv6Frame(routerMAC, uplinkMAC, remote6, uplink6, protoICMPv6, icmp6EchoMsg(remote6, uplink6, icmp6EchoReply, id, 1))
+			}},
+	}
+}
+
+// masquerade sends c's packet from port sport through uplink_egress and
+// checks the translation; returns the translated frame and the NAT port.
+func (n *natEnv) masquerade(t *testing.T, c natProto, sport uint16) ([]byte, uint16) {
+	t.Helper()
+	frame := c.out(sport)
+	verdict, out := n.egress(t, frame)
+	if verdict != verdictPass {
+		t.Fatalf("egress verdict %#x, want pass", verdict)
+	}
+	if len(out) != len(frame) {
+		t.Fatalf("egress changed the length: %d -> %d", len(frame), len(out))
+	}
+	if !bytes.Equal(out[:14], frame[:14]) {
+		t.Errorf("egress changed the Ethernet header")
+	}
+	p := decodeFrame(t, out)
+	checkL4(t, p, "translated")
+	if p.src != c.nat || p.dst != c.remote {
+		t.Errorf("translated %v -> %v, want %v -> %v", p.src, p.dst, c.nat, c.remote)
+	}
+	natPort, dport := p.ports()
+	if natPort < natPortMinDefault || natPort > natPortMaxDefault {
+		t.Errorf("NAT port %d outside the default range", natPort)
+	}
+	orig := decodeFrame(t, frame)
+	if _, od := orig.ports(); dport != od {
+		t.Errorf("destination port changed: %d -> %d", od, dport)
+	}
+	if c.name == "udp4 without checksum" && binary.BigEndian.Uint16(p.seg[6:]) != 0 {
+		t.Errorf("UDP checksum 0 became %#04x", binary.BigEndian.Uint16(p.seg[6:]))
+	}
+	return out, natPort
+}
+
+func TestMasqueradeRoundTrip(t *testing.T) {
+	n := newNATEnv(t)
+	for i, c := range natProtos(n.a) {
+		t.Run(c.name, func(t *testing.T) {
+			sport := uint16(40000 + i)
+			_, natPort := n.masquerade(t, c, sport)
+
+			_, od := decodeFrame(t, c.out(sport)).ports()
+			okey := tuple(c.src, c.remote, sport, od, c.proto)
+			var oe, ie program.BpfbridgeNatEntry
+			if err := n.objs.NatOut.Lookup(okey, &oe); err != nil {
+				t.Fatalf("nat_out %+v: %v", okey, err)
+			}
+			if oe.Addr != addr16(c.nat) || oe.Port != nbo(natPort) || oe.State != c.state ||
+				oe.Uplink != n.uplink || oe.Packets != 1 || oe.Bytes == 0 || oe.CreatedNs == 0 {
+				t.Errorf("nat_out entry %+v", oe)
+			}
+			ikey := inKeyOf(okey, oe)
+			if err := n.objs.NatIn.Lookup(ikey, &ie); err != nil {
+				t.Fatalf("nat_in %+v: %v", ikey, err)
+			}
+			if ie.Addr != addr16(c.src) || ie.Port != nbo(sport) || ie.State != c.state || ie.Packets != 0 {
+				t.Errorf("nat_in entry %+v", ie)
+			}
+
+			// A second packet uses the same mapping.
+			if _, again := n.masquerade(t, c, sport); again != natPort {
+				t.Errorf("second packet got NAT port %d, first %d", again, natPort)
+			}
+
+			// The reply goes back to the container.
+			reply := c.reply(natPort)
+			verdict, back := n.ingress(t, reply)
+			if verdict != verdictPass {
+				t.Fatalf("ingress verdict %#x", verdict)
+			}
+			p := decodeFrame(t, back)
+			checkL4(t, p, "restored")
+			if p.src != c.remote || p.dst != c.src {
+				t.Errorf("restored %v -> %v, want %v -> %v", p.src, p.dst, c.remote, c.src)
+			}
+			rs, rd := p.ports()
+			if c.proto == protoICMP || c.proto == protoICMPv6 {
+				rd = rs // the identifier
+			}
+			if rd != sport {
+				t.Errorf("restored port %d, want %d", rd, sport)
+			}
+			if c.name == "udp4 without checksum" && binary.BigEndian.Uint16(p.seg[6:]) != 0 {
+				t.Errorf("UDP checksum 0 became %#04x on the way back", binary.BigEndian.Uint16(p.seg[6:]))
+			}
+
+			want := c.state
+			if c.proto == protoTCP {
+				want = ctEstablished // SYN-ACK in SYN_SENT
+			}
+			if err := n.objs.NatIn.Lookup(ikey, &ie); err != nil {
+				t.Fatal(err)
+			}
+			if err := n.objs.NatOut.Lookup(okey, &oe); err != nil {
+				t.Fatal(err)
+			}
+			if ie.State != want || oe.State != want {
+				t.Errorf("state after reply: nat_out %d, nat_in %d, want %d", oe.State, ie.State, want)
+			}
+			if ie.Packets != 1 || oe.Packets != 2 {
+				t.Errorf("packets: nat_out %d, nat_in %d, want 2 and 1", oe.Packets, ie.Packets)
+			}
+		})
+	}
+	if pairs := n.checkPairs(t); pairs != len(natProtos(n.a)) {
+		t.Errorf("%d pairs, want %d", pairs, len(natProtos(n.a)))
+	}
+	if tot := n.totals(t); tot != [program.NumDropReasons]uint64{} {
+		t.Errorf("drops: %v", tot)
+	}
+}
+
+func TestMasqueradeTCPStates(t *testing.T) {
+	n := newNATEnv(t)
+	a := n.a
+	send := func(flags uint8) {
+		t.Helper()
+		f := ipv4Frame(a.mac, gwMAC, a.v4(), remote4, protoTCP, tcpFlags(a.v4(), remote4, 40000, 80, flags))
+		if v, _ := n.egress(t, f); v != verdictPass {
+			t.Fatalf("verdict %#x", v)
+		}
+	}
+	state := func() uint8 {
+		t.Helper()
+		var e program.BpfbridgeNatEntry
+		if err := n.objs.NatOut.Lookup(tuple(a.v4(), remote4, 40000, 80, protoTCP), &e); err != nil {
+			t.Fatal(err)
+		}
+		return e.State
+	}
+	send(tcpACK) // picked up mid-stream
+	if s := state(); s != ctEstablished {
+		t.Errorf("mid-stream: state %d", s)
+	}
+	send(tcpFIN | tcpACK)
+	if s := state(); s != ctClosing {
+		t.Errorf("after FIN: state %d", s)
+	}
+	send(tcpSYN) // the port reused for a new connection
+	if s := state(); s != ctSynSent {
+		t.Errorf("after a new SYN: state %d", s)
+	}
+	send(tcpRST)
+	if s := state(); s != ctClosing {
+		t.Errorf("after RST: state %d", s)
+	}
+	n.checkPairs(t)
+}
+
+func TestMasqueradeNotTranslated(t *testing.T) {
+	n := newNATEnv(t)
+	a, c := n.a, n.c
+	mdns4, mdns6 := ip("224.0.0.251"), ip("ff02::fb")
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+	}{
+		{"own subnet", a.tcp4(a.v4(), ip("10.0.0.99"))},
+		{"own subnet ipv6", a.tcp6(a.v6(), ip("fd00::99"))},
+		{"excluded destination", a.tcp4(a.v4(), ip("192.0.2.5"))},
+		{"network without masquerade", c.tcp4(c.v4(), remote4)},
+		{"network without masquerade ipv6", c.tcp6(c.v6(), remote6)},
+		{"multicast", ipv4Frame(a.mac, gwMAC, a.v4(), mdns4, protoUDP, udp(a.v4(), mdns4, 5353, 5353, nil))},
+		{"limited broadcast", ipv4Frame(a.mac, broadcastMAC, a.v4(), ip("255.255.255.255"), protoUDP, udp(a.v4(), ip("255.255.255.255"), 68, 67, nil))},
+		{"multicast ipv6", ipv6Frame(a.mac, gwMAC, a.v6(), mdns6, protoUDP, udp(a.v6(), mdns6, 5353, 5353, nil))},
+		{"the node's own traffic", ipv4Frame(uplinkMAC, routerMAC, uplink4, remote4, protoTCP, tcpFlags(uplink4, remote4, 40000, 80, tcpSYN))},
+		{"icmp echo reply from a container", ipv4Frame(a.mac, gwMAC, a.v4(), remote4, protoICMP, icmp4EchoMsg(icmp4EchoReply, 7, 1))},
+		{"arp", arpFrame(a.mac, broadcastMAC, arp(1, a.mac, a.v4(), make([]byte, 6), gw4))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			verdict, out := n.egress(t, tc.frame)
+			if verdict != verdictPass {
+				t.Errorf("verdict %#x, want pass", verdict)
+			}
+			if !bytes.Equal(out, tc.frame) {
+				t.Errorf("frame changed")
+			}
+		})
+	}
+	if pairs := n.checkPairs(t); pairs != 0 {
+		t.Errorf("%d NAT entries created", pairs)
+	}
+	if tot := n.totals(t); tot != [program.NumDropReasons]uint64{} {
+		t.Errorf("drops: %v", tot)
+	}
+
+	// Replies nobody asked for pass untouched.
+	for _, c := range natProtos(a) {
+		f := c.reply(61000)
+		if verdict, out := n.ingress(t, f); verdict != verdictPass || !bytes.Equal(out, f) {
+			t.Errorf("%s: unsolicited reply: verdict %#x, changed %v", c.name, verdict, !bytes.Equal(out, f))
+		}
+	}
+}
+
+// expectDrop runs frame through uplink_egress and checks it is dropped for
+// want, counted in total and for endpoint ep.
+func (n *natEnv) expectDrop(t *testing.T, ep *testEndpoint, frame []byte, want program.DropReason) {
+	t.Helper()
+	before, _ := n.stats(t, ep.ifindex)
+	totals := n.totals(t)
+	verdict, _ := n.egress(t, frame)
+	if verdict != verdictDrop {
+		t.Fatalf("verdict %#x, want drop (%v)", verdict, want)
+	}
+	after, _ := n.stats(t, ep.ifindex)
+	got := n.totals(t)
+	for r := range program.NumDropReasons {
+		var d uint64
+		if program.DropReason(r) == want {
+			d = 1
+		}
+		if got[r]-totals[r] != d {
+			t.Errorf("drop_totals[%v] grew by %d, want %d", program.DropReason(r), got[r]-totals[r], d)
+		}
+		if after.Drops[r]-before.Drops[r] != d {
+			t.Errorf("endpoint drops[%v] grew by %d, want %d", program.DropReason(r), after.Drops[r]-before.Drops[r], d)
+		}
+	}
+}
+
+func TestMasqueradeNoAddress(t *testing.T) {
+	n := newNATEnv(t)
+	a := n.a
+	n.setUplink(t, n.uplink, true, false)
+	n.expectDrop(t, a, a.tcp6(a.v6(), remote6), program.DropNATNoAddress)
+	// IPv4 still works.
+	n.masquerade(t, natProtos(a)[0], 40000)
+
+	// An uplink without entry: nothing is sent with a container's address.
+	if err := n.objs.NatUplinks.Delete(n.uplink); err != nil {
+		t.Fatal(err)
+	}
+	n.expectDrop(t, a, a.tcp4(a.v4(), remote4), program.DropNATNoAddress)
+	// Traffic that is not masqueraded is not affected.
+	if verdict, _ := n.egress(t, a.tcp4(a.v4(), ip("10.0.0.99"))); verdict != verdictPass {
+		t.Errorf("excluded destination: verdict %#x", verdict)
+	}
+	n.checkPairs(t)
+}
+
+func TestMasqueradeExhausted(t *testing.T) {
+	n := newNATEnv(t)
+	a := n.a
+	n.setConfig(t, program.BpfbridgeNatConfig{PortMin: 61000, PortMax: 61001})
+	tcp := natProtos(a)[0]
+	used := map[uint16]bool{}
+	for _, sp := range []uint16{40000, 40001} {
+		_, np := n.masquerade(t, tcp, sp)
+		if np != 61000 && np != 61001 {
+			t.Errorf("NAT port %d outside 61000-61001", np)
+		}
+		used[np] = true
+	}
+	if len(used) != 2 {
+		t.Errorf("two flows share a NAT port: %v", used)
+	}
+	n.expectDrop(t, a, tcp.out(40002), program.DropNATExhausted)
+	if pairs := n.checkPairs(t); pairs != 2 {
+		t.Errorf("%d pairs after the exhaustion drop, want 2 (no orphan)", pairs)
+	}
+
+	// Ports are per remote: another destination has the range to itself.
+	other := ip("198.51.100.8")
+	f := ipv4Frame(a.mac, gwMAC, a.v4(), other, protoTCP, tcpFlags(a.v4(), other, 40002, 80, tcpSYN))
+	if verdict, _ := n.egress(t, f); verdict != verdictPass {
+		t.Errorf("other remote: verdict %#x", verdict)
+	}
+	// And a single-port range.
+	n.setConfig(t, program.BpfbridgeNatConfig{PortMin: 62000, PortMax: 62000})
+	udp4 := natProtos(a)[1]
+	if _, np := n.masquerade(t, udp4, 40000); np != 62000 {
+		t.Errorf("single-port range: NAT port %d", np)
+	}
+	n.expectDrop(t, a, udp4.out(40001), program.DropNATExhausted)
+	if pairs := n.checkPairs(t); pairs != 4 {
+		t.Errorf("%d pairs, want 4", pairs)
+	}
+}
+
+func TestMasqueradeReclaimExpired(t *testing.T) {
+	n := newNATEnv(t)
+	a := n.a
+	n.setConfig(t, program.BpfbridgeNatConfig{PortMin: 61000, PortMax: 61000,
+		TimeoutTcpS: 1, TimeoutTcpSynS: 1, TimeoutTcpClosingS: 1, TimeoutUdpS: 1, TimeoutIcmpS: 1})
+	for _, c := range []natProto{natProtos(a)[1], natProtos(a)[6]} { // udp4, icmp6 echo
+		t.Run(c.name, func(t *testing.T) {
+			_, np := n.masquerade(t, c, 40000)
+			if np != 61000 {
+				t.Fatalf("NAT port %d", np)
+			}
+			// Still live: the port is taken.
+			n.expectDrop(t, a, c.out(40001), program.DropNATExhausted)
+
+			// Age the first flow's pair past its timeout.
+			_, od := decodeFrame(t, c.out(40000)).ports()
+			okey := tuple(c.src, c.remote, 40000, od, c.proto)
+			var oe, ie program.BpfbridgeNatEntry
+			if err := n.objs.NatOut.Lookup(okey, &oe); err != nil {
+				t.Fatal(err)
+			}
+			ikey := inKeyOf(okey, oe)
+			if err := n.objs.NatIn.Lookup(ikey, &ie); err != nil {
+				t.Fatal(err)
+			}
+			past := monotonicNow(t) - 10e9
+			oe.LastSeenNs, ie.LastSeenNs = past, past
+			if err := n.objs.NatOut.Put(okey, oe); err != nil {
+				t.Fatal(err)
+			}
+			if err := n.objs.NatIn.Put(ikey, ie); err != nil {
+				t.Fatal(err)
+			}
+
+			// An expired entry translates no reply.
+			reply := c.reply(61000)
+			if _, out := n.ingress(t, reply); !bytes.Equal(out, reply) {
+				t.Errorf("a reply to an expired flow was translated")
+			}
+
+			// The second flow reclaims the port.
+			if _, np := n.masquerade(t, c, 40001); np != 61000 {
+				t.Errorf("reclaimed NAT port %d", np)
+			}
+			if err := n.objs.NatIn.Lookup(ikey, &ie); err != nil {
+				t.Fatal(err)
+			}
+			if ie.Port != nbo(40001) || ie.LastSeenNs <= past {
+				t.Errorf("nat_in after reclaim: %+v", ie)
+			}
+			if err := n.objs.NatOut.Lookup(okey, &oe); !errors.Is(err, ebpf.ErrKeyNotExist) {
+				t.Errorf("the expired flow's nat_out entry is still there: %v", err)
+			}
+			if pairs := n.checkPairs(t); pairs != 1 {
+				t.Errorf("%d pairs, want 1", pairs)
+			}
+			// Clean up for the next protocol: this test owns the tables.
+			for k := range table(t, n.objs.NatOut) {
+				_ = n.objs.NatOut.Delete(k)
+			}
+			for k := range table(t, n.objs.NatIn) {
+				_ = n.objs.NatIn.Delete(k)
+			}
+		})
+	}
+
+	// A flow whose own entries expired starts over, and gets its port
+	// back (same hash, port free).
+	c := natProtos(a)[0]
+	n.masquerade(t, c, 40000)
+	for _, m := range []*ebpf.Map{n.objs.NatOut, n.objs.NatIn} {
+		for k, v := range table(t, m) {
+			v.LastSeenNs = monotonicNow(t) - 10e9
+			v.State = ctEstablished
+			if err := m.Put(k, v); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	n.masquerade(t, c, 40000)
+	for _, v := range table(t, n.objs.NatOut) {
+		if v.State != ctSynSent || v.Packets != 1 {
+			t.Errorf("restarted flow: %+v", v)
+		}
+	}
+	n.checkPairs(t)
+}
+
+// A nat_out entry without its nat_in half is repaired, not used.
+func TestMasqueradeHalfPair(t *testing.T) {
+	n := newNATEnv(t)
+	c := natProtos(n.a)[1]
+	_, np := n.masquerade(t, c, 40000)
+	for k := range table(t, n.objs.NatIn) {
+		if err := n.objs.NatIn.Delete(k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, again := n.masquerade(t, c, 40000); again != np {
+		t.Logf("new NAT port %d (was %d)", again, np)
+	}
+	if pairs := n.checkPairs(t); pairs != 1 {
+		t.Errorf("%d pairs, want 1", pairs)
+	}
+	// And the other way round: a nat_in half without nat_out is adopted.
+	for k := range table(t, n.objs.NatOut) {
+		if err := n.objs.NatOut.Delete(k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n.masquerade(t, c, 40000)
+	if pairs := n.checkPairs(t); pairs != 1 {
+		t.Errorf("%d pairs, want 1", pairs)
+	}
+}
+
+// checkICMPError checks a translated ICMP error: the outer destination and
+// every checksum, and the quoted packet's source back to the container's.
+// fullQuote says whether the quote holds the whole quoted packet, so that
+// its L4 checksum can be recomputed.
+func checkICMPError(t *testing.T, out []byte, c natProto, sport uint16, fullQuote bool) {
+	t.Helper()
+	p := decodeFrame(t, out)
+	checkL4(t, p, "ICMP error") // ICMPv4 without, ICMPv6 with pseudo-header
+	if p.dst != c.src {
+		t.Errorf("outer destination %v, want %v", p.dst, c.src)
+	}
+	q := decodeIP(t, p.seg[8:]) // checks the quoted IPv4 header checksum
+	if q.src != c.src || q.dst != c.remote {
+		t.Errorf("quoted %v -> %v, want %v -> %v", q.src, q.dst, c.src, c.remote)
+	}
+	if qs, _ := q.ports(); qs != sport {
+		t.Errorf("quoted source port %d, want %d", qs, sport)
+	}
+	if fullQuote {
+		checkL4(t, q, "quoted packet")
+	}
+}
+
+func TestICMPErrorTranslation(t *testing.T) {
+	n := newNATEnv(t)
+	protos := natProtos(n.a)
+	for _, tc := range []struct {
+		name  string
+		proto natProto
+		sport uint16
+		// error builds the error about the translated packet.
+		error     func(translated ipPacket) []byte
+		fullQuote bool
+	}{
+		{name: "fragmentation needed, tcp4, whole packet quoted", proto: protos[0], sport: 41000, fullQuote: true,
+			error: func(tp ipPacket) []byte {
+				raw := append(append([]byte{}, tp.hdr...), tp.seg...)
+				return ipv4Frame(routerMAC, uplinkMAC, router4, uplink4, protoICMP, icmp4Error(icmp4DestUnreach, icmp4FragNeeded, 1400, raw))
+			}},
+		{name: "fragmentation needed, tcp4, 8 bytes quoted", proto: protos[0], sport: 41001,
+			error: func(tp ipPacket) []byte {
+				raw := append(append([]byte{}, tp.hdr...), tp.seg[:8]...)
+				return ipv4Frame(routerMAC, uplinkMAC, router4, uplink4, protoICMP, icmp4Error(icmp4DestUnreach, icmp4FragNeeded, 1400, raw))
+			}},
+		{name: "time exceeded, udp4", proto: protos[1], sport: 41002, fullQuote: true,
+			error: func(tp ipPacket) []byte {
+				raw := append(append([]byte{}, tp.hdr...), tp.seg...)
+				return ipv4Frame(routerMAC, uplinkMAC, router4, uplink4, protoICMP, icmp4Error(11, 0, 0, raw))
+			}},
+		{name: "port unreachable, udp4 without checksum", proto: protos[2], sport: 41003, fullQuote: true,
+			error: func(tp ipPacket) []byte {
+				raw := append(append([]byte{}, tp.hdr...), tp.seg...)
+				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoICMP, icmp4Error(icmp4DestUnreach, 3, 0, raw))
+			}},
+		{name: "time exceeded, icmp4 echo (traceroute)", proto: protos[3], sport: 41004, fullQuote: true,
+			error: func(tp ipPacket) []byte {
+				raw := append(append([]byte{}, tp.hdr...), tp.seg...)
+				return ipv4Frame(routerMAC, uplinkMAC, router4, uplink4, protoICMP, icmp4Error(11, 0, 0, raw))
+			}},
+		{name: "packet too big, tcp6", proto: protos[4], sport: 41005, fullQuote: true,
+			error: func(tp ipPacket) []byte {
+				raw := append(append([]byte{}, tp.hdr...), tp.seg...)
+				body := append(be32(nil, 1280), raw...)
+				return ipv6Frame(routerMAC, uplinkMAC, router6, uplink6, protoICMPv6, icmp6(router6, uplink6, icmp6PacketTooBig, 0, body))
+			}},
+		{name: "time exceeded, udp6", proto: protos[5], sport: 41006, fullQuote: true,
+			error: func(tp ipPacket) []byte {
+				raw := append(append([]byte{}, tp.hdr...), tp.seg...)
+				body := append(be32(nil, 0), raw...)
+				return ipv6Frame(routerMAC, uplinkMAC, router6, uplink6, protoICMPv6, icmp6(router6, uplink6, 3, 0, body))
+			}},
+		{name: "destination unreachable, icmp6 echo", proto: protos[6], sport: 41007, fullQuote: true,
+			error: func(tp ipPacket) []byte {
+				raw := append(append([]byte{}, tp.hdr...), tp.seg...)
+				body := append(be32(nil, 0), raw...)
+				return ipv6Frame(routerMAC, uplinkMAC, router6, uplink6, protoICMPv6, icmp6(router6, uplink6, 1, 0, body))
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			translated, _ := n.masquerade(t, tc.proto, tc.sport)
+			errFrame := tc.error(decodeFrame(t, translated))
+			checkL4(t, decodeFrame(t, errFrame), "crafted error") // the test's own frame is right
+			verdict, out := n.ingress(t, errFrame)
+			if verdict != verdictPass {
+				t.Fatalf("verdict %#x", verdict)
+			}
+			if len(out) != len(errFrame) {
+				t.Fatalf("length changed")
+			}
+			checkICMPError(t, out, tc.proto, tc.sport, tc.fullQuote)
+		})
+	}
+
+	// An error about a flow that is not ours passes untouched.
+	stranger := ipv4(uplink4, remote4, protoTCP, tcpFlags(uplink4, remote4, 50000, 80, tcpSYN))
+	f := ipv4Frame(routerMAC, uplinkMAC, router4, uplink4, protoICMP, icmp4Error(icmp4DestUnreach, icmp4FragNeeded, 1400, stranger))
+	if verdict, out := n.ingress(t, f); verdict != verdictPass || !bytes.Equal(out, f) {
+		t.Errorf("error about a foreign flow: verdict %#x, changed %v", verdict, !bytes.Equal(out, f))
+	}
+	if tot := n.totals(t); tot != [program.NumDropReasons]uint64{} {
+		t.Errorf("drops: %v", tot)
+	}
+}
+
+// TestVerifierComplexity loads each program on its own and bounds what the
+// verifier walks: NAT port allocation loops, and a program that costs the
+// verifier hundreds of thousands of instructions loads slowly at every CNI
+// ADD and is one refactoring away from the 1M limit.
+func TestVerifierComplexity(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("loading BPF programs needs root")
+	}
+	spec, err := program.LoadBpfbridge()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	for name := range spec.Programs {
+		one := spec.Copy()
+		for other := range one.Programs {
+			if other != name {
+				delete(one.Programs, other)
+			}
+		}
+		coll, err := ebpf.NewCollection(one)
+		if err != nil {
+			var ve *ebpf.VerifierError
+			if errors.As(err, &ve) {
+				t.Fatalf("%s: verifier: %+v", name, ve)
+			}
+			t.Fatalf("%s: %v", name, err)
+		}
+		info, err := coll.Programs[name].Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, ok := info.VerifiedInstructions()
+		coll.Close()
+		if !ok {
+			t.Skip("kernel does not report verified instructions")
+		}
+		t.Logf("%s: %d instructions verified", name, n)
+		if n > 200000 {
+			t.Errorf("%s: verifier walked %d instructions, budget 200000", name, n)
+		}
+	}
+}
