@@ -61,6 +61,17 @@ func ensureBPFFS(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create bpffs mount point %s: %w", dir, err)
 	}
+	// Concurrent ADDs on a fresh node would each mount a bpffs there,
+	// stacked, and each see its own: serialize on the mount point's
+	// parent (not on the bpffs, which does not exist yet) and look again.
+	unlock, err := lock(filepath.Dir(dir))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if IsBPFFS(dir) {
+		return nil
+	}
 	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
 		return fmt.Errorf("mount bpffs at %s: %w", dir, err)
 	}

@@ -266,8 +266,16 @@ func removeBPFFS(prefix string) error {
 			continue
 		}
 		dir := filepath.Join(BPFFSRoot, e.Name())
-		// Detach lazily: a plugin run may still hold pins open.
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		// Detach lazily (a plugin run may still hold pins open), and
+		// again while mounts are stacked there, as racing mounts of a
+		// crashed or buggy run leave them; a bounded number of times.
+		var err error
+		for range 16 {
+			if err = unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+				break
+			}
+		}
+		if !errors.Is(err, unix.EINVAL) {
 			errs = append(errs, fmt.Errorf("sandbox: unmount %s: %w", dir, err))
 			continue
 		}
