@@ -23,11 +23,12 @@ tools:
 	bash test/tools.sh $(BIN)
 
 ## deps: system packages the tests and demo use (a fresh machine of our kind lacks some):
-## nsenter, ip, and iptables-save/nft to show that no firewall rule is ever created
+## nsenter, ip, iptables-save/nft to show that no firewall rule is ever created, iperf3 for cnibench
 deps:
 	@command -v nsenter >/dev/null && command -v ip >/dev/null && \
-	  command -v iptables-save >/dev/null && command -v nft >/dev/null || \
-	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends iproute2 util-linux iptables nftables)
+	  command -v iptables-save >/dev/null && command -v nft >/dev/null && command -v iperf3 >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    iproute2 util-linux iptables nftables iperf3)
 
 ## test: every test, unit and end to end (root: they create network namespaces); the
 ## end-to-end suite runs again with programs attached as tcx links instead of cls_bpf filters
@@ -50,13 +51,11 @@ check-generated: generate
 demo: require-root deps build tools
 	$(GO) run ./test/demo
 
-## bench: ADD/DEL latency at N up to 1000 through cnitool, bpfbridge vs the reference plugins.
-## cnitool keeps state in /var/lib/cni, so /var/lib is a private scratch mount for the run.
+## bench: cnibench, bpfbridge against the reference plugins side by side on throwaway namespaces:
+## ADD/DEL at N up to 500, datapath state, traffic with and without masquerade, iperf3 cross-check;
+## writes test/results/cnibench.{md,json,svg}
 bench: require-root deps build tools
-	@scratch=$$(mktemp -d /var/tmp/bpfbridge-bench.XXXXXX); \
-	unshare --mount --propagation private -- sh -c 'mount --bind "$$0" /var/lib && exec "$$@"' "$$scratch" \
-	  $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/e2e; \
-	rc=$$?; rm -rf "$$scratch"; exit $$rc
+	$(BIN)/cnibench --plugins $(BIN) --compare $(BIN)/reference -n 1,50,200,500 --iperf3 -o test/results
 
 ## install: the plugins into $(DESTDIR)$(CNI_BIN_DIR)
 install: build

@@ -1,0 +1,382 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// metricInfo describes one figure of the report.
+type metricInfo struct {
+	Name string `json:"-"`
+	Unit string `json:"unit"`
+	// Better is "lower" or "higher"; empty for counts that have no better
+	// direction, which get no ratio.
+	Better string `json:"better,omitempty"`
+	What   string `json:"what"`
+}
+
+// scaleMetrics are the figures of one plugin set at one N, in table order.
+var scaleMetrics = []metricInfo{
+	{"add_p50_ms", "ms", "lower", "ADD latency, median"},
+	{"add_p90_ms", "ms", "lower", "ADD latency, 90th percentile"},
+	{"add_p99_ms", "ms", "lower", "ADD latency, 99th percentile"},
+	{"add_max_ms", "ms", "lower", "ADD latency, slowest"},
+	{"del_p50_ms", "ms", "lower", "DEL latency, median"},
+	{"del_p90_ms", "ms", "lower", "DEL latency, 90th percentile"},
+	{"del_p99_ms", "ms", "lower", "DEL latency, 99th percentile"},
+	{"del_max_ms", "ms", "lower", "DEL latency, slowest"},
+	{"cold_add_ms", "ms", "lower", "the first ADD on a fresh node (not in the percentiles)"},
+	{"add_rate_per_s", "1/s", "higher", "ADDs completed per second at the run's concurrency"},
+	{"add_growth", "ratio", "lower", "median ADD latency of the last 10% of containers over that of the first 10%"},
+	{"add_cpu_ms", "ms", "lower", "user+system CPU per ADD, plugin and the children it waited for"},
+	{"del_cpu_ms", "ms", "lower", "user+system CPU per DEL"},
+	{"add_maxrss_kib", "KiB", "lower", "largest peak RSS of an ADD's processes"},
+	{"del_maxrss_kib", "KiB", "lower", "largest peak RSS of a DEL's processes"},
+	{"iptables_rules", "rules", "", "iptables-save rules in the node after N ADDs"},
+	{"ip6tables_rules", "rules", "", "ip6tables-save rules in the node after N ADDs"},
+	{"nft_rules", "rules", "", "nftables rules in the node after N ADDs (iptables-nft rules included)"},
+	{"bpf_map_entries", "entries", "", "keys of the hash maps pinned under <bpffs>/bpfbridge/maps/v*/ after N ADDs"},
+	{"leftover_allocations", "addresses", "", "IPAM allocations left after every DEL (must be 0)"},
+}
+
+// trafficMetrics are the figures of one plugin set in one traffic run.
+var trafficMetrics = []metricInfo{
+	{"tcp_stream_c2c_gbps", "Gbit/s", "higher", "TCP stream throughput, one connection, container to container"},
+	{"iperf3_stream_c2c_gbps", "Gbit/s", "higher", "the same measured by iperf3 (--iperf3), median of rounds"},
+	{"paired_stream_c2c_gbps", "Gbit/s", "higher", "cnibench's stream in turns with those iperf3 rounds, median"},
+	{"tcp_stream_ext_gbps", "Gbit/s", "higher", "TCP stream throughput, container to external"},
+	{"tcp_rr_c2c_p50_us", "µs", "lower", "1-byte TCP request/response round trip, median, container to container"},
+	{"tcp_rr_c2c_p99_us", "µs", "lower", "the same, 99th percentile"},
+	{"tcp_crr_ext_per_s", "1/s", "higher", "TCP connect+close per second, container to external"},
+	{"udp_c2c_pps", "packets/s", "higher", "64-byte UDP datagrams received per second, one sender, container to container"},
+}
+
+// report is the JSON file, and the source of the Markdown and the SVG.
+type report struct {
+	Tool         string                  `json:"tool"`
+	Started      time.Time               `json:"started"`
+	WallSeconds  float64                 `json:"wall_seconds"`
+	Machine      machine                 `json:"machine"`
+	Settings     settings                `json:"settings"`
+	Plugins      []*plugin               `json:"plugins"` // Plugins[0] is "ours", the ratios' numerator
+	RatioMeaning string                  `json:"ratio_meaning"`
+	Metrics      map[string]metricInfo   `json:"metrics"`
+	Scale        []scalePoint            `json:"scale"`
+	Traffic      []trafficPoint          `json:"traffic"`
+	Iperf3       map[string]*iperf3Check `json:"iperf3,omitempty"`
+}
+
+type settings struct {
+	N               []int   `json:"n"`
+	Concurrency     int     `json:"concurrency"`
+	PhaseSeconds    float64 `json:"phase_seconds"`
+	UDPPayloadBytes int     `json:"udp_payload_bytes"`
+	SandboxPrefix   string  `json:"sandbox_prefix"`
+	ScaleSubnet     string  `json:"scale_subnet"`
+	TrafficSubnet   string  `json:"traffic_subnet"`
+}
+
+// scalePoint is one N: each plugin set's figures and ours/reference ratios.
+type scalePoint struct {
+	N       int                     `json:"n"`
+	Plugins map[string]*scaleResult `json:"plugins"`
+	Ratios  map[string]*float64     `json:"ratios,omitempty"` // null where a side has no figure
+}
+
+type scaleResult struct {
+	Metrics map[string]float64 `json:"metrics,omitempty"`
+	BPFMaps map[string]int     `json:"bpf_maps,omitempty"` // entries per pinned hash map
+	Error   string             `json:"error,omitempty"`
+}
+
+// trafficPoint is one traffic run, without or with masquerade.
+type trafficPoint struct {
+	Masquerade bool                         `json:"masquerade"`
+	Plugins    map[string]map[string]figure `json:"plugins"`
+	Ratios     map[string]*float64          `json:"ratios,omitempty"`
+}
+
+// figure is a measured value, or why there is none: Unsupported when the
+// plugin rejected the config as something it does not support (CNI error
+// 2), otherwise a failure.
+type figure struct {
+	Value       *float64 `json:"value,omitempty"`
+	Unsupported bool     `json:"unsupported,omitempty"`
+	Error       string   `json:"error,omitempty"`
+}
+
+// iperf3Check compares cnibench's own TCP stream with iperf3's, both
+// container to container on the same node, taking turns.
+type iperf3Check struct {
+	CnibenchGbps  float64 `json:"cnibench_gbps"`
+	Iperf3Gbps    float64 `json:"iperf3_gbps"`
+	DifferencePct float64 `json:"difference_pct"`
+}
+
+func (f figure) String() string {
+	switch {
+	case f.Value != nil:
+		return num(*f.Value)
+	case f.Unsupported:
+		return "n/a"
+	default:
+		return "error"
+	}
+}
+
+// values returns the figures that have a value.
+func values(figs map[string]figure) map[string]float64 {
+	v := map[string]float64{}
+	for name, f := range figs {
+		if f.Value != nil {
+			v[name] = *f.Value
+		}
+	}
+	return v
+}
+
+// unsupported returns the reason given for the first unsupported figure, or "".
+func unsupported(figs map[string]figure) string {
+	for _, m := range trafficMetrics {
+		if f := figs[m.Name]; f.Unsupported {
+			return f.Error
+		}
+	}
+	return ""
+}
+
+// ratios divides the first plugin set's figures by the second's.
+func ratios(metrics []metricInfo, plugins []*plugin, get func(label string) map[string]float64) map[string]*float64 {
+	if len(plugins) < 2 {
+		return nil
+	}
+	a, b := get(plugins[0].Label), get(plugins[1].Label)
+	r := map[string]*float64{}
+	for _, m := range metrics {
+		if m.Better == "" {
+			continue
+		}
+		va, okA := a[m.Name]
+		vb, okB := b[m.Name]
+		if !okA || !okB || vb == 0 {
+			r[m.Name] = nil
+			continue
+		}
+		q := va / vb
+		r[m.Name] = &q
+	}
+	return r
+}
+
+type machine struct {
+	Hostname  string  `json:"hostname"`
+	Kernel    string  `json:"kernel"`
+	CPUModel  string  `json:"cpu_model"`
+	CPUs      int     `json:"cpus"`
+	MemoryGiB float64 `json:"memory_gib"`
+	Go        string  `json:"go"`
+}
+
+// thisMachine describes the machine the numbers come from.
+func thisMachine() machine {
+	m := machine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
+	m.Hostname, _ = os.Hostname()
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		m.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	m.CPUModel = procField("/proc/cpuinfo", "model name")
+	var kib float64
+	fmt.Sscanf(procField("/proc/meminfo", "MemTotal"), "%f", &kib)
+	m.MemoryGiB = kib / (1 << 20)
+	return m
+}
+
+// procField returns the value of the first "key: value" line of a /proc file.
+func procField(path, key string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(k) == key {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+func newReport(o options, plugins []*plugin, prefix string) *report {
+	r := &report{
+		Tool:    "cnibench",
+		Started: time.Now().UTC().Truncate(time.Second),
+		Machine: thisMachine(),
+		Settings: settings{
+			N: o.ns, Concurrency: o.concurrency, PhaseSeconds: o.phase.Seconds(), UDPPayloadBytes: udpPayload,
+			SandboxPrefix: prefix, ScaleSubnet: scaleSubnet, TrafficSubnet: trafficSubnet,
+		},
+		Plugins: plugins,
+		Metrics: map[string]metricInfo{},
+	}
+	if len(plugins) > 1 {
+		r.RatioMeaning = fmt.Sprintf("%s / %s. For metrics whose better is \"lower\" (latency, CPU, memory) a ratio below 1 means %[1]s is better; "+
+			"for \"higher\" (throughput, rates) a ratio above 1 means %[1]s is better.", plugins[0].Label, plugins[1].Label)
+	}
+	for _, ms := range [][]metricInfo{scaleMetrics, trafficMetrics} {
+		for _, m := range ms {
+			r.Metrics[m.Name] = m
+		}
+	}
+	return r
+}
+
+// write writes cnibench.json, cnibench.md and cnibench.svg into dir.
+func (r *report) write(dir string) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	var files []string
+	for name, data := range map[string][]byte{
+		"cnibench.json": append(js, '\n'),
+		"cnibench.md":   []byte(r.markdown()),
+		"cnibench.svg":  []byte(r.svg()),
+	} {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			return nil, err
+		}
+		files = append(files, path)
+	}
+	return files, nil
+}
+
+// num formats a figure with three significant digits or so.
+func num(v float64) string {
+	switch {
+	case v == math.Trunc(v) && math.Abs(v) < 1e9: // counts
+		return fmt.Sprintf("%.0f", v)
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
+}
+
+// cell shows each plugin set's figure and, with two, the ratio.
+func cell(figs []string, ratio *float64) string {
+	s := strings.Join(figs, " / ")
+	if len(figs) > 1 {
+		if ratio != nil {
+			s += fmt.Sprintf(" (**%.2f**)", *ratio)
+		} else {
+			s += " (–)"
+		}
+	}
+	return s
+}
+
+func (r *report) labels() []string {
+	var l []string
+	for _, p := range r.Plugins {
+		l = append(l, p.Label)
+	}
+	return l
+}
+
+// markdown renders the tables the README shows.
+func (r *report) markdown() string {
+	var b strings.Builder
+	m := r.Machine
+	fmt.Fprintf(&b, "Measured %s on %s: %s, %d CPUs, %.1f GiB, Linux %s, %s; %s; ADD/DEL concurrency %d, traffic phases of %gs.\n\n",
+		r.Started.Format("2006-01-02"), m.Hostname, m.CPUModel, m.CPUs, m.MemoryGiB, m.Kernel, m.Go,
+		strings.Join(r.labels(), " vs "), r.Settings.Concurrency, r.Settings.PhaseSeconds)
+	if r.RatioMeaning != "" {
+		fmt.Fprintf(&b, "Cells are %s (**ratio**). Ratio = %s\n\n", strings.Join(r.labels(), " / "), r.RatioMeaning)
+	}
+
+	scaleTable := func(title string, cols []string) {
+		fmt.Fprintf(&b, "%s\n\n| N |", title)
+		for _, c := range cols {
+			fmt.Fprintf(&b, " %s (%s) |", c, r.Metrics[c].Unit)
+		}
+		b.WriteString("\n|---:|" + strings.Repeat("---:|", len(cols)) + "\n")
+		for _, pt := range r.Scale {
+			fmt.Fprintf(&b, "| %d |", pt.N)
+			for _, c := range cols {
+				var figs []string
+				for _, l := range r.labels() {
+					res := pt.Plugins[l]
+					if v, ok := res.Metrics[c]; ok {
+						figs = append(figs, num(v))
+					} else {
+						figs = append(figs, "error")
+					}
+				}
+				fmt.Fprintf(&b, " %s |", cell(figs, pt.Ratios[c]))
+			}
+			b.WriteString("\n")
+		}
+		b.WriteString("\n")
+	}
+	scaleTable("**ADD and DEL latency by number of containers N** (lower is better)",
+		[]string{"add_p50_ms", "add_p99_ms", "del_p50_ms", "del_p99_ms", "add_growth"})
+	scaleTable("**Cost per call and node state after N ADDs**",
+		[]string{"add_cpu_ms", "add_maxrss_kib", "cold_add_ms", "iptables_rules", "nft_rules", "bpf_map_entries"})
+
+	fmt.Fprintf(&b, "**Traffic** (2 containers on the node; external = a namespace beyond the node's uplink)\n\n| figure | better |")
+	for _, pt := range r.Traffic {
+		fmt.Fprintf(&b, " %s |", map[bool]string{false: "ipMasq false", true: "ipMasq true"}[pt.Masquerade])
+	}
+	b.WriteString("\n|---|---|" + strings.Repeat("---:|", len(r.Traffic)) + "\n")
+	for _, m := range trafficMetrics {
+		if _, ok := r.Traffic[0].Plugins[r.Plugins[0].Label][m.Name]; !ok {
+			continue // a phase not run (iperf3 without --iperf3)
+		}
+		fmt.Fprintf(&b, "| %s (%s) | %s |", m.What, m.Unit, m.Better)
+		for _, pt := range r.Traffic {
+			var figs []string
+			for _, l := range r.labels() {
+				f, ok := pt.Plugins[l][m.Name]
+				if !ok {
+					figs = append(figs, "–")
+					continue
+				}
+				figs = append(figs, f.String())
+			}
+			fmt.Fprintf(&b, " %s |", cell(figs, pt.Ratios[m.Name]))
+		}
+		b.WriteString("\n")
+	}
+	for _, pt := range r.Traffic {
+		for _, l := range r.labels() {
+			if why := unsupported(pt.Plugins[l]); why != "" {
+				fmt.Fprintf(&b, "\nn/a: %s with ipMasq %t: unsupported: %s\n", l, pt.Masquerade, why)
+			}
+		}
+	}
+	for _, l := range r.labels() {
+		if c := r.Iperf3[l]; c != nil {
+			fmt.Fprintf(&b, "\nCross-check, %s, container to container: cnibench %.2f Gbit/s, iperf3 %.2f Gbit/s (%+.1f%%).\n",
+				l, c.CnibenchGbps, c.Iperf3Gbps, c.DifferencePct)
+		}
+	}
+	return b.String()
+}
