@@ -168,6 +168,25 @@ static __always_inline int ct_expired(const struct nat_entry *e, const struct na
 	return e->last_seen_ns + ct_timeout_ns(cfg, e->state) < now;
 }
 
+/* A closing TCP flow's port may go to a new flow after this long idle,
+ * before its timeout: connect-and-close traffic to one remote would
+ * otherwise hold every port for the closing timeout and starve new flows
+ * (4536 ports / 10 s = ~450 new connections a second). Linux's NAT lets a
+ * new connection take over a closing one the same way; the remote end,
+ * usually not the side in TIME_WAIT, sees a new SYN on a finished tuple. */
+#define CT_CLOSING_REUSE_NS 1000000000ULL
+
+/* Whether a flow's NAT port may go to a new flow: it expired, or it is a
+ * closing TCP flow idle for CT_CLOSING_REUSE_NS. Replies are still
+ * translated until it expires or its port is taken. */
+static __always_inline int ct_reclaimable(const struct nat_entry *e, const struct nat_config *cfg,
+					  __u64 now)
+{
+	if (e->state == CT_CLOSING && e->last_seen_ns + CT_CLOSING_REUSE_NS < now)
+		return 1;
+	return ct_expired(e, cfg, now);
+}
+
 /* The state of a flow after a packet. orig is 1 for the container's
  * direction, 0 for replies; is_new for the packet that creates the flow;
  * tcp_flags is byte 13 of the TCP header. */

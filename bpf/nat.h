@@ -322,14 +322,14 @@ static __always_inline __u32 nat_hash(const struct nat_tuple *t)
 	return h;
 }
 
-/* Whether the holder of a taken NAT port may be replaced: its flow expired,
- * or it is this very flow's nat_in half whose nat_out half went missing
- * (adopted rather than leaked). */
+/* Whether the holder of a taken NAT port may be replaced: its flow expired
+ * or is closing and idle (ct_reclaimable), or it is this very flow's nat_in
+ * half whose nat_out half went missing (adopted rather than leaked). */
 static __always_inline int nat_in_replaceable(const struct nat_entry *in,
 					      const struct nat_tuple *ot,
 					      const struct nat_config *cfg, __u64 now)
 {
-	return ct_expired(in, cfg, now) || nat_in_belongs(in, ot);
+	return ct_reclaimable(in, cfg, now) || nat_in_belongs(in, ot);
 }
 
 /* Free the NAT port of nat_in key it for flow ot, if its holder is
@@ -388,7 +388,7 @@ __noinline int nat_create(__u32 uplink, __u32 state)
 	struct nat_scratch *s;
 	struct nat_entry v = {};
 	struct nat_entry *in;
-	__u32 pmin = 0, pmax = 0, range, start, tries, i, zero = 0;
+	__u32 pmin = 0, pmax = 0, range, start, tries, offset, i, zero = 0;
 	__u64 now = bpf_ktime_get_ns();
 	__be16 port, reclaim = 0;
 	int ret;
@@ -426,11 +426,14 @@ __noinline int nat_create(__u32 uplink, __u32 state)
 		if (i >= tries)
 			break;
 		/* The first candidate is the flow's own (a flow whose entries
-		 * expired gets its port back), the others random: probing
-		 * consecutive ports would walk through the runs of taken
-		 * ports that form long before the range is full, and report
-		 * exhaustion with most ports free (measured: at 60%). */
-		port = bpf_htons((__u16)(pmin + (i ? bpf_get_prandom_u32() : start) % range));
+		 * expired gets its port back). A range of up to
+		 * NAT_PORT_TRIES ports is then walked whole; in a larger one
+		 * the others are random: walking consecutive ports would run
+		 * through the runs of taken ports that form long before the
+		 * range is full, and report exhaustion with most ports free
+		 * (measured: at 60%). */
+		offset = (i && range > NAT_PORT_TRIES) ? bpf_get_prandom_u32() : start + i;
+		port = bpf_htons((__u16)(pmin + offset % range));
 		nat_in_key(&s->it, &s->ot, s->nat_addr.b, port);
 		ret = bpf_map_update_elem(&nat_in, &s->it, &v, BPF_NOEXIST);
 		if (!ret)
@@ -448,7 +451,7 @@ __noinline int nat_create(__u32 uplink, __u32 state)
 				goto claimed;
 			continue;
 		}
-		if (!reclaim && ct_expired(in, cfg, now))
+		if (!reclaim && ct_reclaimable(in, cfg, now))
 			reclaim = port;
 	}
 	if (!reclaim)

@@ -309,17 +309,18 @@ func TestMasqueradePortExhaustion(t *testing.T) {
 	}
 }
 
-// TestMasqueradeConnectionChurn: 2500 short connections one after another
-// to one remote, more than half the port range held at once (closed flows
-// linger), all get a port. Probing consecutive ports used to report
-// exhaustion at about 60% occupancy.
+// TestMasqueradeConnectionChurn: 6000 short connections one after another
+// to one remote, more than the 4536 ports of the default range, all get a
+// port: closed flows give theirs up after a second (they used to hold it
+// for the 10 s closing timeout), and random probing finds free ports
+// (probing consecutive ones reported exhaustion at 60% occupancy).
 func TestMasqueradeConnectionChurn(t *testing.T) {
 	sb := sandbox.ForTest(t)
 	n := newNetwork(t, sb, masqConf("masq", "br-masq", t.TempDir(), masqRanges4, ""), bins.PluginDir())
 	c := n.attach("churn")
 	serveWhoAmI(t, sb.External, netip.AddrPortFrom(sb.Internet4, 7100))
 	deadline := time.Now().Add(60 * time.Second)
-	for i := range 2500 {
+	for i := range 6000 {
 		if time.Now().After(deadline) {
 			t.Fatalf("only %d connections in 60 s", i)
 		}
@@ -411,4 +412,37 @@ func TestMasqueradeIPv6(t *testing.T) {
 		t.Errorf("ping over IPv6: %d/3 replies (%v)", got, err)
 	}
 	assertNoFirewallRules(t, sb)
+}
+
+// TestMasqueradeGCForgetsGoneContainers: a container that vanished without
+// DEL leaves translations that have not expired; GC removes them with the
+// container's other state.
+func TestMasqueradeGCForgetsGoneContainers(t *testing.T) {
+	sb := sandbox.ForTest(t)
+	n := newNetwork(t, sb, masqConf("masq", "br-masq", t.TempDir(), masqRanges4, ""), bins.PluginDir())
+	kept, gone := n.attach("kept"), n.attach("gone")
+	server := netip.AddrPortFrom(sb.Internet4, 7200)
+	serveWhoAmI(t, sb.External, server)
+	for _, c := range []container{kept, gone} {
+		if _, err := whoAmI(t, c, "udp", server); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, _ := natEntries(t, sb); out != 2 {
+		t.Fatalf("%d translations, want 2", out)
+	}
+	if err := gone.ns.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	err := sb.InNode(func() error {
+		return n.cni.GCNetworkList(ctx, n.list, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{{ContainerID: kept.id, IfName: "eth0"}}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, in := natEntries(t, sb); out != 1 || in != 1 {
+		t.Errorf("translations after GC: %d out, %d in; want only the kept container's pair", out, in)
+	}
 }
