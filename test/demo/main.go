@@ -140,7 +140,14 @@ func run() error {
 	if err := showIsolation(ctx, sb, tool, confDir, ctrs, ips); err != nil {
 		return err
 	}
-	if err := showMasquerade(ctx, sb, tool, confDir); err != nil {
+	step("What an operator sees: bridge inspect endpoint list, then stats")
+	if err := inspect(ctx, sb, bins.Bridge, "endpoint", "list"); err != nil {
+		return err
+	}
+	if err := inspect(ctx, sb, bins.Bridge, "stats"); err != nil {
+		return err
+	}
+	if err := showMasquerade(ctx, sb, tool, confDir, bins.Bridge); err != nil {
 		return err
 	}
 
@@ -217,7 +224,7 @@ const egressConf = `{"name": "egress", "type": "bridge", "bridge": "m-egress", "
 
 // showMasquerade shows a container of a masquerading network reaching the
 // external namespace, which sees the node's uplink address.
-func showMasquerade(ctx context.Context, sb *sandbox.Sandbox, tool sandbox.CNITool, confDir string) error {
+func showMasquerade(ctx context.Context, sb *sandbox.Sandbox, tool sandbox.CNITool, confDir, bridge string) error {
 	if err := os.WriteFile(filepath.Join(confDir, "egress.conf"), []byte(egressConf), 0o644); err != nil {
 		return err
 	}
@@ -241,6 +248,19 @@ func showMasquerade(ctx context.Context, sb *sandbox.Sandbox, tool sandbox.CNITo
 	}
 	step("TCP from %s (network egress, ipMasq) to %s in the external namespace:", client.Name, server)
 	fmt.Printf("    the server saw the connection come from %s (the node's uplink address is %s)\n", seen, sb.NodeUplink4.Addr())
+	step("bridge inspect nat list")
+	return inspect(ctx, sb, bridge, "nat", "list")
+}
+
+// inspect runs `bridge inspect args…` on the sandbox node and prints its
+// output indented.
+func inspect(ctx context.Context, sb *sandbox.Sandbox, bridge string, args ...string) error {
+	args = append([]string{"inspect"}, append(args, "--bpffs", sb.BPFFS)...)
+	out, err := sb.Node.Command(ctx, bridge, args...).CombinedOutput()
+	fmt.Println(indent(strings.TrimRight(string(out), "\n")))
+	if err != nil {
+		return fmt.Errorf("bridge %s: %w", strings.Join(args, " "), err)
+	}
 	return nil
 }
 
