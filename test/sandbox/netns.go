@@ -52,11 +52,25 @@ func NewNetNS(name string) (*NetNS, error) {
 
 	errc := make(chan error, 1)
 	go func() {
-		// The thread is deliberately never unlocked: the runtime terminates
-		// a locked thread when its goroutine exits, so the thread that moved
-		// into the new namespace can never run anything else.
 		runtime.LockOSThread()
-		errc <- n.initOnThisThread()
+		// The thread goes back to its namespace before it is unlocked. If
+		// that fails it stays locked: the runtime then ends it with its
+		// goroutine, or, on the main thread, which it cannot end, parks it
+		// for good. Leaving every thread in the new namespace that way
+		// would park the main thread there whenever this goroutine ran on
+		// it, and /proc/<pid>/ns/net, which follows the main thread, would
+		// report the process inside the sandbox.
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			errc <- fmt.Errorf("sandbox: %w", err)
+			return
+		}
+		defer orig.Close()
+		err = n.initOnThisThread()
+		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	if err := <-errc; err != nil {
 		return nil, errors.Join(err, n.Delete())
