@@ -56,6 +56,8 @@ var trafficMetrics = []metricInfo{
 	{"tcp_stream_ext_gbps", "Gbit/s", "higher", "TCP stream throughput, container to external"},
 	{"tcp_rr_c2c_p50_us", "µs", "lower", "1-byte TCP request/response round trip, median, container to container"},
 	{"tcp_rr_c2c_p99_us", "µs", "lower", "the same, 99th percentile"},
+	{"tcp_rr_ext_p50_us", "µs", "lower", "1-byte TCP request/response round trip, median, container to external"},
+	{"tcp_rr_ext_p99_us", "µs", "lower", "the same, 99th percentile"},
 	{"tcp_crr_ext_per_s", "1/s", "higher", "TCP connect+close per second, container to external"},
 	{"udp_c2c_pps", "packets/s", "higher", "64-byte UDP datagrams received per second, one sender, container to container"},
 }

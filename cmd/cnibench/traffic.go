@@ -76,14 +76,12 @@ func (b *bench) phases(masq bool) []phase {
 			bps, err := sandbox.TCPStream(ctx, e.ctrs[0], e.sb.External, e.sb.Internet4, d)
 			return map[string]float64{"tcp_stream_ext_gbps": bps / 1e9}, err
 		}, nil},
-		phase{"TCP request/response container→container", []string{"tcp_rr_c2c_p50_us", "tcp_rr_c2c_p99_us"}, func(ctx context.Context, e *trafficEnv, d time.Duration) (map[string]float64, error) {
-			rtts, err := sandbox.TCPRequestResponse(ctx, e.ctrs[0], e.ctrs[1], e.ips[1], d, maxExchanges)
-			if err == nil && len(rtts) == 0 {
-				err = errors.New("no exchange completed")
-			}
-			us := func(p float64) float64 { return float64(sandbox.Percentile(rtts, p)) / float64(time.Microsecond) }
-			return map[string]float64{"tcp_rr_c2c_p50_us": us(50), "tcp_rr_c2c_p99_us": us(99)}, err
-		}, nil},
+		rrPhase("TCP request/response container→container", "tcp_rr_c2c", func(e *trafficEnv) (*sandbox.NetNS, netip.Addr) {
+			return e.ctrs[1], e.ips[1]
+		}),
+		rrPhase("TCP request/response container→external", "tcp_rr_ext", func(e *trafficEnv) (*sandbox.NetNS, netip.Addr) {
+			return e.sb.External, e.sb.Internet4
+		}),
 		phase{"TCP connections container→external", []string{"tcp_crr_ext_per_s"}, func(ctx context.Context, e *trafficEnv, d time.Duration) (map[string]float64, error) {
 			rate, err := sandbox.TCPConnectRate(ctx, e.ctrs[0], e.sb.External, e.sb.Internet4, d)
 			return map[string]float64{"tcp_crr_ext_per_s": rate}, err
@@ -93,6 +91,20 @@ func (b *bench) phases(masq bool) []phase {
 			return map[string]float64{"udp_c2c_pps": pps}, err
 		}, nil},
 	)
+}
+
+// rrPhase measures 1-byte TCP request/response round trips from the first
+// container to the server dst picks, as metrics <key>_p50_us and _p99_us.
+func rrPhase(name, key string, dst func(*trafficEnv) (*sandbox.NetNS, netip.Addr)) phase {
+	return phase{name, []string{key + "_p50_us", key + "_p99_us"}, func(ctx context.Context, e *trafficEnv, d time.Duration) (map[string]float64, error) {
+		ns, ip := dst(e)
+		rtts, err := sandbox.TCPRequestResponse(ctx, e.ctrs[0], ns, ip, d, maxExchanges)
+		if err == nil && len(rtts) == 0 {
+			err = errors.New("no exchange completed")
+		}
+		us := func(p float64) float64 { return float64(sandbox.Percentile(rtts, p)) / float64(time.Microsecond) }
+		return map[string]float64{key + "_p50_us": us(50), key + "_p99_us": us(99)}, err
+	}, nil}
 }
 
 // traffic runs every phase without and with masquerade, the plugin sets

@@ -116,6 +116,7 @@ func TestCnibench(t *testing.T) {
 	}
 
 	trafficFigures := []string{"tcp_stream_c2c_gbps", "tcp_stream_ext_gbps", "tcp_rr_c2c_p50_us", "tcp_rr_c2c_p99_us",
+		"tcp_rr_ext_p50_us", "tcp_rr_ext_p99_us",
 		"tcp_crr_ext_per_s", "udp_c2c_pps"}
 	if len(rep.Traffic) != 2 || rep.Traffic[0].Masquerade || !rep.Traffic[1].Masquerade {
 		t.Fatalf("traffic runs: want without and with masquerade, got %d", len(rep.Traffic))
