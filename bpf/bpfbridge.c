@@ -117,8 +117,10 @@ static __always_inline __u8 to_container_policy(struct __sk_buff *skb, const str
 	}
 }
 
-SEC("tc")
-int from_container(struct __sk_buff *skb)
+/* The verdict for a frame on a host veth, in direction dir: the endpoint
+ * of the veth, its counters, then the direction's policy. Inlined into
+ * each program with dir constant, so each keeps only its own branch. */
+static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 dir)
 {
 	__u32 ifindex = skb->ifindex;
 	struct endpoint_stats *st;
@@ -131,37 +133,30 @@ int from_container(struct __sk_buff *skb)
 
 	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	if (!ep)
-		return drop_packet(skb, NULL, &pkt, DROP_NO_ENDPOINT, DIR_FROM_CONTAINER);
+		return drop_packet(skb, NULL, &pkt, DROP_NO_ENDPOINT, dir);
 	st = stats_get(ifindex);
-	stats_count_from(st, skb->len);
-
-	reason = from_container_policy(skb, ep, &pkt, parsed);
+	if (dir == DIR_FROM_CONTAINER) {
+		stats_count_from(st, skb->len);
+		reason = from_container_policy(skb, ep, &pkt, parsed);
+	} else {
+		stats_count_to(st, skb->len);
+		reason = to_container_policy(skb, ep, &pkt, parsed);
+	}
 	if (reason != DROP_NONE)
-		return drop_packet(skb, st, &pkt, reason, DIR_FROM_CONTAINER);
+		return drop_packet(skb, st, &pkt, reason, dir);
 	return VERDICT_PASS;
+}
+
+SEC("tc")
+int from_container(struct __sk_buff *skb)
+{
+	return endpoint_verdict(skb, DIR_FROM_CONTAINER);
 }
 
 SEC("tc")
 int to_container(struct __sk_buff *skb)
 {
-	__u32 ifindex = skb->ifindex;
-	struct endpoint_stats *st;
-	struct endpoint *ep;
-	struct pkt pkt = {};
-	__u8 parsed, reason;
-
-	parsed = parse_packet(skb, &pkt);
-
-	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
-	if (!ep)
-		return drop_packet(skb, NULL, &pkt, DROP_NO_ENDPOINT, DIR_TO_CONTAINER);
-	st = stats_get(ifindex);
-	stats_count_to(st, skb->len);
-
-	reason = to_container_policy(skb, ep, &pkt, parsed);
-	if (reason != DROP_NONE)
-		return drop_packet(skb, st, &pkt, reason, DIR_TO_CONTAINER);
-	return VERDICT_PASS;
+	return endpoint_verdict(skb, DIR_TO_CONTAINER);
 }
 
 /* Masquerade. Runs for every packet the node sends on the uplink, its own
