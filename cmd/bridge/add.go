@@ -11,7 +11,6 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
@@ -176,7 +175,8 @@ func completeRoutes(conf *NetConf, result *current.Result) []net.IPNet {
 			continue
 		}
 		if ipc.Gateway == nil {
-			ipc.Gateway = ip.NextIP(ipc.Address.IP.Mask(ipc.Address.Mask))
+			subnet, _ := netip.AddrFromSlice(ipc.Address.IP.Mask(ipc.Address.Mask))
+			ipc.Gateway = subnet.Unmap().Next().AsSlice()
 		}
 		gateways = append(gateways, net.IPNet{IP: ipc.Gateway, Mask: ipc.Address.Mask})
 		v4 := ipc.Address.IP.To4() != nil
@@ -209,12 +209,8 @@ func setupGateways(conf *NetConf, br *netlink.Bridge, gateways []net.IPNet) erro
 		if err := topology.EnsureGatewayAddr(holder, &gateways[i], conf.ForceAddress); err != nil {
 			return hostError(err)
 		}
-		enable := ip.EnableIP6Forward
-		if gateways[i].IP.To4() != nil {
-			enable = ip.EnableIP4Forward
-		}
-		if err := enable(); err != nil {
-			return fmt.Errorf("enable forwarding: %w", err)
+		if err := topology.EnableForwarding(gateways[i].IP); err != nil {
+			return err
 		}
 	}
 	return nil

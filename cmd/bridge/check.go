@@ -6,7 +6,6 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/bpfbridge/bpfbridge/datapath/topology"
@@ -68,10 +67,10 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return checkFailed("datapath: %v", err)
 	}
 	return netns.Do(func(ns.NetNS) error {
-		if err := ip.ValidateExpectedInterfaceIPs(args.IfName, ips); err != nil {
+		if err := topology.VerifyAddresses(args.IfName, ips); err != nil {
 			return checkFailed("%v", err)
 		}
-		if err := ip.ValidateExpectedRoute(prev.Routes); err != nil {
+		if err := topology.VerifyRoutes(prev.Routes); err != nil {
 			return checkFailed("%v", err)
 		}
 		return nil

@@ -7,6 +7,7 @@ import (
 	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -74,4 +75,21 @@ func conflictingAddrs(link netlink.Link, gw *net.IPNet) ([]netlink.Addr, error) 
 		}
 	}
 	return conflicts, nil
+}
+
+// EnableForwarding turns on IP forwarding for the family of gw in the
+// calling thread's namespace: the gateway routes its containers' traffic.
+// It reads first, so a node where it is on costs no write.
+func EnableForwarding(gw net.IP) error {
+	key := "net/ipv6/conf/all/forwarding"
+	if gw.To4() != nil {
+		key = "net/ipv4/ip_forward"
+	}
+	if v, err := sysctl.Sysctl(key); err == nil && v == "1" {
+		return nil
+	}
+	if _, err := sysctl.Sysctl(key, "1"); err != nil {
+		return fmt.Errorf("enable forwarding (%s): %w", key, err)
+	}
+	return nil
 }

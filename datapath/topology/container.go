@@ -1,15 +1,18 @@
 package topology
 
 import (
+	"errors"
 	"fmt"
+	"net"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	cniipam "github.com/containernetworking/plugins/pkg/ipam"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // ContainerConfig is how ConfigureContainer sets up the container's end of
@@ -26,8 +29,13 @@ type ContainerConfig struct {
 	LeaveDown bool
 }
 
+// dadTimeout bounds the wait for IPv6 addresses to leave the tentative
+// state, when duplicate address detection is on.
+const dadTimeout = 5 * time.Second
+
 // ConfigureContainer configures the interface cfg.IfName inside netns in a
-// single visit to that namespace: sysctls, addresses, routes and link state.
+// single visit to that namespace: sysctls, addresses, link state and routes,
+// as the reference plugin does (containernetworking/plugins' ConfigureIface).
 // It returns the interface as a CNI result lists it.
 func ConfigureContainer(netns ns.NetNS, cfg ContainerConfig) (*current.Interface, error) {
 	iface := &current.Interface{Name: cfg.IfName, Sandbox: netns.Path()}
@@ -43,13 +51,7 @@ func ConfigureContainer(netns ns.NetNS, cfg ContainerConfig) (*current.Interface
 		case len(cfg.IPs) == 0:
 			return netlink.LinkSetUp(link)
 		}
-		setSysctls(cfg)
-		// ConfigureIface matches addresses to interfaces by result index.
-		res := &current.Result{Interfaces: []*current.Interface{iface}, IPs: cfg.IPs, Routes: cfg.Routes}
-		for _, ipc := range res.IPs {
-			ipc.Interface = current.Int(0)
-		}
-		return cniipam.ConfigureIface(cfg.IfName, res)
+		return configureAddresses(link, cfg)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("configure %q in %s: %w", cfg.IfName, netns.Path(), err)
@@ -57,23 +59,107 @@ func ConfigureContainer(netns ns.NetNS, cfg ContainerConfig) (*current.Interface
 	return iface, nil
 }
 
-// setSysctls prepares the interface before its addresses go up. Failures
-// are ignored, as in the reference plugin: a kernel without IPv6 has no
-// accept_dad, and neither setting is needed for connectivity.
-func setSysctls(cfg ContainerConfig) {
+// configureAddresses adds the addresses, sets the link up and adds the
+// routes; a route without a gateway goes via its family's gateway.
+func configureAddresses(link netlink.Link, cfg ContainerConfig) error {
+	var gateway4, gateway6 net.IP
+	ipv6Prepared := false
 	for _, ipc := range cfg.IPs {
-		if ipc.Address.IP.To4() != nil {
-			continue
+		if ipc.Address.IP.To4() == nil && !ipv6Prepared {
+			if err := enableIPv6(cfg); err != nil {
+				return err
+			}
+			ipv6Prepared = true
 		}
-		dad := "0"
-		if cfg.EnableDAD {
-			dad = "1"
-			_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/enhanced_dad", cfg.IfName), "1")
+		if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: &ipc.Address}); err != nil {
+			return fmt.Errorf("add address %s: %w", &ipc.Address, err)
 		}
-		_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/accept_dad", cfg.IfName), dad)
-		break
+		switch {
+		case ipc.Gateway == nil:
+		case ipc.Gateway.To4() != nil && gateway4 == nil:
+			gateway4 = ipc.Gateway
+		case ipc.Gateway.To4() == nil && gateway6 == nil:
+			gateway6 = ipc.Gateway
+		}
 	}
 	// Announce the address with a gratuitous ARP when the link comes up,
 	// so that stale neighbour entries for a reused address are replaced.
 	_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv4/conf/%s/arp_notify", cfg.IfName), "1")
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set %q up: %w", cfg.IfName, err)
+	}
+	if cfg.EnableDAD && gateway6 != nil {
+		if err := settleAddresses(link); err != nil {
+			return err
+		}
+	}
+	for _, r := range cfg.Routes {
+		gw := r.GW
+		if gw == nil {
+			gw = gateway6
+			if r.Dst.IP.To4() != nil {
+				gw = gateway4
+			}
+		}
+		route := &netlink.Route{Dst: &r.Dst, LinkIndex: link.Attrs().Index, Gw: gw, Priority: r.Priority}
+		if r.Table != nil {
+			route.Table = *r.Table
+		}
+		if r.Scope != nil {
+			route.Scope = netlink.Scope(*r.Scope)
+		}
+		if err := netlink.RouteAddEcmp(route); err != nil {
+			return fmt.Errorf("add route %s via %v: %w", &r.Dst, gw, err)
+		}
+	}
+	return nil
+}
+
+// enableIPv6 prepares the container for its IPv6 addresses: IPv6 on lo and
+// the interface, addresses kept while the link is down, and duplicate
+// address detection as configured.
+func enableIPv6(cfg ContainerConfig) error {
+	for _, name := range []string{"lo", cfg.IfName} {
+		key := fmt.Sprintf("net/ipv6/conf/%s/disable_ipv6", name)
+		if v, err := sysctl.Sysctl(key); err == nil && v != "0" {
+			if _, err := sysctl.Sysctl(key, "0"); err != nil {
+				return fmt.Errorf("enable IPv6 on %q: %w", name, err)
+			}
+		}
+	}
+	_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/keep_addr_on_down", cfg.IfName), "1")
+	dad := "0"
+	if cfg.EnableDAD {
+		dad = "1"
+		_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/enhanced_dad", cfg.IfName), "1")
+	}
+	_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/accept_dad", cfg.IfName), dad)
+	return nil
+}
+
+// settleAddresses waits, bounded by dadTimeout, until no IPv6 address of
+// link is tentative (duplicate address detection is on): the kernel sends
+// no event when DAD ends, so it polls.
+func settleAddresses(link netlink.Link) error {
+	deadline := time.Now().Add(dadTimeout)
+	for {
+		addrs, err := netlinksafe.AddrList(link, netlink.FAMILY_V6)
+		if err != nil {
+			return fmt.Errorf("list addresses of %q: %w", link.Attrs().Name, err)
+		}
+		tentative := false
+		for _, a := range addrs {
+			if a.Flags&unix.IFA_F_DADFAILED != 0 {
+				return fmt.Errorf("address %s on %q failed duplicate address detection", a.IP, link.Attrs().Name)
+			}
+			tentative = tentative || a.Flags&unix.IFA_F_TENTATIVE != 0
+		}
+		if !tentative {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("IPv6 addresses still tentative after " + dadTimeout.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -7,7 +7,6 @@ import (
 	"net"
 	"syscall"
 
-	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -53,10 +52,7 @@ func CreateVeth(netns ns.NetNS, ifName string, mtu int, mac string, br *netlink.
 		}
 	}
 	for range maxNameAttempts {
-		name, err := ip.RandomVethName()
-		if err != nil {
-			return nil, err
-		}
+		name := randomVethName()
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name, attrs.MTU, attrs.MasterIndex, attrs.Flags = name, mtu, br.Index, net.FlagUp
 		veth := &netlink.Veth{
@@ -65,7 +61,7 @@ func CreateVeth(netns ns.NetNS, ifName string, mtu int, mac string, br *netlink.
 			PeerNamespace:    netlink.NsFd(int(netns.Fd())),
 			PeerHardwareAddr: peerMAC,
 		}
-		err = netlink.LinkAdd(veth)
+		err := netlink.LinkAdd(veth)
 		if errors.Is(err, syscall.EEXIST) {
 			if _, lookupErr := netlinksafe.LinkByName(name); lookupErr == nil {
 				continue // the random host name is taken: draw another
@@ -140,10 +136,25 @@ func setPortVlans(port netlink.Link, cfg PortConfig) error {
 // DeleteLink deletes the link named name in the calling thread's namespace.
 // A missing link is not an error: DEL is idempotent.
 func DeleteLink(name string) error {
-	if err := ip.DelLinkByName(name); err != nil && err != ip.ErrLinkNotFound {
-		return err
+	link, err := netlinksafe.LinkByName(name)
+	if errors.As(err, new(netlink.LinkNotFoundError)) {
+		return nil
+	}
+	if err == nil {
+		err = netlink.LinkDel(link)
+	}
+	if err != nil {
+		return fmt.Errorf("delete %q: %w", name, err)
 	}
 	return nil
+}
+
+// randomVethName is a host-side veth name as the reference plugin makes
+// them: "veth" and 8 random hex digits (NetworkManager ignores veth*).
+func randomVethName() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b) // crypto/rand never fails
+	return fmt.Sprintf("veth%x", b)
 }
 
 // EnsureVlanGateway returns the link "<bridge>.<vlan>" that holds the gateway
