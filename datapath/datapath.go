@@ -90,15 +90,16 @@ type maps struct {
 	natIn       *ebpf.Map // reply's tuple → container's address and port
 }
 
-// all lists the maps with their pinned names.
-func (m *maps) all() []struct {
+// pin names an object of a pinned set (a map or a program) and where its
+// handle goes.
+type pin[T any] struct {
 	name string
-	dst  **ebpf.Map
-} {
-	return []struct {
-		name string
-		dst  **ebpf.Map
-	}{
+	dst  **T
+}
+
+// all lists the maps with their pinned names.
+func (m *maps) all() []pin[ebpf.Map] {
+	return []pin[ebpf.Map]{
 		{"endpoints", &m.endpoints}, {"ip_owners", &m.ipOwners},
 		{"endpoint_meta", &m.meta}, {"endpoint_stats", &m.stats},
 		{"nat_config", &m.natConfig}, {"nat_uplinks", &m.natUplinks},

@@ -12,14 +12,8 @@ import (
 )
 
 // pinned lists the programs of a build's program directory, by pin name.
-func pinned(p *program.BpfbridgePrograms) []struct {
-	name string
-	prog **ebpf.Program
-} {
-	return []struct {
-		name string
-		prog **ebpf.Program
-	}{
+func pinned(p *program.BpfbridgePrograms) []pin[ebpf.Program] {
+	return []pin[ebpf.Program]{
 		{"from_container", &p.FromContainer}, {"to_container", &p.ToContainer},
 		{"uplink_egress", &p.UplinkEgress}, {"uplink_ingress", &p.UplinkIngress},
 	}
@@ -81,7 +75,7 @@ func loadPinnedPrograms(dir string) (*program.BpfbridgePrograms, error) {
 			progs.Close()
 			return nil, err
 		}
-		*p.prog = prog
+		*p.dst = prog
 	}
 	return progs, nil
 }
@@ -96,7 +90,7 @@ func pinPrograms(progs *program.BpfbridgePrograms, dir string) error {
 	err := os.MkdirAll(tmp, 0o700)
 	for _, p := range pinned(progs) {
 		if err == nil {
-			err = (*p.prog).Pin(filepath.Join(tmp, p.name))
+			err = (*p.dst).Pin(filepath.Join(tmp, p.name))
 		}
 	}
 	if err == nil {

@@ -67,16 +67,22 @@ func ipList(ips []netip.Addr) string {
 	return dash(strings.Join(s, ","))
 }
 
+// endpointViews renders records for output.
+func endpointViews(recs []datapath.EndpointRecord) []endpointJSON {
+	views := make([]endpointJSON, len(recs))
+	for i, r := range recs {
+		views[i] = endpointView(r)
+	}
+	return views
+}
+
 // endpointList serves `endpoint list`.
 func (in *inspector) endpointList([]string) error {
 	recs, err := in.dp.Endpoints()
 	if err != nil {
 		return err
 	}
-	views := make([]endpointJSON, len(recs))
-	for i, r := range recs {
-		views[i] = endpointView(r)
-	}
+	views := endpointViews(recs)
 	return in.emit(views, func(w io.Writer) {
 		row(w, "CONTAINER", "IFNAME", "NETWORK", "IPS", "MAC", "HOST_IF", "IFINDEX", "ISOLATION", "MODE", "PROG_TAG",
 			"PKTS_FROM", "BYTES_FROM", "PKTS_TO", "BYTES_TO", "DROPS")
@@ -96,10 +102,7 @@ func (in *inspector) endpointShow(args []string) error {
 	if err != nil {
 		return err
 	}
-	views := make([]endpointJSON, len(recs))
-	for i, r := range recs {
-		views[i] = endpointView(r)
-	}
+	views := endpointViews(recs)
 	return in.emit(views, func(w io.Writer) {
 		for i, v := range views {
 			if i > 0 {
