@@ -105,6 +105,13 @@ func (ep *Endpoint) entry() (program.BpfbridgeEndpoint, error) {
 // cilium/ebpf writes in native order, must be the address bytes.
 func be32(a netip.Addr) uint32 { return binary.NativeEndian.Uint32(a.AsSlice()) }
 
+// fromBe32 is the inverse of be32.
+func fromBe32(v uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
 // epFlagTaggedOK mirrors EP_F_TAGGED_OK in bpf/endpoint.h.
 const epFlagTaggedOK = 1 << 0
 
@@ -249,9 +256,7 @@ func ignoreMissing(err error) error {
 func endpointIPs(e *program.BpfbridgeEndpoint) []netip.Addr {
 	var ips []netip.Addr
 	for _, v4 := range e.Ipv4[:e.N_ipv4] {
-		var b [4]byte
-		binary.NativeEndian.PutUint32(b[:], v4)
-		ips = append(ips, netip.AddrFrom4(b))
+		ips = append(ips, fromBe32(v4))
 	}
 	for _, v6 := range e.Ipv6[:e.N_ipv6] {
 		ips = append(ips, netip.AddrFrom16(v6))

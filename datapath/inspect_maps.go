@@ -101,6 +101,9 @@ func (d *Datapath) DumpMap(name string) ([]MapEntry, error) {
 	}
 	dump, ok := mapDecoders[name]
 	if !ok {
+		dump, ok = natDecoders[name]
+	}
+	if !ok {
 		dump = dumpRaw
 	}
 	entries, err := dump(m)

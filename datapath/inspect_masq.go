@@ -57,12 +57,11 @@ func (d *Datapath) Flows() ([]Flow, error) {
 	)
 	it := d.maps.natOut.Iterate()
 	for it.Next(&out, &entry) {
-		port := func(p uint16) uint16 { return binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, p)) }
 		f := Flow{
 			Proto:      protoNames[out.Proto],
-			Container:  netip.AddrPortFrom(tupleAddr(out.Family, out.Src), port(out.Sport)),
-			Remote:     netip.AddrPortFrom(tupleAddr(out.Family, out.Dst), port(out.Dport)),
-			Translated: netip.AddrPortFrom(tupleAddr(out.Family, entry.Addr), port(entry.Port)),
+			Container:  netip.AddrPortFrom(tupleAddr(out.Family, out.Src), be16(out.Sport)),
+			Remote:     netip.AddrPortFrom(tupleAddr(out.Family, out.Dst), be16(out.Dport)),
+			Translated: netip.AddrPortFrom(tupleAddr(out.Family, entry.Addr), be16(entry.Port)),
 			State:      stateNames[entry.State],
 			Uplink:     int(entry.Uplink),
 			Age:        time.Duration(now - entry.CreatedNs),
@@ -97,4 +96,96 @@ func replyTuple(out *program.BpfbridgeNatTuple, e *program.BpfbridgeNatEntry) pr
 		in.Sport, in.Dport = out.Dport, e.Port
 	}
 	return in
+}
+
+// be16 reads a __be16 field: cilium/ebpf decodes it in native order.
+func be16(p uint16) uint16 {
+	return binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, p))
+}
+
+// NATTuple is a key of nat_out or nat_in.
+type NATTuple struct {
+	Proto string         `json:"proto"`
+	Src   netip.AddrPort `json:"src"`
+	Dst   netip.AddrPort `json:"dst"`
+}
+
+// NATEntry is a value of nat_out (Addr: the translated source) or nat_in
+// (Addr: the container's address).
+type NATEntry struct {
+	Addr       netip.AddrPort `json:"addr"`
+	State      string         `json:"state"`
+	Uplink     uint32         `json:"uplink_ifindex"`
+	CreatedNs  uint64         `json:"created_ns"`
+	LastSeenNs uint64         `json:"last_seen_ns"`
+	Packets    uint64         `json:"packets"`
+	Bytes      uint64         `json:"bytes"`
+}
+
+func decodeNATTuple(t *program.BpfbridgeNatTuple) NATTuple {
+	return NATTuple{
+		Proto: protoNames[t.Proto],
+		Src:   netip.AddrPortFrom(tupleAddr(t.Family, t.Src), be16(t.Sport)),
+		Dst:   netip.AddrPortFrom(tupleAddr(t.Family, t.Dst), be16(t.Dport)),
+	}
+}
+
+func decodeNATEntry(family uint8, e *program.BpfbridgeNatEntry) NATEntry {
+	return NATEntry{
+		Addr:  netip.AddrPortFrom(tupleAddr(family, e.Addr), be16(e.Port)),
+		State: stateNames[e.State], Uplink: e.Uplink,
+		CreatedNs: e.CreatedNs, LastSeenNs: e.LastSeenNs, Packets: e.Packets, Bytes: e.Bytes,
+	}
+}
+
+// natDecoders decode the masquerade's maps for `map dump`.
+var natDecoders = map[string]mapDumper{
+	program.BpfbridgeMapNatOut: dumpEach(func(k *program.BpfbridgeNatTuple, v *program.BpfbridgeNatEntry) MapEntry {
+		return MapEntry{Key: decodeNATTuple(k), Value: decodeNATEntry(k.Family, v)}
+	}),
+	program.BpfbridgeMapNatIn: dumpEach(func(k *program.BpfbridgeNatTuple, v *program.BpfbridgeNatEntry) MapEntry {
+		return MapEntry{Key: decodeNATTuple(k), Value: decodeNATEntry(k.Family, v)}
+	}),
+	program.BpfbridgeMapNatUplinks: dumpEach(func(k *uint32, v *program.BpfbridgeNatUplink) MapEntry {
+		u := struct {
+			IPv4 *netip.Addr `json:"ipv4"`
+			IPv6 *netip.Addr `json:"ipv6"`
+		}{}
+		if v.HasIpv4 != 0 {
+			a := fromBe32(v.Ipv4)
+			u.IPv4 = &a
+		}
+		if v.HasIpv6 != 0 {
+			a := netip.AddrFrom16(v.Ipv6)
+			u.IPv6 = &a
+		}
+		return MapEntry{Key: IfindexKey{*k}, Value: u}
+	}),
+	program.BpfbridgeMapNatNetworks: dumpEach(func(k *uint32, v *program.BpfbridgeNatNetwork) MapEntry {
+		return MapEntry{Key: struct {
+			Network uint32 `json:"network"`
+		}{*k}, Value: struct {
+			Masquerade bool `json:"masquerade"`
+		}{v.Flags&natNetworkMasquerade != 0}}
+	}),
+	program.BpfbridgeMapNatExclude: dumpEach(func(k *program.BpfbridgeNatExcludeKey, v *uint8) MapEntry {
+		p := netip.PrefixFrom(tupleAddr(k.Family, k.Addr), int(k.Prefixlen)-64)
+		return MapEntry{Key: struct {
+			Network uint32       `json:"network"`
+			Prefix  netip.Prefix `json:"prefix"`
+		}{k.Network, p}, Value: struct {
+			Excluded bool `json:"excluded"`
+		}{*v != 0}}
+	}),
+	program.BpfbridgeMapNatConfig: dumpEach(func(k *uint32, v *program.BpfbridgeNatConfig) MapEntry {
+		return MapEntry{Key: IndexKey{*k}, Value: struct {
+			PortMin    uint16 `json:"port_min"`
+			PortMax    uint16 `json:"port_max"`
+			TCP        uint32 `json:"timeout_tcp_s"`
+			TCPSyn     uint32 `json:"timeout_tcp_syn_s"`
+			TCPClosing uint32 `json:"timeout_tcp_closing_s"`
+			UDP        uint32 `json:"timeout_udp_s"`
+			ICMP       uint32 `json:"timeout_icmp_s"`
+		}{v.PortMin, v.PortMax, v.TimeoutTcpS, v.TimeoutTcpSynS, v.TimeoutTcpClosingS, v.TimeoutUdpS, v.TimeoutIcmpS}}
+	}),
 }

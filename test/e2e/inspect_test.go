@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -354,12 +355,8 @@ func TestInspect(t *testing.T) {
 			if m.Entries != nil && len(entries) != *m.Entries {
 				t.Errorf("map dump %s: %d entries, map list says %d", m.Name, len(entries), *m.Entries)
 			}
-			// The masquerade datapath's maps get their decoders, and their
-			// checks here, with the masquerade work; until then they must
-			// dump, as hex.
-			masquerade := strings.HasPrefix(m.Name, "nat_")
 			for _, e := range entries {
-				if len(e.Key) == 0 || len(e.Value) == 0 || !masquerade && (e.Key["hex"] != nil || e.Value["hex"] != nil) {
+				if len(e.Key) == 0 || len(e.Value) == 0 || e.Key["hex"] != nil || e.Value["hex"] != nil {
 					t.Errorf("map dump %s: entry not decoded: %+v", m.Name, e)
 				}
 				if strings.HasPrefix(m.Type, "PerCPU") && len(e.PerCPU) == 0 {
@@ -533,6 +530,15 @@ func TestInspectMasquerade(t *testing.T) {
 		if !found {
 			t.Errorf("%s list: no TCP flow %s > %s translated to %s (the server saw it) in %+v", obj, c.ip, server, seen, flows)
 		}
+	}
+	var dump []inspectEntry
+	inspectJSON(t, sb, &dump, "map", "dump", "nat_out")
+	decoded := false
+	for _, e := range dump {
+		decoded = decoded || e.Key["src"] != nil && strings.HasPrefix(fmt.Sprint(e.Key["src"]), c.ip.String()+":") && e.Value["addr"] == seen.String()
+	}
+	if !decoded {
+		t.Errorf("map dump nat_out: no decoded entry %s → %s in %+v", c.ip, seen, dump)
 	}
 	if err := n.del(c.ns, c.id, "eth0"); err != nil {
 		t.Fatal(err)
