@@ -160,7 +160,9 @@ func excludeKey(network uint32, p netip.Prefix) program.BpfbridgeNatExcludeKey {
 // findUplinks returns the uplinks named in override, or else the
 // interfaces of the node's routes to non-local destinations, each with the
 // source address the kernel picks on it. It asks the kernel's FIB for a
-// route to a documentation address per family: a lookup, no traffic.
+// route to a documentation address per family: a lookup, no traffic. A node
+// without such a route has no uplink (yet): nothing leaves it to be
+// masqueraded, and the next ADD of a masquerading network looks again.
 func findUplinks(override []string) ([]uplink, error) {
 	probes := []net.IP{net.ParseIP("192.0.2.1"), net.ParseIP("2001:db8::1")}
 	byIndex := map[int]*uplink{}
@@ -201,9 +203,6 @@ func findUplinks(override []string) ([]uplink, error) {
 			}
 			add(routes[0].LinkIndex, routes[0].Src)
 		}
-	}
-	if len(order) == 0 {
-		return nil, errors.New("masquerade: the node has no route to non-local destinations; set masquerade.uplinks")
 	}
 	uplinks := make([]uplink, 0, len(order))
 	for _, i := range order {
