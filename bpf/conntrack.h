@@ -126,37 +126,33 @@ static __always_inline const struct nat_config *nat_config_get(void)
 	return bpf_map_lookup_elem(&nat_config, &zero);
 }
 
+/* A configured timeout, or the default when the config leaves it 0. */
+static __always_inline __u32 ct_or_default(__u32 configured, __u32 def)
+{
+	return configured ? configured : def;
+}
+
 static __always_inline __u64 ct_timeout_ns(const struct nat_config *cfg, __u8 state)
 {
-	__u32 s = 0;
+	__u32 s;
 
 	switch (state) {
 	case CT_SYN_SENT:
-		s = cfg ? cfg->timeout_tcp_syn_s : 0;
-		if (!s)
-			s = CT_TIMEOUT_TCP_SYN_DEFAULT_S;
+		s = ct_or_default(cfg ? cfg->timeout_tcp_syn_s : 0, CT_TIMEOUT_TCP_SYN_DEFAULT_S);
 		break;
 	case CT_ESTABLISHED:
-		s = cfg ? cfg->timeout_tcp_s : 0;
-		if (!s)
-			s = CT_TIMEOUT_TCP_DEFAULT_S;
+		s = ct_or_default(cfg ? cfg->timeout_tcp_s : 0, CT_TIMEOUT_TCP_DEFAULT_S);
 		break;
 	case CT_CLOSING:
-		s = cfg ? cfg->timeout_tcp_closing_s : 0;
-		if (!s)
-			s = CT_TIMEOUT_TCP_CLOSING_DEFAULT_S;
+		s = ct_or_default(cfg ? cfg->timeout_tcp_closing_s : 0, CT_TIMEOUT_TCP_CLOSING_DEFAULT_S);
 		break;
 	case CT_UDP:
-		s = cfg ? cfg->timeout_udp_s : 0;
-		if (!s)
-			s = CT_TIMEOUT_UDP_DEFAULT_S;
+		s = ct_or_default(cfg ? cfg->timeout_udp_s : 0, CT_TIMEOUT_UDP_DEFAULT_S);
 		break;
 	default:
 		/* CT_ICMP, and states a newer program wrote: the
 		 * shortest sensible lifetime. */
-		s = cfg ? cfg->timeout_icmp_s : 0;
-		if (!s)
-			s = CT_TIMEOUT_ICMP_DEFAULT_S;
+		s = ct_or_default(cfg ? cfg->timeout_icmp_s : 0, CT_TIMEOUT_ICMP_DEFAULT_S);
 		break;
 	}
 	return (__u64)s * 1000000000ULL;
