@@ -216,6 +216,19 @@ func legacyProgramIDs(ifindex int, h hook) ([]ebpf.ProgramID, error) {
 	return ids, nil
 }
 
+// deleteVeth deletes the endpoint's host veth, and with it the container's
+// end, if it still exists.
+func (d *Datapath) deleteVeth(m *program.BpfbridgeEndpointMeta) error {
+	if !d.vethExists(m) {
+		return nil
+	}
+	err := netlink.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: int(m.Ifindex)}})
+	if err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete host veth %s of a removed endpoint (its programs stay attached): %w", cString(m.HostIfname[:]), err)
+	}
+	return nil
+}
+
 // vethExists reports whether the endpoint's host veth is still the link at
 // its ifindex (ifindexes are reused once a veth is gone).
 func (d *Datapath) vethExists(m *program.BpfbridgeEndpointMeta) bool {

@@ -110,7 +110,7 @@ func (m *maps) all() []pin[ebpf.Map] {
 
 // Open opens the node's datapath, creating what is missing: the bpffs
 // mount, the pinned maps, and this build's programs (loaded and verified
-// once per node). When they are new on the node, NewPrograms reports it and
+// once per node). When they are new on the node, NeedsUpgrade reports it and
 // the caller should move existing endpoints onto them with Upgrade.
 func Open(opts Options) (*Datapath, error) {
 	opts = opts.withDefaults()
@@ -125,55 +125,88 @@ func Open(opts Options) (*Datapath, error) {
 	if d.newPrograms, err = d.loadPrograms(); err != nil {
 		return nil, err
 	}
-	if err := d.openMaps(); err != nil {
+	if d.maps, err = openMapSet(d.state.mapsDir()); err != nil {
 		d.Close()
 		return nil, err
 	}
 	return d, nil
 }
 
-// NewPrograms reports whether Open loaded this build's programs for the
-// first time on the node: endpoints attached by other builds may be waiting
-// for Upgrade.
-func (d *Datapath) NewPrograms() bool { return d.newPrograms }
+// NeedsUpgrade reports whether endpoints may be waiting for Upgrade: Open
+// loaded this build's programs for the first time on the node, or state
+// from an older map layout is still pinned (a migration that did not
+// finish is taken up again).
+func (d *Datapath) NeedsUpgrade() bool {
+	return d.newPrograms || len(d.state.olderLayouts()) > 0
+}
 
 // OpenExisting opens the node's datapath state without creating anything
 // and without loading programs, for DEL, GC and inspection. It returns
-// ErrNoState when the node has none.
+// ErrNoState when the node has none. On a node whose state is still in an
+// older build's map layout it migrates the state first (loading this
+// build's programs, as Open does): DEL and GC must find the endpoints that
+// build created, and the old layout's maps are not this build's to write.
 func OpenExisting(opts Options) (*Datapath, error) {
 	opts = opts.withDefaults()
 	d := &Datapath{opts: opts, state: state{root: filepath.Join(opts.BPFFS, stateDirName)}}
+	if len(d.state.olderLayouts()) > 0 {
+		return openMigrated(opts)
+	}
 	if _, err := os.Stat(d.state.mapsDir()); errors.Is(err, os.ErrNotExist) {
 		return nil, ErrNoState
 	}
-	if err := d.openMaps(); err != nil {
+	var err error
+	if d.maps, err = openMapSet(d.state.mapsDir()); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
 
-func (d *Datapath) openMaps() error {
-	for _, m := range d.maps.all() {
-		path := filepath.Join(d.state.mapsDir(), m.name)
+// openMigrated opens the datapath with this build's programs and moves the
+// node onto them and onto this build's map layout.
+func openMigrated(opts Options) (*Datapath, error) {
+	d, err := Open(opts)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := d.Upgrade(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// openMapSet opens the maps pinned in dir.
+func openMapSet(dir string) (maps, error) {
+	var m maps
+	for _, p := range m.all() {
+		path := filepath.Join(dir, p.name)
 		mp, err := ebpf.LoadPinnedMap(path, nil)
 		if errors.Is(err, os.ErrNotExist) {
-			return ErrNoState
+			m.close()
+			return maps{}, ErrNoState
 		}
 		if err != nil {
-			return fmt.Errorf("open pinned map %s: %w", path, err)
+			m.close()
+			return maps{}, fmt.Errorf("open pinned map %s: %w", path, err)
 		}
-		*m.dst = mp
+		*p.dst = mp
 	}
-	return nil
+	return m, nil
+}
+
+func (m *maps) close() {
+	for _, p := range m.all() {
+		if *p.dst != nil {
+			(*p.dst).Close()
+			*p.dst = nil
+		}
+	}
 }
 
 // Close releases the file descriptors; pinned state stays.
 func (d *Datapath) Close() error {
-	for _, m := range d.maps.all() {
-		if *m.dst != nil {
-			(*m.dst).Close()
-		}
-	}
+	d.maps.close()
 	if d.progs != nil {
 		d.progs.Close()
 	}

@@ -156,7 +156,7 @@ func (d *Datapath) Attach(ep Endpoint) (err error) {
 	setCString(meta.HostIfname[:], ep.HostIfName)
 	setCString(meta.Network[:], ep.Network)
 	setCString(meta.Netns[:], ep.Netns)
-	setCString(meta.ProgTag[:], program.Tag())
+	setCString(meta.ProgTag[:], programSetTag())
 
 	// State left under this key is stale: its DEL never came (a crash, or a
 	// runtime that lost track). The caller just created the veth, so the
@@ -174,26 +174,33 @@ func (d *Datapath) Attach(ep Endpoint) (err error) {
 	if err := d.maps.meta.Update(key, &meta, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("record endpoint: %w", err)
 	}
-	ifindex := uint32(ep.HostIfindex)
 	zero := make([]program.BpfbridgeEndpointStats, ebpf.MustPossibleCPU())
-	if err := d.maps.stats.Update(ifindex, zero, ebpf.UpdateAny); err != nil {
+	if err := d.maps.stats.Update(meta.Ifindex, zero, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("reset counters: %w", err)
 	}
-	owner := program.BpfbridgeIpOwner{Ifindex: ifindex, Network: entry.Network}
-	for _, ip := range ep.IPs {
-		if err := d.maps.ipOwners.Update(ipKey(ip), &owner, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("record owner of %s: %w", ip, err)
-		}
-	}
-	// Entries before programs: a packet must never meet a program that
-	// does not know its endpoint.
-	if err := d.maps.endpoints.Update(ifindex, &entry, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("write endpoint: %w", err)
+	if err := d.writeEntries(&meta); err != nil {
+		return err
 	}
 	if meta.Attach, err = d.attach(key, ep.HostIfindex); err != nil {
 		return err
 	}
 	return d.maps.meta.Update(key, &meta, ebpf.UpdateExist)
+}
+
+// writeEntries writes what the programs read about the recorded endpoint:
+// its addresses' owners, then its endpoint entry. Entries before programs:
+// a packet must never meet a program that does not know its endpoint.
+func (d *Datapath) writeEntries(meta *program.BpfbridgeEndpointMeta) error {
+	owner := program.BpfbridgeIpOwner{Ifindex: meta.Ifindex, Network: meta.Ep.Network}
+	for _, ip := range endpointIPs(&meta.Ep) {
+		if err := d.maps.ipOwners.Update(ipKey(ip), &owner, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("record owner of %s: %w", ip, err)
+		}
+	}
+	if err := d.maps.endpoints.Update(meta.Ifindex, &meta.Ep, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write endpoint: %w", err)
+	}
+	return nil
 }
 
 // Detach removes everything the datapath holds for the attachment
@@ -211,6 +218,13 @@ func (d *Datapath) Detach(containerID, ifname string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("look up endpoint: %w", err)
+	}
+	// Fail closed: a veth that outlived its endpoint (a DEL without netns,
+	// a GC, a replaced attachment) would carry its container's traffic
+	// unfiltered once the programs leave. It goes first; if it cannot, the
+	// programs and entries stay and keep enforcing.
+	if err := d.deleteVeth(&meta); err != nil {
+		return err
 	}
 	errs := []error{d.detachPrograms(key, &meta), d.deleteEntries(&meta)}
 	if err := d.maps.meta.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {

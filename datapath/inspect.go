@@ -167,7 +167,7 @@ func (d *Datapath) Programs() ([]Program, error) {
 	if err != nil {
 		return nil, err
 	}
-	current := program.Tag()
+	current := programSetTag()
 	var progs []Program
 	for _, b := range builds {
 		// pinPrograms renames a complete tmp-<tag> into place; a

@@ -24,7 +24,7 @@ func pinned(p *program.BpfbridgePrograms) []pin[ebpf.Program] {
 // ADD path) or by loading the collection, which also creates or reuses the
 // pinned maps. fresh reports that this build's programs were new on the node.
 func (d *Datapath) loadPrograms() (fresh bool, err error) {
-	dir := d.state.progDir(program.Tag())
+	dir := d.state.progDir(programSetTag())
 	if d.progs, err = loadPinnedPrograms(dir); err == nil {
 		return false, nil
 	}
@@ -103,12 +103,15 @@ func pinPrograms(progs *program.BpfbridgePrograms, dir string) error {
 	return nil
 }
 
-// Upgrade moves every endpoint whose programs are not this build's onto
-// this build's programs, replacing them atomically on each veth (a tcx link
-// update or a cls_bpf filter replace: no packet sees a veth without a
-// program), then unpins program sets no endpoint uses any more. It returns
-// how many endpoints it moved. The plugin calls it when Open reports new
-// programs; `bridge datapath upgrade` calls it explicitly.
+// Upgrade moves the node onto this build: state pinned under an older map
+// layout into this build's maps (layout.go), then every endpoint whose
+// programs are not this build's onto them, replacing them atomically on
+// each veth (a tcx link update or a cls_bpf filter replace: no packet sees
+// a veth without a program), then the uplinks; only when all of that
+// succeeded does it unpin the old layouts and the program sets no endpoint
+// uses any more. It returns how many endpoints it moved. The plugin calls
+// it when NeedsUpgrade says so; `bridge datapath upgrade` calls it
+// explicitly.
 func (d *Datapath) Upgrade() (int, error) {
 	if d.progs == nil {
 		return 0, errors.New("upgrade needs the programs: open the datapath with Open")
@@ -118,7 +121,11 @@ func (d *Datapath) Upgrade() (int, error) {
 		return 0, err
 	}
 	defer unlock()
-	tag := program.Tag()
+	migrated, err := d.migrateLayouts()
+	if err != nil {
+		return 0, err
+	}
+	tag := programSetTag()
 	var (
 		moved int
 		errs  []error
@@ -143,7 +150,7 @@ func (d *Datapath) Upgrade() (int, error) {
 	}
 	errs = append(errs, d.upgradeUplinks())
 	if errors.Join(errs...) == nil {
-		errs = append(errs, d.unpinOldPrograms(tag))
+		errs = append(errs, d.finishLayouts(migrated), d.unpinOldPrograms(tag))
 	}
 	return moved, errors.Join(errs...)
 }

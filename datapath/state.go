@@ -15,7 +15,7 @@ import (
 // layoutVersion names the directory the maps are pinned in. It must change
 // with LAYOUT_VERSION in bpf/endpoint.h whenever a map or a struct in it
 // changes: a binary with a new layout then pins fresh maps instead of failing
-// on incompatible old ones (and moves the endpoints over, see Upgrade).
+// on incompatible old ones, and moves the node's state over (layout.go).
 const layoutVersion = 2
 
 // stateDirName is the directory of bpfbridge's pins inside the bpffs.
@@ -28,8 +28,12 @@ const stateDirName = "bpfbridge"
 //	<bpffs>/bpfbridge/links/<key>/{ingress,egress}  tcx links of an endpoint
 type state struct{ root string }
 
-func (s state) mapsDir() string {
-	return filepath.Join(s.root, "maps", "v"+strconv.Itoa(layoutVersion))
+// mapsDir is where this build's maps are pinned.
+func (s state) mapsDir() string { return s.layoutDir(currentLayout()) }
+
+// layoutDir is where maps of layout version v are pinned.
+func (s state) layoutDir(v int) string {
+	return filepath.Join(s.root, "maps", "v"+strconv.Itoa(v))
 }
 func (s state) progsDir() string          { return filepath.Join(s.root, "progs") }
 func (s state) progDir(tag string) string { return filepath.Join(s.progsDir(), tag) }

@@ -44,7 +44,7 @@ func openDatapath(c *NetConf) (*datapath.Datapath, error) {
 	if err != nil {
 		return nil, datapathError(err)
 	}
-	if dp.NewPrograms() {
+	if dp.NeedsUpgrade() {
 		if _, err := dp.Upgrade(); err != nil {
 			dp.Close()
 			return nil, datapathError(err)
