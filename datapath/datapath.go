@@ -43,15 +43,21 @@ const (
 // Options says where a node's datapath state lives and how to attach.
 type Options struct {
 	// BPFFS is the mount point of the bpffs holding the state (in its
-	// "bpfbridge" directory); default DefaultBPFFS. Two nodes simulated on
-	// one machine must use different ones.
+	// "bpfbridge" directory); default DefaultBPFFS, where each network
+	// namespace other than the initial one has a directory of its own.
 	BPFFS  string
 	Attach AttachMode // default AttachLegacy
+
+	// defaultBPFFS: BPFFS was not configured.
+	defaultBPFFS bool
 }
 
 func (o Options) withDefaults() Options {
 	if o.BPFFS == "" {
-		o.BPFFS = DefaultBPFFS
+		o.BPFFS, o.defaultBPFFS = DefaultBPFFS, true
+		if !IsBPFFS(DefaultBPFFS) && IsBPFFS(initBPFFS) {
+			o.BPFFS = initBPFFS
+		}
 	}
 	if o.Attach == "" {
 		o.Attach = AttachLegacy
@@ -70,6 +76,9 @@ type Datapath struct {
 	state state
 	maps  maps
 	progs *program.BpfbridgePrograms
+	// networkIDs is the registry of network ids (networks.go); nil when
+	// opened by OpenExisting on a node whose state predates it.
+	networkIDs *ebpf.Map
 	// newPrograms: this build's programs were not on the node before Open.
 	newPrograms bool
 }
@@ -117,15 +126,22 @@ func Open(opts Options) (*Datapath, error) {
 	if err := ensureBPFFS(opts.BPFFS); err != nil {
 		return nil, err
 	}
-	d := &Datapath{opts: opts, state: state{root: filepath.Join(opts.BPFFS, stateDirName)}}
+	root, err := stateRoot(opts.BPFFS, opts.defaultBPFFS)
+	if err != nil {
+		return nil, err
+	}
+	d := &Datapath{opts: opts, state: state{root: root}}
 	if err := os.MkdirAll(d.state.root, 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", d.state.root, err)
 	}
-	var err error
 	if d.newPrograms, err = d.loadPrograms(); err != nil {
 		return nil, err
 	}
 	if d.maps, err = openMapSet(d.state.mapsDir()); err != nil {
+		d.Close()
+		return nil, err
+	}
+	if err := d.openNetworkIDs(true); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -148,18 +164,21 @@ func (d *Datapath) NeedsUpgrade() bool {
 // build created, and the old layout's maps are not this build's to write.
 func OpenExisting(opts Options) (*Datapath, error) {
 	opts = opts.withDefaults()
-	d := &Datapath{opts: opts, state: state{root: filepath.Join(opts.BPFFS, stateDirName)}}
+	root, err := stateRoot(opts.BPFFS, opts.defaultBPFFS)
+	if err != nil {
+		return nil, err
+	}
+	d := &Datapath{opts: opts, state: state{root: root}}
 	if len(d.state.olderLayouts()) > 0 {
 		return openMigrated(opts)
 	}
 	if _, err := os.Stat(d.state.mapsDir()); errors.Is(err, os.ErrNotExist) {
 		return nil, ErrNoState
 	}
-	var err error
 	if d.maps, err = openMapSet(d.state.mapsDir()); err != nil {
 		return nil, err
 	}
-	return d, nil
+	return d, d.openNetworkIDs(false)
 }
 
 // openMigrated opens the datapath with this build's programs and moves the
@@ -207,6 +226,9 @@ func (m *maps) close() {
 // Close releases the file descriptors; pinned state stays.
 func (d *Datapath) Close() error {
 	d.maps.close()
+	if d.networkIDs != nil {
+		d.networkIDs.Close()
+	}
 	if d.progs != nil {
 		d.progs.Close()
 	}

@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -66,14 +65,8 @@ type Endpoint struct {
 	TaggedOK bool
 }
 
-// NetworkID is the id the programs compare to tell networks apart.
-func NetworkID(name string) uint32 {
-	sum := sha256.Sum256([]byte(name))
-	return binary.LittleEndian.Uint32(sum[:4])
-}
-
-// entry is the endpoint's struct endpoint.
-func (ep *Endpoint) entry() (program.BpfbridgeEndpoint, error) {
+// entry is the endpoint's struct endpoint, in the network with id network.
+func (ep *Endpoint) entry(network uint32) (program.BpfbridgeEndpoint, error) {
 	var e program.BpfbridgeEndpoint
 	if len(ep.MAC) != 6 {
 		return e, fmt.Errorf("endpoint MAC %q is not an Ethernet address", ep.MAC)
@@ -83,7 +76,7 @@ func (ep *Endpoint) entry() (program.BpfbridgeEndpoint, error) {
 	if ep.TaggedOK {
 		e.Flags |= epFlagTaggedOK
 	}
-	e.Network = NetworkID(ep.Network)
+	e.Network = network
 	for _, ip := range ep.IPs {
 		ip = ip.Unmap()
 		switch {
@@ -141,7 +134,11 @@ func (d *Datapath) Attach(ep Endpoint) (err error) {
 	if d.progs == nil {
 		return errors.New("attach needs the programs: open the datapath with Open")
 	}
-	entry, err := ep.entry()
+	network, err := d.networkID(ep.Network)
+	if err != nil {
+		return err
+	}
+	entry, err := ep.entry(network)
 	if err != nil {
 		return err
 	}
@@ -208,7 +205,11 @@ func (d *Datapath) writeEntries(meta *program.BpfbridgeEndpointMeta) error {
 // It works whether or not the veth still exists, and an unknown attachment
 // is not an error, so DEL may repeat it.
 func (d *Datapath) Detach(containerID, ifname string) error {
-	key := KeyOf(containerID, ifname)
+	return d.detach(KeyOf(containerID, ifname))
+}
+
+// detach is Detach by endpoint key.
+func (d *Datapath) detach(key EndpointKey) error {
 	var meta program.BpfbridgeEndpointMeta
 	err := d.maps.meta.Lookup(key, &meta)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -295,7 +296,11 @@ func (d *Datapath) Check(ep Endpoint) error {
 	if d.progs == nil {
 		return errors.New("check needs the programs: open the datapath with Open")
 	}
-	want, err := ep.entry()
+	network, ok := d.lookupNetworkID(ep.Network)
+	if !ok {
+		return fmt.Errorf("network %q has no id in the datapath's registry", ep.Network)
+	}
+	want, err := ep.entry(network)
 	if err != nil {
 		return err
 	}
@@ -323,16 +328,29 @@ func (d *Datapath) Check(ep Endpoint) error {
 }
 
 // GC detaches every endpoint of network whose attachment is not in valid.
+// Records are matched by key and network id, never by their truncated
+// strings: a container id or network name too long for its field must not
+// make GC confuse two attachments, or two networks.
 func (d *Datapath) GC(network string, valid map[EndpointKey]bool) error {
-	var stale []*program.BpfbridgeEndpointMeta
+	id, registered := d.lookupNetworkID(network)
+	var nameField program.BpfbridgeEndpointMeta
+	if !registered && len(network) >= len(nameField.Network) {
+		// A node not yet on the registry, and a name its records hold
+		// truncated: nothing can be matched safely.
+		return nil
+	}
+	// The name a record holds: network, cut to the field.
+	recorded := network[:min(len(network), len(nameField.Network)-1)]
+	var stale []EndpointKey
 	err := d.eachEndpoint(func(key EndpointKey, m *program.BpfbridgeEndpointMeta) {
-		if cString(m.Network[:]) == network && !valid[key] {
-			stale = append(stale, m)
+		ours := cString(m.Network[:]) == recorded && (!registered || m.Ep.Network == id)
+		if ours && !valid[key] {
+			stale = append(stale, key)
 		}
 	})
 	var errs []error
-	for _, m := range stale {
-		errs = append(errs, d.Detach(cString(m.ContainerId[:]), cString(m.Ifname[:])))
+	for _, key := range stale {
+		errs = append(errs, d.detach(key))
 	}
 	return errors.Join(append(errs, err)...)
 }

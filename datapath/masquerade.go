@@ -102,7 +102,10 @@ func (d *Datapath) EnableMasquerade(m Masquerade) error {
 			return fmt.Errorf("uplink %s: %w", u.name, err)
 		}
 	}
-	network := NetworkID(m.Network)
+	network, err := d.networkID(m.Network)
+	if err != nil {
+		return err
+	}
 	for _, p := range slices.Concat(m.Subnets, m.Exclude) {
 		if err := d.maps.natExclude.Update(excludeKey(network, p), uint8(1), ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("exclude %s from masquerade: %w", p, err)

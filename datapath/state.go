@@ -21,6 +21,62 @@ const layoutVersion = 2
 // stateDirName is the directory of bpfbridge's pins inside the bpffs.
 const stateDirName = "bpfbridge"
 
+// initBPFFS is where the default bpffs is seen from the machine's initial
+// mount namespace. `ip netns exec` runs the plugin in a mount namespace of
+// its own with /sys remounted, which hides the node's bpffs at
+// DefaultBPFFS; a bpffs mounted there instead would be private to the
+// plugin run and vanish with it, taking isolation along.
+const initBPFFS = "/proc/1/root" + DefaultBPFFS
+
+// stateRoot is the node's state directory in the bpffs. A node is a network
+// namespace: ifindexes, which key the maps, are unique only within one. An
+// explicitly configured bpffs is the node's own; in the default one, nodes
+// other than the machine's initial network namespace (nested nodes, test
+// clusters, runtimes calling the plugin from a namespace of their own) each
+// get a directory named after their namespace's cookie, which the kernel
+// never reuses while it runs (and the bpffs does not outlive a boot).
+func stateRoot(bpffs string, scoped bool) (string, error) {
+	if !scoped {
+		return filepath.Join(bpffs, stateDirName), nil
+	}
+	initial, err := inInitialNetns()
+	if err != nil || initial {
+		return filepath.Join(bpffs, stateDirName), err
+	}
+	cookie, err := netnsCookie()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(bpffs, stateDirName+"-netns"+strconv.FormatUint(cookie, 10)), nil
+}
+
+// inInitialNetns reports whether the calling thread's network namespace is
+// the one of the machine's init process.
+func inInitialNetns() (bool, error) {
+	var self, init unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &self); err != nil {
+		return false, fmt.Errorf("identify the node's network namespace: %w", err)
+	}
+	if err := unix.Stat("/proc/1/ns/net", &init); err != nil {
+		return false, fmt.Errorf("identify the initial network namespace: %w", err)
+	}
+	return self.Ino == init.Ino && self.Dev == init.Dev, nil
+}
+
+// netnsCookie is the calling thread's network namespace cookie.
+func netnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: %w", err)
+	}
+	defer unix.Close(fd)
+	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: %w", err)
+	}
+	return cookie, nil
+}
+
 // state is the on-bpffs layout of one node's datapath:
 //
 //	<bpffs>/bpfbridge/maps/v<layout>/<map>      maps, pinned by name
