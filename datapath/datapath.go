@@ -55,8 +55,8 @@ type Options struct {
 func (o Options) withDefaults() Options {
 	if o.BPFFS == "" {
 		o.BPFFS, o.defaultBPFFS = DefaultBPFFS, true
-		if !IsBPFFS(DefaultBPFFS) && IsBPFFS(initBPFFS) {
-			o.BPFFS = initBPFFS
+		if init := initBPFFS(); !IsBPFFS(DefaultBPFFS) && IsBPFFS(init) {
+			o.BPFFS = init
 		}
 	}
 	if o.Attach == "" {

@@ -26,7 +26,19 @@ const stateDirName = "bpfbridge"
 // its own with /sys remounted, which hides the node's bpffs at
 // DefaultBPFFS; a bpffs mounted there instead would be private to the
 // plugin run and vanish with it, taking isolation along.
-const initBPFFS = "/proc/1/root" + DefaultBPFFS
+func initBPFFS() string { return filepath.Join(initProc(), "root", DefaultBPFFS) }
+
+// initProc is the /proc directory of a process in the machine's initial
+// namespaces: kthreadd (pid 2), as kernel threads never leave them, or,
+// where pid 2 is not kthreadd (a pid namespace), the init process.
+// kthreadd comes first because reading pid 1's namespaces needs ptrace
+// rights over it, which a confined root may lack.
+func initProc() string {
+	if comm, err := os.ReadFile("/proc/2/comm"); err == nil && string(comm) == "kthreadd\n" {
+		return "/proc/2"
+	}
+	return "/proc/1"
+}
 
 // stateRoot is the node's state directory in the bpffs. A node is a network
 // namespace: ifindexes, which key the maps, are unique only within one. An
@@ -51,13 +63,13 @@ func stateRoot(bpffs string, scoped bool) (string, error) {
 }
 
 // inInitialNetns reports whether the calling thread's network namespace is
-// the one of the machine's init process.
+// the machine's initial one.
 func inInitialNetns() (bool, error) {
 	var self, init unix.Stat_t
 	if err := unix.Stat("/proc/thread-self/ns/net", &self); err != nil {
 		return false, fmt.Errorf("identify the node's network namespace: %w", err)
 	}
-	if err := unix.Stat("/proc/1/ns/net", &init); err != nil {
+	if err := unix.Stat(filepath.Join(initProc(), "ns", "net"), &init); err != nil {
 		return false, fmt.Errorf("identify the initial network namespace: %w", err)
 	}
 	return self.Ino == init.Ino && self.Dev == init.Dev, nil
