@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	cnins "github.com/containernetworking/cni/pkg/ns"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -58,7 +59,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err := conf.validateIPAM(args); err != nil {
 		return err
 	}
-	netns, err := openNetNS(args.Netns)
+	netns, err := openNetNS(args)
 	if err != nil {
 		return err
 	}
@@ -186,21 +187,32 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	return types.PrintResult(chain(prev, result), conf.CNIVersion)
 }
 
-// openNetNS opens CNI_NETNS, which must be a network namespace: ns.GetNS
-// accepts any namespace file (/proc/self/ns/mnt), on which setns would fail
-// only once the bridge exists.
-func openNetNS(path string) (ns.NetNS, error) {
-	netns, err := ns.GetNS(path)
+// openNetNS opens CNI_NETNS, which must be a container's network
+// namespace. ns.GetNS accepts any namespace file (/proc/self/ns/mnt), on
+// which setns fails only once the bridge exists, and skel refuses the
+// plugin's own namespace only after ADD, when the veth exists.
+func openNetNS(args *skel.CmdArgs) (ns.NetNS, error) {
+	fail := func(err error) (ns.NetNS, error) {
+		return nil, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q: %v", args.Netns, err), "")
+	}
+	netns, err := ns.GetNS(args.Netns)
 	if err != nil {
-		return nil, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q: %v", path, err), "")
+		return fail(err)
 	}
 	kind, err := unix.IoctlRetInt(int(netns.Fd()), unix.NS_GET_NSTYPE)
 	if err == nil && kind != unix.CLONE_NEWNET {
 		err = errors.New("not a network namespace")
 	}
+	if override := strings.ToLower(args.NetnsOverride); err == nil && override != "true" && override != "1" {
+		if own, cerr := cnins.CheckNetNS(args.Netns); cerr != nil {
+			err = cerr
+		} else if own {
+			err = errors.New("it is the plugin's own network namespace, not a container's")
+		}
+	}
 	if err != nil {
 		netns.Close()
-		return nil, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q: %v", path, err), "")
+		return fail(err)
 	}
 	return netns, nil
 }

@@ -42,7 +42,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 			return err
 		}
 	}
-	netns, err := openNetNS(args.Netns)
+	netns, err := openNetNS(args)
 	if err != nil {
 		return err
 	}

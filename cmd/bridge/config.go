@@ -191,6 +191,12 @@ func (c *NetConf) validateForAdd() error {
 	if why := badLinkName(c.Bridge); why != "" {
 		return invalidConf("\"bridge\": %q is not a valid interface name: %s", c.Bridge, why)
 	}
+	if c.Vlan != 0 && c.IsGateway {
+		if name := topology.VlanGatewayName(c.Bridge, c.Vlan); badLinkName(name) != "" {
+			return invalidConf("\"bridge\": %q with \"vlan\": %d and \"isGateway\": the gateway link would be %q, longer than an interface name may be",
+				c.Bridge, c.Vlan, name)
+		}
+	}
 	if c.MTU != 0 && c.MTU < minMTU {
 		return invalidConf("\"mtu\": %d is below the minimum of %d", c.MTU, minMTU)
 	}
@@ -295,11 +301,14 @@ func (c *NetConf) validateIPAM(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if c.IsDefaultGateway {
-		for i, r := range plan.Routes {
-			if ones, _ := r.Dst.Mask.Size(); ones == 0 && r.GW == nil {
-				return invalidConf("\"ipam.routes[%d]\": %q is a default route, and \"isDefaultGateway\": true adds another", i, r.Dst.String())
-			}
+	for i, r := range plan.Routes {
+		if ones, _ := r.Dst.Mask.Size(); ones == 0 && r.GW == nil && c.IsDefaultGateway {
+			return invalidConf("\"ipam.routes[%d]\": %q is a default route, and \"isDefaultGateway\": true adds another", i, r.Dst.String())
+		}
+		// Routes go on the container's interface, so their gateway must
+		// be on one of its subnets.
+		if gw, ok := netip.AddrFromSlice(r.GW); ok && !slices.ContainsFunc(plan.Subnets, func(p netip.Prefix) bool { return p.Contains(gw.Unmap()) }) {
+			return invalidConf("\"ipam.routes[%d].gw\": %q is on none of the network's subnets %v: the container cannot reach it", i, r.GW.String(), plan.Subnets)
 		}
 	}
 	return c.checkFamilies("\"ipam\"", plan.IPv4, plan.IPv6)
@@ -463,7 +472,8 @@ func (c *NetConf) bridgeError(err error) error {
 	if errors.Is(err, unix.EOPNOTSUPP) && (c.Vlan != 0 || len(c.trunk) > 0) {
 		key := fmt.Sprintf("\"vlan\": %d", c.Vlan)
 		if c.Vlan == 0 {
-			key = fmt.Sprintf("\"vlanTrunk\": %v", c.trunk)
+			trunk, _ := json.Marshal(c.VlanTrunk)
+			key = fmt.Sprintf("\"vlanTrunk\": %s", trunk)
 		}
 		return invalidConf("%s needs bridge VLAN filtering, which this kernel lacks: %v", key, err)
 	}

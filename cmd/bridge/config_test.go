@@ -41,16 +41,17 @@ func TestBadLinkName(t *testing.T) {
 
 // TestVlanWithoutKernelSupport: the kernel's "not supported" for a VLAN
 // config is a config error naming the key; without VLAN keys it stays an
-// error of the node. (This kernel has VLAN filtering, so the end-to-end
-// path cannot be exercised here.)
+// error of the node. The end-to-end path runs in TestConfigErrorCodes on
+// kernels without VLAN filtering.
 func TestVlanWithoutKernelSupport(t *testing.T) {
+	five := 5
 	notSupported := fmt.Errorf("enable vlan_filtering on bridge %q: %w", "br0", syscall.EOPNOTSUPP)
 	for _, c := range []struct {
 		conf NetConf
 		want []string
 	}{
 		{NetConf{Vlan: 12}, []string{`"vlan": 12`, "VLAN filtering"}},
-		{NetConf{trunk: []int{5, 6}}, []string{`"vlanTrunk": [5 6]`, "VLAN filtering"}},
+		{NetConf{VlanTrunk: []VlanTrunk{{ID: &five}}, trunk: []int{5}}, []string{`"vlanTrunk": [{"id":5}]`, "VLAN filtering"}},
 	} {
 		err := c.conf.bridgeError(notSupported)
 		cniErr, ok := err.(*types.Error)

@@ -327,7 +327,7 @@ func checkAddressesPerFamily(cniVersion string, sets []rangeSet) error {
 // name the route.
 func loadRoutes(raw []json.RawMessage) ([]*types.Route, error) {
 	var routes []*types.Route
-	seen := map[string]string{} // masked dst → key of its first route
+	seen := map[string]string{} // routeID → key of its first route
 	for i, msg := range raw {
 		key := fmt.Sprintf("ipam.routes[%d]", i)
 		var rc struct {
@@ -355,15 +355,27 @@ func loadRoutes(raw []json.RawMessage) ([]*types.Route, error) {
 			return nil, newError(types.ErrInvalidNetworkConfig, "%s.gw %q is not of the address family of %s.dst %q",
 				key, *rc.GW, key, *rc.Dst)
 		}
-		dst := route.Dst.String()
-		if first, dup := seen[dst]; dup {
-			return nil, newError(types.ErrInvalidNetworkConfig, "%s.dst %q repeats %s.dst: a container has one route per destination",
+		// Routes to one destination via different gateways are ECMP; the
+		// same route twice is refused by the kernel.
+		id := routeID(route)
+		if first, dup := seen[id]; dup {
+			return nil, newError(types.ErrInvalidNetworkConfig, "%s (dst %q) repeats %s: the same route twice",
 				key, *rc.Dst, first)
 		}
-		seen[dst] = key
+		seen[id] = key
 		routes = append(routes, route)
 	}
 	return routes, nil
+}
+
+// routeID identifies a route as the kernel does: destination, gateway,
+// priority and table.
+func routeID(r *types.Route) string {
+	id := fmt.Sprintf("%s via %s metric %d", r.Dst.String(), r.GW, r.Priority)
+	if r.Table != nil {
+		id += fmt.Sprintf(" table %d", *r.Table)
+	}
+	return id
 }
 
 // Plan is what an ADD with a config would allocate, known before anything
@@ -372,6 +384,9 @@ type Plan struct {
 	// IPv4 and IPv6 count the addresses ADD returns per family: one per
 	// range set.
 	IPv4, IPv6 int
+	// Subnets are the subnets of every range, where the addresses come
+	// from.
+	Subnets []netip.Prefix
 	// Routes are ipam.routes.
 	Routes []*types.Route
 }
@@ -393,6 +408,9 @@ func PlanAdd(args *skel.CmdArgs) (Plan, error) {
 			p.IPv4++
 		} else {
 			p.IPv6++
+		}
+		for _, r := range s.ranges {
+			p.Subnets = append(p.Subnets, r.subnet)
 		}
 	}
 	return p, nil

@@ -2,9 +2,13 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfbridge/bpfbridge/test/sandbox"
 )
@@ -29,6 +33,8 @@ func TestConfigErrorCodes(t *testing.T) {
 	cases := []badInput{
 		{"CNI_NETNS a mount namespace", conf(``, ipam), map[string]string{"CNI_NETNS": "/proc/self/ns/mnt"}, 8,
 			[]string{"CNI_NETNS", "/proc/self/ns/mnt", "network namespace"}},
+		{"CNI_NETNS the plugin's own", conf(``, ipam), map[string]string{"CNI_NETNS": "/proc/self/ns/net"}, 8,
+			[]string{"CNI_NETNS", "/proc/self/ns/net", "own network namespace"}},
 		{"broadcast runtimeConfig.mac", conf(`"runtimeConfig": {"mac": "ff:ff:ff:ff:ff:ff"}`, ipam), nil, 7,
 			[]string{"runtimeConfig.mac", "ff:ff:ff:ff:ff:ff", "broadcast"}},
 		{"multicast args.cni.mac", conf(`"args": {"cni": {"mac": "01:00:5e:00:00:01"}}`, ipam), nil, 7,
@@ -48,8 +54,12 @@ func TestConfigErrorCodes(t *testing.T) {
 		{"subnet 0.0.0.0/0", conf(``, `"type": "host-local", "subnet": "0.0.0.0/0"`), nil, 7, []string{"subnet", "0.0.0.0/0"}},
 		{"route gateway of the other family", conf(``, ipam+`, "routes": [{"dst": "0.0.0.0/0", "gw": "fd72::1"}]`), nil, 7,
 			[]string{"ipam.routes[0].gw", "fd72::1", "0.0.0.0/0"}},
-		{"duplicate default route", conf(``, ipam+`, "routes": [{"dst": "0.0.0.0/0", "gw": "10.72.0.1"}, {"dst": "0.0.0.0/0", "gw": "10.72.0.9"}]`), nil, 7,
-			[]string{"ipam.routes[1].dst", "0.0.0.0/0", "ipam.routes[0]"}},
+		{"duplicate default route", conf(``, ipam+`, "routes": [{"dst": "0.0.0.0/0", "gw": "10.72.0.1"}, {"dst": "0.0.0.0/0", "gw": "10.72.0.1"}]`), nil, 7,
+			[]string{"ipam.routes[1]", "0.0.0.0/0", "ipam.routes[0]"}},
+		{"duplicate gateway-less route", conf(``, ipam+`, "routes": [{"dst": "10.9.0.0/16"}, {"dst": "10.9.0.0/16"}]`), nil, 7,
+			[]string{"ipam.routes[1]", "10.9.0.0/16", "ipam.routes[0]"}},
+		{"route gateway off the subnets", conf(``, ipam+`, "routes": [{"dst": "10.0.0.0/8", "gw": "10.99.0.1"}]`), nil, 7,
+			[]string{"ipam.routes[0].gw", "10.99.0.1", "10.72.0.0/24"}},
 		{"default route besides isDefaultGateway", conf(`"isDefaultGateway": true`, ipam+`, "routes": [{"dst": "0.0.0.0/0"}]`), nil, 7,
 			[]string{"ipam.routes[0]", "0.0.0.0/0", "isDefaultGateway"}},
 		{"bridge all", conf(`"bridge": "all"`, ipam), nil, 7, []string{"bridge", `"all"`, "reserves"}},
@@ -58,6 +68,8 @@ func TestConfigErrorCodes(t *testing.T) {
 		{"bridge with a slash", conf(`"bridge": "br/x"`, ipam), nil, 7, []string{"bridge", "br/x"}},
 		{"bridge with a space", conf(`"bridge": "br x"`, ipam), nil, 7, []string{"bridge", "br x"}},
 		{"bridge of 16 bytes", conf(`"bridge": "br-0123456789abc"`, ipam), nil, 7, []string{"bridge", "br-0123456789abc"}},
+		{"VLAN gateway link name too long", conf(`"bridge": "br-0123456789a", "vlan": 100`, ipam), nil, 7,
+			[]string{"bridge", "br-0123456789a", "vlan", "br-0123456789a.100"}},
 		{"CNI_IFNAME all", conf(``, ipam), map[string]string{"CNI_IFNAME": "all"}, 4, []string{"CNI_IFNAME", `"all"`}},
 		{"CNI_IFNAME default", conf(``, ipam), map[string]string{"CNI_IFNAME": "default"}, 4, []string{"CNI_IFNAME", `"default"`}},
 		{"CNI_IFNAME ..", conf(``, ipam), map[string]string{"CNI_IFNAME": ".."}, 4, []string{"CNI_IFNAME", `".."`}},
@@ -71,6 +83,51 @@ func TestConfigErrorCodes(t *testing.T) {
 			[]string{"masquerade.timeouts.tcp", "5e9"}},
 	}
 	runBadInputs(t, sb, ctr, cases)
+}
+
+// TestVlanConfigWithoutKernelSupport: on a kernel whose bridge cannot
+// filter VLANs, vlan and vlanTrunk are configs the node cannot honour (7),
+// refused with no bridge left behind. Elsewhere they work, and the test
+// skips.
+func TestVlanConfigWithoutKernelSupport(t *testing.T) {
+	sb := sandbox.ForTest(t)
+	if vlanFilteringSupported(t, sb) {
+		t.Skip("this kernel's bridge filters VLANs: vlan and vlanTrunk work here")
+	}
+	ctr, err := sb.NewContainer("novlan")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ipam = `"type": "host-local", "subnet": "10.75.0.0/24"`
+	runBadInputs(t, sb, ctr, []badInput{
+		{"vlan", conf(`"vlan": 10`, ipam), nil, 7, []string{`"vlan": 10`, "VLAN filtering"}},
+		{"vlanTrunk", conf(`"vlanTrunk": [{"minID": 10, "maxID": 20}]`, ipam), nil, 7,
+			[]string{"vlanTrunk", `"minID":10`, `"maxID":20`, "VLAN filtering"}},
+	})
+}
+
+// vlanFilteringSupported reports whether the node's kernel can create a
+// VLAN-filtering bridge.
+func vlanFilteringSupported(t *testing.T, sb *sandbox.Sandbox) bool {
+	t.Helper()
+	supported := false
+	err := sb.InNode(func() error {
+		on := true
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br-vlanprobe"}, VlanFiltering: &on}
+		err := netlink.LinkAdd(br)
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		supported = true
+		return netlink.LinkDel(br)
+	})
+	if err != nil {
+		t.Fatalf("probe bridge VLAN filtering: %v", err)
+	}
+	return supported
 }
 
 // badInput is an ADD the plugin must refuse.
@@ -138,9 +195,10 @@ func assertNothingCreated(t *testing.T, sb *sandbox.Sandbox, ctr *sandbox.NetNS,
 	}
 }
 
-// TestConfigErrorCodesControl is a guard for the table above: the same
-// plugin accepts a valid config on the same sandbox, so a refusal above is
-// the input's doing.
+// TestConfigErrorCodesControl is the table's control: the plugin accepts
+// what lies just inside the new limits (mtu 1280 with IPv6, a unicast MAC,
+// ECMP default routes, one destination at two priorities), so a refusal
+// above is the input's doing.
 func TestConfigErrorCodesControl(t *testing.T) {
 	sb := sandbox.ForTest(t)
 	ctr, err := sb.NewContainer("control")
@@ -150,7 +208,9 @@ func TestConfigErrorCodesControl(t *testing.T) {
 	n := newNetwork(t, sb, fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "ok", "type": "bridge", "bridge": "br-ok",
 		"mtu": 1280, "runtimeConfig": {"mac": "02:00:00:00:00:01"},
 		"ipam": {"type": "host-local", "ranges": [[{"subnet": "10.73.0.0/24"}], [{"subnet": "fd73::/64"}]],
-		"routes": [{"dst": "0.0.0.0/0", "gw": "10.73.0.1"}, {"dst": "::/0", "gw": "fd73::1"}], "dataDir": %q}}`, t.TempDir()), bins.PluginDir())
+		"routes": [{"dst": "0.0.0.0/0", "gw": "10.73.0.1"}, {"dst": "0.0.0.0/0", "gw": "10.73.0.9"},
+			{"dst": "10.9.0.0/16"}, {"dst": "10.9.0.0/16", "gw": "10.73.0.9", "priority": 10}, {"dst": "::/0", "gw": "fd73::1"}],
+		"dataDir": %q}}`, t.TempDir()), bins.PluginDir())
 	res := n.mustAdd(ctr, "control", "eth0")
 	if len(res.IPs) != 2 {
 		t.Errorf("control ADD gave %d addresses, want 2", len(res.IPs))
