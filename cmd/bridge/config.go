@@ -191,6 +191,14 @@ func (c *NetConf) validateForAdd() error {
 	if why := badLinkName(c.Bridge); why != "" {
 		return invalidConf("\"bridge\": %q is not a valid interface name: %s", c.Bridge, why)
 	}
+	// The datapath mounts a bpffs there when none is: never relative to
+	// wherever the runtime happens to run the plugin.
+	if c.Datapath.BPFFS != "" && !filepath.IsAbs(c.Datapath.BPFFS) {
+		return invalidConf("\"datapath.bpffs\": %q is not an absolute path", c.Datapath.BPFFS)
+	}
+	if env := os.Getenv(envBPFFS); c.Datapath.BPFFS == "" && env != "" && !filepath.IsAbs(env) {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("%s=%q is not an absolute path", envBPFFS, env), "")
+	}
 	if c.Vlan != 0 && c.IsGateway {
 		if name := topology.VlanGatewayName(c.Bridge, c.Vlan); badLinkName(name) != "" {
 			return invalidConf("\"bridge\": %q with \"vlan\": %d and \"isGateway\": the gateway link would be %q, longer than an interface name may be",

@@ -70,6 +70,8 @@ func TestConfigErrorCodes(t *testing.T) {
 		{"bridge of 16 bytes", conf(`"bridge": "br-0123456789abc"`, ipam), nil, 7, []string{"bridge", "br-0123456789abc"}},
 		{"VLAN gateway link name too long", conf(`"bridge": "br-0123456789a", "vlan": 100`, ipam), nil, 7,
 			[]string{"bridge", "br-0123456789a", "vlan", "br-0123456789a.100"}},
+		{"relative datapath.bpffs", conf(`"datapath": {"bpffs": "bpf"}`, ipam), nil, 7, []string{"datapath.bpffs", `"bpf"`, "absolute"}},
+		{"relative BPFBRIDGE_BPFFS", conf(``, ipam), map[string]string{"BPFBRIDGE_BPFFS": "bpf"}, 4, []string{"BPFBRIDGE_BPFFS", `"bpf"`, "absolute"}},
 		{"CNI_IFNAME all", conf(``, ipam), map[string]string{"CNI_IFNAME": "all"}, 4, []string{"CNI_IFNAME", `"all"`}},
 		{"CNI_IFNAME default", conf(``, ipam), map[string]string{"CNI_IFNAME": "default"}, 4, []string{"CNI_IFNAME", `"default"`}},
 		{"CNI_IFNAME ..", conf(``, ipam), map[string]string{"CNI_IFNAME": ".."}, 4, []string{"CNI_IFNAME", `".."`}},
