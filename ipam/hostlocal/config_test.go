@@ -1,8 +1,8 @@
 package hostlocal
 
 import (
-	"net/netip"
 	"fmt"
+	"net/netip"
 	"os"
 	"slices"
 	"testing"
