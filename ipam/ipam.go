@@ -17,12 +17,12 @@ import (
 	"github.com/bpfbridge/bpfbridge/ipam/hostlocal"
 )
 
-// hostLocal is the ipam type served in-process.
-const hostLocal = "host-local"
+// HostLocal is the ipam type served in-process.
+const HostLocal = "host-local"
 
 // Add allocates addresses for the attachment described by args.
 func Add(ipamType string, args *skel.CmdArgs) (*current.Result, error) {
-	if ipamType == hostLocal {
+	if ipamType == HostLocal {
 		return hostlocal.Add(args)
 	}
 	r, err := invoke.DelegateAdd(context.TODO(), ipamType, args.StdinData, nil)
@@ -34,7 +34,7 @@ func Add(ipamType string, args *skel.CmdArgs) (*current.Result, error) {
 
 // Del releases the addresses of the attachment described by args.
 func Del(ipamType string, args *skel.CmdArgs) error {
-	if ipamType == hostLocal {
+	if ipamType == HostLocal {
 		return hostlocal.Del(args)
 	}
 	return invoke.DelegateDel(context.TODO(), ipamType, args.StdinData, nil)
@@ -42,7 +42,7 @@ func Del(ipamType string, args *skel.CmdArgs) error {
 
 // Check verifies that the attachment's addresses are still allocated.
 func Check(ipamType string, args *skel.CmdArgs) error {
-	if ipamType == hostLocal {
+	if ipamType == HostLocal {
 		return hostlocal.Check(args)
 	}
 	return invoke.DelegateCheck(context.TODO(), ipamType, args.StdinData, nil)
@@ -51,7 +51,7 @@ func Check(ipamType string, args *skel.CmdArgs) error {
 // GC releases allocations of attachments missing from the config's
 // cni.dev/valid-attachments.
 func GC(ipamType string, args *skel.CmdArgs) error {
-	if ipamType == hostLocal {
+	if ipamType == HostLocal {
 		return hostlocal.GC(args)
 	}
 	return invoke.DelegateGC(context.TODO(), ipamType, args.StdinData, nil)
@@ -59,7 +59,7 @@ func GC(ipamType string, args *skel.CmdArgs) error {
 
 // Status reports whether the IPAM plugin could serve an ADD.
 func Status(ipamType string, args *skel.CmdArgs) error {
-	if ipamType == hostLocal {
+	if ipamType == HostLocal {
 		return hostlocal.Status(args)
 	}
 	return invoke.DelegateStatus(context.TODO(), ipamType, args.StdinData, nil)

@@ -5,15 +5,18 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
+	"strings"
 	"time"
 
+	cnins "github.com/containernetworking/cni/pkg/ns"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
+	"github.com/bpfbridge/bpfbridge/datapath"
 	"github.com/bpfbridge/bpfbridge/datapath/topology"
 	"github.com/bpfbridge/bpfbridge/ipam"
 )
@@ -27,7 +30,8 @@ const containerIfIndex = 2
 
 // cmdAdd attaches a container: the bridge, a veth pair into the container,
 // addresses from IPAM, addresses and routes inside the container and the
-// gateway on the bridge. Whatever it did is undone when a later step fails.
+// gateway on the bridge. Everything it can check is checked before it
+// creates anything; whatever it did is undone when a later step fails.
 func cmdAdd(args *skel.CmdArgs) (err error) {
 	conf, err := loadConf(args.StdinData)
 	if err != nil {
@@ -35,6 +39,9 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	}
 	if err := conf.validateForAdd(); err != nil {
 		return err
+	}
+	if why := badLinkName(args.IfName); why != "" {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_IFNAME %q: %s", args.IfName, why), "")
 	}
 	mac, err := conf.containerMAC(args.Args)
 	if err != nil {
@@ -49,22 +56,32 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
-	netns, err := ns.GetNS(args.Netns)
+	if err := conf.validateIPAM(args); err != nil {
+		return err
+	}
+	netns, err := openNetNS(args)
 	if err != nil {
-		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q: %v", args.Netns, err), "")
+		return err
 	}
 	defer netns.Close()
 
+	// The datapath is closed after the rollback, which needs its maps.
+	var dp *datapath.Datapath
+	defer func() {
+		if dp != nil {
+			dp.Close()
+		}
+	}()
 	var undo rollback
 	defer func() {
 		if err != nil {
-			undo.run()
+			err = undo.run(err)
 		}
 	}()
 
 	br, err := topology.EnsureBridge(conf.bridgeConfig())
 	if err != nil {
-		return hostError(err)
+		return conf.bridgeError(err)
 	}
 	// The veth comes first: it fails when CNI_IFNAME exists, before any
 	// address is allocated.
@@ -74,9 +91,12 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_IFNAME %q: %v", args.IfName, err), "")
 	}
 	if err != nil {
+		return conf.bridgeError(err)
+	}
+	undo.push("delete veth "+hostVeth.Attrs().Name, func() error { return ignoreGone(netlink.LinkDel(hostVeth)) })
+	if err := failAfter("veth"); err != nil {
 		return err
 	}
-	undo.push(func() { _ = netlink.LinkDel(hostVeth) })
 
 	result := &current.Result{CNIVersion: current.ImplementedSpecVersion}
 	if conf.IPAM.Type != "" {
@@ -84,30 +104,40 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		if err != nil {
 			return err
 		}
-		undo.push(func() { _ = ipam.Del(conf.IPAM.Type, args) })
+		undo.push("release addresses", func() error { return ipam.Del(conf.IPAM.Type, args) })
 		if len(ipamResult.IPs) == 0 {
 			return fmt.Errorf("IPAM plugin %q returned no addresses", conf.IPAM.Type)
 		}
+		if err := conf.checkAddresses(ipamResult.IPs); err != nil {
+			return err
+		}
 		result.IPs, result.Routes, result.DNS = ipamResult.IPs, ipamResult.Routes, ipamResult.DNS
+		if err := failAfter("ipam"); err != nil {
+			return err
+		}
 	}
 
 	// The programs are attached while the container's interface is still
 	// down: it never sends a packet they have not seen.
-	dp, err := openDatapath(conf)
-	if err != nil {
+	if dp, err = openDatapath(conf); err != nil {
 		return err
 	}
-	defer dp.Close()
 	ep := endpointOf(conf, args, hostVeth, mac, result.IPs)
 	if err := dp.Attach(ep); err != nil {
 		return datapathError(err)
 	}
-	undo.push(func() { _ = dp.Detach(args.ContainerID, args.IfName) })
+	undo.push("detach from the datapath", func() error { return dp.Detach(args.ContainerID, args.IfName) })
+	if err := failAfter("attach"); err != nil {
+		return err
+	}
 	if conf.IPMasq {
 		m := conf.masq
 		m.Network, m.Subnets = conf.Name, subnets(result.IPs)
 		if err := dp.EnableMasquerade(m); err != nil {
 			return datapathError(err)
+		}
+		if err := failAfter("masquerade"); err != nil {
+			return err
 		}
 	}
 
@@ -122,16 +152,25 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
+	if err := failAfter("container"); err != nil {
+		return err
+	}
 	for _, ipc := range result.IPs {
 		ipc.Interface = current.Int(containerIfIndex)
 	}
 	if err := setupGateways(conf, br, gateways); err != nil {
 		return err
 	}
+	if err := failAfter("gateway"); err != nil {
+		return err
+	}
 	if !conf.DisableContainerInterface {
 		if err := topology.WaitOperUp(hostVeth.Attrs().Index, portUpTimeout); err != nil {
 			return err
 		}
+	}
+	if err := failAfter("wait"); err != nil {
+		return err
 	}
 	// The bridge's MAC is final only once it has a port.
 	if br, err = topology.LookupBridge(conf.Bridge); err != nil {
@@ -146,6 +185,36 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		result.DNS = conf.DNS
 	}
 	return types.PrintResult(chain(prev, result), conf.CNIVersion)
+}
+
+// openNetNS opens CNI_NETNS, which must be a container's network
+// namespace. ns.GetNS accepts any namespace file (/proc/self/ns/mnt), on
+// which setns fails only once the bridge exists, and skel refuses the
+// plugin's own namespace only after ADD, when the veth exists.
+func openNetNS(args *skel.CmdArgs) (ns.NetNS, error) {
+	fail := func(err error) (ns.NetNS, error) {
+		return nil, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q: %v", args.Netns, err), "")
+	}
+	netns, err := ns.GetNS(args.Netns)
+	if err != nil {
+		return fail(err)
+	}
+	kind, err := unix.IoctlRetInt(int(netns.Fd()), unix.NS_GET_NSTYPE)
+	if err == nil && kind != unix.CLONE_NEWNET {
+		err = errors.New("not a network namespace")
+	}
+	if override := strings.ToLower(args.NetnsOverride); err == nil && override != "true" && override != "1" {
+		if own, cerr := cnins.CheckNetNS(args.Netns); cerr != nil {
+			err = cerr
+		} else if own {
+			err = errors.New("it is the plugin's own network namespace, not a container's")
+		}
+	}
+	if err != nil {
+		netns.Close()
+		return fail(err)
+	}
+	return netns, nil
 }
 
 // subnets are the networks of the attachment's addresses.
@@ -236,15 +305,45 @@ func chain(prev, result *current.Result) *current.Result {
 }
 
 // rollback collects the undo steps of an ADD and runs them newest first.
-type rollback []func()
+type rollback []undoStep
 
-func (r *rollback) push(step func()) { *r = append(*r, step) }
+// undoStep undoes one step of ADD; what names it in error messages.
+type undoStep struct {
+	what string
+	undo func() error
+}
 
-func (r rollback) run() {
+func (r *rollback) push(what string, undo func() error) { *r = append(*r, undoStep{what, undo}) }
+
+// run undoes every step, newest first, even when one fails, and returns
+// the ADD's error cause with the outcome added to its message: the runtime
+// learns whether the node was left clean.
+func (r rollback) run(cause error) error {
+	var failed []string
 	for i := len(r) - 1; i >= 0; i-- {
-		r[i]()
+		if err := r[i].undo(); err != nil {
+			failed = append(failed, fmt.Sprintf("%s: %v", r[i].what, err))
+		}
 	}
-	if len(r) > 0 {
-		fmt.Fprintf(os.Stderr, "bpfbridge: ADD failed, undid %d step(s)\n", len(r))
+	if len(r) == 0 {
+		return cause
 	}
+	outcome := fmt.Sprintf("undid %d step(s)", len(r))
+	if len(failed) > 0 {
+		outcome = fmt.Sprintf("could not undo %d of %d step(s), state is left on the node: %s",
+			len(failed), len(r), strings.Join(failed, "; "))
+	}
+	var cniErr *types.Error
+	if errors.As(cause, &cniErr) {
+		return types.NewError(cniErr.Code, cniErr.Msg+" (ADD "+outcome+")", cniErr.Details)
+	}
+	return fmt.Errorf("%w (ADD %s)", cause, outcome)
+}
+
+// ignoreGone treats a link that is already gone as deleted.
+func ignoreGone(err error) error {
+	if errors.As(err, new(netlink.LinkNotFoundError)) || errors.Is(err, unix.ENODEV) {
+		return nil
+	}
+	return err
 }

@@ -42,9 +42,9 @@ func cmdCheck(args *skel.CmdArgs) error {
 			return err
 		}
 	}
-	netns, err := ns.GetNS(args.Netns)
+	netns, err := openNetNS(args)
 	if err != nil {
-		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q: %v", args.Netns, err), "")
+		return err
 	}
 	defer netns.Close()
 	mac := prev.Interfaces[contIdx].Mac

@@ -1,23 +1,34 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bpfbridge/bpfbridge/datapath"
+	"github.com/bpfbridge/bpfbridge/datapath/program"
 	"github.com/bpfbridge/bpfbridge/datapath/topology"
+	"github.com/bpfbridge/bpfbridge/ipam"
+	"github.com/bpfbridge/bpfbridge/ipam/hostlocal"
 )
 
 // defaultBridge is the reference plugin's default bridge name.
@@ -130,9 +141,6 @@ func loadConf(stdin []byte) (*NetConf, error) {
 	if conf.IsDefaultGateway {
 		conf.IsGateway = true
 	}
-	if err := utils.ValidateInterfaceName(conf.Bridge); err != nil {
-		return nil, invalidConf("\"bridge\": %q is not a valid interface name: %s", conf.Bridge, err.Msg)
-	}
 	if conf.MTU < 0 || conf.MTU > 65535 {
 		return nil, invalidConf("\"mtu\": %d is out of range (0-65535)", conf.MTU)
 	}
@@ -162,9 +170,47 @@ func loadConf(stdin []byte) (*NetConf, error) {
 	return conf, nil
 }
 
+// Link MTU minimums: the kernel's (ETH_MIN_MTU, also IPv4's minimum) and
+// IPv6's. A link below 1280 loses IPv6 altogether, so a network with IPv6
+// addresses needs at least 1280; an IPv4-only or L2-only network may go
+// down to 68.
+const (
+	minMTU     = 68
+	minMTUIPv6 = 1280
+)
+
+// maxAddrsPerFamily is how many addresses of each family the datapath's
+// endpoint record holds (MAX_IPV4 and MAX_IPV6 in bpf/endpoint.h).
+var maxAddrsPerFamily = struct{ ipv4, ipv6 int }{
+	len(program.BpfbridgeEndpoint{}.Ipv4), len(program.BpfbridgeEndpoint{}.Ipv6),
+}
+
 // validateForAdd rejects configs that cannot be honoured, before anything is
 // created.
 func (c *NetConf) validateForAdd() error {
+	if why := badLinkName(c.Bridge); why != "" {
+		return invalidConf("\"bridge\": %q is not a valid interface name: %s", c.Bridge, why)
+	}
+	// The datapath mounts a bpffs there when none is: never relative to
+	// wherever the runtime happens to run the plugin.
+	if c.Datapath.BPFFS != "" && !filepath.IsAbs(c.Datapath.BPFFS) {
+		return invalidConf("\"datapath.bpffs\": %q is not an absolute path", c.Datapath.BPFFS)
+	}
+	if env := os.Getenv(envBPFFS); c.Datapath.BPFFS == "" && env != "" && !filepath.IsAbs(env) {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("%s=%q is not an absolute path", envBPFFS, env), "")
+	}
+	if c.Vlan != 0 && c.IsGateway {
+		if name := topology.VlanGatewayName(c.Bridge, c.Vlan); badLinkName(name) != "" {
+			return invalidConf("\"bridge\": %q with \"vlan\": %d and \"isGateway\": the gateway link would be %q, longer than an interface name may be",
+				c.Bridge, c.Vlan, name)
+		}
+	}
+	if c.MTU != 0 && c.MTU < minMTU {
+		return invalidConf("\"mtu\": %d is below the minimum of %d", c.MTU, minMTU)
+	}
+	if c.IPMasq && c.IPAM.Type == "" {
+		return invalidConf("\"ipMasq\": true needs \"ipam\": a network without addresses has nothing to masquerade")
+	}
 	if c.HairpinMode && c.PromiscMode {
 		return invalidConf("\"hairpinMode\": true and \"promiscMode\": true cannot be set together")
 	}
@@ -191,8 +237,8 @@ func (c *NetConf) containerMAC(cniArgs string) (string, error) {
 		if src.value == "" {
 			continue
 		}
-		if _, err := net.ParseMAC(src.value); err != nil {
-			return "", invalidConf("%q: %q is not a MAC address", src.key, src.value)
+		if why := badMAC(src.value); why != "" {
+			return "", invalidConf("%q: %q is not %s", src.key, src.value, why)
 		}
 		return src.value, nil
 	}
@@ -201,12 +247,106 @@ func (c *NetConf) containerMAC(cniArgs string) (string, error) {
 		return "", types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_ARGS %q: %v", cniArgs, err), "")
 	}
 	if mac := string(env.MAC); mac != "" {
-		if _, err := net.ParseMAC(mac); err != nil {
-			return "", types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_ARGS MAC=%q is not a MAC address", mac), "")
+		if why := badMAC(mac); why != "" {
+			return "", types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_ARGS MAC=%q is not %s", mac, why), "")
 		}
 		return mac, nil
 	}
 	return "", nil
+}
+
+// badMAC says why s cannot be a container's MAC address, or returns "".
+// net.ParseMAC also accepts 8- and 20-byte (EUI-64, InfiniBand) addresses,
+// and a veth takes neither those nor a group or all-zero address.
+func badMAC(s string) string {
+	mac, err := net.ParseMAC(s)
+	switch {
+	case err != nil:
+		return "a MAC address"
+	case len(mac) != 6:
+		return fmt.Sprintf("a 6-byte Ethernet address (it has %d bytes)", len(mac))
+	case bytes.Equal(mac, make(net.HardwareAddr, 6)):
+		return "a unicast address: it is all zeros"
+	case bytes.Equal(mac, bytes.Repeat([]byte{0xff}, 6)):
+		return "a unicast address: it is the broadcast address"
+	case mac[0]&1 != 0:
+		return "a unicast address: it is a multicast address"
+	}
+	return ""
+}
+
+// badLinkName says why name cannot name a link the plugin creates, or
+// returns "": the CNI rules (1-15 bytes, not "." or "..", no "/", ":" or
+// whitespace) and the names of the kernel's per-family defaults
+// (net.ipv4.conf.all, .default), which no link can take.
+func badLinkName(name string) string {
+	if err := utils.ValidateInterfaceName(name); err != nil {
+		return err.Msg
+	}
+	if name == "all" || name == "default" {
+		return "the kernel reserves it for its per-interface settings"
+	}
+	return ""
+}
+
+// validateIPAM checks, before anything is created, what can be known of
+// the addresses an ADD will get: that the IPAM plugin exists and, for the
+// built-in host-local, its whole config, the number of addresses per
+// family and the default route. Other IPAM types are checked on their
+// result by checkAddresses.
+func (c *NetConf) validateIPAM(args *skel.CmdArgs) error {
+	if c.IPAM.Type == "" {
+		return nil
+	}
+	if c.IPAM.Type != ipam.HostLocal {
+		path := os.Getenv("CNI_PATH")
+		if _, err := invoke.FindInPath(c.IPAM.Type, filepath.SplitList(path)); err != nil {
+			return invalidConf("\"ipam.type\": %q: no such plugin in CNI_PATH %q", c.IPAM.Type, path)
+		}
+		return nil
+	}
+	plan, err := hostlocal.PlanAdd(args)
+	if err != nil {
+		return err
+	}
+	for i, r := range plan.Routes {
+		if ones, _ := r.Dst.Mask.Size(); ones == 0 && r.GW == nil && c.IsDefaultGateway {
+			return invalidConf("\"ipam.routes[%d]\": %q is a default route, and \"isDefaultGateway\": true adds another", i, r.Dst.String())
+		}
+		// Routes go on the container's interface, so their gateway must
+		// be on one of its subnets.
+		if gw, ok := netip.AddrFromSlice(r.GW); ok && !slices.ContainsFunc(plan.Subnets, func(p netip.Prefix) bool { return p.Contains(gw.Unmap()) }) {
+			return invalidConf("\"ipam.routes[%d].gw\": %q is on none of the network's subnets %v: the container cannot reach it", i, r.GW.String(), plan.Subnets)
+		}
+	}
+	return c.checkFamilies("\"ipam\"", plan.IPv4, plan.IPv6)
+}
+
+// checkAddresses applies checkFamilies to the addresses an IPAM plugin
+// returned.
+func (c *NetConf) checkAddresses(ips []*current.IPConfig) error {
+	var v4, v6 int
+	for _, ipc := range ips {
+		if ipc.Address.IP.To4() != nil {
+			v4++
+		} else {
+			v6++
+		}
+	}
+	return c.checkFamilies(fmt.Sprintf("\"ipam\" (type %q)", c.IPAM.Type), v4, v6)
+}
+
+// checkFamilies refuses more addresses per family than the datapath holds
+// and IPv6 addresses on a link whose MTU cannot carry IPv6.
+func (c *NetConf) checkFamilies(source string, v4, v6 int) error {
+	if v4 > maxAddrsPerFamily.ipv4 || v6 > maxAddrsPerFamily.ipv6 {
+		return invalidConf("%s gives %d IPv4 and %d IPv6 addresses: the datapath holds at most %d and %d per attachment",
+			source, v4, v6, maxAddrsPerFamily.ipv4, maxAddrsPerFamily.ipv6)
+	}
+	if v6 > 0 && c.MTU != 0 && c.MTU < minMTUIPv6 {
+		return invalidConf("\"mtu\": %d is below IPv6's minimum of %d, and %s gives IPv6 addresses", c.MTU, minMTUIPv6, source)
+	}
+	return nil
 }
 
 // prevResult returns the result of the previous plugin in a chain, or nil.
@@ -270,6 +410,10 @@ func parseMasquerade(c *NetConf) (datapath.Masquerade, error) {
 		if v < 0 {
 			return out, invalidConf("\"masquerade.timeouts.%s\": %d is negative", key, v)
 		}
+		// The datapath keeps timeouts as 32-bit seconds.
+		if v > math.MaxUint32 {
+			return out, invalidConf("\"masquerade.timeouts.%s\": %d is above the maximum of %d seconds", key, v, uint32(math.MaxUint32))
+		}
 	}
 	sec := func(v int) time.Duration { return time.Duration(v) * time.Second }
 	out.Timeouts = datapath.NATTimeouts{TCP: sec(t.TCP), TCPSyn: sec(t.TCPSyn), TCPClosing: sec(t.TCPClosing), UDP: sec(t.UDP), ICMP: sec(t.ICMP)}
@@ -327,6 +471,21 @@ func decodeError(err error) error {
 
 func invalidConf(format string, args ...any) error {
 	return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(format, args...), "")
+}
+
+// bridgeError gives the errors of setting up the bridge their CNI code: a
+// VLAN config on a kernel whose bridge cannot filter VLANs is a config this
+// node cannot honour (the kernel refuses the bridge, so nothing is left).
+func (c *NetConf) bridgeError(err error) error {
+	if errors.Is(err, unix.EOPNOTSUPP) && (c.Vlan != 0 || len(c.trunk) > 0) {
+		key := fmt.Sprintf("\"vlan\": %d", c.Vlan)
+		if c.Vlan == 0 {
+			trunk, _ := json.Marshal(c.VlanTrunk)
+			key = fmt.Sprintf("\"vlanTrunk\": %s", trunk)
+		}
+		return invalidConf("%s needs bridge VLAN filtering, which this kernel lacks: %v", key, err)
+	}
+	return hostError(err)
 }
 
 // hostError gives errors caused by the node's state their CNI code.

@@ -162,7 +162,7 @@ func randomVethName() string {
 // does: a veth pair in the node's namespace whose peer is a port of br with
 // vlan as its PVID.
 func EnsureVlanGateway(br *netlink.Bridge, vlan int, preserveDefaultVlan bool) (netlink.Link, error) {
-	name := fmt.Sprintf("%s.%d", br.Name, vlan)
+	name := VlanGatewayName(br.Name, vlan)
 	link, err := netlinksafe.LinkByName(name)
 	if !errors.As(err, new(netlink.LinkNotFoundError)) {
 		return link, err
@@ -181,6 +181,12 @@ func EnsureVlanGateway(br *netlink.Bridge, vlan int, preserveDefaultVlan bool) (
 		err = netlink.LinkSetUp(link)
 	}
 	return link, err
+}
+
+// VlanGatewayName is the name of the link that holds the gateway
+// addresses of VLAN vlan on bridge.
+func VlanGatewayName(bridge string, vlan int) string {
+	return fmt.Sprintf("%s.%d", bridge, vlan)
 }
 
 // RandomMAC returns a random locally administered unicast MAC address, as

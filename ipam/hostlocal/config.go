@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/containernetworking/cni/pkg/version"
@@ -235,6 +236,11 @@ func loadRange(key string, rc rangeConf) (ipRange, error) {
 	if err != nil || subnet.Addr().Is4In6() {
 		return r, newError(types.ErrInvalidNetworkConfig, "%s.subnet %q is not an IPv4 or IPv6 CIDR", key, rc.Subnet)
 	}
+	// A /0 is every address of the family, the node's own included: there
+	// is no network to put containers in (and no room for a default route).
+	if subnet.Bits() == 0 {
+		return r, newError(types.ErrInvalidNetworkConfig, "%s.subnet %q covers every address of its family", key, rc.Subnet)
+	}
 	if subnet.Masked() != subnet {
 		return r, newError(types.ErrInvalidNetworkConfig, "%s.subnet %q has host bits set: the network address is %s",
 			key, rc.Subnet, subnet.Masked())
@@ -321,6 +327,7 @@ func checkAddressesPerFamily(cniVersion string, sets []rangeSet) error {
 // name the route.
 func loadRoutes(raw []json.RawMessage) ([]*types.Route, error) {
 	var routes []*types.Route
+	seen := map[string]string{} // routeID → key of its first route
 	for i, msg := range raw {
 		key := fmt.Sprintf("ipam.routes[%d]", i)
 		var rc struct {
@@ -343,9 +350,70 @@ func loadRoutes(raw []json.RawMessage) ([]*types.Route, error) {
 		if err := json.Unmarshal(msg, route); err != nil {
 			return nil, newError(types.ErrDecodingFailure, "%s: %v", key, err)
 		}
+		// The kernel refuses both; caught here, the error names the route.
+		if route.GW != nil && (route.GW.To4() == nil) != (route.Dst.IP.To4() == nil) {
+			return nil, newError(types.ErrInvalidNetworkConfig, "%s.gw %q is not of the address family of %s.dst %q",
+				key, *rc.GW, key, *rc.Dst)
+		}
+		// Routes to one destination via different gateways are ECMP; the
+		// same route twice is refused by the kernel.
+		id := routeID(route)
+		if first, dup := seen[id]; dup {
+			return nil, newError(types.ErrInvalidNetworkConfig, "%s (dst %q) repeats %s: the same route twice",
+				key, *rc.Dst, first)
+		}
+		seen[id] = key
 		routes = append(routes, route)
 	}
 	return routes, nil
+}
+
+// routeID identifies a route as the kernel does: destination, gateway,
+// priority and table.
+func routeID(r *types.Route) string {
+	id := fmt.Sprintf("%s via %s metric %d", r.Dst.String(), r.GW, r.Priority)
+	if r.Table != nil {
+		id += fmt.Sprintf(" table %d", *r.Table)
+	}
+	return id
+}
+
+// Plan is what an ADD with a config would allocate, known before anything
+// is allocated.
+type Plan struct {
+	// IPv4 and IPv6 count the addresses ADD returns per family: one per
+	// range set.
+	IPv4, IPv6 int
+	// Subnets are the subnets of every range, where the addresses come
+	// from.
+	Subnets []netip.Prefix
+	// Routes are ipam.routes.
+	Routes []*types.Route
+}
+
+// PlanAdd validates the config and CNI_ARGS of args as Add does, without
+// touching the store, so that the calling plugin can refuse a config it
+// cannot honour before it creates anything.
+func PlanAdd(args *skel.CmdArgs) (Plan, error) {
+	c, _, err := load(args)
+	if err != nil {
+		return Plan{}, err
+	}
+	if _, err := c.assign(); err != nil {
+		return Plan{}, err
+	}
+	p := Plan{Routes: c.routes}
+	for _, s := range c.sets {
+		if s.ranges[0].subnet.Addr().Is4() {
+			p.IPv4++
+		} else {
+			p.IPv6++
+		}
+		for _, r := range s.ranges {
+			p.Subnets = append(p.Subnets, r.subnet)
+		}
+	}
+	return p, nil
 }
 
 // loadRequests gathers statically requested addresses in the reference's

@@ -1,6 +1,7 @@
 package hostlocal
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"slices"
@@ -58,6 +59,12 @@ func TestInvalidConfigs(t *testing.T) {
 		{name: "bad route dst", ipam: v4 + `, "routes": [{"dst": "10.0.0/8"}]`, code: types.ErrInvalidNetworkConfig, msg: []string{`ipam.routes[0].dst "10.0.0/8" is not a CIDR`}},
 		{name: "bad route gw", ipam: v4 + `, "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.9.0.0/16", "gw": "1.2.3"}]`, code: types.ErrInvalidNetworkConfig,
 			msg: []string{`ipam.routes[1].gw "1.2.3" is not an IP address`}},
+		{name: "IPv6 /0", ipam: `"ranges": [[{"subnet": "::/0"}]]`, code: types.ErrInvalidNetworkConfig, msg: []string{`ipam.ranges[0][0].subnet "::/0" covers every address`}},
+		{name: "IPv4 /0", ipam: `"subnet": "0.0.0.0/0"`, code: types.ErrInvalidNetworkConfig, msg: []string{`ipam.subnet "0.0.0.0/0" covers every address`}},
+		{name: "route gw of the other family", ipam: v4 + `, "routes": [{"dst": "0.0.0.0/0", "gw": "fd00::1"}]`, code: types.ErrInvalidNetworkConfig,
+			msg: []string{`ipam.routes[0].gw "fd00::1" is not of the address family of ipam.routes[0].dst "0.0.0.0/0"`}},
+		{name: "the same route twice", ipam: v4 + `, "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.9.0.0/16"}, {"dst": "0.0.0.0/0"}]`, code: types.ErrInvalidNetworkConfig,
+			msg: []string{`ipam.routes[2] (dst "0.0.0.0/0") repeats ipam.routes[0]`}},
 		{name: "route without dst", ipam: v4 + `, "routes": [{"gw": "10.0.0.1"}]`, code: types.ErrInvalidNetworkConfig, msg: []string{"ipam.routes[0].dst is missing"}},
 		{name: "unknown CNI_ARGS key", ipam: v4, cniArgs: "K8S_POD_NAME=x", code: types.ErrInvalidEnvironmentVariables, msg: []string{`CNI_ARGS "K8S_POD_NAME=x"`, "unknown"}},
 		{name: "malformed CNI_ARGS", ipam: v4, cniArgs: "IP", code: types.ErrInvalidEnvironmentVariables, msg: []string{`CNI_ARGS "IP"`}},
@@ -171,4 +178,30 @@ func TestConfigMissingVersionIs010(t *testing.T) {
 			t.Errorf("%s: cniVersion %q dataDir %q", conf, c.cniVersion, c.dataDir)
 		}
 	}
+}
+
+// TestPlanAdd: the plan counts one address per range set, lists every
+// range's subnet and the routes (ECMP routes are kept), and touches no
+// file; a config Add would refuse is refused the same way.
+func TestPlanAdd(t *testing.T) {
+	dataDir := t.TempDir()
+	conf := network(dataDir, `"ranges": [[{"subnet": "10.0.0.0/24"}, {"subnet": "10.0.1.0/24"}], [{"subnet": "fd00::/64"}]],
+		"routes": [{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}, {"dst": "0.0.0.0/0", "gw": "10.0.0.2"}]`)
+	plan, err := PlanAdd(cmdArgs(conf, "c1", "eth0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.IPv4 != 1 || plan.IPv6 != 1 {
+		t.Errorf("plan of %d IPv4 and %d IPv6 addresses, want 1 and 1", plan.IPv4, plan.IPv6)
+	}
+	if fmt.Sprint(plan.Subnets) != "[10.0.0.0/24 10.0.1.0/24 fd00::/64]" || len(plan.Routes) != 2 {
+		t.Errorf("plan subnets %v, %d routes", plan.Subnets, len(plan.Routes))
+	}
+	if entries, _ := os.ReadDir(dataDir); len(entries) != 0 {
+		t.Error("PlanAdd touched the store")
+	}
+	args := cmdArgs(conf, "c1", "eth0")
+	args.Args = "IP=10.0.0.1"
+	_, err = PlanAdd(args)
+	wantCode(t, err, types.ErrInvalidNetworkConfig, "is the gateway")
 }

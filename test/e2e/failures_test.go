@@ -229,13 +229,7 @@ func TestInvalidInputs(t *testing.T) {
 		t.Fatal(err)
 	}
 	const ipam = `"type": "host-local", "subnet": "10.70.0.0/24"`
-	cases := []struct {
-		name     string
-		conf     string            // top-level keys after name/type; DATADIR is replaced
-		env      map[string]string // overrides; "" unsets
-		wantCode uint
-		wantMsg  []string
-	}{
+	cases := []badInput{
 		{"bad JSON", `{"name": "bad", "type": "bridge",`, nil, 6, []string{"JSON"}},
 		{"missing name", `{"cniVersion": "1.0.0", "type": "bridge"}`, nil, 7, []string{"name"}},
 		{"unknown version", conf(`"cniVersion": "9.9.9"`, ipam), nil, 1, []string{"9.9.9"}},
@@ -268,35 +262,7 @@ func TestInvalidInputs(t *testing.T) {
 		{"CNI_NETNS not a namespace", conf(``, ipam), map[string]string{"CNI_NETNS": "/nonexistent/netns"}, 8, []string{"/nonexistent/netns"}},
 		{"CNI_IFNAME too long", conf(``, ipam), map[string]string{"CNI_IFNAME": "eth0123456789abc"}, 4, []string{"CNI_IFNAME", "eth0123456789abc"}},
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			dataDir := t.TempDir()
-			env := map[string]string{
-				"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "bad-input", "CNI_NETNS": ctr.Path,
-				"CNI_IFNAME": "eth0", "CNI_PATH": bins.PluginDir(), "BPFBRIDGE_BPFFS": sb.BPFFS,
-			}
-			for k, v := range c.env {
-				env[k] = v
-			}
-			cniErr := execPlugin(t, sb, env, strings.ReplaceAll(c.conf, "DATADIR", dataDir))
-			if cniErr == nil {
-				t.Fatal("plugin succeeded")
-			}
-			if cniErr.Code != c.wantCode {
-				t.Errorf("code %d (%s), want %d", cniErr.Code, cniErr.Msg, c.wantCode)
-			}
-			mustContain(t, "message", cniErr.Msg+" "+cniErr.Details, c.wantMsg...)
-			if hasLink(t, ctr, "eth0") {
-				t.Error("eth0 left in the container")
-			}
-			if v := nodeVeths(t, sb); len(v) != 0 {
-				t.Errorf("host veths left: %v", v)
-			}
-			if files := storeFiles(t, dataDir); len(files) != 0 {
-				t.Errorf("allocations left: %v", files)
-			}
-		})
-	}
+	runBadInputs(t, sb, ctr, cases)
 }
 
 // conf builds a bridge config for TestInvalidInputs: extra top-level keys
