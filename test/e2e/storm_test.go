@@ -424,3 +424,51 @@ func assertNothingLeft(t *testing.T, sb *sandbox.Sandbox, nets []*stormNet, when
 		t.Errorf("%s: translations left: %d out, %d in", when, out, in)
 	}
 }
+
+// raceIterations is how often TestDelRacesNetnsDeletion races a DEL with
+// the deletion of the container's namespace.
+const raceIterations = 200
+
+// TestDelRacesNetnsDeletion deletes a container's namespace and DELs it at
+// once, raceIterations times: alternately a DEL without CNI_NETNS right
+// after the deletion (the kernel removes the veth pair while the DEL runs)
+// and a DEL naming the namespace while it is being deleted. Every DEL must
+// return 0 and release the address, and nothing may be left at the end.
+func TestDelRacesNetnsDeletion(t *testing.T) {
+	sb := sandbox.ForTest(t)
+	n := newStormNet(t, sb, "race", "br-race", "10.63.0.0/24", "eth0", t.TempDir(), true)
+	for i := range raceIterations {
+		ctr, err := sb.NewContainer(fmt.Sprintf("r%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := attachment{net: n, id: fmt.Sprintf("race.%d", i)}
+		run, err := runPlugin(sb, "ADD", a, ctr.Path, n.conf, -1)
+		if err == nil && run.cniErr != nil {
+			err = fmt.Errorf("code %d: %s", run.cniErr.Code, run.cniErr.Msg)
+		}
+		if err != nil {
+			t.Fatalf("ADD %s: %v", a, err)
+		}
+		netns := ctr.Path
+		if i%2 == 0 {
+			if err := ctr.Delete(); err != nil {
+				t.Fatal(err)
+			}
+			netns = ""
+		} else {
+			go ctr.Delete() // the sandbox's Close catches a failure
+		}
+		run, err = runPlugin(sb, "DEL", a, netns, n.conf, -1)
+		if err == nil && run.cniErr != nil {
+			err = fmt.Errorf("code %d: %s", run.cniErr.Code, run.cniErr.Msg)
+		}
+		if err != nil {
+			t.Errorf("iteration %d: DEL %s (netns %q): %v", i, a, netns, err)
+		}
+		if ips, _ := filepath.Glob(filepath.Join(n.storeDir, "10.*")); len(ips) != 0 {
+			t.Fatalf("iteration %d: allocations left after DEL: %v", i, ips)
+		}
+	}
+	assertNothingLeft(t, sb, []*stormNet{n}, "after the races")
+}
