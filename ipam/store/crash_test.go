@@ -122,3 +122,24 @@ func lockFor(t *testing.T, dataDir string) *Store {
 	}
 	return st
 }
+
+// TestGCKeepsClaimedFile: GC frees a cut address file only when no valid
+// attachment's index entry lists it.
+func TestGCKeepsClaimedFile(t *testing.T) {
+	st, dir := lockedStore(t)
+	reserve(t, st, c1eth0, "10.0.0.2")
+	reserve(t, st, c2eth0, "10.0.0.3")
+	for _, name := range []string{"10.0.0.2", "10.0.0.3"} {
+		writeFile(t, dir, name, "") // as an ADD of an earlier version left them
+	}
+	released, err := st.GC([]Attachment{c1eth0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(released) != 1 || released[0] != addr("10.0.0.3") {
+		t.Errorf("GC released %v, want only c2/eth0's 10.0.0.3", released)
+	}
+	if !exists(filepath.Join(dir, "10.0.0.2")) {
+		t.Error("GC freed the address of valid c1/eth0")
+	}
+}

@@ -355,14 +355,20 @@ func (s *Store) Release(a Attachment) ([]netip.Addr, error) {
 
 // GC releases every allocation whose attachment is not in valid and drops
 // index entries of attachments not in valid. An old ID-only file is kept when
-// any valid attachment has its container ID. It returns the released
+// any valid attachment has its container ID, and a cut one (see claimedBy)
+// when a valid attachment's index entry lists it. It returns the released
 // addresses.
 func (s *Store) GC(valid []Attachment) ([]netip.Addr, error) {
 	keep := make(map[Attachment]bool, len(valid))
 	keepID := make(map[string]bool, len(valid))
+	keepIP := map[netip.Addr]bool{} // claimed by a valid attachment's index
 	for _, a := range valid {
 		keep[a] = true
 		keepID[a.ContainerID] = true
+		held, _ := s.verifiedIndex(a)
+		for _, ip := range held {
+			keepIP[ip] = true
+		}
 	}
 	ips, err := s.Addresses()
 	if err != nil {
@@ -376,7 +382,7 @@ func (s *Store) GC(valid []Attachment) ([]netip.Addr, error) {
 			// Unreadable: leave it rather than free an address in use.
 			continue
 		}
-		if ifname == "" && keepID[id] || keep[Attachment{id, ifname}] {
+		if ifname == "" && keepID[id] || keep[Attachment{id, ifname}] || keepIP[ip] {
 			continue
 		}
 		if err := os.Remove(s.addrPath(ip)); err != nil && !errors.Is(err, fs.ErrNotExist) {
