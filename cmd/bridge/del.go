@@ -35,8 +35,9 @@ func cmdDel(args *skel.CmdArgs) error {
 			errs = append(errs, err)
 		}
 	}
-	// The interface goes first and the addresses last, so that they are
-	// never handed to a new container while the old one may still use them.
+	// The interface goes first and the addresses last, so that a DEL that
+	// succeeds never hands them to a new container while the old one may
+	// still use them.
 	errs = append(errs, detachDatapath(conf, args))
 	if conf.IPAM.Type != "" {
 		errs = append(errs, ipam.Del(conf.IPAM.Type, args))

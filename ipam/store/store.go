@@ -15,9 +15,9 @@
 //   - .attachments/, our attachment index (see index.go), which the reference
 //     ignores because no index file's content can match its lookups;
 //   - .reserving, while an address file is being written (see
-//     createAddrFile); the reference only takes addresses from names that
-//     parse as IPs, and the file never outlives the lock holder that wrote it
-//     for longer than the next Lock.
+//     createAddrFile), which the reference ignores because it takes
+//     addresses only from names that parse as IPs; one a killed writer left
+//     is removed by the next Lock.
 package store
 
 import (
@@ -147,8 +147,9 @@ func (s *Store) LastReserved(rangeSet int) netip.Addr {
 // (created atomically, failing where one exists), and last_reserved_ip per
 // range set. The index is written first so that, even after a crash
 // half-way, it lists every address file of a; a listed address without its
-// file only makes Release fall back to a scan. On failure Reserve removes what it wrote and returns an error
-// wrapping fs.ErrExist if an address was taken behind the lock's back.
+// file only makes Release fall back to a scan. On failure Reserve removes
+// what it wrote and returns an error wrapping fs.ErrExist if an address was
+// taken behind the lock's back.
 func (s *Store) Reserve(a Attachment, rs []Reservation, prior []netip.Addr) (err error) {
 	held := append([]netip.Addr{}, prior...)
 	for _, r := range rs {
