@@ -136,12 +136,15 @@ func (d *Datapath) replacePrograms(key EndpointKey, m *program.BpfbridgeEndpoint
 
 // detachPrograms removes an endpoint's programs from its veth; a veth that
 // is already gone took legacy filters with it, but tcx links outlive their
-// device and must be unpinned.
+// device and must be unpinned. The veth can vanish with its namespace at any
+// moment, also between the check and the removal: a filter that could not be
+// removed is an error only while its veth is still there.
 func (d *Datapath) detachPrograms(key EndpointKey, m *program.BpfbridgeEndpointMeta) error {
 	var errs []error
 	if m != nil && m.Attach == attachedLegacy && d.vethExists(m) {
 		for _, h := range endpointHooks {
-			if err := netlink.FilterDel(legacyFilter(int(m.Ifindex), h)); err != nil && !errors.Is(err, unix.ENOENT) {
+			err := netlink.FilterDel(legacyFilter(int(m.Ifindex), h))
+			if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) && d.vethExists(m) {
 				errs = append(errs, fmt.Errorf("remove cls_bpf filter %s: %w", h.name, err))
 			}
 		}

@@ -83,7 +83,8 @@ func endpointOf(conf *NetConf, args *skel.CmdArgs, hostVeth netlink.Link, mac st
 
 // detachDatapath removes the attachment's eBPF state, found by container
 // ID and ifname since the veth may be gone. A node without datapath state
-// has nothing to remove.
+// has nothing to remove. Forgetting the translations and detaching are
+// independent: one failing does not keep the other from running.
 func detachDatapath(conf *NetConf, args *skel.CmdArgs) error {
 	dp, err := datapath.OpenExisting(conf.datapathOptions())
 	if errors.Is(err, datapath.ErrNoState) {
@@ -93,12 +94,12 @@ func detachDatapath(conf *NetConf, args *skel.CmdArgs) error {
 		return datapathError(err)
 	}
 	defer dp.Close()
+	var errs []error
 	if conf.IPMasq {
-		if err := dp.ForgetFlows(dp.Addresses(args.ContainerID, args.IfName)); err != nil {
-			return datapathError(err)
-		}
+		errs = append(errs, dp.ForgetFlows(dp.Addresses(args.ContainerID, args.IfName)))
 	}
-	return datapathError(dp.Detach(args.ContainerID, args.IfName))
+	errs = append(errs, dp.Detach(args.ContainerID, args.IfName))
+	return datapathError(errors.Join(errs...))
 }
 
 // datapathError gives errors of the eBPF datapath their CNI code.

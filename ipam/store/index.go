@@ -68,10 +68,10 @@ func parseIndex(data []byte) (a Attachment, ips []netip.Addr, ok bool) {
 }
 
 // verifiedIndex returns the addresses of a's index entry whose address files
-// still hold a's record. complete is true when the entry exists, is a's, and
-// every address in it verified: only then is the entry the whole truth
-// (Reserve writes it before the address files). Unreadable entries count as
-// missing.
+// a still claims (see claimedBy). complete is true when the entry exists, is
+// a's, and every address in it verified: only then is the entry the whole
+// truth (Reserve writes it before the address files). Unreadable entries
+// count as missing.
 func (s *Store) verifiedIndex(a Attachment) (held []netip.Addr, complete bool) {
 	data, err := os.ReadFile(s.indexPath(a))
 	if err != nil {
@@ -83,7 +83,7 @@ func (s *Store) verifiedIndex(a Attachment) (held []netip.Addr, complete bool) {
 	}
 	complete = true
 	for _, ip := range ips {
-		if s.ownedBy(ip, a) {
+		if s.claimedBy(ip, a) {
 			held = append(held, ip)
 		} else {
 			complete = false

@@ -37,8 +37,7 @@ func Networks(dataDir string) ([]string, error) {
 
 // List returns the allocations of network in the store rooted at dataDir,
 // ordered by address, for inspection. It reads without the lock and never
-// writes: a file created by an ADD under way may show with an empty
-// attachment, and one released meanwhile is left out.
+// writes: an allocation released meanwhile is left out.
 func List(dataDir, network string) ([]Allocation, error) {
 	s := &Store{dir: filepath.Join(dataDir, network)} // read-only: no lock taken
 	ips, err := s.Addresses()

@@ -13,7 +13,11 @@
 //   - lock, an empty file held with flock(LOCK_EX) while the store changes,
 //     which serializes us against the reference plugin;
 //   - .attachments/, our attachment index (see index.go), which the reference
-//     ignores because no index file's content can match its lookups.
+//     ignores because no index file's content can match its lookups;
+//   - .reserving, while an address file is being written (see
+//     createAddrFile), which the reference ignores because it takes
+//     addresses only from names that parse as IPs; one a killed writer left
+//     is removed by the next Lock.
 package store
 
 import (
@@ -23,6 +27,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -32,6 +37,10 @@ import (
 const (
 	lockName           = "lock"
 	lastReservedPrefix = "last_reserved_ip."
+	// reservingName is the temporary file an address file's record is
+	// written to before it is linked into place. One name serves every
+	// writer: only the lock holder writes it.
+	reservingName = ".reserving"
 	// lineBreak separates container ID and ifname in an address file.
 	lineBreak = "\r\n"
 )
@@ -86,7 +95,10 @@ func Lock(dataDir, network string) (*Store, error) {
 		unix.Close(fd)
 		return nil, &fs.PathError{Op: "flock", Path: path, Err: err}
 	}
-	return &Store{dir: dir, lockFD: fd}, nil
+	s := &Store{dir: dir, lockFD: fd}
+	// A holder killed while writing an address file left the temporary file.
+	s.removeReserving()
+	return s, nil
 }
 
 // Unlock releases the lock; the Store must not be used afterwards.
@@ -132,11 +144,12 @@ func (s *Store) LastReserved(rangeSet int) netip.Addr {
 
 // Reserve records rs for a in one step: the index entry (listing rs and
 // prior, the addresses a already holds), one address file per reservation
-// created with O_EXCL, and last_reserved_ip per range set. The index is
-// written first so that, even after a crash half-way, it lists every address
-// file of a; a listed address without its file only makes Release fall back
-// to a scan. On failure Reserve removes what it wrote and returns an error
-// wrapping fs.ErrExist if an address was taken behind the lock's back.
+// (created atomically, failing where one exists), and last_reserved_ip per
+// range set. The index is written first so that, even after a crash
+// half-way, it lists every address file of a; a listed address without its
+// file only makes Release fall back to a scan. On failure Reserve removes
+// what it wrote and returns an error wrapping fs.ErrExist if an address was
+// taken behind the lock's back.
 func (s *Store) Reserve(a Attachment, rs []Reservation, prior []netip.Addr) (err error) {
 	held := append([]netip.Addr{}, prior...)
 	for _, r := range rs {
@@ -189,8 +202,14 @@ func overwrite(path string, data []byte) error {
 	return err
 }
 
+// createAddrFile makes ip's file appear with a's record in one step, so that
+// no crash leaves an empty or partial address file, which no DEL could match
+// to its owner: the record goes to the temporary file, which link(2) then
+// puts in place. Like O_EXCL, link fails with EEXIST when ip's file exists.
 func (s *Store) createAddrFile(a Attachment, ip netip.Addr) error {
-	f, err := os.OpenFile(s.addrPath(ip), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	tmp := filepath.Join(s.dir, reservingName)
+	s.removeReserving() // one a failed removal left; O_EXCL would trip on it
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
@@ -198,28 +217,45 @@ func (s *Store) createAddrFile(a Attachment, ip netip.Addr) error {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		os.Remove(f.Name())
+	if err == nil {
+		err = os.Link(tmp, s.addrPath(ip))
 	}
+	s.removeReserving()
 	return err
+}
+
+// removeReserving removes the temporary file of createAddrFile. A failure
+// is left to the next Lock: the file holds no address.
+func (s *Store) removeReserving() {
+	os.Remove(filepath.Join(s.dir, reservingName))
+}
+
+// content reads the address file of ip, trimmed like the reference does,
+// which tolerates hand-edited files.
+func (s *Store) content(ip netip.Addr) (string, error) {
+	data, err := os.ReadFile(s.addrPath(ip))
+	return string(bytes.TrimSpace(data)), err
 }
 
 // owner reads the address file of ip. ifname is empty for the old format,
 // which held the container ID only.
 func (s *Store) owner(ip netip.Addr) (id, ifname string, err error) {
-	data, err := os.ReadFile(s.addrPath(ip))
+	rec, err := s.content(ip)
 	if err != nil {
 		return "", "", err
 	}
-	// Trimmed like the reference, which tolerates hand-edited files.
-	id, ifname, _ = strings.Cut(string(bytes.TrimSpace(data)), lineBreak)
+	id, ifname, _ = strings.Cut(rec, lineBreak)
 	return id, ifname, nil
 }
 
-// ownedBy reports whether ip's file holds exactly a's record.
-func (s *Store) ownedBy(ip netip.Addr, a Attachment) bool {
-	id, ifname, err := s.owner(ip)
-	return err == nil && id == a.ContainerID && ifname == a.IfName
+// claimedBy reports whether ip's file holds a's record or the start of it
+// (nothing, the container ID alone, part of the ifname): what an ADD of an
+// earlier version, which wrote the record into the file it had created,
+// left when cut short. Only for an address a's index entry lists is that
+// proof enough.
+func (s *Store) claimedBy(ip netip.Addr, a Attachment) bool {
+	rec, err := s.content(ip)
+	return err == nil && strings.HasPrefix(a.record(), rec)
 }
 
 // Addresses lists every allocated address of the network, that is every
@@ -286,9 +322,10 @@ func (s *Store) Held(a Attachment) ([]netip.Addr, error) {
 
 // Release frees every address recorded for a and returns them. It trusts a
 // fully verified index entry; otherwise (no entry: the reference allocated,
-// or a half-finished ADD; or a stale entry: the reference released) it scans
-// like the reference, releasing current-format files of a, or if there are
-// none, old ID-only files of a's container. Releasing nothing is no error.
+// or a half-finished ADD; or a stale entry: the reference released) it
+// releases what the entry still claims and scans like the reference,
+// releasing current-format files of a, or if there are none, old ID-only
+// files of a's container. Releasing nothing is no error.
 func (s *Store) Release(a Attachment) ([]netip.Addr, error) {
 	held, complete := s.verifiedIndex(a)
 	if !complete {
@@ -296,9 +333,13 @@ func (s *Store) Release(a Attachment) ([]netip.Addr, error) {
 		if err != nil {
 			return nil, err
 		}
-		held = current
-		if len(held) == 0 {
-			held = old
+		if len(held) == 0 && len(current) == 0 {
+			current = old
+		}
+		for _, ip := range current {
+			if !slices.Contains(held, ip) {
+				held = append(held, ip)
+			}
 		}
 	}
 	var errs []error
@@ -315,14 +356,20 @@ func (s *Store) Release(a Attachment) ([]netip.Addr, error) {
 
 // GC releases every allocation whose attachment is not in valid and drops
 // index entries of attachments not in valid. An old ID-only file is kept when
-// any valid attachment has its container ID. It returns the released
+// any valid attachment has its container ID, and a cut one (see claimedBy)
+// when a valid attachment's index entry lists it. It returns the released
 // addresses.
 func (s *Store) GC(valid []Attachment) ([]netip.Addr, error) {
 	keep := make(map[Attachment]bool, len(valid))
 	keepID := make(map[string]bool, len(valid))
+	keepIP := map[netip.Addr]bool{} // claimed by a valid attachment's index
 	for _, a := range valid {
 		keep[a] = true
 		keepID[a.ContainerID] = true
+		held, _ := s.verifiedIndex(a)
+		for _, ip := range held {
+			keepIP[ip] = true
+		}
 	}
 	ips, err := s.Addresses()
 	if err != nil {
@@ -336,7 +383,7 @@ func (s *Store) GC(valid []Attachment) ([]netip.Addr, error) {
 			// Unreadable: leave it rather than free an address in use.
 			continue
 		}
-		if ifname == "" && keepID[id] || keep[Attachment{id, ifname}] {
+		if ifname == "" && keepID[id] || keep[Attachment{id, ifname}] || keepIP[ip] {
 			continue
 		}
 		if err := os.Remove(s.addrPath(ip)); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -19,6 +19,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 
 	"github.com/bpfbridge/bpfbridge/test/sandbox"
@@ -243,7 +244,8 @@ func nodeVeths(t *testing.T, sb *sandbox.Sandbox) []string {
 	t.Helper()
 	var names []string
 	err := sb.InNode(func() error {
-		links, err := netlink.LinkList()
+		// netlinksafe retries a dump that links changing meanwhile interrupted.
+		links, err := netlinksafe.LinkList()
 		for _, l := range links {
 			if l.Type() == "veth" && l.Attrs().Name != sandbox.NodeUplinkName {
 				names = append(names, l.Attrs().Name)
