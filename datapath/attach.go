@@ -227,10 +227,15 @@ func (d *Datapath) deleteVeth(m *program.BpfbridgeEndpointMeta) error {
 	}
 	err := netlink.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: int(m.Ifindex)}})
 	if err != nil && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("delete host veth %s of a removed endpoint (its programs stay attached): %w", cString(m.HostIfname[:]), err)
+		return fmt.Errorf("delete host veth %s of a removed endpoint (its programs stay attached): %w: %w", cString(m.HostIfname[:]), ErrVethInUse, err)
 	}
 	return nil
 }
+
+// ErrVethInUse reports that an endpoint's host veth could not be deleted:
+// the endpoint still carries traffic (under its programs), so its addresses
+// are not free.
+var ErrVethInUse = errors.New("the endpoint's veth still exists")
 
 // vethExists reports whether the endpoint's host veth is still the link at
 // its ifindex (ifindexes are reused once a veth is gone).

@@ -83,7 +83,8 @@ func endpointOf(conf *NetConf, args *skel.CmdArgs, hostVeth netlink.Link, mac st
 
 // detachDatapath removes the attachment's eBPF state, found by container
 // ID and ifname since the veth may be gone. A node without datapath state
-// has nothing to remove. Forgetting the translations and detaching are
+// has nothing to remove. The error is the datapath's own, for the caller
+// to inspect (datapath.ErrVethInUse) and wrap with datapathError. Forgetting the translations and detaching are
 // independent: one failing does not keep the other from running.
 func detachDatapath(conf *NetConf, args *skel.CmdArgs) error {
 	dp, err := datapath.OpenExisting(conf.datapathOptions())
@@ -91,7 +92,7 @@ func detachDatapath(conf *NetConf, args *skel.CmdArgs) error {
 		return nil
 	}
 	if err != nil {
-		return datapathError(err)
+		return err
 	}
 	defer dp.Close()
 	var errs []error
@@ -99,7 +100,7 @@ func detachDatapath(conf *NetConf, args *skel.CmdArgs) error {
 		errs = append(errs, dp.ForgetFlows(dp.Addresses(args.ContainerID, args.IfName)))
 	}
 	errs = append(errs, dp.Detach(args.ContainerID, args.IfName))
-	return datapathError(errors.Join(errs...))
+	return errors.Join(errs...)
 }
 
 // datapathError gives errors of the eBPF datapath their CNI code.

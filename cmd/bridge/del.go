@@ -10,6 +10,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfbridge/bpfbridge/datapath"
 	"github.com/bpfbridge/bpfbridge/datapath/topology"
 	"github.com/bpfbridge/bpfbridge/ipam"
 )
@@ -38,8 +39,11 @@ func cmdDel(args *skel.CmdArgs) error {
 	// The interface goes first and the addresses last, so that a DEL that
 	// succeeds never hands them to a new container while the old one may
 	// still use them.
-	errs = append(errs, detachDatapath(conf, args))
-	if conf.IPAM.Type != "" {
+	detachErr := detachDatapath(conf, args)
+	errs = append(errs, datapathError(detachErr))
+	// An endpoint whose veth could not be deleted still holds its
+	// addresses: releasing them would give them to a second container.
+	if conf.IPAM.Type != "" && !errors.Is(detachErr, datapath.ErrVethInUse) {
 		errs = append(errs, ipam.Del(conf.IPAM.Type, args))
 	}
 	return joinDelErrors(errs)
