@@ -219,6 +219,20 @@ func legacyProgramIDs(ifindex int, h hook) ([]ebpf.ProgramID, error) {
 	return ids, nil
 }
 
+// markVeth sets the endpoint's host veth's alias to VethAlias, the mark by
+// which the kernel tells the endpoints of the node (discover.go). Only a
+// veth whose endpoint is recorded carries it.
+func (d *Datapath) markVeth(m *program.BpfbridgeEndpointMeta) error {
+	if !d.vethExists(m) {
+		return nil
+	}
+	l := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: int(m.Ifindex)}}
+	if err := netlink.LinkSetAlias(l, VethAlias); err != nil {
+		return fmt.Errorf("mark host veth %s: %w", cString(m.HostIfname[:]), err)
+	}
+	return nil
+}
+
 // deleteVeth deletes the endpoint's host veth, and with it the container's
 // end, if it still exists.
 func (d *Datapath) deleteVeth(m *program.BpfbridgeEndpointMeta) error {

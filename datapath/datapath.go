@@ -123,7 +123,7 @@ func (m *maps) all() []pin[ebpf.Map] {
 // the caller should move existing endpoints onto them with Upgrade.
 func Open(opts Options) (*Datapath, error) {
 	opts = opts.withDefaults()
-	if err := ensureBPFFS(opts.BPFFS); err != nil {
+	if err := ensureBPFFS(opts.BPFFS, !opts.defaultBPFFS); err != nil {
 		return nil, err
 	}
 	root, err := stateRoot(opts.BPFFS, opts.defaultBPFFS)

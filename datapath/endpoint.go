@@ -181,6 +181,9 @@ func (d *Datapath) Attach(ep Endpoint) (err error) {
 	if meta.Attach, err = d.attach(key, ep.HostIfindex); err != nil {
 		return err
 	}
+	if err := d.markVeth(&meta); err != nil {
+		return err
+	}
 	return d.maps.meta.Update(key, &meta, ebpf.UpdateExist)
 }
 

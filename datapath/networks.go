@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
@@ -52,7 +53,11 @@ func (d *Datapath) openNetworkIDs(create bool) error {
 		}
 		return nil
 	}
+	// Concurrent first ADDs race to pin it: the loser opens the winner's.
 	m, err := ebpf.NewMapWithOptions(&networkIDsSpec, ebpf.MapOptions{PinPath: d.state.root})
+	if errors.Is(err, os.ErrExist) {
+		m, err = ebpf.LoadPinnedMap(filepath.Join(d.state.root, networkIDsPin), nil)
+	}
 	if err != nil {
 		return fmt.Errorf("open the network registry: %w", err)
 	}

@@ -37,6 +37,13 @@ func (d *Datapath) loadPrograms() (fresh bool, err error) {
 	if d.progs, err = loadPinnedPrograms(dir); err == nil {
 		return false, nil
 	}
+	// Loading creates the node's maps when it has none: never beside a
+	// live datapath whose pins this run does not see.
+	if d.state.freshState() {
+		if err := d.state.checkNoLiveEndpoints(); err != nil {
+			return false, err
+		}
+	}
 	spec, err := program.LoadBpfbridge()
 	if err != nil {
 		return false, fmt.Errorf("read embedded programs: %w", err)
@@ -136,6 +143,10 @@ func (d *Datapath) Upgrade() (int, error) {
 		}
 		if err := d.replacePrograms(key, m); err != nil {
 			errs = append(errs, fmt.Errorf("endpoint %s/%s: %w", cString(m.ContainerId[:]), cString(m.Ifname[:]), err))
+			return
+		}
+		if err := d.markVeth(m); err != nil {
+			errs = append(errs, err)
 			return
 		}
 		setCString(m.ProgTag[:], tag)

@@ -51,7 +51,7 @@ func stateRoot(bpffs string, scoped bool) (string, error) {
 	if !scoped {
 		return filepath.Join(bpffs, stateDirName), nil
 	}
-	initial, err := inInitialNetns()
+	initial, err := inInitialNS("net")
 	if err != nil || initial {
 		return filepath.Join(bpffs, stateDirName), err
 	}
@@ -62,17 +62,25 @@ func stateRoot(bpffs string, scoped bool) (string, error) {
 	return filepath.Join(bpffs, stateDirName+"-netns"+strconv.FormatUint(cookie, 10)), nil
 }
 
-// inInitialNetns reports whether the calling thread's network namespace is
-// the machine's initial one.
-func inInitialNetns() (bool, error) {
+// inInitialNS reports whether the calling thread's namespace of the kind
+// ("net", "mnt") is the machine's initial one.
+func inInitialNS(kind string) (bool, error) {
 	var self, init unix.Stat_t
-	if err := unix.Stat("/proc/thread-self/ns/net", &self); err != nil {
-		return false, fmt.Errorf("identify the node's network namespace: %w", err)
+	if err := unix.Stat(filepath.Join("/proc/thread-self/ns", kind), &self); err != nil {
+		return false, fmt.Errorf("identify this %s namespace: %w", kind, err)
 	}
-	if err := unix.Stat(filepath.Join(initProc(), "ns", "net"), &init); err != nil {
-		return false, fmt.Errorf("identify the initial network namespace: %w", err)
+	if err := unix.Stat(filepath.Join(initProc(), "ns", kind), &init); err != nil {
+		return false, fmt.Errorf("identify the initial %s namespace: %w", kind, err)
 	}
 	return self.Ino == init.Ino && self.Dev == init.Dev, nil
+}
+
+// errSuffix is ": err" for a non-nil err.
+func errSuffix(err error) string {
+	if err == nil {
+		return ""
+	}
+	return ": " + err.Error()
 }
 
 // netnsCookie is the calling thread's network namespace cookie.
@@ -125,10 +133,20 @@ func (k EndpointKey) String() string { return hex.EncodeToString(k[:16]) }
 const bpffsMagic = 0xcafe4a11
 
 // ensureBPFFS makes sure a bpffs is mounted at dir, mounting one when it is
-// not (a fresh node has none at /sys/fs/bpf).
-func ensureBPFFS(dir string) error {
+// not (a fresh node has none at /sys/fs/bpf). The default place is mounted
+// only from the machine's initial mount namespace: anywhere else (`ip netns
+// exec`, which remounts /sys; a container without the host's bpffs) the
+// mount would be private to this plugin run and vanish with it, and the
+// node would silently get a datapath per ADD.
+func ensureBPFFS(dir string, configured bool) error {
 	if IsBPFFS(dir) {
 		return nil
+	}
+	if !configured {
+		if initial, err := inInitialNS("mnt"); err != nil || !initial {
+			return fmt.Errorf("no bpffs at %s in this mount namespace, nor at %s (`ip netns exec` remounts /sys): "+
+				"set datapath.bpffs, or %s, to the node's bpffs%s", dir, initBPFFS(), "BPFBRIDGE_BPFFS", errSuffix(err))
+		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create bpffs mount point %s: %w", dir, err)

@@ -87,7 +87,7 @@ func endpointOf(conf *NetConf, args *skel.CmdArgs, hostVeth netlink.Link, mac st
 // to inspect (datapath.ErrVethInUse) and wrap with datapathError. Forgetting the translations and detaching are
 // independent: one failing does not keep the other from running.
 func detachDatapath(conf *NetConf, args *skel.CmdArgs) error {
-	dp, err := datapath.OpenExisting(conf.datapathOptions())
+	dp, err := datapath.FindEndpoint(conf.datapathOptions(), args.ContainerID, args.IfName, args.Netns)
 	if errors.Is(err, datapath.ErrNoState) {
 		return nil
 	}
