@@ -171,7 +171,7 @@ func (d *Datapath) attachedPrograms(m *program.BpfbridgeEndpointMeta) error {
 			return err
 		}
 		if !slices.Contains(have, want) {
-			return fmt.Errorf("%s program (id %d) is not attached to %s (attached: %v)", h.pin, want, cString(m.HostIfname[:]), have)
+			return fmt.Errorf("%s program (id %d) is not attached to %s (attached: %v)", h.pin, want, program.CString(m.HostIfname[:]), have)
 		}
 	}
 	return nil
@@ -220,7 +220,7 @@ func legacyProgramIDs(ifindex int, h hook) ([]ebpf.ProgramID, error) {
 // its ifindex (ifindexes are reused once a veth is gone).
 func (d *Datapath) vethExists(m *program.BpfbridgeEndpointMeta) bool {
 	l, err := netlink.LinkByIndex(int(m.Ifindex))
-	return err == nil && l.Attrs().Name == cString(m.HostIfname[:])
+	return err == nil && l.Attrs().Name == program.CString(m.HostIfname[:])
 }
 
 // How an endpoint's programs are attached (endpoint_meta.attach); mirrors

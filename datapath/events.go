@@ -136,9 +136,9 @@ func decodeDropEvent(e *program.BpfbridgeDropEvent) DropEvent {
 	}
 	switch e.EthProto {
 	case unix.ETH_P_IP, unix.ETH_P_ARP:
-		ev.Src, ev.Dst = tupleAddr(4, e.SrcIp), tupleAddr(4, e.DstIp)
+		ev.Src, ev.Dst = program.AddrOf(4, e.SrcIp), program.AddrOf(4, e.DstIp)
 	case unix.ETH_P_IPV6:
-		ev.Src, ev.Dst = tupleAddr(6, e.SrcIp), tupleAddr(6, e.DstIp)
+		ev.Src, ev.Dst = program.AddrOf(6, e.SrcIp), program.AddrOf(6, e.DstIp)
 	}
 	return ev
 }

@@ -74,19 +74,19 @@ func (d *Datapath) Endpoint(containerID, ifname string) (EndpointRecord, error) 
 func (d *Datapath) record(m *program.BpfbridgeEndpointMeta) (EndpointRecord, error) {
 	rec := EndpointRecord{
 		Endpoint: Endpoint{
-			ContainerID: cString(m.ContainerId[:]),
-			IfName:      cString(m.Ifname[:]),
-			Network:     cString(m.Network[:]),
-			Netns:       cString(m.Netns[:]),
+			ContainerID: program.CString(m.ContainerId[:]),
+			IfName:      program.CString(m.Ifname[:]),
+			Network:     program.CString(m.Network[:]),
+			Netns:       program.CString(m.Netns[:]),
 			HostIfindex: int(m.Ifindex),
-			HostIfName:  cString(m.HostIfname[:]),
+			HostIfName:  program.CString(m.HostIfname[:]),
 			MAC:         net.HardwareAddr(m.Ep.Mac[:]),
-			IPs:         endpointIPs(&m.Ep),
+			IPs:         (&m.Ep).IPs(),
 			Isolation:   Isolation(m.Ep.Isolation),
 			TaggedOK:    m.Ep.Flags&epFlagTaggedOK != 0,
 		},
 		Attach:  attachModeOf(m.Attach),
-		ProgTag: cString(m.ProgTag[:]),
+		ProgTag: program.CString(m.ProgTag[:]),
 		Created: time.Unix(0, int64(m.CreatedNs)),
 	}
 	var err error

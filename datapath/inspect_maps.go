@@ -123,7 +123,7 @@ var mapDecoders = map[string]mapDumper{
 	}),
 	program.BpfbridgeMapIpOwners: dumpEach(func(k *program.BpfbridgeIpKey, v *program.BpfbridgeIpOwner) MapEntry {
 		return MapEntry{
-			Key:   IPKey{Family: k.Family, Addr: tupleAddr(k.Family, k.Addr)},
+			Key:   IPKey{Family: k.Family, Addr: program.AddrOf(k.Family, k.Addr)},
 			Value: IPOwner{Ifindex: v.Ifindex, Network: v.Network},
 		}
 	}),
@@ -289,7 +289,7 @@ func decodeEndpoint(e *program.BpfbridgeEndpoint) EndpointEntry {
 	if e.Flags&epFlagTaggedOK != 0 {
 		out.Flags = append(out.Flags, "tagged-ok")
 	}
-	for _, ip := range endpointIPs(e) {
+	for _, ip := range (e).IPs() {
 		if ip.Is4() {
 			out.IPv4 = append(out.IPv4, ip)
 		} else {
@@ -330,12 +330,12 @@ func decodeMeta(m *program.BpfbridgeEndpointMeta) EndpointMeta {
 		Ifindex:     m.Ifindex,
 		Attach:      string(attachModeOf(m.Attach)),
 		CreatedNs:   m.CreatedNs,
-		ContainerID: cString(m.ContainerId[:]),
-		Ifname:      cString(m.Ifname[:]),
-		HostIfname:  cString(m.HostIfname[:]),
-		Network:     cString(m.Network[:]),
-		Netns:       cString(m.Netns[:]),
-		ProgTag:     cString(m.ProgTag[:]),
+		ContainerID: program.CString(m.ContainerId[:]),
+		Ifname:      program.CString(m.Ifname[:]),
+		HostIfname:  program.CString(m.HostIfname[:]),
+		Network:     program.CString(m.Network[:]),
+		Netns:       program.CString(m.Netns[:]),
+		ProgTag:     program.CString(m.ProgTag[:]),
 		Ep:          decodeEndpoint(&m.Ep),
 	}
 }

@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"encoding/binary"
 	"errors"
 	"net/netip"
 	"time"
@@ -59,9 +58,9 @@ func (d *Datapath) Flows() ([]Flow, error) {
 	for it.Next(&out, &entry) {
 		f := Flow{
 			Proto:      protoNames[out.Proto],
-			Container:  netip.AddrPortFrom(tupleAddr(out.Family, out.Src), be16(out.Sport)),
-			Remote:     netip.AddrPortFrom(tupleAddr(out.Family, out.Dst), be16(out.Dport)),
-			Translated: netip.AddrPortFrom(tupleAddr(out.Family, entry.Addr), be16(entry.Port)),
+			Container:  netip.AddrPortFrom(program.AddrOf(out.Family, out.Src), program.FromBe16(out.Sport)),
+			Remote:     netip.AddrPortFrom(program.AddrOf(out.Family, out.Dst), program.FromBe16(out.Dport)),
+			Translated: netip.AddrPortFrom(program.AddrOf(out.Family, entry.Addr), program.FromBe16(entry.Port)),
 			State:      stateNames[entry.State],
 			Uplink:     int(entry.Uplink),
 			Age:        time.Duration(now - entry.CreatedNs),
@@ -98,11 +97,6 @@ func replyTuple(out *program.BpfbridgeNatTuple, e *program.BpfbridgeNatEntry) pr
 	return in
 }
 
-// be16 reads a __be16 field: cilium/ebpf decodes it in native order.
-func be16(p uint16) uint16 {
-	return binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, p))
-}
-
 // NATTuple is a key of nat_out or nat_in.
 type NATTuple struct {
 	Proto string         `json:"proto"`
@@ -125,14 +119,14 @@ type NATEntry struct {
 func decodeNATTuple(t *program.BpfbridgeNatTuple) NATTuple {
 	return NATTuple{
 		Proto: protoNames[t.Proto],
-		Src:   netip.AddrPortFrom(tupleAddr(t.Family, t.Src), be16(t.Sport)),
-		Dst:   netip.AddrPortFrom(tupleAddr(t.Family, t.Dst), be16(t.Dport)),
+		Src:   netip.AddrPortFrom(program.AddrOf(t.Family, t.Src), program.FromBe16(t.Sport)),
+		Dst:   netip.AddrPortFrom(program.AddrOf(t.Family, t.Dst), program.FromBe16(t.Dport)),
 	}
 }
 
 func decodeNATEntry(family uint8, e *program.BpfbridgeNatEntry) NATEntry {
 	return NATEntry{
-		Addr:  netip.AddrPortFrom(tupleAddr(family, e.Addr), be16(e.Port)),
+		Addr:  netip.AddrPortFrom(program.AddrOf(family, e.Addr), program.FromBe16(e.Port)),
 		State: stateNames[e.State], Uplink: e.Uplink,
 		CreatedNs: e.CreatedNs, LastSeenNs: e.LastSeenNs, Packets: e.Packets, Bytes: e.Bytes,
 	}
@@ -152,7 +146,7 @@ var natDecoders = map[string]mapDumper{
 			IPv6 *netip.Addr `json:"ipv6"`
 		}{}
 		if v.HasIpv4 != 0 {
-			a := fromBe32(v.Ipv4)
+			a := program.FromBe32(v.Ipv4)
 			u.IPv4 = &a
 		}
 		if v.HasIpv6 != 0 {
@@ -169,7 +163,7 @@ var natDecoders = map[string]mapDumper{
 		}{v.Flags&natNetworkMasquerade != 0}}
 	}),
 	program.BpfbridgeMapNatExclude: dumpEach(func(k *program.BpfbridgeNatExcludeKey, v *uint8) MapEntry {
-		p := netip.PrefixFrom(tupleAddr(k.Family, k.Addr), int(k.Prefixlen)-64)
+		p := netip.PrefixFrom(program.AddrOf(k.Family, k.Addr), int(k.Prefixlen)-64)
 		return MapEntry{Key: struct {
 			Network uint32       `json:"network"`
 			Prefix  netip.Prefix `json:"prefix"`
