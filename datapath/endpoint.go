@@ -46,18 +46,23 @@ func (i Isolation) String() string {
 	return fmt.Sprintf("isolation(%d)", uint8(i))
 }
 
-// Endpoint is a container attachment as the datapath sees it.
+// MarshalText writes the mode's name.
+func (i Isolation) MarshalText() ([]byte, error) { return []byte(i.String()), nil }
+
+// Endpoint is a container attachment as the datapath sees it. The JSON
+// field names are those of `bridge inspect endpoint -j`.
 type Endpoint struct {
-	ContainerID, IfName string
-	Network             string
-	Netns               string
-	HostIfindex         int
-	HostIfName          string
-	MAC                 net.HardwareAddr // of the container interface
-	IPs                 []netip.Addr
-	Isolation           Isolation
+	ContainerID string       `json:"container_id"`
+	IfName      string       `json:"ifname"`
+	Network     string       `json:"network"`
+	Netns       string       `json:"netns"`
+	IPs         []netip.Addr `json:"ips"`
+	MAC         MAC          `json:"mac"` // of the container interface
+	HostIfName  string       `json:"host_ifname"`
+	HostIfindex int          `json:"ifindex"`
+	Isolation   Isolation    `json:"isolation"`
 	// TaggedOK lets VLAN-tagged frames through (the port is a VLAN trunk).
-	TaggedOK bool
+	TaggedOK bool `json:"vlan_trunk"`
 }
 
 // NetworkID is the id the programs compare to tell networks apart.
@@ -72,7 +77,7 @@ func (ep *Endpoint) entry() (program.BpfbridgeEndpoint, error) {
 	if ep.TaggedOK {
 		e.Flags |= epFlagTaggedOK
 	}
-	return e, e.SetAddrs(ep.MAC, ep.IPs)
+	return e, e.SetAddrs(net.HardwareAddr(ep.MAC), ep.IPs)
 }
 
 // epFlagTaggedOK mirrors EP_F_TAGGED_OK in bpf/endpoint.h.

@@ -297,3 +297,7 @@ func NATExcludeKeyOf(network uint32, p netip.Prefix) BpfbridgeNatExcludeKey {
 func (k *BpfbridgeNatExcludeKey) Prefix() netip.Prefix {
 	return netip.PrefixFrom(AddrOf(k.Family, k.Addr), int(k.Prefixlen)-excludePrefixBase)
 }
+
+// MarshalText writes the reason's name (String), as JSON consumers of
+// `bridge inspect` read it.
+func (r DropReason) MarshalText() ([]byte, error) { return []byte(r.String()), nil }

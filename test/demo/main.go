@@ -304,7 +304,7 @@ func printDrops(dp *datapath.Datapath, ctr *sandbox.NetNS, reason program.DropRe
 		return err
 	}
 	fmt.Printf("    datapath: %s dropped %d packet(s) as %s (sent %d, received %d)\n",
-		ctr.Name, c.Drops[reason], reason, c.FromPackets, c.ToPackets)
+		ctr.Name, c.Drops[reason], reason, c.FromContainer.Packets, c.ToContainer.Packets)
 	return nil
 }
 
