@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,8 +52,8 @@ func whoAmI(t *testing.T, c container, network string, dst netip.AddrPort) (neti
 // natEntries counts the translations pinned on the node (both halves).
 func natEntries(t *testing.T, sb *sandbox.Sandbox) (out, in int) {
 	t.Helper()
-	dir := mapsDir(t, sb)
-	return countKeys[program.BpfbridgeNatTuple](t, filepath.Join(dir, "nat_out")), countKeys[program.BpfbridgeNatTuple](t, filepath.Join(dir, "nat_in"))
+	counts := mapEntries(t, sb)
+	return counts["nat_out"], counts["nat_in"]
 }
 
 // TestMasqueradeToExternal: the external world sees TCP, UDP and ping from
@@ -384,10 +383,10 @@ func TestNoNATStateWithoutIPMasq(t *testing.T) {
 	if out, in := natEntries(t, sb); out+in != 0 {
 		t.Errorf("translations without ipMasq: %d out, %d in", out, in)
 	}
-	if n := countKeys[uint32](t, filepath.Join(mapsDir(t, sb), "nat_networks")); n != 0 {
+	if n := mapEntries(t, sb)["nat_networks"]; n != 0 {
 		t.Errorf("%d masquerading networks recorded without ipMasq", n)
 	}
-	if in, eg := legacyFilters(t, sb, sandbox.NodeUplinkName); len(in)+len(eg) != 0 {
+	if in, eg := tcPrograms(t, sb, sandbox.NodeUplinkName, ""); len(in)+len(eg) != 0 {
 		t.Errorf("programs on the uplink without ipMasq: %v %v", in, eg)
 	}
 	assertNoFirewallRules(t, sb)
