@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"sync"
@@ -90,6 +91,17 @@ func (p IPProto) String() string {
 
 // MarshalText writes the protocol's name.
 func (p IPProto) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// MAC is an Ethernet address that prints, and marshals, as text.
+type MAC net.HardwareAddr
+
+func (m MAC) String() string { return net.HardwareAddr(m).String() }
+
+// MarshalText writes the colon-separated hex form.
+func (m MAC) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// macOf is a MAC field as a MAC; b is a copy, which the MAC keeps.
+func macOf(b [6]uint8) MAC { return MAC(b[:]) }
 
 // DropEvent is a dropped packet, as a program reported it, with the
 // endpoint of the veth. It is what `bridge inspect monitor` prints.

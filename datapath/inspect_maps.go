@@ -4,7 +4,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -378,17 +377,6 @@ func perCPU(t ebpf.MapType) bool {
 	}
 	return false
 }
-
-// MAC is an Ethernet address that prints, and marshals, as text.
-type MAC net.HardwareAddr
-
-func (m MAC) String() string { return net.HardwareAddr(m).String() }
-
-// MarshalText writes the colon-separated hex form.
-func (m MAC) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
-
-// macOf is a MAC field as a MAC; b is a copy, which the MAC keeps.
-func macOf(b [6]uint8) MAC { return MAC(b[:]) }
 
 // ifindexKey keys the maps indexed by the host veth's ifindex.
 type ifindexKey struct {
