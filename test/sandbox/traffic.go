@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -169,18 +170,11 @@ func ServeTCPEcho(n *NetNS, addr netip.AddrPort) (bound netip.AddrPort, stop fun
 // half-closes and checks that exactly payload comes back, all within timeout.
 func TCPEcho(n *NetNS, dst netip.AddrPort, payload []byte, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	var c *net.TCPConn
-	err := n.Do(func() error {
-		d := net.Dialer{Deadline: deadline}
-		conn, err := d.Dial(network("tcp", dst.Addr()), dst.String())
-		if err == nil {
-			c = conn.(*net.TCPConn)
-		}
-		return err
-	})
+	conn, err := dialEcho(n, "tcp", dst, deadline)
 	if err != nil {
-		return fmt.Errorf("sandbox: TCP echo %s from %s: %w", dst, n.Name, err)
+		return err
 	}
+	c := conn.(*net.TCPConn)
 	defer c.Close()
 	if err := c.SetDeadline(deadline); err != nil {
 		return err
@@ -197,9 +191,9 @@ func TCPEcho(n *NetNS, dst netip.AddrPort, payload []byte, timeout time.Duration
 	}()
 	got, err := io.ReadAll(c)
 	if err := errors.Join(err, <-werr); err != nil {
-		return fmt.Errorf("sandbox: TCP echo %s from %s: %w", dst, n.Name, err)
+		return echoError("tcp", dst, n, err)
 	}
-	return compareEcho("TCP", dst, n, got, payload)
+	return compareEcho("tcp", dst, n, got, payload)
 }
 
 // ServeUDPEcho listens on addr inside n (port 0 picks a free port) and sends
@@ -269,19 +263,15 @@ func ServeUDPEcho(n *NetNS, addr netip.AddrPort) (bound netip.AddrPort, stop fun
 // every 200ms until a reply arrives or timeout passes.
 func UDPEcho(n *NetNS, dst netip.AddrPort, payload []byte, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	var c *net.UDPConn
-	err := n.Do(func() (err error) {
-		c, err = net.DialUDP(network("udp", dst.Addr()), nil, net.UDPAddrFromAddrPort(dst))
-		return err
-	})
+	c, err := dialEcho(n, "udp", dst, deadline)
 	if err != nil {
-		return fmt.Errorf("sandbox: UDP echo %s from %s: %w", dst, n.Name, err)
+		return err
 	}
 	defer c.Close()
 	buf := make([]byte, len(payload)+1) // one spare byte exposes a longer reply
 	for time.Now().Before(deadline) {
 		if _, err := c.Write(payload); err != nil {
-			return fmt.Errorf("sandbox: UDP echo %s from %s: %w", dst, n.Name, err)
+			return echoError("udp", dst, n, err)
 		}
 		next := time.Now().Add(udpResendInterval)
 		if next.After(deadline) {
@@ -295,18 +285,38 @@ func UDPEcho(n *NetNS, dst netip.AddrPort, payload []byte, timeout time.Duration
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("sandbox: UDP echo %s from %s: %w", dst, n.Name, err)
+			return echoError("udp", dst, n, err)
 		}
-		return compareEcho("UDP", dst, n, buf[:nr], payload)
+		return compareEcho("udp", dst, n, buf[:nr], payload)
 	}
-	return fmt.Errorf("sandbox: UDP echo %s from %s: no reply within %v", dst, n.Name, timeout)
+	return echoError("udp", dst, n, fmt.Errorf("no reply within %v", timeout))
+}
+
+// dialEcho connects from inside n to the proto ("tcp", "udp") echo server
+// at dst; the connection is bound to n's stack once made.
+func dialEcho(n *NetNS, proto string, dst netip.AddrPort, deadline time.Time) (net.Conn, error) {
+	var c net.Conn
+	err := n.Do(func() (err error) {
+		d := net.Dialer{Deadline: deadline}
+		c, err = d.Dial(network(proto, dst.Addr()), dst.String())
+		return err
+	})
+	if err != nil {
+		return nil, echoError(proto, dst, n, err)
+	}
+	return c, nil
+}
+
+// echoError is a failed echo of proto to dst from n.
+func echoError(proto string, dst netip.AddrPort, n *NetNS, err error) error {
+	return fmt.Errorf("sandbox: %s echo %s from %s: %w", strings.ToUpper(proto), dst, n.Name, err)
 }
 
 func compareEcho(proto string, dst netip.AddrPort, n *NetNS, got, want []byte) error {
 	if bytes.Equal(got, want) {
 		return nil
 	}
-	return fmt.Errorf("sandbox: %s echo %s from %s: got %d bytes back that differ from the %d sent", proto, dst, n.Name, len(got), len(want))
+	return echoError(proto, dst, n, fmt.Errorf("got %d bytes back that differ from the %d sent", len(got), len(want)))
 }
 
 // network picks "tcp4"/"udp4" or "tcp6"/"udp6" for addr, so that an IPv4
