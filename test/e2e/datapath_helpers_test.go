@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -99,14 +100,7 @@ func attachedPrograms(t *testing.T, sb *sandbox.Sandbox, ifname string) (ingress
 // ifname in mode (any mode when empty), ingress then egress.
 func tcPrograms(t *testing.T, sb *sandbox.Sandbox, ifname string, mode datapath.AttachMode) (ingress, egress []ebpf.ProgramID) {
 	t.Helper()
-	var all []datapath.TCAttachment
-	if err := sb.InNode(func() (err error) {
-		all, err = datapath.TCAttachments()
-		return err
-	}); err != nil {
-		t.Fatalf("tc programs in the node: %v", err)
-	}
-	for _, a := range all {
+	for _, a := range inNode(t, sb, "list tc programs", datapath.TCAttachments) {
 		if a.IfName != ifname || mode != "" && a.Mode != mode {
 			continue
 		}
@@ -117,6 +111,18 @@ func tcPrograms(t *testing.T, sb *sandbox.Sandbox, ifname string, mode datapath.
 		}
 	}
 	return ingress, egress
+}
+
+// pinnedBuilds lists the builds whose program sets are pinned on the node.
+func pinnedBuilds(t *testing.T, sb *sandbox.Sandbox) []string {
+	t.Helper()
+	var builds []string
+	for _, p := range inNode(t, sb, "list programs", openDatapath(t, sb).Programs) {
+		if !slices.Contains(builds, p.Build) {
+			builds = append(builds, p.Build)
+		}
+	}
+	return builds
 }
 
 // dropTotal is the node's total of drops for reason, over all CPUs.
