@@ -68,23 +68,16 @@ func (p EtherType) MarshalText() ([]byte, error) { return []byte(p.String()), ni
 // "udp", "icmp", "icmpv6" or the number, and as "" for a packet that is not
 // IP.
 type IPProto struct {
-	Proto uint8
-	IsIP  bool
+	Proto uint8 // IPPROTO_*
+	IsIP  bool  // the packet is IPv4 or IPv6, so Proto means something
 }
 
 func (p IPProto) String() string {
 	if !p.IsIP {
 		return ""
 	}
-	switch p.Proto {
-	case unix.IPPROTO_TCP:
-		return "tcp"
-	case unix.IPPROTO_UDP:
-		return "udp"
-	case unix.IPPROTO_ICMP:
-		return "icmp"
-	case unix.IPPROTO_ICMPV6:
-		return "icmpv6"
+	if name, ok := protoNames[p.Proto]; ok {
+		return name
 	}
 	return fmt.Sprint(p.Proto)
 }

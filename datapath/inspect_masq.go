@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bpfbridge/bpfbridge/datapath/program"
 )
 
@@ -31,7 +33,7 @@ type Flow struct {
 }
 
 var (
-	protoNames = map[uint8]string{6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
+	protoNames = map[uint8]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp", unix.IPPROTO_ICMP: "icmp", unix.IPPROTO_ICMPV6: "icmpv6"}
 	stateNames = map[uint8]string{ctSynSent: "syn-sent", ctEstablished: "established", ctClosing: "closing", ctUDP: "udp", ctICMP: "icmp"}
 )
 

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+
+	"golang.org/x/sys/unix"
 )
 
 // This file encodes Go values into the generated map keys and values and
@@ -239,19 +241,13 @@ func (t *BpfbridgeNatTuple) Dest() netip.AddrPort {
 // identifier as sport).
 func (t *BpfbridgeNatTuple) Reply(e *BpfbridgeNatEntry) BpfbridgeNatTuple {
 	in := BpfbridgeNatTuple{Src: t.Dst, Dst: e.Addr, Proto: t.Proto, Family: t.Family}
-	if t.Proto == protoICMP || t.Proto == protoICMPv6 {
+	if t.Proto == unix.IPPROTO_ICMP || t.Proto == unix.IPPROTO_ICMPV6 {
 		in.Sport = e.Port
 	} else {
 		in.Sport, in.Dport = t.Dport, e.Port
 	}
 	return in
 }
-
-// IP protocols of nat_tuple.proto.
-const (
-	protoICMP   = 1
-	protoICMPv6 = 58
-)
 
 // AddrPort is the entry's address and port (nat_out: the translated
 // source; nat_in: the container's), in the family of its tuple.
