@@ -174,7 +174,7 @@ func (d *Datapath) attachedPrograms(m *program.BpfbridgeEndpointMeta) error {
 			return err
 		}
 		if !slices.Contains(have, want) {
-			return fmt.Errorf("%s program (id %d) is not attached to %s (attached: %v)", h.pin, want, cString(m.HostIfname[:]), have)
+			return fmt.Errorf("%s program (id %d) is not attached to %s (attached: %v)", h.pin, want, program.CString(m.HostIfname[:]), have)
 		}
 	}
 	return nil
@@ -228,7 +228,7 @@ func (d *Datapath) markVeth(m *program.BpfbridgeEndpointMeta) error {
 	}
 	l := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: int(m.Ifindex)}}
 	if err := netlink.LinkSetAlias(l, VethAlias); err != nil {
-		return fmt.Errorf("mark host veth %s: %w", cString(m.HostIfname[:]), err)
+		return fmt.Errorf("mark host veth %s: %w", program.CString(m.HostIfname[:]), err)
 	}
 	return nil
 }
@@ -241,7 +241,7 @@ func (d *Datapath) deleteVeth(m *program.BpfbridgeEndpointMeta) error {
 	}
 	err := netlink.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: int(m.Ifindex)}})
 	if err != nil && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("delete host veth %s of a removed endpoint (its programs stay attached): %w: %w", cString(m.HostIfname[:]), ErrVethInUse, err)
+		return fmt.Errorf("delete host veth %s of a removed endpoint (its programs stay attached): %w: %w", program.CString(m.HostIfname[:]), ErrVethInUse, err)
 	}
 	return nil
 }
@@ -255,7 +255,7 @@ var ErrVethInUse = errors.New("the endpoint's veth still exists")
 // its ifindex (ifindexes are reused once a veth is gone).
 func (d *Datapath) vethExists(m *program.BpfbridgeEndpointMeta) bool {
 	l, err := netlink.LinkByIndex(int(m.Ifindex))
-	return err == nil && l.Attrs().Name == cString(m.HostIfname[:])
+	return err == nil && l.Attrs().Name == program.CString(m.HostIfname[:])
 }
 
 // How an endpoint's programs are attached (endpoint_meta.attach); mirrors

@@ -36,7 +36,7 @@ func (d *Datapath) ForgetFlows(ips []netip.Addr) error {
 func (d *Datapath) SweepFlows() error {
 	return d.sweepFlows(func(container netip.Addr) bool {
 		var owner program.BpfbridgeIpOwner
-		return d.maps.ipOwners.Lookup(ipKey(container), &owner) != nil
+		return d.maps.ipOwners.Lookup(program.IPKeyOf(container), &owner) != nil
 	})
 }
 
@@ -59,8 +59,8 @@ func (d *Datapath) sweepFlows(drop func(container netip.Addr) bool) error {
 		m         *ebpf.Map
 		container func() netip.Addr
 	}{
-		{d.maps.natOut, func() netip.Addr { return tupleAddr(tuple.Family, tuple.Src) }},
-		{d.maps.natIn, func() netip.Addr { return tupleAddr(tuple.Family, entry.Addr) }},
+		{d.maps.natOut, func() netip.Addr { return tuple.Source().Addr() }},
+		{d.maps.natIn, func() netip.Addr { return entry.AddrPort(tuple.Family).Addr() }},
 	} {
 		var stale []program.BpfbridgeNatTuple
 		it := half.m.Iterate()
@@ -91,12 +91,4 @@ func timeouts(cfg *program.BpfbridgeNatConfig) map[uint8]uint32 {
 		ctUDP:         cfg.TimeoutUdpS,
 		ctICMP:        cfg.TimeoutIcmpS,
 	}
-}
-
-// tupleAddr reads an address of a nat tuple or entry.
-func tupleAddr(family uint8, b [16]uint8) netip.Addr {
-	if family == 4 {
-		return netip.AddrFrom4([4]byte(b[:4]))
-	}
-	return netip.AddrFrom16(b)
 }

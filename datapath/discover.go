@@ -144,7 +144,7 @@ func FindEndpoint(opts Options, containerID, ifname, netns string) (*Datapath, e
 			continue
 		}
 		var meta program.BpfbridgeEndpointMeta
-		if c.maps.meta.Lookup(key, &meta) == nil && (c.vethExists(&meta) || (netns != "" && cString(meta.Netns[:]) == netns)) {
+		if c.maps.meta.Lookup(key, &meta) == nil && (c.vethExists(&meta) || (netns != "" && program.CString(meta.Netns[:]) == netns)) {
 			return c, nil
 		}
 		c.Close()

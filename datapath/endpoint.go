@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -45,87 +44,36 @@ func (i Isolation) String() string {
 	return fmt.Sprintf("isolation(%d)", uint8(i))
 }
 
-// Limits of struct endpoint (MAX_IPV4, MAX_IPV6 in bpf/endpoint.h).
-const (
-	maxIPv4 = 4
-	maxIPv6 = 4
-)
+// MarshalText writes the mode's name.
+func (i Isolation) MarshalText() ([]byte, error) { return []byte(i.String()), nil }
 
-// Endpoint is a container attachment as the datapath sees it.
+// Endpoint is a container attachment as the datapath sees it. The JSON
+// field names are those of `bridge inspect endpoint -j`.
 type Endpoint struct {
-	ContainerID, IfName string
-	Network             string
-	Netns               string
-	HostIfindex         int
-	HostIfName          string
-	MAC                 net.HardwareAddr // of the container interface
-	IPs                 []netip.Addr
-	Isolation           Isolation
+	ContainerID string       `json:"container_id"`
+	IfName      string       `json:"ifname"`
+	Network     string       `json:"network"`
+	Netns       string       `json:"netns"`
+	IPs         []netip.Addr `json:"ips"`
+	MAC         MAC          `json:"mac"` // of the container interface
+	HostIfName  string       `json:"host_ifname"`
+	HostIfindex int          `json:"ifindex"`
+	Isolation   Isolation    `json:"isolation"`
 	// TaggedOK lets VLAN-tagged frames through (the port is a VLAN trunk).
-	TaggedOK bool
+	TaggedOK bool `json:"vlan_trunk"`
 }
 
 // entry is the endpoint's struct endpoint, in the network with id network.
 func (ep *Endpoint) entry(network uint32) (program.BpfbridgeEndpoint, error) {
-	var e program.BpfbridgeEndpoint
-	if len(ep.MAC) != 6 {
-		return e, fmt.Errorf("endpoint MAC %q is not an Ethernet address", ep.MAC)
-	}
-	copy(e.Mac[:], ep.MAC)
-	e.Isolation = uint8(ep.Isolation)
+	e := program.BpfbridgeEndpoint{Isolation: uint8(ep.Isolation), Network: network}
 	if ep.TaggedOK {
 		e.Flags |= epFlagTaggedOK
 	}
-	e.Network = network
-	for _, ip := range ep.IPs {
-		ip = ip.Unmap()
-		switch {
-		case ip.Is4() && e.N_ipv4 < maxIPv4:
-			e.Ipv4[e.N_ipv4] = be32(ip)
-			e.N_ipv4++
-		case ip.Is6() && e.N_ipv6 < maxIPv6:
-			e.Ipv6[e.N_ipv6] = ip.As16()
-			e.N_ipv6++
-		default:
-			return e, fmt.Errorf("endpoint has more than %d IPv4 or %d IPv6 addresses", maxIPv4, maxIPv6)
-		}
-	}
-	e.Ipv6Ll = linkLocal(ep.MAC)
-	return e, nil
-}
-
-// be32 is an IPv4 address as a __be32 field: the in-memory bytes, which
-// cilium/ebpf writes in native order, must be the address bytes.
-func be32(a netip.Addr) uint32 { return binary.NativeEndian.Uint32(a.AsSlice()) }
-
-// fromBe32 is the inverse of be32.
-func fromBe32(v uint32) netip.Addr {
-	var b [4]byte
-	binary.NativeEndian.PutUint32(b[:], v)
-	return netip.AddrFrom4(b)
+	return e, e.SetAddrs(net.HardwareAddr(ep.MAC), ep.IPs)
 }
 
 // epFlagTaggedOK mirrors EP_F_TAGGED_OK in bpf/endpoint.h.
 const epFlagTaggedOK = 1 << 0
-
-// linkLocal is the EUI-64 IPv6 link-local address the kernel derives from
-// mac, which a container uses for neighbour discovery.
-func linkLocal(mac net.HardwareAddr) [16]byte {
-	return [16]byte{0xfe, 0x80, 8: mac[0] ^ 0x02, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]}
-}
-
-func ipKey(ip netip.Addr) program.BpfbridgeIpKey {
-	ip = ip.Unmap()
-	k := program.BpfbridgeIpKey{Family: 6}
-	if ip.Is4() {
-		k.Family = 4
-		a := ip.As4()
-		copy(k.Addr[:], a[:])
-	} else {
-		k.Addr = ip.As16()
-	}
-	return k
-}
 
 // Attach makes ep's veth enforce ep: it records the endpoint, fills the
 // maps the programs read, and attaches the programs. On error it leaves
@@ -148,12 +96,8 @@ func (d *Datapath) Attach(ep Endpoint) (err error) {
 		CreatedNs: uint64(time.Now().UnixNano()),
 		Ep:        entry,
 	}
-	setCString(meta.ContainerId[:], ep.ContainerID)
-	setCString(meta.Ifname[:], ep.IfName)
-	setCString(meta.HostIfname[:], ep.HostIfName)
-	setCString(meta.Network[:], ep.Network)
-	setCString(meta.Netns[:], ep.Netns)
-	setCString(meta.ProgTag[:], programSetTag())
+	meta.SetNames(program.MetaNames{ContainerID: ep.ContainerID, IfName: ep.IfName, HostIfName: ep.HostIfName,
+		Network: ep.Network, Netns: ep.Netns, ProgTag: programSetTag()})
 
 	// State left under this key is stale: its DEL never came (a crash, or a
 	// runtime that lost track). The caller just created the veth, so the
@@ -192,8 +136,8 @@ func (d *Datapath) Attach(ep Endpoint) (err error) {
 // a packet must never meet a program that does not know its endpoint.
 func (d *Datapath) writeEntries(meta *program.BpfbridgeEndpointMeta) error {
 	owner := program.BpfbridgeIpOwner{Ifindex: meta.Ifindex, Network: meta.Ep.Network}
-	for _, ip := range endpointIPs(&meta.Ep) {
-		if err := d.maps.ipOwners.Update(ipKey(ip), &owner, ebpf.UpdateAny); err != nil {
+	for _, ip := range meta.Ep.IPs() {
+		if err := d.maps.ipOwners.Update(program.IPKeyOf(ip), &owner, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("record owner of %s: %w", ip, err)
 		}
 	}
@@ -251,10 +195,10 @@ func (d *Datapath) deleteEntries(m *program.BpfbridgeEndpointMeta) error {
 		return nil // the ifindex belongs to another endpoint now
 	}
 	var errs []error
-	for _, ip := range endpointIPs(&m.Ep) {
+	for _, ip := range m.Ep.IPs() {
 		var owner program.BpfbridgeIpOwner
-		if d.maps.ipOwners.Lookup(ipKey(ip), &owner) == nil && owner.Ifindex == m.Ifindex {
-			errs = append(errs, ignoreMissing(d.maps.ipOwners.Delete(ipKey(ip))))
+		if d.maps.ipOwners.Lookup(program.IPKeyOf(ip), &owner) == nil && owner.Ifindex == m.Ifindex {
+			errs = append(errs, ignoreMissing(d.maps.ipOwners.Delete(program.IPKeyOf(ip))))
 		}
 	}
 	errs = append(errs,
@@ -270,18 +214,6 @@ func ignoreMissing(err error) error {
 	return err
 }
 
-// endpointIPs lists the addresses of a struct endpoint.
-func endpointIPs(e *program.BpfbridgeEndpoint) []netip.Addr {
-	var ips []netip.Addr
-	for _, v4 := range e.Ipv4[:e.N_ipv4] {
-		ips = append(ips, fromBe32(v4))
-	}
-	for _, v6 := range e.Ipv6[:e.N_ipv6] {
-		ips = append(ips, netip.AddrFrom16(v6))
-	}
-	return ips
-}
-
 // Addresses returns the addresses recorded for the attachment
 // (containerID, ifname), or none when there is no record.
 func (d *Datapath) Addresses(containerID, ifname string) []netip.Addr {
@@ -289,7 +221,7 @@ func (d *Datapath) Addresses(containerID, ifname string) []netip.Addr {
 	if d.maps.meta.Lookup(KeyOf(containerID, ifname), &meta) != nil {
 		return nil
 	}
-	return endpointIPs(&meta.Ep)
+	return meta.Ep.IPs()
 }
 
 // Check verifies that the datapath enforces ep on its veth: the record, the
@@ -323,7 +255,7 @@ func (d *Datapath) Check(ep Endpoint) error {
 	}
 	for _, ip := range ep.IPs {
 		var owner program.BpfbridgeIpOwner
-		if err := d.maps.ipOwners.Lookup(ipKey(ip), &owner); err != nil || owner.Ifindex != meta.Ifindex {
+		if err := d.maps.ipOwners.Lookup(program.IPKeyOf(ip), &owner); err != nil || owner.Ifindex != meta.Ifindex {
 			return fmt.Errorf("address %s is not recorded for ifindex %d", ip, meta.Ifindex)
 		}
 	}
@@ -346,7 +278,7 @@ func (d *Datapath) GC(network string, valid map[EndpointKey]bool) error {
 	recorded := network[:min(len(network), len(nameField.Network)-1)]
 	var stale []EndpointKey
 	err := d.eachEndpoint(func(key EndpointKey, m *program.BpfbridgeEndpointMeta) {
-		ours := cString(m.Network[:]) == recorded && (!registered || m.Ep.Network == id)
+		ours := program.CString(m.Network[:]) == recorded && (!registered || m.Ep.Network == id)
 		if ours && !valid[key] {
 			stale = append(stale, key)
 		}
@@ -370,24 +302,4 @@ func (d *Datapath) eachEndpoint(fn func(EndpointKey, *program.BpfbridgeEndpointM
 		fn(EndpointKey(key.Sha256), &m)
 	}
 	return it.Err()
-}
-
-// cString reads a NUL-terminated C string from a char array.
-func cString(b []int8) string {
-	s := make([]byte, 0, len(b))
-	for _, c := range b {
-		if c == 0 {
-			break
-		}
-		s = append(s, byte(c))
-	}
-	return string(s)
-}
-
-// setCString writes s into a char array, truncated to leave the NUL.
-func setCString(dst []int8, s string) {
-	clear(dst)
-	for i := 0; i < len(s) && i < len(dst)-1; i++ {
-		dst[i] = int8(s[i])
-	}
 }

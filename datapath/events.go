@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"sync"
@@ -41,20 +42,82 @@ func (d Direction) String() string {
 	return fmt.Sprintf("direction-%d", uint8(d))
 }
 
-// DropEvent is a dropped packet, as a program reported it.
+// MarshalText writes the direction's name.
+func (d Direction) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// EtherType is an Ethernet frame's EtherType; it prints as "ipv4", "ipv6",
+// "arp" or the number in hex.
+type EtherType uint16
+
+func (p EtherType) String() string {
+	switch p {
+	case unix.ETH_P_IP:
+		return "ipv4"
+	case unix.ETH_P_IPV6:
+		return "ipv6"
+	case unix.ETH_P_ARP:
+		return "arp"
+	}
+	return fmt.Sprintf("0x%04x", uint16(p))
+}
+
+// MarshalText writes the EtherType's name.
+func (p EtherType) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// IPProto is the IP protocol of a dropped packet; it prints as "tcp",
+// "udp", "icmp", "icmpv6" or the number, and as "" for a packet that is not
+// IP.
+type IPProto struct {
+	Proto uint8 // IPPROTO_*
+	IsIP  bool  // the packet is IPv4 or IPv6, so Proto means something
+}
+
+func (p IPProto) String() string {
+	if !p.IsIP {
+		return ""
+	}
+	if name, ok := protoNames[p.Proto]; ok {
+		return name
+	}
+	return fmt.Sprint(p.Proto)
+}
+
+// MarshalText writes the protocol's name.
+func (p IPProto) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// MAC is an Ethernet address that prints, and marshals, as text.
+type MAC net.HardwareAddr
+
+func (m MAC) String() string { return net.HardwareAddr(m).String() }
+
+// MarshalText writes the colon-separated hex form.
+func (m MAC) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// macOf is a MAC field as a MAC; b is a copy, which the MAC keeps.
+func macOf(b [6]uint8) MAC { return MAC(b[:]) }
+
+// DropEvent is a dropped packet, as a program reported it, with the
+// endpoint of the veth. It is what `bridge inspect monitor` prints.
 type DropEvent struct {
-	Time      time.Time // wall clock
-	Ifindex   int       // host veth
-	Reason    program.DropReason
-	Direction Direction
-	EthProto  uint16 // EtherType
-	IPProto   uint8  // IP protocol, 0 when not IP
-	SrcMAC    MAC
-	DstMAC    MAC
+	Time    time.Time `json:"time"`    // wall clock
+	Ifindex int       `json:"ifindex"` // host veth
+	// ContainerID, IfName and Network name the endpoint of the veth;
+	// empty when it has none (a no-endpoint drop).
+	ContainerID string     `json:"container_id"`
+	IfName      string     `json:"ifname"`
+	Network     string     `json:"network"`
+	Reason      DropReason `json:"reason"`
+	Direction   Direction  `json:"direction"`
+	EthProto    EtherType  `json:"eth_proto"`
+	IPProto     IPProto    `json:"ip_proto"`
+	SrcMAC      MAC        `json:"src_mac"`
+	DstMAC      MAC        `json:"dst_mac"`
 	// Src and Dst are the IP addresses (sender and target for ARP), the
 	// zero Addr for other EtherTypes.
-	Src, Dst         netip.Addr
-	SrcPort, DstPort uint16 // TCP and UDP only
+	Src     netip.Addr `json:"src_ip"`
+	Dst     netip.Addr `json:"dst_ip"`
+	SrcPort uint16     `json:"src_port"` // TCP and UDP only, else 0
+	DstPort uint16     `json:"dst_port"`
 }
 
 // EventReader reads drop events from the node's drop_events ring buffer.
@@ -68,6 +131,8 @@ type EventReader struct {
 	// since: events older than this (CLOCK_MONOTONIC, ns) were waiting
 	// in the ring before the reader opened, and are skipped.
 	since uint64
+	// endpoints names the endpoints of veths, by ifindex.
+	endpoints endpointsByIfindex
 }
 
 // DropEvents opens the drop event ring buffer. The reader sees drops from
@@ -84,7 +149,7 @@ func (d *Datapath) DropEvents() (*EventReader, error) {
 		m.Close()
 		return nil, fmt.Errorf("read drop events: %w", err)
 	}
-	return &EventReader{m: m, rd: rd, since: monotonicNow()}, nil
+	return &EventReader{m: m, rd: rd, since: monotonicNow(), endpoints: endpointsByIfindex{dp: d}}, nil
 }
 
 // Read waits for the next drop event. After Close, or once a deadline set
@@ -103,7 +168,11 @@ func (r *EventReader) Read() (DropEvent, error) {
 		if raw.TimestampNs < r.since {
 			continue
 		}
-		return decodeDropEvent(&raw), nil
+		ev := decodeDropEvent(&raw)
+		if ep := r.endpoints.lookup(ev.Ifindex); ep != nil {
+			ev.ContainerID, ev.IfName, ev.Network = ep.ContainerID, ep.IfName, ep.Network
+		}
+		return ev, nil
 	}
 }
 
@@ -125,22 +194,46 @@ func decodeDropEvent(e *program.BpfbridgeDropEvent) DropEvent {
 	ev := DropEvent{
 		Time:      monotonicToWall(e.TimestampNs),
 		Ifindex:   int(e.Ifindex),
-		Reason:    program.DropReason(e.Reason),
+		Reason:    DropReason(e.Reason),
 		Direction: Direction(e.Direction),
-		EthProto:  e.EthProto,
-		IPProto:   e.IpProto,
-		SrcMAC:    e.SrcMac,
-		DstMAC:    e.DstMac,
+		EthProto:  EtherType(e.EthProto),
+		IPProto:   IPProto{Proto: e.IpProto, IsIP: e.EthProto == unix.ETH_P_IP || e.EthProto == unix.ETH_P_IPV6},
+		SrcMAC:    macOf(e.SrcMac),
+		DstMAC:    macOf(e.DstMac),
 		SrcPort:   e.Sport,
 		DstPort:   e.Dport,
 	}
 	switch e.EthProto {
 	case unix.ETH_P_IP, unix.ETH_P_ARP:
-		ev.Src, ev.Dst = tupleAddr(4, e.SrcIp), tupleAddr(4, e.DstIp)
+		ev.Src, ev.Dst = program.AddrOf(4, e.SrcIp), program.AddrOf(4, e.DstIp)
 	case unix.ETH_P_IPV6:
-		ev.Src, ev.Dst = tupleAddr(6, e.SrcIp), tupleAddr(6, e.DstIp)
+		ev.Src, ev.Dst = program.AddrOf(6, e.SrcIp), program.AddrOf(6, e.DstIp)
 	}
 	return ev
+}
+
+// endpointsByIfindex names the endpoints of veths, reading the records
+// again when an event comes from a veth it does not know (an endpoint
+// attached since, or none: no-endpoint drops are rate limited, so are
+// these reads).
+type endpointsByIfindex struct {
+	dp   *Datapath
+	recs map[int]*EndpointRecord
+}
+
+func (e *endpointsByIfindex) lookup(ifindex int) *EndpointRecord {
+	if r, ok := e.recs[ifindex]; ok {
+		return r
+	}
+	recs, err := e.dp.Endpoints()
+	if err != nil {
+		return nil // the event still shows, by ifindex
+	}
+	e.recs = make(map[int]*EndpointRecord, len(recs))
+	for i := range recs {
+		e.recs[recs[i].HostIfindex] = &recs[i]
+	}
+	return e.recs[ifindex]
 }
 
 // monotonicToWall converts a CLOCK_MONOTONIC time to wall-clock time. The

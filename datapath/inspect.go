@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,8 +11,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/bpfbridge/bpfbridge/datapath/program"
 )
@@ -26,16 +23,17 @@ import (
 var ErrNoEndpoint = errors.New("no such endpoint on this node")
 
 // EndpointRecord is an attachment as the node's datapath state records it,
-// with its counters.
+// with its counters. It is what `bridge inspect endpoint` prints, and
+// marshals to its JSON.
 type EndpointRecord struct {
 	Endpoint
 	// Attach is how its programs were attached; empty while an ADD has
 	// recorded the endpoint but not attached yet (or crashed doing so).
-	Attach AttachMode
+	Attach AttachMode `json:"attach_mode"`
 	// ProgTag is the build whose programs it runs (program.Tag).
-	ProgTag  string
-	Created  time.Time
-	Counters Counters
+	ProgTag string    `json:"prog_tag"`
+	Created time.Time `json:"created"`
+	Counters
 }
 
 // Endpoints returns every endpoint recorded on the node, ordered by
@@ -72,21 +70,22 @@ func (d *Datapath) Endpoint(containerID, ifname string) (EndpointRecord, error) 
 
 // record decodes an endpoint_meta value and reads the endpoint's counters.
 func (d *Datapath) record(m *program.BpfbridgeEndpointMeta) (EndpointRecord, error) {
+	n := m.Names()
 	rec := EndpointRecord{
 		Endpoint: Endpoint{
-			ContainerID: cString(m.ContainerId[:]),
-			IfName:      cString(m.Ifname[:]),
-			Network:     cString(m.Network[:]),
-			Netns:       cString(m.Netns[:]),
+			ContainerID: n.ContainerID,
+			IfName:      n.IfName,
+			Network:     n.Network,
+			Netns:       n.Netns,
 			HostIfindex: int(m.Ifindex),
-			HostIfName:  cString(m.HostIfname[:]),
-			MAC:         net.HardwareAddr(m.Ep.Mac[:]),
-			IPs:         endpointIPs(&m.Ep),
+			HostIfName:  n.HostIfName,
+			MAC:         macOf(m.Ep.Mac),
+			IPs:         m.Ep.IPs(),
 			Isolation:   Isolation(m.Ep.Isolation),
 			TaggedOK:    m.Ep.Flags&epFlagTaggedOK != 0,
 		},
 		Attach:  attachModeOf(m.Attach),
-		ProgTag: cString(m.ProgTag[:]),
+		ProgTag: n.ProgTag,
 		Created: time.Unix(0, int64(m.CreatedNs)),
 	}
 	var err error
@@ -111,54 +110,93 @@ func attachModeOf(attach uint32) AttachMode {
 // DropTotals returns the node's drops by reason, summed over CPUs: those
 // of every endpoint, and those on veths that have no endpoint (which no
 // endpoint counts).
-func (d *Datapath) DropTotals() ([program.NumDropReasons]uint64, error) {
-	var totals [program.NumDropReasons]uint64
+func (d *Datapath) DropTotals() (Drops, error) {
+	var totals Drops
 	m, err := d.pinnedMap(program.BpfbridgeMapDropTotals)
 	if err != nil {
 		return totals, err
 	}
 	defer m.Close()
 	var perCPU []uint64
-	for r := range uint32(program.NumDropReasons) {
+	for r := range uint32(len(totals)) {
 		if err := m.Lookup(r, &perCPU); err != nil {
 			return totals, fmt.Errorf("read drop_totals[%d]: %w", r, err)
 		}
-		for _, n := range perCPU {
-			totals[r] += n
-		}
+		totals[r] = program.SumUint64(perCPU)
 	}
 	return totals, nil
 }
 
-// pinnedMap opens the map pinned as name, read-only. It returns an error
-// wrapping fs.ErrNotExist when there is no such pin.
-func (d *Datapath) pinnedMap(name string) (*ebpf.Map, error) {
-	path := filepath.Join(d.state.mapsDir(), name)
-	m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		return nil, fmt.Errorf("open pinned map %s: %w", path, err)
-	}
-	return m, nil
+// DropStats are the node's drops by reason: the totals, and those of each
+// network and endpoint. It is what `bridge inspect stats` prints.
+type DropStats struct {
+	// Totals are the node's, from drop_totals: they also count drops on
+	// veths without an endpoint, and endpoints since deleted.
+	Totals    Drops           `json:"totals"`
+	Networks  []NetworkDrops  `json:"networks"`
+	Endpoints []EndpointDrops `json:"endpoints"`
 }
 
-// Program is one program of a build pinned on the node.
+// NetworkDrops are the drops of a network's endpoints.
+type NetworkDrops struct {
+	Network string `json:"network"`
+	Drops   Drops  `json:"drops"`
+}
+
+// EndpointDrops are an endpoint's drops.
+type EndpointDrops struct {
+	ContainerID string `json:"container_id"`
+	IfName      string `json:"ifname"`
+	Network     string `json:"network"`
+	Drops       Drops  `json:"drops"`
+}
+
+// DropStats returns the node's drops: totals, by network, by endpoint
+// (networks and endpoints in the order of Endpoints).
+func (d *Datapath) DropStats() (DropStats, error) {
+	totals, err := d.DropTotals()
+	if err != nil {
+		return DropStats{}, err
+	}
+	recs, err := d.Endpoints()
+	if err != nil {
+		return DropStats{}, err
+	}
+	s := DropStats{Totals: totals, Networks: []NetworkDrops{}, Endpoints: []EndpointDrops{}}
+	for _, r := range recs {
+		// Endpoints come ordered by network: so do networks.
+		if n := len(s.Networks); n == 0 || s.Networks[n-1].Network != r.Network {
+			s.Networks = append(s.Networks, NetworkDrops{Network: r.Network})
+		}
+		s.Networks[len(s.Networks)-1].Drops.Add(&r.Drops)
+		s.Endpoints = append(s.Endpoints, EndpointDrops{r.ContainerID, r.IfName, r.Network, r.Drops})
+	}
+	return s, nil
+}
+
+// Program is one program of a build pinned on the node, and where it is
+// attached. It is what `bridge inspect prog` prints.
 type Program struct {
-	ID   ebpf.ProgramID
-	Name string
-	Tag  string // the kernel's tag, a hash of the instructions (as bpftool shows it)
+	ID   ebpf.ProgramID `json:"id"`
+	Name string         `json:"name"`
+	Tag  string         `json:"tag"` // the kernel's tag, a hash of the instructions (as bpftool shows it)
 	// Build is the program set it belongs to (program.Tag of the binary
 	// that loaded it); Current is true for this binary's own build.
-	Build   string
-	Current bool
-	Pin     string
-	// RunCount and RunTime count every run since load, while the kernel
-	// collects program statistics (see BPFStatsEnabled).
-	RunCount uint64
-	RunTime  time.Duration
+	Build   string `json:"build"`
+	Current bool   `json:"current"`
+	Pin     string `json:"pin"`
+	// RunCount and RunTime count every run since load; nil while the
+	// kernel does not collect program statistics (see BPFStatsEnabled).
+	RunCount *uint64        `json:"run_count"`
+	RunTime  *time.Duration `json:"run_time_ns"`
+	// Attachments are the tc hooks it is attached to in the calling
+	// thread's network namespace.
+	Attachments []TCAttachment `json:"attachments"`
 }
 
 // Programs returns the programs of every build pinned on the node, the
-// current build's first.
+// current build's first, with their attachments in the calling thread's
+// network namespace.
 func (d *Datapath) Programs() ([]Program, error) {
 	builds, err := os.ReadDir(d.state.progsDir())
 	if errors.Is(err, fs.ErrNotExist) {
@@ -167,7 +205,11 @@ func (d *Datapath) Programs() ([]Program, error) {
 	if err != nil {
 		return nil, err
 	}
-	current := programSetTag()
+	attached, err := TCAttachments()
+	if err != nil {
+		return nil, err
+	}
+	current, stats := programSetTag(), BPFStatsEnabled()
 	var progs []Program
 	for _, b := range builds {
 		// pinPrograms renames a complete tmp-<tag> into place; a
@@ -180,11 +222,17 @@ func (d *Datapath) Programs() ([]Program, error) {
 			return nil, err
 		}
 		for _, pin := range pins {
-			p, err := pinnedProgram(filepath.Join(d.state.progDir(b.Name()), pin.Name()))
+			p, err := pinnedProgram(filepath.Join(d.state.progDir(b.Name()), pin.Name()), stats)
 			if err != nil {
 				return nil, err
 			}
 			p.Build, p.Current = b.Name(), b.Name() == current
+			p.Attachments = []TCAttachment{}
+			for _, a := range attached {
+				if a.ProgramID == p.ID {
+					p.Attachments = append(p.Attachments, a)
+				}
+			}
 			progs = append(progs, p)
 		}
 	}
@@ -200,7 +248,9 @@ func (d *Datapath) Programs() ([]Program, error) {
 	return progs, nil
 }
 
-func pinnedProgram(path string) (Program, error) {
+// pinnedProgram describes the program pinned at path, with its run
+// statistics when the kernel collects them.
+func pinnedProgram(path string, stats bool) (Program, error) {
 	prog, err := ebpf.LoadPinnedProgram(path, nil)
 	if err != nil {
 		return Program{}, fmt.Errorf("open pinned program %s: %w", path, err)
@@ -210,13 +260,16 @@ func pinnedProgram(path string) (Program, error) {
 	if err != nil {
 		return Program{}, fmt.Errorf("program %s: %w", path, err)
 	}
-	stats, err := prog.Stats()
-	if err != nil {
-		return Program{}, fmt.Errorf("program %s: %w", path, err)
-	}
 	id, _ := info.ID()
-	return Program{ID: id, Name: info.Name, Tag: info.Tag, Pin: path,
-		RunCount: stats.RunCount, RunTime: stats.Runtime}, nil
+	p := Program{ID: id, Name: info.Name, Tag: info.Tag, Pin: path}
+	if stats {
+		s, err := prog.Stats()
+		if err != nil {
+			return Program{}, fmt.Errorf("program %s: %w", path, err)
+		}
+		p.RunCount, p.RunTime = &s.RunCount, &s.Runtime
+	}
+	return p, nil
 }
 
 // BPFStatsEnabled reports whether the kernel counts program runs and run
@@ -227,65 +280,12 @@ func BPFStatsEnabled() bool {
 	return err == nil && strings.TrimSpace(string(b)) == "1"
 }
 
-// tcHooks are the two tc hooks of an interface, as far as finding what is
-// attached to them goes.
-var tcHooks = []hook{
-	{pin: "ingress", tcx: ebpf.AttachTCXIngress, parent: netlink.HANDLE_MIN_INGRESS},
-	{pin: "egress", tcx: ebpf.AttachTCXEgress, parent: netlink.HANDLE_MIN_EGRESS},
-}
-
-// TCAttachment is a program attached to a tc hook of an interface.
-type TCAttachment struct {
-	Ifindex   int
-	IfName    string
-	Direction string // "ingress" or "egress"
-	Mode      AttachMode
-	ProgramID ebpf.ProgramID
-}
-
-// TCAttachments lists the tc programs (tcx links and cls_bpf filters)
-// attached to every interface of the calling thread's network namespace,
-// whoever attached them. It asks the kernel rather than the endpoint
-// records, so it also shows what the records miss: programs left on a veth
-// without an endpoint, or an endpoint whose programs are gone.
-func TCAttachments() ([]TCAttachment, error) {
-	links, err := netlink.LinkList()
-	if err != nil {
-		return nil, fmt.Errorf("list interfaces: %w", err)
+// PinnedLinks counts the endpoints that have tcx links pinned (a directory
+// each in the node's state).
+func (d *Datapath) PinnedLinks() (int, error) {
+	links, err := os.ReadDir(d.state.linksDir())
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
 	}
-	tcx := true
-	var out []TCAttachment
-	for _, l := range links {
-		idx, name := l.Attrs().Index, l.Attrs().Name
-		for _, h := range tcHooks {
-			at := TCAttachment{Ifindex: idx, IfName: name, Direction: h.pin}
-			if tcx {
-				ids, err := tcxProgramIDs(idx, h)
-				if errors.Is(err, ebpf.ErrNotSupported) {
-					tcx = false // a kernel before 6.6
-				} else if err != nil {
-					return nil, err
-				}
-				at.Mode = AttachTCX
-				for _, id := range ids {
-					at.ProgramID = id
-					out = append(out, at)
-				}
-			}
-			ids, err := legacyProgramIDs(idx, h)
-			// An interface without a clsact qdisc has no filters.
-			if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-				continue
-			}
-			if err != nil {
-				return nil, err
-			}
-			at.Mode = AttachLegacy
-			for _, id := range ids {
-				at.ProgramID = id
-				out = append(out, at)
-			}
-		}
-	}
-	return out, nil
+	return len(links), err
 }

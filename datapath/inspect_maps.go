@@ -4,51 +4,112 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/cilium/ebpf"
 
 	"github.com/bpfbridge/bpfbridge/datapath/program"
 )
 
-// PinnedMap describes one map pinned in the node's state.
+// MapType is a map's kernel type; it marshals as its name.
+type MapType ebpf.MapType
+
+func (t MapType) String() string { return ebpf.MapType(t).String() }
+
+// MarshalText writes the type's name.
+func (t MapType) MarshalText() ([]byte, error) { return []byte(t.String()), nil }
+
+// Keyed reports whether the map holds only the keys written to it (hash
+// maps, LPM tries), unlike an array, which always holds max_entries, or a
+// ring buffer, which holds none.
+func (t MapType) Keyed() bool {
+	switch ebpf.MapType(t) {
+	case ebpf.Hash, ebpf.LRUHash, ebpf.PerCPUHash, ebpf.LRUCPUHash, ebpf.LPMTrie:
+		return true
+	}
+	return false
+}
+
+// PinnedMap describes one map pinned in the node's state. It is what
+// `bridge inspect map list` prints.
 type PinnedMap struct {
-	Name       string
-	Path       string
-	ID         ebpf.MapID
-	Type       ebpf.MapType
-	KeySize    uint32
-	ValueSize  uint32
-	MaxEntries uint32
-	Flags      uint32
-	// Entries is the number of keys; -1 for a ring buffer, which has none.
-	Entries int
+	Name       string     `json:"name"`
+	ID         ebpf.MapID `json:"id"`
+	Type       MapType    `json:"type"`
+	KeySize    uint32     `json:"key_size"`
+	ValueSize  uint32     `json:"value_size"`
+	MaxEntries uint32     `json:"max_entries"`
+	Flags      uint32     `json:"flags"`
+	// Entries is the number of keys; nil for a ring buffer, which has none.
+	Entries *int   `json:"entries"`
+	Path    string `json:"pin"`
+	// Layout is the map layout version it belongs to.
+	Layout int `json:"-"`
 }
 
 // Maps describes every map pinned in the node's state directory for this
 // build's layout, by name.
 func (d *Datapath) Maps() ([]PinnedMap, error) {
-	pins, err := os.ReadDir(d.state.mapsDir())
+	return mapsIn(d.state.mapsDir(), currentLayout())
+}
+
+// PinnedMaps describes the maps of every layout pinned under bpffs: a node
+// holds more than one layout while an upgrade moves endpoints over. A node
+// without bpfbridge state has none.
+func PinnedMaps(bpffs string) ([]PinnedMap, error) {
+	s := state{root: filepath.Join(bpffs, stateDirName)}
+	var all []PinnedMap
+	for _, layout := range s.layouts() {
+		maps, err := mapsIn(s.layoutDir(layout), layout)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, maps...)
+	}
+	return all, nil
+}
+
+// mapsIn describes the maps pinned in dir, of layout.
+func mapsIn(dir string, layout int) ([]PinnedMap, error) {
+	pins, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
 	var out []PinnedMap
 	for _, pin := range pins {
-		m, err := d.pinnedMap(pin.Name())
+		path := filepath.Join(dir, pin.Name())
+		m, err := openPinnedMap(path)
 		if err != nil {
 			return nil, err
 		}
-		pm, err := describeMap(m, pin.Name(), filepath.Join(d.state.mapsDir(), pin.Name()))
+		pm, err := describeMap(m, pin.Name(), path)
 		m.Close()
 		if err != nil {
 			return nil, err
 		}
+		pm.Layout = layout
 		out = append(out, pm)
 	}
 	return out, nil
+}
+
+// openPinnedMap opens the map pinned at path, read-only. It returns an
+// error wrapping fs.ErrNotExist when there is no such pin.
+func openPinnedMap(path string) (*ebpf.Map, error) {
+	m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("open pinned map %s: %w", path, err)
+	}
+	return m, nil
+}
+
+// pinnedMap opens the map of this build's layout pinned as name,
+// read-only.
+func (d *Datapath) pinnedMap(name string) (*ebpf.Map, error) {
+	return openPinnedMap(filepath.Join(d.state.mapsDir(), name))
 }
 
 func describeMap(m *ebpf.Map, name, path string) (PinnedMap, error) {
@@ -57,21 +118,37 @@ func describeMap(m *ebpf.Map, name, path string) (PinnedMap, error) {
 		return PinnedMap{}, fmt.Errorf("map %s: %w", name, err)
 	}
 	id, _ := info.ID()
-	pm := PinnedMap{Name: name, Path: path, ID: id, Type: m.Type(), KeySize: m.KeySize(),
-		ValueSize: m.ValueSize(), MaxEntries: m.MaxEntries(), Flags: m.Flags(), Entries: -1}
+	pm := PinnedMap{Name: name, Path: path, ID: id, Type: MapType(m.Type()), KeySize: m.KeySize(),
+		ValueSize: m.ValueSize(), MaxEntries: m.MaxEntries(), Flags: m.Flags()}
 	if m.Type() == ebpf.RingBuf {
 		return pm, nil
 	}
-	// Keys only: values of per-CPU maps would cost a copy per CPU.
-	key := make([]byte, m.KeySize())
-	pm.Entries = 0
-	for err = m.NextKey(nil, key); err == nil; err = m.NextKey(key, key) {
-		pm.Entries++
-	}
-	if !errors.Is(err, ebpf.ErrKeyNotExist) {
+	n, err := countKeys(m)
+	if err != nil {
 		return PinnedMap{}, fmt.Errorf("count entries of %s: %w", name, err)
 	}
+	pm.Entries = &n
 	return pm, nil
+}
+
+// countKeys walks m's keys with NextKey: keys only, as the values of
+// per-CPU maps would cost a copy per CPU.
+func countKeys(m *ebpf.Map) (int, error) {
+	key := make([]byte, m.KeySize())
+	count := 0
+	var err error
+	for err = m.NextKey(nil, key); err == nil; err = m.NextKey(key, key) {
+		count++
+		// A map changing under the walk could restart it; no walk can
+		// legitimately see more keys than the map holds.
+		if count > int(m.MaxEntries()) {
+			return 0, fmt.Errorf("more than max_entries (%d) keys", m.MaxEntries())
+		}
+	}
+	if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return 0, err
+	}
+	return count, nil
 }
 
 // MapEntry is one decoded entry of a map. Key and Value are structs whose
@@ -87,9 +164,8 @@ type MapEntry struct {
 
 // DumpMap decodes every entry of the map pinned as name. A ring buffer has
 // no entries to dump (read it with DropEvents). A map this build has no
-// decoder for (one pinned by a newer build) comes out as hex bytes, in
-// RawEntry values. It returns an error wrapping fs.ErrNotExist when there
-// is no such map.
+// decoder for (one pinned by a newer build) comes out as hex bytes. It
+// returns an error wrapping fs.ErrNotExist when there is no such map.
 func (d *Datapath) DumpMap(name string) ([]MapEntry, error) {
 	m, err := d.pinnedMap(name)
 	if err != nil {
@@ -100,9 +176,6 @@ func (d *Datapath) DumpMap(name string) ([]MapEntry, error) {
 		return []MapEntry{}, nil
 	}
 	dump, ok := mapDecoders[name]
-	if !ok {
-		dump, ok = natDecoders[name]
-	}
 	if !ok {
 		dump = dumpRaw
 	}
@@ -116,47 +189,101 @@ func (d *Datapath) DumpMap(name string) ([]MapEntry, error) {
 // mapDumper reads and decodes all entries of one map.
 type mapDumper func(*ebpf.Map) ([]MapEntry, error)
 
-// mapDecoders decode the maps of this build's layout, by pinned name.
+// mapDecoders decode the maps of this build's layout, by pinned name. The
+// key and value types are the dump's JSON: C field names.
 var mapDecoders = map[string]mapDumper{
 	program.BpfbridgeMapEndpoints: dumpEach(func(k *uint32, v *program.BpfbridgeEndpoint) MapEntry {
-		return MapEntry{Key: IfindexKey{*k}, Value: decodeEndpoint(v)}
+		return MapEntry{Key: ifindexKey{*k}, Value: decodeEndpoint(v)}
 	}),
 	program.BpfbridgeMapIpOwners: dumpEach(func(k *program.BpfbridgeIpKey, v *program.BpfbridgeIpOwner) MapEntry {
 		return MapEntry{
-			Key:   IPKey{Family: k.Family, Addr: tupleAddr(k.Family, k.Addr)},
-			Value: IPOwner{Ifindex: v.Ifindex, Network: v.Network},
+			Key: struct {
+				Family uint8      `json:"family"`
+				Addr   netip.Addr `json:"addr"`
+			}{k.Family, k.IP()},
+			Value: struct {
+				Ifindex uint32 `json:"ifindex"`
+				Network uint32 `json:"network"`
+			}{v.Ifindex, v.Network},
 		}
 	}),
 	program.BpfbridgeMapEndpointMeta: dumpEach(func(k *program.BpfbridgeEndpointKey, v *program.BpfbridgeEndpointMeta) MapEntry {
-		return MapEntry{Key: MetaKey{SHA256: hex.EncodeToString(k.Sha256[:])}, Value: decodeMeta(v)}
+		return MapEntry{Key: struct {
+			SHA256 string `json:"sha256"`
+		}{hex.EncodeToString(k.Sha256[:])}, Value: decodeMeta(v)}
 	}),
 	program.BpfbridgeMapEndpointStats: dumpEachPerCPU(
-		func(k *uint32) any { return IfindexKey{*k} },
-		decodeStats,
-		func(sum *program.BpfbridgeEndpointStats, v *program.BpfbridgeEndpointStats) {
-			sum.FromPackets += v.FromPackets
-			sum.FromBytes += v.FromBytes
-			sum.ToPackets += v.ToPackets
-			sum.ToBytes += v.ToBytes
-			for r, n := range v.Drops {
-				sum.Drops[r] += n
-			}
-		}),
+		func(k *uint32) any { return ifindexKey{*k} },
+		func(v *program.BpfbridgeEndpointStats) any {
+			return endpointStats{FromPackets: v.FromPackets, FromBytes: v.FromBytes,
+				ToPackets: v.ToPackets, ToBytes: v.ToBytes, Drops: Drops(v.Drops).byName()}
+		},
+		(*program.BpfbridgeEndpointStats).Add),
 	program.BpfbridgeMapDropTotals: dumpEachPerCPU(
-		func(k *uint32) any { return ReasonKey{Index: *k, Reason: program.DropReason(*k).String()} },
-		func(v *uint64) any { return DropCount{Drops: *v} },
+		func(k *uint32) any {
+			return struct {
+				Index  uint32 `json:"index"`
+				Reason string `json:"reason"`
+			}{*k, DropReason(*k).String()}
+		},
+		func(v *uint64) any {
+			return struct {
+				Drops uint64 `json:"drops"`
+			}{*v}
+		},
 		func(sum *uint64, v *uint64) { *sum += *v }),
 	program.BpfbridgeMapEventBudget: dumpEachPerCPU(
-		func(k *uint32) any { return IndexKey{*k} },
+		func(k *uint32) any { return indexKey{*k} },
 		func(v *program.BpfbridgeEventBudget) any {
-			return EventBudget{WindowStartNs: v.WindowStartNs, Used: v.Used, Suppressed: v.Suppressed}
+			return struct {
+				WindowStartNs uint64 `json:"window_start_ns"`
+				Used          uint32 `json:"used"`
+				Suppressed    uint32 `json:"suppressed"`
+			}{v.WindowStartNs, v.Used, v.Suppressed}
 		},
-		func(sum *program.BpfbridgeEventBudget, v *program.BpfbridgeEventBudget) {
-			// Windows are per CPU: the sum keeps the latest start.
-			sum.WindowStartNs = max(sum.WindowStartNs, v.WindowStartNs)
-			sum.Used += v.Used
-			sum.Suppressed += v.Suppressed
-		}),
+		(*program.BpfbridgeEventBudget).Add),
+	program.BpfbridgeMapNatOut: dumpEach(decodeNAT),
+	program.BpfbridgeMapNatIn:  dumpEach(decodeNAT),
+	program.BpfbridgeMapNatUplinks: dumpEach(func(k *uint32, v *program.BpfbridgeNatUplink) MapEntry {
+		// An address the uplink lacks is null.
+		orNull := func(a netip.Addr) *netip.Addr {
+			if !a.IsValid() {
+				return nil
+			}
+			return &a
+		}
+		v4, v6 := v.Addrs()
+		return MapEntry{Key: ifindexKey{*k}, Value: struct {
+			IPv4 *netip.Addr `json:"ipv4"`
+			IPv6 *netip.Addr `json:"ipv6"`
+		}{orNull(v4), orNull(v6)}}
+	}),
+	program.BpfbridgeMapNatNetworks: dumpEach(func(k *uint32, v *program.BpfbridgeNatNetwork) MapEntry {
+		return MapEntry{Key: struct {
+			Network uint32 `json:"network"`
+		}{*k}, Value: struct {
+			Masquerade bool `json:"masquerade"`
+		}{v.Flags&natNetworkMasquerade != 0}}
+	}),
+	program.BpfbridgeMapNatExclude: dumpEach(func(k *program.BpfbridgeNatExcludeKey, v *uint8) MapEntry {
+		return MapEntry{Key: struct {
+			Network uint32       `json:"network"`
+			Prefix  netip.Prefix `json:"prefix"`
+		}{k.Network, k.Prefix()}, Value: struct {
+			Excluded bool `json:"excluded"`
+		}{*v != 0}}
+	}),
+	program.BpfbridgeMapNatConfig: dumpEach(func(k *uint32, v *program.BpfbridgeNatConfig) MapEntry {
+		return MapEntry{Key: indexKey{*k}, Value: struct {
+			PortMin    uint16 `json:"port_min"`
+			PortMax    uint16 `json:"port_max"`
+			TCP        uint32 `json:"timeout_tcp_s"`
+			TCPSyn     uint32 `json:"timeout_tcp_syn_s"`
+			TCPClosing uint32 `json:"timeout_tcp_closing_s"`
+			UDP        uint32 `json:"timeout_udp_s"`
+			ICMP       uint32 `json:"timeout_icmp_s"`
+		}{v.PortMin, v.PortMax, v.TimeoutTcpS, v.TimeoutTcpSynS, v.TimeoutTcpClosingS, v.TimeoutUdpS, v.TimeoutIcmpS}}
+	}),
 }
 
 // dumpEach dumps a map whose entries decode one by one.
@@ -198,8 +325,8 @@ func dumpEachPerCPU[K, V any](key func(*K) any, value func(*V) any, add func(sum
 	}
 }
 
-// RawEntry is a key or value this build cannot decode, as hex bytes.
-type RawEntry struct {
+// rawEntry is a key or value this build cannot decode, as hex bytes.
+type rawEntry struct {
 	Hex string `json:"hex"`
 }
 
@@ -217,12 +344,12 @@ func dumpRaw(m *ebpf.Map) ([]MapEntry, error) {
 		if err != nil {
 			return nil, err
 		}
-		e := MapEntry{Key: RawEntry{hex.EncodeToString(k)}, Value: RawEntry{hex.EncodeToString(raw)}}
+		e := MapEntry{Key: rawEntry{hex.EncodeToString(k)}, Value: rawEntry{hex.EncodeToString(raw)}}
 		if perCPU(m.Type()) {
 			// LookupBytes returns every CPU's value, each padded to 8 bytes.
 			size := (int(m.ValueSize()) + 7) &^ 7
 			for off := 0; off+size <= len(raw); off += size {
-				e.PerCPU = append(e.PerCPU, RawEntry{hex.EncodeToString(raw[off : off+int(m.ValueSize())])})
+				e.PerCPU = append(e.PerCPU, rawEntry{hex.EncodeToString(raw[off : off+int(m.ValueSize())])})
 			}
 			e.Value = e.PerCPU[0]
 		}
@@ -243,39 +370,20 @@ func perCPU(t ebpf.MapType) bool {
 	return false
 }
 
-// MAC is an Ethernet address that prints, and marshals, as text.
-type MAC [6]byte
-
-func (m MAC) String() string { return net.HardwareAddr(m[:]).String() }
-
-// MarshalText writes the colon-separated hex form.
-func (m MAC) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
-
-// IfindexKey keys the maps indexed by the host veth's ifindex.
-type IfindexKey struct {
+// ifindexKey keys the maps indexed by the host veth's ifindex.
+type ifindexKey struct {
 	Ifindex uint32 `json:"ifindex"`
 }
 
-// IndexKey keys an array map.
-type IndexKey struct {
+// indexKey keys an array map.
+type indexKey struct {
 	Index uint32 `json:"index"`
 }
 
-// ReasonKey keys drop_totals: a drop reason.
-type ReasonKey struct {
-	Index  uint32 `json:"index"`
-	Reason string `json:"reason"`
-}
-
-// MetaKey keys endpoint_meta: the SHA-256 of "<containerID>\0<ifname>".
-type MetaKey struct {
-	SHA256 string `json:"sha256"`
-}
-
-// EndpointEntry is struct endpoint: what a container may send as.
-type EndpointEntry struct {
+// endpointEntry is struct endpoint: what a container may send as.
+type endpointEntry struct {
 	MAC       MAC          `json:"mac"`
-	Isolation string       `json:"isolation"`
+	Isolation Isolation    `json:"isolation"`
 	Flags     []string     `json:"flags"`
 	Network   uint32       `json:"network"`
 	IPv4      []netip.Addr `json:"ipv4"`
@@ -283,38 +391,24 @@ type EndpointEntry struct {
 	IPv6LL    netip.Addr   `json:"ipv6_ll"`
 }
 
-func decodeEndpoint(e *program.BpfbridgeEndpoint) EndpointEntry {
-	out := EndpointEntry{MAC: e.Mac, Isolation: Isolation(e.Isolation).String(), Flags: []string{},
-		Network: e.Network, IPv4: []netip.Addr{}, IPv6: []netip.Addr{}, IPv6LL: netip.AddrFrom16(e.Ipv6Ll)}
+func decodeEndpoint(e *program.BpfbridgeEndpoint) endpointEntry {
+	ips := e.IPs()
+	split := slices.IndexFunc(ips, netip.Addr.Is6)
+	if split < 0 {
+		split = len(ips)
+	}
+	out := endpointEntry{MAC: macOf(e.Mac), Isolation: Isolation(e.Isolation), Flags: []string{},
+		Network: e.Network, IPv4: ips[:split:split], IPv6: ips[split:], IPv6LL: netip.AddrFrom16(e.Ipv6Ll)}
 	if e.Flags&epFlagTaggedOK != 0 {
 		out.Flags = append(out.Flags, "tagged-ok")
-	}
-	for _, ip := range endpointIPs(e) {
-		if ip.Is4() {
-			out.IPv4 = append(out.IPv4, ip)
-		} else {
-			out.IPv6 = append(out.IPv6, ip)
-		}
 	}
 	return out
 }
 
-// IPKey is struct ip_key.
-type IPKey struct {
-	Family uint8      `json:"family"`
-	Addr   netip.Addr `json:"addr"`
-}
-
-// IPOwner is struct ip_owner.
-type IPOwner struct {
-	Ifindex uint32 `json:"ifindex"`
-	Network uint32 `json:"network"`
-}
-
-// EndpointMeta is struct endpoint_meta, the control plane's record.
-type EndpointMeta struct {
+// endpointMeta is struct endpoint_meta, the control plane's record.
+type endpointMeta struct {
 	Ifindex     uint32        `json:"ifindex"`
-	Attach      string        `json:"attach"`
+	Attach      AttachMode    `json:"attach"`
 	CreatedNs   uint64        `json:"created_ns"`
 	ContainerID string        `json:"container_id"`
 	Ifname      string        `json:"ifname"`
@@ -322,50 +416,24 @@ type EndpointMeta struct {
 	Network     string        `json:"network"`
 	Netns       string        `json:"netns"`
 	ProgTag     string        `json:"prog_tag"`
-	Ep          EndpointEntry `json:"ep"`
+	Ep          endpointEntry `json:"ep"`
 }
 
-func decodeMeta(m *program.BpfbridgeEndpointMeta) EndpointMeta {
-	return EndpointMeta{
-		Ifindex:     m.Ifindex,
-		Attach:      string(attachModeOf(m.Attach)),
-		CreatedNs:   m.CreatedNs,
-		ContainerID: cString(m.ContainerId[:]),
-		Ifname:      cString(m.Ifname[:]),
-		HostIfname:  cString(m.HostIfname[:]),
-		Network:     cString(m.Network[:]),
-		Netns:       cString(m.Netns[:]),
-		ProgTag:     cString(m.ProgTag[:]),
-		Ep:          decodeEndpoint(&m.Ep),
+func decodeMeta(m *program.BpfbridgeEndpointMeta) endpointMeta {
+	n := m.Names()
+	return endpointMeta{
+		Ifindex: m.Ifindex, Attach: attachModeOf(m.Attach), CreatedNs: m.CreatedNs,
+		ContainerID: n.ContainerID, Ifname: n.IfName, HostIfname: n.HostIfName,
+		Network: n.Network, Netns: n.Netns, ProgTag: n.ProgTag,
+		Ep: decodeEndpoint(&m.Ep),
 	}
 }
 
-// EndpointStats is struct endpoint_stats; Drops is keyed by reason name.
-type EndpointStats struct {
+// endpointStats is struct endpoint_stats; Drops is keyed by reason name.
+type endpointStats struct {
 	FromPackets uint64            `json:"from_packets"`
 	FromBytes   uint64            `json:"from_bytes"`
 	ToPackets   uint64            `json:"to_packets"`
 	ToBytes     uint64            `json:"to_bytes"`
 	Drops       map[string]uint64 `json:"drops"`
-}
-
-func decodeStats(s *program.BpfbridgeEndpointStats) any {
-	out := EndpointStats{FromPackets: s.FromPackets, FromBytes: s.FromBytes,
-		ToPackets: s.ToPackets, ToBytes: s.ToBytes, Drops: map[string]uint64{}}
-	for _, r := range program.DropReasons() {
-		out.Drops[r.String()] = s.Drops[r]
-	}
-	return out
-}
-
-// DropCount is a drop_totals value.
-type DropCount struct {
-	Drops uint64 `json:"drops"`
-}
-
-// EventBudget is struct event_budget, the drop-event rate limiter.
-type EventBudget struct {
-	WindowStartNs uint64 `json:"window_start_ns"`
-	Used          uint32 `json:"used"`
-	Suppressed    uint32 `json:"suppressed"`
 }

@@ -1,10 +1,11 @@
 package datapath
 
 import (
-	"encoding/binary"
 	"errors"
 	"net/netip"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfbridge/bpfbridge/datapath/program"
 )
@@ -31,14 +32,8 @@ type Flow struct {
 	HalfOnly bool `json:"half_only,omitempty"`
 }
 
-// Count is a packet and byte counter.
-type Count struct {
-	Packets uint64 `json:"packets"`
-	Bytes   uint64 `json:"bytes"`
-}
-
 var (
-	protoNames = map[uint8]string{6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
+	protoNames = map[uint8]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp", unix.IPPROTO_ICMP: "icmp", unix.IPPROTO_ICMPV6: "icmpv6"}
 	stateNames = map[uint8]string{ctSynSent: "syn-sent", ctEstablished: "established", ctClosing: "closing", ctUDP: "udp", ctICMP: "icmp"}
 )
 
@@ -59,9 +54,9 @@ func (d *Datapath) Flows() ([]Flow, error) {
 	for it.Next(&out, &entry) {
 		f := Flow{
 			Proto:      protoNames[out.Proto],
-			Container:  netip.AddrPortFrom(tupleAddr(out.Family, out.Src), be16(out.Sport)),
-			Remote:     netip.AddrPortFrom(tupleAddr(out.Family, out.Dst), be16(out.Dport)),
-			Translated: netip.AddrPortFrom(tupleAddr(out.Family, entry.Addr), be16(entry.Port)),
+			Container:  out.Source(),
+			Remote:     out.Dest(),
+			Translated: entry.AddrPort(out.Family),
 			State:      stateNames[entry.State],
 			Uplink:     int(entry.Uplink),
 			Age:        time.Duration(now - entry.CreatedNs),
@@ -70,7 +65,7 @@ func (d *Datapath) Flows() ([]Flow, error) {
 		timeout := time.Duration(timeouts(&cfg)[entry.State]) * time.Second
 		f.ExpiresIn = time.Duration(int64(entry.LastSeenNs) + int64(timeout) - int64(now))
 		var reply program.BpfbridgeNatEntry
-		if d.maps.natIn.Lookup(replyTuple(&out, &entry), &reply) == nil {
+		if d.maps.natIn.Lookup(out.Reply(&entry), &reply) == nil {
 			f.Reply = Count{reply.Packets, reply.Bytes}
 		} else {
 			f.HalfOnly = true
@@ -86,33 +81,16 @@ func (d *Datapath) Flows() ([]Flow, error) {
 	return flows, nil
 }
 
-// replyTuple is the nat_in key of a translation: the reply as it arrives on
-// the uplink (see bpf/nat.h; ICMP echo carries the identifier as sport).
-func replyTuple(out *program.BpfbridgeNatTuple, e *program.BpfbridgeNatEntry) program.BpfbridgeNatTuple {
-	in := program.BpfbridgeNatTuple{Src: out.Dst, Dst: e.Addr, Proto: out.Proto, Family: out.Family}
-	if out.Proto == 1 || out.Proto == 58 {
-		in.Sport = e.Port
-	} else {
-		in.Sport, in.Dport = out.Dport, e.Port
-	}
-	return in
-}
-
-// be16 reads a __be16 field: cilium/ebpf decodes it in native order.
-func be16(p uint16) uint16 {
-	return binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, p))
-}
-
-// NATTuple is a key of nat_out or nat_in.
-type NATTuple struct {
+// natTuple is a key of nat_out or nat_in.
+type natTuple struct {
 	Proto string         `json:"proto"`
 	Src   netip.AddrPort `json:"src"`
 	Dst   netip.AddrPort `json:"dst"`
 }
 
-// NATEntry is a value of nat_out (Addr: the translated source) or nat_in
+// natEntry is a value of nat_out (Addr: the translated source) or nat_in
 // (Addr: the container's address).
-type NATEntry struct {
+type natEntry struct {
 	Addr       netip.AddrPort `json:"addr"`
 	State      string         `json:"state"`
 	Uplink     uint32         `json:"uplink_ifindex"`
@@ -122,70 +100,13 @@ type NATEntry struct {
 	Bytes      uint64         `json:"bytes"`
 }
 
-func decodeNATTuple(t *program.BpfbridgeNatTuple) NATTuple {
-	return NATTuple{
-		Proto: protoNames[t.Proto],
-		Src:   netip.AddrPortFrom(tupleAddr(t.Family, t.Src), be16(t.Sport)),
-		Dst:   netip.AddrPortFrom(tupleAddr(t.Family, t.Dst), be16(t.Dport)),
+// decodeNAT decodes an entry of nat_out or nat_in for `map dump`.
+func decodeNAT(t *program.BpfbridgeNatTuple, e *program.BpfbridgeNatEntry) MapEntry {
+	return MapEntry{
+		Key: natTuple{Proto: protoNames[t.Proto], Src: t.Source(), Dst: t.Dest()},
+		Value: natEntry{
+			Addr: e.AddrPort(t.Family), State: stateNames[e.State], Uplink: e.Uplink,
+			CreatedNs: e.CreatedNs, LastSeenNs: e.LastSeenNs, Packets: e.Packets, Bytes: e.Bytes,
+		},
 	}
-}
-
-func decodeNATEntry(family uint8, e *program.BpfbridgeNatEntry) NATEntry {
-	return NATEntry{
-		Addr:  netip.AddrPortFrom(tupleAddr(family, e.Addr), be16(e.Port)),
-		State: stateNames[e.State], Uplink: e.Uplink,
-		CreatedNs: e.CreatedNs, LastSeenNs: e.LastSeenNs, Packets: e.Packets, Bytes: e.Bytes,
-	}
-}
-
-// natDecoders decode the masquerade's maps for `map dump`.
-var natDecoders = map[string]mapDumper{
-	program.BpfbridgeMapNatOut: dumpEach(func(k *program.BpfbridgeNatTuple, v *program.BpfbridgeNatEntry) MapEntry {
-		return MapEntry{Key: decodeNATTuple(k), Value: decodeNATEntry(k.Family, v)}
-	}),
-	program.BpfbridgeMapNatIn: dumpEach(func(k *program.BpfbridgeNatTuple, v *program.BpfbridgeNatEntry) MapEntry {
-		return MapEntry{Key: decodeNATTuple(k), Value: decodeNATEntry(k.Family, v)}
-	}),
-	program.BpfbridgeMapNatUplinks: dumpEach(func(k *uint32, v *program.BpfbridgeNatUplink) MapEntry {
-		u := struct {
-			IPv4 *netip.Addr `json:"ipv4"`
-			IPv6 *netip.Addr `json:"ipv6"`
-		}{}
-		if v.HasIpv4 != 0 {
-			a := fromBe32(v.Ipv4)
-			u.IPv4 = &a
-		}
-		if v.HasIpv6 != 0 {
-			a := netip.AddrFrom16(v.Ipv6)
-			u.IPv6 = &a
-		}
-		return MapEntry{Key: IfindexKey{*k}, Value: u}
-	}),
-	program.BpfbridgeMapNatNetworks: dumpEach(func(k *uint32, v *program.BpfbridgeNatNetwork) MapEntry {
-		return MapEntry{Key: struct {
-			Network uint32 `json:"network"`
-		}{*k}, Value: struct {
-			Masquerade bool `json:"masquerade"`
-		}{v.Flags&natNetworkMasquerade != 0}}
-	}),
-	program.BpfbridgeMapNatExclude: dumpEach(func(k *program.BpfbridgeNatExcludeKey, v *uint8) MapEntry {
-		p := netip.PrefixFrom(tupleAddr(k.Family, k.Addr), int(k.Prefixlen)-64)
-		return MapEntry{Key: struct {
-			Network uint32       `json:"network"`
-			Prefix  netip.Prefix `json:"prefix"`
-		}{k.Network, p}, Value: struct {
-			Excluded bool `json:"excluded"`
-		}{*v != 0}}
-	}),
-	program.BpfbridgeMapNatConfig: dumpEach(func(k *uint32, v *program.BpfbridgeNatConfig) MapEntry {
-		return MapEntry{Key: IndexKey{*k}, Value: struct {
-			PortMin    uint16 `json:"port_min"`
-			PortMax    uint16 `json:"port_max"`
-			TCP        uint32 `json:"timeout_tcp_s"`
-			TCPSyn     uint32 `json:"timeout_tcp_syn_s"`
-			TCPClosing uint32 `json:"timeout_tcp_closing_s"`
-			UDP        uint32 `json:"timeout_udp_s"`
-			ICMP       uint32 `json:"timeout_icmp_s"`
-		}{v.PortMin, v.PortMax, v.TimeoutTcpS, v.TimeoutTcpSynS, v.TimeoutTcpClosingS, v.TimeoutUdpS, v.TimeoutIcmpS}}
-	}),
 }

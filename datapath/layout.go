@@ -32,6 +32,11 @@ import (
 // be tested without a real layout change. Release builds leave it empty.
 var testLayoutBump string
 
+// SetTestLayoutBump sets testLayoutBump in a process that is not a plugin
+// build: an end-to-end test that inspects a node which a layout-bumped
+// plugin took over must read it as that build does.
+func SetTestLayoutBump(bump int) { testLayoutBump = strconv.Itoa(bump) }
+
 // currentLayout is this build's layout version.
 func currentLayout() int {
 	bump, _ := strconv.Atoi(testLayoutBump)
@@ -54,22 +59,27 @@ func programSetTag() string {
 	return hex.EncodeToString(sum[:6])
 }
 
-// olderLayouts lists the layout versions other than this build's that have
-// maps pinned on the node, oldest first.
-func (s state) olderLayouts() []int {
+// layouts lists the layout versions that have maps pinned on the node,
+// oldest first.
+func (s state) layouts() []int {
 	entries, err := os.ReadDir(filepath.Join(s.root, "maps"))
 	if err != nil {
 		return nil
 	}
 	var vs []int
 	for _, e := range entries {
-		v, err := strconv.Atoi(strings.TrimPrefix(e.Name(), "v"))
-		if err == nil && strings.HasPrefix(e.Name(), "v") && v != currentLayout() {
+		if v, err := strconv.Atoi(strings.TrimPrefix(e.Name(), "v")); err == nil && strings.HasPrefix(e.Name(), "v") {
 			vs = append(vs, v)
 		}
 	}
 	slices.Sort(vs)
 	return vs
+}
+
+// olderLayouts lists the layouts other than this build's pinned on the
+// node, oldest first.
+func (s state) olderLayouts() []int {
+	return slices.DeleteFunc(s.layouts(), func(v int) bool { return v == currentLayout() })
 }
 
 // migrateLayouts moves the node's state out of every older layout into this

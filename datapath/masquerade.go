@@ -87,14 +87,7 @@ func (d *Datapath) EnableMasquerade(m Masquerade) error {
 	}
 	for _, u := range uplinks {
 		var v program.BpfbridgeNatUplink
-		if u.ipv4.IsValid() {
-			v.HasIpv4 = 1
-			v.Ipv4 = be32(u.ipv4)
-		}
-		if u.ipv6.IsValid() {
-			v.HasIpv6 = 1
-			v.Ipv6 = u.ipv6.As16()
-		}
+		v.SetAddrs(u.ipv4, u.ipv6)
 		if err := d.maps.natUplinks.Update(uint32(u.index), &v, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("record uplink %s: %w", u.name, err)
 		}
@@ -107,7 +100,7 @@ func (d *Datapath) EnableMasquerade(m Masquerade) error {
 		return err
 	}
 	for _, p := range slices.Concat(m.Subnets, m.Exclude) {
-		if err := d.maps.natExclude.Update(excludeKey(network, p), uint8(1), ebpf.UpdateAny); err != nil {
+		if err := d.maps.natExclude.Update(program.NATExcludeKeyOf(network, p), uint8(1), ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("exclude %s from masquerade: %w", p, err)
 		}
 	}
@@ -141,23 +134,6 @@ func natConfig(m Masquerade) program.BpfbridgeNatConfig {
 	cfg.TimeoutUdpS = seconds(t.UDP, def.UDP)
 	cfg.TimeoutIcmpS = seconds(t.ICMP, def.ICMP)
 	return cfg
-}
-
-// excludeKey is the nat_exclude key of prefix p for network.
-func excludeKey(network uint32, p netip.Prefix) program.BpfbridgeNatExcludeKey {
-	p = p.Masked()
-	k := program.BpfbridgeNatExcludeKey{Network: network, Family: 6}
-	// The prefix covers network, family and padding exactly (64 bits),
-	// then the address's own prefix.
-	k.Prefixlen = 64 + uint32(p.Bits())
-	if p.Addr().Is4() {
-		k.Family = 4
-		a := p.Addr().As4()
-		copy(k.Addr[:], a[:])
-	} else {
-		k.Addr = p.Addr().As16()
-	}
-	return k
 }
 
 // findUplinks returns the uplinks named in override, or else the

@@ -136,7 +136,7 @@ func (d *Datapath) usedNetworkIDs(name string) (used map[uint32]bool, adopted ui
 	var nameField program.BpfbridgeEndpointMeta
 	fits := len(name) < len(nameField.Network)
 	err = d.eachEndpoint(func(_ EndpointKey, m *program.BpfbridgeEndpointMeta) {
-		if fits && adopted == 0 && !registered[m.Ep.Network] && cString(m.Network[:]) == name {
+		if fits && adopted == 0 && !registered[m.Ep.Network] && program.CString(m.Network[:]) == name {
 			adopted = m.Ep.Network
 		}
 		used[m.Ep.Network] = true

@@ -138,18 +138,18 @@ func (d *Datapath) Upgrade() (int, error) {
 		errs  []error
 	)
 	err = d.eachEndpoint(func(key EndpointKey, m *program.BpfbridgeEndpointMeta) {
-		if cString(m.ProgTag[:]) == tag {
+		if program.CString(m.ProgTag[:]) == tag {
 			return
 		}
 		if err := d.replacePrograms(key, m); err != nil {
-			errs = append(errs, fmt.Errorf("endpoint %s/%s: %w", cString(m.ContainerId[:]), cString(m.Ifname[:]), err))
+			errs = append(errs, fmt.Errorf("endpoint %s/%s: %w", program.CString(m.ContainerId[:]), program.CString(m.Ifname[:]), err))
 			return
 		}
 		if err := d.markVeth(m); err != nil {
 			errs = append(errs, err)
 			return
 		}
-		setCString(m.ProgTag[:], tag)
+		program.SetCString(m.ProgTag[:], tag)
 		if err := d.maps.meta.Update(key, m, ebpf.UpdateExist); err != nil {
 			errs = append(errs, err)
 			return

@@ -114,8 +114,10 @@ func (s state) layoutDir(v int) string {
 func (s state) progsDir() string          { return filepath.Join(s.root, "progs") }
 func (s state) progDir(tag string) string { return filepath.Join(s.progsDir(), tag) }
 func (s state) linkDir(k EndpointKey) string {
-	return filepath.Join(s.root, "links", k.String())
+	return filepath.Join(s.linksDir(), k.String())
 }
+
+func (s state) linksDir() string { return filepath.Join(s.root, "links") }
 
 // EndpointKey identifies an attachment by container ID and interface name,
 // as CNI does. It is a hash because container IDs may be long and contain

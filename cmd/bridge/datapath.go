@@ -69,7 +69,7 @@ func endpointOf(conf *NetConf, args *skel.CmdArgs, hostVeth netlink.Link, mac st
 		Netns:       args.Netns,
 		HostIfindex: hostVeth.Attrs().Index,
 		HostIfName:  hostVeth.Attrs().Name,
-		MAC:         hw,
+		MAC:         datapath.MAC(hw),
 		Isolation:   conf.isolation(),
 		TaggedOK:    len(conf.trunk) > 0,
 	}

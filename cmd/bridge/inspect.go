@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/bpfbridge/bpfbridge/datapath"
-	"github.com/bpfbridge/bpfbridge/datapath/program"
 	"github.com/bpfbridge/bpfbridge/ipam/store"
 )
 
@@ -232,7 +231,7 @@ func checkFlags(fs *flag.FlagSet, cmd *inspectCommand) error {
 
 func reasonNames() string {
 	var names []string
-	for _, r := range program.DropReasons() {
+	for _, r := range datapath.DropReasons() {
 		names = append(names, r.String())
 	}
 	return strings.Join(names, ", ")
@@ -278,16 +277,6 @@ func endpointName(containerID, ifname string) string { return containerID + "/" 
 func splitEndpoint(s string) (containerID, ifname string) {
 	containerID, ifname, _ = strings.Cut(s, "/")
 	return containerID, ifname
-}
-
-// dropsByReason names each reason's count, every reason included, so that
-// JSON consumers find the same keys whatever the counts.
-func dropsByReason(drops [program.NumDropReasons]uint64) map[string]uint64 {
-	m := make(map[string]uint64, program.NumDropReasons-1)
-	for _, r := range program.DropReasons() {
-		m[r.String()] = drops[r]
-	}
-	return m
 }
 
 // fields renders a decoded map key or value as "name=value" pairs, named

@@ -8,56 +8,7 @@ import (
 	"time"
 
 	"github.com/bpfbridge/bpfbridge/datapath"
-	"github.com/bpfbridge/bpfbridge/datapath/program"
 )
-
-// endpointJSON is an endpoint in `endpoint list|show -j`.
-type endpointJSON struct {
-	ContainerID   string            `json:"container_id"`
-	IfName        string            `json:"ifname"`
-	Network       string            `json:"network"`
-	Netns         string            `json:"netns"`
-	IPs           []netip.Addr      `json:"ips"`
-	MAC           string            `json:"mac"`
-	HostIfName    string            `json:"host_ifname"`
-	Ifindex       int               `json:"ifindex"`
-	Isolation     string            `json:"isolation"`
-	VLANTrunk     bool              `json:"vlan_trunk"`
-	AttachMode    string            `json:"attach_mode"` // "tcx", "legacy", or "" before attaching
-	ProgTag       string            `json:"prog_tag"`
-	Created       time.Time         `json:"created"`
-	FromContainer trafficJSON       `json:"from_container"`
-	ToContainer   trafficJSON       `json:"to_container"`
-	Drops         map[string]uint64 `json:"drops"` // by reason
-	DropsTotal    uint64            `json:"drops_total"`
-}
-
-type trafficJSON struct {
-	Packets uint64 `json:"packets"`
-	Bytes   uint64 `json:"bytes"`
-}
-
-func endpointView(r datapath.EndpointRecord) endpointJSON {
-	c := r.Counters
-	var total uint64
-	for _, n := range c.Drops {
-		total += n
-	}
-	ips := r.IPs
-	if ips == nil {
-		ips = []netip.Addr{}
-	}
-	return endpointJSON{
-		ContainerID: r.ContainerID, IfName: r.IfName, Network: r.Network, Netns: r.Netns,
-		IPs: ips, MAC: r.MAC.String(), HostIfName: r.HostIfName, Ifindex: r.HostIfindex,
-		Isolation: r.Isolation.String(), VLANTrunk: r.TaggedOK,
-		AttachMode: string(r.Attach), ProgTag: r.ProgTag, Created: r.Created,
-		FromContainer: trafficJSON{c.FromPackets, c.FromBytes},
-		ToContainer:   trafficJSON{c.ToPackets, c.ToBytes},
-		Drops:         dropsByReason(c.Drops),
-		DropsTotal:    total,
-	}
-}
 
 func ipList(ips []netip.Addr) string {
 	s := make([]string, len(ips))
@@ -67,29 +18,19 @@ func ipList(ips []netip.Addr) string {
 	return dash(strings.Join(s, ","))
 }
 
-// endpointViews renders records for output.
-func endpointViews(recs []datapath.EndpointRecord) []endpointJSON {
-	views := make([]endpointJSON, len(recs))
-	for i, r := range recs {
-		views[i] = endpointView(r)
-	}
-	return views
-}
-
 // endpointList serves `endpoint list`.
 func (in *inspector) endpointList([]string) error {
 	recs, err := in.dp.Endpoints()
 	if err != nil {
 		return err
 	}
-	views := endpointViews(recs)
-	return in.emit(views, func(w io.Writer) {
+	return in.emit(recs, func(w io.Writer) {
 		row(w, "CONTAINER", "IFNAME", "NETWORK", "IPS", "MAC", "HOST_IF", "IFINDEX", "ISOLATION", "MODE", "PROG_TAG",
 			"PKTS_FROM", "BYTES_FROM", "PKTS_TO", "BYTES_TO", "DROPS")
-		for _, v := range views {
-			row(w, v.ContainerID, v.IfName, v.Network, ipList(v.IPs), v.MAC, v.HostIfName, v.Ifindex, v.Isolation,
-				dash(v.AttachMode), v.ProgTag, v.FromContainer.Packets, v.FromContainer.Bytes,
-				v.ToContainer.Packets, v.ToContainer.Bytes, v.DropsTotal)
+		for _, r := range recs {
+			row(w, r.ContainerID, r.IfName, r.Network, ipList(r.IPs), r.MAC, r.HostIfName, r.HostIfindex, r.Isolation,
+				dash(string(r.Attach)), r.ProgTag, r.FromContainer.Packets, r.FromContainer.Bytes,
+				r.ToContainer.Packets, r.ToContainer.Bytes, r.DropsTotal)
 		}
 	})
 }
@@ -102,18 +43,17 @@ func (in *inspector) endpointShow(args []string) error {
 	if err != nil {
 		return err
 	}
-	views := endpointViews(recs)
-	return in.emit(views, func(w io.Writer) {
-		for i, v := range views {
+	return in.emit(recs, func(w io.Writer) {
+		for i, v := range recs {
 			if i > 0 {
 				row(w)
 			}
 			for _, kv := range [][2]any{
 				{"container", v.ContainerID}, {"ifname", v.IfName}, {"network", v.Network},
 				{"netns", dash(v.Netns)}, {"ips", ipList(v.IPs)}, {"mac", v.MAC},
-				{"host veth", fmt.Sprintf("%s (ifindex %d)", v.HostIfName, v.Ifindex)},
-				{"isolation", v.Isolation}, {"vlan trunk", v.VLANTrunk},
-				{"attach mode", dash(v.AttachMode)}, {"program tag", v.ProgTag},
+				{"host veth", fmt.Sprintf("%s (ifindex %d)", v.HostIfName, v.HostIfindex)},
+				{"isolation", v.Isolation}, {"vlan trunk", v.TaggedOK},
+				{"attach mode", dash(string(v.Attach))}, {"program tag", v.ProgTag},
 				{"created", v.Created.Format(time.RFC3339)},
 				{"from container", fmt.Sprintf("%d packets, %d bytes", v.FromContainer.Packets, v.FromContainer.Bytes)},
 				{"to container", fmt.Sprintf("%d packets, %d bytes", v.ToContainer.Packets, v.ToContainer.Bytes)},
@@ -121,8 +61,8 @@ func (in *inspector) endpointShow(args []string) error {
 			} {
 				row(w, kv[0].(string)+":", kv[1])
 			}
-			for _, r := range program.DropReasons() {
-				if n := v.Drops[r.String()]; n > 0 {
+			for _, r := range datapath.DropReasons() {
+				if n := v.Drops[r]; n > 0 {
 					row(w, "  "+r.String()+":", n)
 				}
 			}
@@ -156,74 +96,31 @@ func (in *inspector) endpointsOf(id, ifname string) ([]datapath.EndpointRecord, 
 	return recs, nil
 }
 
-// statsJSON is `stats -j`: drops by reason (every reason a key).
-type statsJSON struct {
-	// Totals are the node's, from drop_totals: they also count drops on
-	// veths without an endpoint, and endpoints since deleted.
-	Totals    map[string]uint64   `json:"totals"`
-	Networks  []networkDropsJSON  `json:"networks"`
-	Endpoints []endpointDropsJSON `json:"endpoints"`
-}
-
-type networkDropsJSON struct {
-	Network string            `json:"network"`
-	Drops   map[string]uint64 `json:"drops"`
-}
-
-type endpointDropsJSON struct {
-	ContainerID string            `json:"container_id"`
-	IfName      string            `json:"ifname"`
-	Network     string            `json:"network"`
-	Drops       map[string]uint64 `json:"drops"`
-}
-
 // stats serves `stats`.
 func (in *inspector) stats([]string) error {
-	totals, err := in.dp.DropTotals()
+	s, err := in.dp.DropStats()
 	if err != nil {
 		return err
 	}
-	recs, err := in.dp.Endpoints()
-	if err != nil {
-		return err
-	}
-	v := statsJSON{Totals: dropsByReason(totals), Networks: []networkDropsJSON{}, Endpoints: []endpointDropsJSON{}}
-	perNetwork := map[string]*[program.NumDropReasons]uint64{}
-	for _, r := range recs {
-		sum := perNetwork[r.Network]
-		if sum == nil {
-			sum = new([program.NumDropReasons]uint64)
-			perNetwork[r.Network] = sum
-			// Endpoints come ordered by network: so do networks.
-			v.Networks = append(v.Networks, networkDropsJSON{Network: r.Network})
-		}
-		for i, n := range r.Counters.Drops {
-			sum[i] += n
-		}
-		v.Endpoints = append(v.Endpoints, endpointDropsJSON{r.ContainerID, r.IfName, r.Network, dropsByReason(r.Counters.Drops)})
-	}
-	for i := range v.Networks {
-		v.Networks[i].Drops = dropsByReason(*perNetwork[v.Networks[i].Network])
-	}
-	return in.emit(v, func(w io.Writer) {
+	return in.emit(s, func(w io.Writer) {
 		row(w, "REASON", "NODE TOTAL")
-		for _, r := range program.DropReasons() {
-			row(w, r, v.Totals[r.String()])
+		for _, r := range datapath.DropReasons() {
+			row(w, r, s.Totals[r])
 		}
 		row(w)
 		row(w, "NETWORK", "REASON", "DROPS")
-		for _, n := range v.Networks {
-			for _, r := range program.DropReasons() {
-				if d := n.Drops[r.String()]; d > 0 {
+		for _, n := range s.Networks {
+			for _, r := range datapath.DropReasons() {
+				if d := n.Drops[r]; d > 0 {
 					row(w, n.Network, r, d)
 				}
 			}
 		}
 		row(w)
 		row(w, "ENDPOINT", "NETWORK", "REASON", "DROPS")
-		for _, e := range v.Endpoints {
-			for _, r := range program.DropReasons() {
-				if d := e.Drops[r.String()]; d > 0 {
+		for _, e := range s.Endpoints {
+			for _, r := range datapath.DropReasons() {
+				if d := e.Drops[r]; d > 0 {
 					row(w, endpointName(e.ContainerID, e.IfName), e.Network, r, d)
 				}
 			}

@@ -10,24 +10,8 @@ import (
 	"slices"
 	"time"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/bpfbridge/bpfbridge/datapath"
 )
-
-// mapJSON is a map in `map list -j`.
-type mapJSON struct {
-	Name       string     `json:"name"`
-	ID         ebpf.MapID `json:"id"`
-	Type       string     `json:"type"`
-	KeySize    uint32     `json:"key_size"`
-	ValueSize  uint32     `json:"value_size"`
-	MaxEntries uint32     `json:"max_entries"`
-	Flags      uint32     `json:"flags"`
-	// Entries is null for a ring buffer, which has no keys.
-	Entries *int   `json:"entries"`
-	Pin     string `json:"pin"`
-}
 
 // mapList serves `map list`.
 func (in *inspector) mapList([]string) error {
@@ -35,23 +19,15 @@ func (in *inspector) mapList([]string) error {
 	if err != nil {
 		return err
 	}
-	views := make([]mapJSON, len(maps))
-	for i, m := range maps {
-		views[i] = mapJSON{Name: m.Name, ID: m.ID, Type: m.Type.String(), KeySize: m.KeySize,
-			ValueSize: m.ValueSize, MaxEntries: m.MaxEntries, Flags: m.Flags, Pin: m.Path}
-		if m.Entries >= 0 {
-			views[i].Entries = &maps[i].Entries
-		}
-	}
-	return in.emit(views, func(w io.Writer) {
+	return in.emit(maps, func(w io.Writer) {
 		row(w, "NAME", "ID", "TYPE", "KEY", "VALUE", "MAX_ENTRIES", "ENTRIES", "FLAGS")
-		for _, v := range views {
+		for _, m := range maps {
 			entries := "-"
-			if v.Entries != nil {
-				entries = fmt.Sprint(*v.Entries)
+			if m.Entries != nil {
+				entries = fmt.Sprint(*m.Entries)
 			}
-			row(w, v.Name, v.ID, v.Type, fmt.Sprintf("%dB", v.KeySize), fmt.Sprintf("%dB", v.ValueSize),
-				v.MaxEntries, entries, fmt.Sprintf("%#x", v.Flags))
+			row(w, m.Name, m.ID, m.Type, fmt.Sprintf("%dB", m.KeySize), fmt.Sprintf("%dB", m.ValueSize),
+				m.MaxEntries, entries, fmt.Sprintf("%#x", m.Flags))
 		}
 	})
 }

@@ -11,45 +11,20 @@ import (
 	"slices"
 	"strings"
 	"syscall"
-	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/bpfbridge/bpfbridge/datapath"
-	"github.com/bpfbridge/bpfbridge/datapath/program"
 )
 
 // monitorReady is the line monitor writes to stderr once it is reading:
 // drops from then on are shown.
 const monitorReady = "monitoring drop events… (Ctrl-C to stop)"
 
-// eventJSON is a drop event in `monitor -j`, one per line.
-type eventJSON struct {
-	Time    time.Time `json:"time"`
-	Ifindex int       `json:"ifindex"`
-	// ContainerID, IfName and Network name the endpoint of the veth;
-	// empty when it has none (a no-endpoint drop).
-	ContainerID string     `json:"container_id"`
-	IfName      string     `json:"ifname"`
-	Network     string     `json:"network"`
-	Reason      string     `json:"reason"`
-	Direction   string     `json:"direction"` // from-container, to-container, uplink-egress, uplink-ingress
-	EthProto    string     `json:"eth_proto"` // "ipv4", "ipv6", "arp" or the EtherType in hex
-	IPProto     string     `json:"ip_proto"`  // "tcp", "udp", "icmp", "icmpv6", a number, or ""
-	SrcMAC      string     `json:"src_mac"`
-	DstMAC      string     `json:"dst_mac"`
-	SrcIP       netip.Addr `json:"src_ip"` // "" when not IP or ARP
-	DstIP       netip.Addr `json:"dst_ip"`
-	SrcPort     uint16     `json:"src_port"` // TCP and UDP only, else 0
-	DstPort     uint16     `json:"dst_port"`
-}
-
 // monitor serves `monitor`.
 func (in *inspector) monitor([]string) error {
-	var reasons []program.DropReason
+	var reasons []datapath.DropReason
 	if in.reasons != "" {
 		for name := range strings.SplitSeq(in.reasons, ",") {
-			r, ok := parseReason(name)
+			r, ok := datapath.ParseDropReason(name)
 			if !ok {
 				return usagef("unknown drop reason %q (reasons: %s)", name, reasonNames())
 			}
@@ -78,7 +53,6 @@ func (in *inspector) monitor([]string) error {
 		<-ctx.Done()
 		rd.Close()
 	}()
-	names := endpointsByIfindex{dp: in.dp}
 	fmt.Fprintln(os.Stderr, monitorReady)
 	enc := json.NewEncoder(in.out)
 	for shown := 0; in.count == 0 || shown < in.count; {
@@ -92,15 +66,13 @@ func (in *inspector) monitor([]string) error {
 		if len(reasons) > 0 && !slices.Contains(reasons, ev.Reason) {
 			continue
 		}
-		ep := names.lookup(ev.Ifindex)
-		if wantID != "" && (ep == nil || ep.ContainerID != wantID || wantIf != "" && ep.IfName != wantIf) {
+		if wantID != "" && (ev.ContainerID != wantID || wantIf != "" && ev.IfName != wantIf) {
 			continue
 		}
-		v := eventView(ev, ep)
 		if in.json {
-			err = enc.Encode(v)
+			err = enc.Encode(ev)
 		} else {
-			err = printEvent(in, v)
+			err = printEvent(in, ev)
 		}
 		if err != nil {
 			return err
@@ -110,96 +82,21 @@ func (in *inspector) monitor([]string) error {
 	return nil
 }
 
-func parseReason(name string) (program.DropReason, bool) {
-	for _, r := range program.DropReasons() {
-		if r.String() == strings.TrimSpace(name) {
-			return r, true
-		}
-	}
-	return 0, false
-}
-
-// endpointsByIfindex names the endpoints of veths, reading the records
-// again when an event comes from a veth it does not know (an endpoint
-// attached since, or none: no-endpoint drops are rate limited, so are
-// these reads).
-type endpointsByIfindex struct {
-	dp   *datapath.Datapath
-	recs map[int]*datapath.EndpointRecord
-}
-
-func (e *endpointsByIfindex) lookup(ifindex int) *datapath.EndpointRecord {
-	if r, ok := e.recs[ifindex]; ok {
-		return r
-	}
-	recs, err := e.dp.Endpoints()
-	if err != nil {
-		return nil // the event still shows, by ifindex
-	}
-	e.recs = make(map[int]*datapath.EndpointRecord, len(recs))
-	for i := range recs {
-		e.recs[recs[i].HostIfindex] = &recs[i]
-	}
-	return e.recs[ifindex]
-}
-
-func eventView(ev datapath.DropEvent, ep *datapath.EndpointRecord) eventJSON {
-	v := eventJSON{
-		Time: ev.Time, Ifindex: ev.Ifindex, Reason: ev.Reason.String(), Direction: ev.Direction.String(),
-		EthProto: ethProtoName(ev.EthProto), IPProto: ipProtoName(ev.EthProto, ev.IPProto),
-		SrcMAC: ev.SrcMAC.String(), DstMAC: ev.DstMAC.String(),
-		SrcIP: ev.Src, DstIP: ev.Dst, SrcPort: ev.SrcPort, DstPort: ev.DstPort,
-	}
-	if ep != nil {
-		v.ContainerID, v.IfName, v.Network = ep.ContainerID, ep.IfName, ep.Network
-	}
-	return v
-}
-
-func ethProtoName(p uint16) string {
-	switch p {
-	case unix.ETH_P_IP:
-		return "ipv4"
-	case unix.ETH_P_IPV6:
-		return "ipv6"
-	case unix.ETH_P_ARP:
-		return "arp"
-	}
-	return fmt.Sprintf("0x%04x", p)
-}
-
-func ipProtoName(eth uint16, p uint8) string {
-	if eth != unix.ETH_P_IP && eth != unix.ETH_P_IPV6 {
-		return ""
-	}
-	switch p {
-	case unix.IPPROTO_TCP:
-		return "tcp"
-	case unix.IPPROTO_UDP:
-		return "udp"
-	case unix.IPPROTO_ICMP:
-		return "icmp"
-	case unix.IPPROTO_ICMPV6:
-		return "icmpv6"
-	}
-	return fmt.Sprint(p)
-}
-
 // printEvent writes one event as a line:
 //
 //	time  endpoint  reason  direction  protocol  source > destination  MACs
-func printEvent(in *inspector, v eventJSON) error {
+func printEvent(in *inspector, v datapath.DropEvent) error {
 	ep := fmt.Sprintf("ifindex %d", v.Ifindex)
 	if v.ContainerID != "" {
 		ep = endpointName(v.ContainerID, v.IfName)
 	}
-	proto := v.EthProto
-	if v.IPProto != "" {
-		proto += "/" + v.IPProto
+	proto := v.EthProto.String()
+	if ip := v.IPProto.String(); ip != "" {
+		proto += "/" + ip
 	}
 	addrs := "-"
-	if v.SrcIP.IsValid() {
-		addrs = hostPort(v.SrcIP, v.SrcPort) + " > " + hostPort(v.DstIP, v.DstPort)
+	if v.Src.IsValid() {
+		addrs = hostPort(v.Src, v.SrcPort) + " > " + hostPort(v.Dst, v.DstPort)
 	}
 	_, err := fmt.Fprintf(in.out, "%s  %-24s %-14s %-15s %-12s %s  (%s > %s)\n",
 		v.Time.Format("2006-01-02T15:04:05.000000Z07:00"), ep, v.Reason, v.Direction, proto, addrs, v.SrcMAC, v.DstMAC)

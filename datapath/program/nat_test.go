@@ -67,15 +67,14 @@ func newNATEnv(t *testing.T) *natEnv {
 func (n *natEnv) setUplink(t *testing.T, ifindex uint32, has4, has6 bool) {
 	t.Helper()
 	var u program.BpfbridgeNatUplink
+	var a4, a6 netip.Addr
 	if has4 {
-		u.HasIpv4 = 1
-		b := uplink4.As4()
-		u.Ipv4 = binary.NativeEndian.Uint32(b[:])
+		a4 = uplink4
 	}
 	if has6 {
-		u.HasIpv6 = 1
-		u.Ipv6 = uplink6.As16()
+		a6 = uplink6
 	}
+	u.SetAddrs(a4, a6)
 	if err := n.objs.NatUplinks.Put(ifindex, u); err != nil {
 		t.Fatal(err)
 	}
@@ -83,15 +82,7 @@ func (n *natEnv) setUplink(t *testing.T, ifindex uint32, has4, has6 bool) {
 
 func (n *natEnv) exclude(t *testing.T, network uint32, p netip.Prefix) {
 	t.Helper()
-	k := program.BpfbridgeNatExcludeKey{Network: network, Family: 6, Prefixlen: 64 + uint32(p.Bits())}
-	if p.Addr().Is4() {
-		k.Family = 4
-		b := p.Addr().As4()
-		copy(k.Addr[:], b[:])
-	} else {
-		k.Addr = p.Addr().As16()
-	}
-	if err := n.objs.NatExclude.Put(k, uint8(1)); err != nil {
+	if err := n.objs.NatExclude.Put(program.NATExcludeKeyOf(network, p), uint8(1)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -157,7 +148,7 @@ func (n *natEnv) checkPairs(t *testing.T) int {
 		t.Errorf("nat_out has %d entries, nat_in %d", len(outs), len(ins))
 	}
 	for ok, ov := range outs {
-		ik := inKeyOf(ok, ov)
+		ik := ok.Reply(&ov)
 		iv, found := ins[ik]
 		if !found {
 			t.Errorf("nat_out %+v has no nat_in partner %+v", ok, ik)
@@ -170,39 +161,8 @@ func (n *natEnv) checkPairs(t *testing.T) int {
 	return len(outs)
 }
 
-func inKeyOf(ok program.BpfbridgeNatTuple, ov program.BpfbridgeNatEntry) program.BpfbridgeNatTuple {
-	ik := program.BpfbridgeNatTuple{Src: ok.Dst, Dst: ov.Addr, Proto: ok.Proto, Family: ok.Family}
-	if ok.Proto == protoICMP || ok.Proto == protoICMPv6 {
-		ik.Sport = ov.Port
-	} else {
-		ik.Sport, ik.Dport = ok.Dport, ov.Port
-	}
-	return ik
-}
-
-func addr16(a netip.Addr) (b [16]byte) {
-	if a.Is4() {
-		v := a.As4()
-		copy(b[:], v[:])
-		return b
-	}
-	return a.As16()
-}
-
-// nbo returns the native-endian value whose bytes are port in network
-// order: how a __be16 reads in Go.
-func nbo(port uint16) uint16 {
-	var b [2]byte
-	binary.BigEndian.PutUint16(b[:], port)
-	return binary.NativeEndian.Uint16(b[:])
-}
-
 func tuple(src, dst netip.Addr, sport, dport uint16, proto uint8) program.BpfbridgeNatTuple {
-	f := uint8(6)
-	if src.Is4() {
-		f = 4
-	}
-	return program.BpfbridgeNatTuple{Src: addr16(src), Dst: addr16(dst), Sport: nbo(sport), Dport: nbo(dport), Proto: proto, Family: f}
+	return program.NATTupleOf(proto, netip.AddrPortFrom(src, sport), netip.AddrPortFrom(dst, dport))
 }
 
 func monotonicNow(t *testing.T) uint64 {
@@ -406,15 +366,15 @@ func TestMasqueradeRoundTrip(t *testing.T) {
 			if err := n.objs.NatOut.Lookup(okey, &oe); err != nil {
 				t.Fatalf("nat_out %+v: %v", okey, err)
 			}
-			if oe.Addr != addr16(c.nat) || oe.Port != nbo(natPort) || oe.State != c.state ||
+			if oe.AddrPort(okey.Family) != netip.AddrPortFrom(c.nat, natPort) || oe.State != c.state ||
 				oe.Uplink != n.uplink || oe.Packets != 1 || oe.Bytes == 0 || oe.CreatedNs == 0 {
 				t.Errorf("nat_out entry %+v", oe)
 			}
-			ikey := inKeyOf(okey, oe)
+			ikey := okey.Reply(&oe)
 			if err := n.objs.NatIn.Lookup(ikey, &ie); err != nil {
 				t.Fatalf("nat_in %+v: %v", ikey, err)
 			}
-			if ie.Addr != addr16(c.src) || ie.Port != nbo(sport) || ie.State != c.state || ie.Packets != 0 {
+			if ie.AddrPort(ikey.Family) != netip.AddrPortFrom(c.src, sport) || ie.State != c.state || ie.Packets != 0 {
 				t.Errorf("nat_in entry %+v", ie)
 			}
 
@@ -660,7 +620,7 @@ func TestMasqueradeReclaimExpired(t *testing.T) {
 			if err := n.objs.NatOut.Lookup(okey, &oe); err != nil {
 				t.Fatal(err)
 			}
-			ikey := inKeyOf(okey, oe)
+			ikey := okey.Reply(&oe)
 			if err := n.objs.NatIn.Lookup(ikey, &ie); err != nil {
 				t.Fatal(err)
 			}
@@ -686,7 +646,7 @@ func TestMasqueradeReclaimExpired(t *testing.T) {
 			if err := n.objs.NatIn.Lookup(ikey, &ie); err != nil {
 				t.Fatal(err)
 			}
-			if ie.Port != nbo(40001) || ie.LastSeenNs <= past {
+			if ie.Port != program.Be16(40001) || ie.LastSeenNs <= past {
 				t.Errorf("nat_in after reclaim: %+v", ie)
 			}
 			if err := n.objs.NatOut.Lookup(okey, &oe); !errors.Is(err, ebpf.ErrKeyNotExist) {

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -72,36 +73,11 @@ func (ep *testEndpoint) v4() netip.Addr { return ep.ipv4[0] }
 func (ep *testEndpoint) v6() netip.Addr { return ep.ipv6[0] }
 
 func (ep *testEndpoint) entry() program.BpfbridgeEndpoint {
-	var e program.BpfbridgeEndpoint
-	copy(e.Mac[:], ep.mac)
-	e.Isolation = ep.isolation
-	e.Flags = ep.flags
-	e.Network = ep.network
-	e.N_ipv4 = uint8(len(ep.ipv4))
-	e.N_ipv6 = uint8(len(ep.ipv6))
-	for i, a := range ep.ipv4 {
-		b := a.As4()
-		// ipv4 is __be32: the bytes in network order, read as a
-		// native-endian integer.
-		e.Ipv4[i] = binary.NativeEndian.Uint32(b[:])
+	e := program.BpfbridgeEndpoint{Isolation: ep.isolation, Flags: ep.flags, Network: ep.network}
+	if err := e.SetAddrs(ep.mac, slices.Concat(ep.ipv4, ep.ipv6)); err != nil {
+		panic(err)
 	}
-	for i, a := range ep.ipv6 {
-		e.Ipv6[i] = a.As16()
-	}
-	e.Ipv6Ll = ep.ll().As16()
 	return e
-}
-
-func ipKey(a netip.Addr) program.BpfbridgeIpKey {
-	k := program.BpfbridgeIpKey{Family: 6}
-	if a.Is4() {
-		k.Family = 4
-		b := a.As4()
-		copy(k.Addr[:], b[:])
-	} else {
-		k.Addr = a.As16()
-	}
-	return k
 }
 
 var (
@@ -233,7 +209,7 @@ func (e *env) putEndpoint(t testing.TB, ep *testEndpoint) {
 		t.Fatal(err)
 	}
 	for _, a := range append(append([]netip.Addr{}, ep.ipv4...), ep.ipv6...) {
-		if err := e.objs.IpOwners.Put(ipKey(a), program.BpfbridgeIpOwner{Ifindex: ep.ifindex, Network: ep.network}); err != nil {
+		if err := e.objs.IpOwners.Put(program.IPKeyOf(a), program.BpfbridgeIpOwner{Ifindex: ep.ifindex, Network: ep.network}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -269,16 +245,7 @@ func (e *env) stats(t testing.TB, ifindex uint32) (s program.BpfbridgeEndpointSt
 	} else if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range per {
-		s.FromPackets += p.FromPackets
-		s.FromBytes += p.FromBytes
-		s.ToPackets += p.ToPackets
-		s.ToBytes += p.ToBytes
-		for r := range p.Drops {
-			s.Drops[r] += p.Drops[r]
-		}
-	}
-	return s, true
+	return program.Sum(per), true
 }
 
 func (e *env) totals(t testing.TB) (sum [program.NumDropReasons]uint64) {
@@ -288,9 +255,7 @@ func (e *env) totals(t testing.TB) (sum [program.NumDropReasons]uint64) {
 		if err := e.objs.DropTotals.Lookup(uint32(r), &per); err != nil {
 			t.Fatal(err)
 		}
-		for _, v := range per {
-			sum[r] += v
-		}
+		sum[r] = program.SumUint64(per)
 	}
 	return sum
 }
@@ -301,11 +266,8 @@ func (e *env) budget(t testing.TB) (used, suppressed uint32) {
 	if err := e.objs.EventBudget.Lookup(uint32(0), &per); err != nil {
 		t.Fatal(err)
 	}
-	for _, b := range per {
-		used += b.Used
-		suppressed += b.Suppressed
-	}
-	return used, suppressed
+	sum := program.Sum(per)
+	return sum.Used, sum.Suppressed
 }
 
 // expect runs one frame and checks the verdict, that exactly the counter of

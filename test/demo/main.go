@@ -180,21 +180,31 @@ const otherConf = `{"name": "other", "type": "bridge", "bridge": "m-other", "isG
   "isolation": "network",
   "ipam": {"type": "host-local", "subnet": "9.0.2.0/25", "routes": [{"dst": "0.0.0.0/0"}]}}`
 
+// addContainer writes the network's conf into confDir, creates the
+// container name and adds it to the network with cnitool; del deletes it
+// again.
+func addContainer(ctx context.Context, sb *sandbox.Sandbox, tool sandbox.CNITool, confDir, network, conf, name string) (c *sandbox.NetNS, del func(), err error) {
+	if err := os.WriteFile(filepath.Join(confDir, network+".conf"), []byte(conf), 0o644); err != nil {
+		return nil, nil, err
+	}
+	if c, err = sb.NewContainer(name); err != nil {
+		return nil, nil, err
+	}
+	if _, _, err := tool.Run(ctx, sb.Node, "add", network, c.Path); err != nil {
+		return nil, nil, err
+	}
+	return c, func() { tool.Run(ctx, sb.Node, "del", network, c.Path) }, nil
+}
+
 // showIsolation shows the eBPF datapath at work: a container of another
 // network cannot reach the dcos containers, and a container that takes an
 // address it was not given gets nothing through; both drops are counted.
 func showIsolation(ctx context.Context, sb *sandbox.Sandbox, tool sandbox.CNITool, confDir string, ctrs []*sandbox.NetNS, ips []netip.Addr) error {
-	if err := os.WriteFile(filepath.Join(confDir, "other.conf"), []byte(otherConf), 0o644); err != nil {
-		return err
-	}
-	intruder, err := sb.NewContainer("intruder")
+	intruder, del, err := addContainer(ctx, sb, tool, confDir, "other", otherConf, "intruder")
 	if err != nil {
 		return err
 	}
-	if _, _, err := tool.Run(ctx, sb.Node, "add", "other", intruder.Path); err != nil {
-		return err
-	}
-	defer tool.Run(ctx, sb.Node, "del", "other", intruder.Path)
+	defer del()
 	dp, err := datapath.OpenExisting(datapath.Options{BPFFS: sb.BPFFS})
 	if err != nil {
 		return err
@@ -225,17 +235,11 @@ const egressConf = `{"name": "egress", "type": "bridge", "bridge": "m-egress", "
 // showMasquerade shows a container of a masquerading network reaching the
 // external namespace, which sees the node's uplink address.
 func showMasquerade(ctx context.Context, sb *sandbox.Sandbox, tool sandbox.CNITool, confDir, bridge string) error {
-	if err := os.WriteFile(filepath.Join(confDir, "egress.conf"), []byte(egressConf), 0o644); err != nil {
-		return err
-	}
-	client, err := sb.NewContainer("client")
+	client, del, err := addContainer(ctx, sb, tool, confDir, "egress", egressConf, "client")
 	if err != nil {
 		return err
 	}
-	if _, _, err := tool.Run(ctx, sb.Node, "add", "egress", client.Path); err != nil {
-		return err
-	}
-	defer tool.Run(ctx, sb.Node, "del", "egress", client.Path)
+	defer del()
 	server := netip.AddrPortFrom(sb.Internet4, 80)
 	stop, err := sandbox.ServeWhoAmI(sb.External, server)
 	if err != nil {
@@ -304,7 +308,7 @@ func printDrops(dp *datapath.Datapath, ctr *sandbox.NetNS, reason program.DropRe
 		return err
 	}
 	fmt.Printf("    datapath: %s dropped %d packet(s) as %s (sent %d, received %d)\n",
-		ctr.Name, c.Drops[reason], reason, c.FromPackets, c.ToPackets)
+		ctr.Name, c.Drops[reason], reason, c.FromContainer.Packets, c.ToContainer.Packets)
 	return nil
 }
 

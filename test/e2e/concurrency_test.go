@@ -14,9 +14,7 @@ import (
 // address is distinct and that nothing is left afterwards.
 func TestConcurrentAddDel(t *testing.T) {
 	sb := sandbox.ForTest(t)
-	n := newNetwork(t, sb, fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "busy", "type": "bridge",
-		"bridge": "br-busy", "isGateway": true,
-		"ipam": {"type": "host-local", "subnet": "10.40.0.0/24", "dataDir": %q}}`, t.TempDir()), bins.PluginDir())
+	n := newNetwork(t, sb, gatewayConf("busy", "br-busy", "10.40.0.0/24", t.TempDir()), bins.PluginDir())
 	ctrs := newContainers(t, sb, "k", 32)
 	type attachment struct {
 		ctr        *sandbox.NetNS

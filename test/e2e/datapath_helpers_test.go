@@ -2,18 +2,16 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -95,86 +93,46 @@ func attachMode() datapath.AttachMode {
 // ifname in the suite's attach mode, ingress then egress.
 func attachedPrograms(t *testing.T, sb *sandbox.Sandbox, ifname string) (ingress, egress []ebpf.ProgramID) {
 	t.Helper()
-	if attachMode() == datapath.AttachLegacy {
-		return legacyFilters(t, sb, ifname)
-	}
-	err := sb.InNode(func() error {
-		l, err := netlink.LinkByName(ifname)
-		if err != nil {
-			return err
+	return tcPrograms(t, sb, ifname, attachMode())
+}
+
+// tcPrograms lists the IDs of the programs attached to the node's link
+// ifname in mode (any mode when empty), ingress then egress.
+func tcPrograms(t *testing.T, sb *sandbox.Sandbox, ifname string, mode datapath.AttachMode) (ingress, egress []ebpf.ProgramID) {
+	t.Helper()
+	for _, a := range inNode(t, sb, "list tc programs", datapath.TCAttachments) {
+		if a.IfName != ifname || mode != "" && a.Mode != mode {
+			continue
 		}
-		for at, dst := range map[ebpf.AttachType]*[]ebpf.ProgramID{ebpf.AttachTCXIngress: &ingress, ebpf.AttachTCXEgress: &egress} {
-			res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: at})
-			if err != nil {
-				return err
-			}
-			for _, p := range res.Programs {
-				*dst = append(*dst, p.ID)
-			}
+		if a.Direction == "ingress" {
+			ingress = append(ingress, a.ProgramID)
+		} else {
+			egress = append(egress, a.ProgramID)
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("tcx programs on %s: %v", ifname, err)
 	}
 	return ingress, egress
 }
 
-// legacyFilters lists the programs of the cls_bpf filters on the node's
-// link ifname, ingress then egress.
-func legacyFilters(t *testing.T, sb *sandbox.Sandbox, ifname string) (ingress, egress []ebpf.ProgramID) {
+// pinnedBuilds lists the builds whose program sets are pinned on the node.
+func pinnedBuilds(t *testing.T, sb *sandbox.Sandbox) []string {
 	t.Helper()
-	err := sb.InNode(func() error {
-		l, err := netlink.LinkByName(ifname)
-		if err != nil {
-			return err
+	var builds []string
+	for _, p := range inNode(t, sb, "list programs", openDatapath(t, sb).Programs) {
+		if !slices.Contains(builds, p.Build) {
+			builds = append(builds, p.Build)
 		}
-		for parent, dst := range map[uint32]*[]ebpf.ProgramID{netlink.HANDLE_MIN_INGRESS: &ingress, netlink.HANDLE_MIN_EGRESS: &egress} {
-			filters, err := netlink.FilterList(l, parent)
-			if err != nil {
-				return err
-			}
-			for _, f := range filters {
-				if bf, ok := f.(*netlink.BpfFilter); ok {
-					*dst = append(*dst, ebpf.ProgramID(bf.Id))
-				}
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("filters on %s: %v", ifname, err)
 	}
-	return ingress, egress
-}
-
-// mapsDir is the directory of the node's pinned maps (maps/v<layout>).
-func mapsDir(t *testing.T, sb *sandbox.Sandbox) string {
-	t.Helper()
-	dirs, err := filepath.Glob(filepath.Join(sb.BPFFS, "bpfbridge", "maps", "v*"))
-	if err != nil || len(dirs) != 1 {
-		t.Fatalf("pinned map directories %v (%v), want exactly one", dirs, err)
-	}
-	return dirs[0]
+	return builds
 }
 
 // dropTotal is the node's total of drops for reason, over all CPUs.
 func dropTotal(t *testing.T, sb *sandbox.Sandbox, reason program.DropReason) uint64 {
 	t.Helper()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(mapsDir(t, sb), "drop_totals"), nil)
+	totals, err := openDatapath(t, sb).DropTotals()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
-	var perCPU []uint64
-	if err := m.Lookup(uint32(reason), &perCPU); err != nil {
-		t.Fatal(err)
-	}
-	var sum uint64
-	for _, n := range perCPU {
-		sum += n
-	}
-	return sum
+	return totals[reason]
 }
 
 // hostVeth returns the name of the bridge port whose peer is c's eth0.
@@ -204,44 +162,38 @@ func hostVeth(t testing.TB, sb *sandbox.Sandbox, c container) string {
 	return name
 }
 
+// mapEntries counts the entries of each map of the node's layout, by
+// pinned name.
+func mapEntries(t *testing.T, sb *sandbox.Sandbox) map[string]int {
+	t.Helper()
+	maps, err := openDatapath(t, sb).Maps()
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]int{}
+	for _, m := range maps {
+		if m.Entries != nil {
+			counts[m.Name] = *m.Entries
+		}
+	}
+	return counts
+}
+
 // pinnedEntries counts the entries of each control-plane map pinned in the
 // node's bpffs and the pinned link directories.
 func pinnedEntries(t *testing.T, sb *sandbox.Sandbox) map[string]int {
 	t.Helper()
-	root := filepath.Join(sb.BPFFS, "bpfbridge")
+	all := mapEntries(t, sb)
 	counts := map[string]int{}
-	maps := mapsDir(t, sb)
-	counts["endpoints"] = countKeys[uint32](t, filepath.Join(maps, "endpoints"))
-	counts["ip_owners"] = countKeys[program.BpfbridgeIpKey](t, filepath.Join(maps, "ip_owners"))
-	counts["endpoint_meta"] = countKeys[program.BpfbridgeEndpointKey](t, filepath.Join(maps, "endpoint_meta"))
-	counts["endpoint_stats"] = countKeys[uint32](t, filepath.Join(maps, "endpoint_stats"))
-	links, err := os.ReadDir(filepath.Join(root, "links"))
-	if err != nil && !os.IsNotExist(err) {
+	for _, name := range []string{"endpoints", "ip_owners", "endpoint_meta", "endpoint_stats"} {
+		counts[name] = all[name]
+	}
+	links, err := openDatapath(t, sb).PinnedLinks()
+	if err != nil {
 		t.Fatal(err)
 	}
-	counts["links"] = len(links)
+	counts["links"] = links
 	return counts
-}
-
-// countKeys counts the keys of the map pinned at path.
-func countKeys[K any](t *testing.T, path string) int {
-	t.Helper()
-	m, err := ebpf.LoadPinnedMap(path, nil)
-	if err != nil {
-		t.Fatalf("open pinned map: %v", err)
-	}
-	defer m.Close()
-	var (
-		key   K
-		count int
-	)
-	for err = m.NextKey(nil, &key); err == nil; err = m.NextKey(&key, &key) {
-		count++
-	}
-	if !errors.Is(err, ebpf.ErrKeyNotExist) {
-		t.Fatalf("iterate %s: %v", path, err)
-	}
-	return count
 }
 
 // assertNoFirewallRules fails if the node has any iptables or nftables rule.
@@ -249,21 +201,12 @@ func assertNoFirewallRules(t *testing.T, sb *sandbox.Sandbox) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	for _, cmd := range [][]string{{"iptables-save"}, {"ip6tables-save"}, {"nft", "list", "ruleset"}} {
-		out, err := sb.Node.Command(ctx, cmd[0], cmd[1:]...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s: %v: %s", strings.Join(cmd, " "), err, out)
-		}
-		var rules []string
-		for _, line := range strings.Split(string(out), "\n") {
-			// iptables-save prints comments even for an empty ruleset.
-			if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
-				rules = append(rules, line)
-			}
-		}
-		if len(rules) > 0 {
-			t.Errorf("%s in the node is not empty:\n%s", strings.Join(cmd, " "), strings.Join(rules, "\n"))
-		}
+	rules, err := sb.Node.FirewallRules(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all := rules.All(); len(all) > 0 {
+		t.Errorf("the node has firewall rules:\n%s", strings.Join(all, "\n"))
 	}
 }
 

@@ -23,9 +23,7 @@ import (
 // with the exhaustion code, leaving no link, allocation or index entry.
 func TestExhaustionLeavesNothing(t *testing.T) {
 	sb := sandbox.ForTest(t)
-	n := newNetwork(t, sb, fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "small", "type": "bridge",
-		"bridge": "br-small", "isGateway": true,
-		"ipam": {"type": "host-local", "subnet": "10.50.0.0/29", "dataDir": %q}}`, t.TempDir()), bins.PluginDir())
+	n := newNetwork(t, sb, gatewayConf("small", "br-small", "10.50.0.0/29", t.TempDir()), bins.PluginDir())
 	// 10.50.0.0/29: .1 is the gateway, .7 broadcast, so .2-.6 are free.
 	ctrs := newContainers(t, sb, "x", 6)
 	for i, ctr := range ctrs[:5] {
@@ -161,9 +159,7 @@ func addBridge(name string, mtu int, addr string) error {
 // the address is always released.
 func TestDelIsIdempotent(t *testing.T) {
 	sb := sandbox.ForTest(t)
-	n := newNetwork(t, sb, fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "idem", "type": "bridge",
-		"bridge": "br-idem", "isGateway": true,
-		"ipam": {"type": "host-local", "subnet": "10.90.0.0/24", "dataDir": %q}}`, t.TempDir()), bins.PluginDir())
+	n := newNetwork(t, sb, gatewayConf("idem", "br-idem", "10.90.0.0/24", t.TempDir()), bins.PluginDir())
 	ctrs := newContainers(t, sb, "d", 3)
 	for i, ctr := range ctrs {
 		n.mustAdd(ctr, fmt.Sprintf("d%d", i), "eth0")

@@ -215,25 +215,47 @@ func (n *network) assertStoreEmpty() {
 	}
 }
 
+// gatewayConf is a network whose bridge is the containers' gateway, with
+// host-local IPAM on subnet, stored in dataDir.
+func gatewayConf(name, bridge, subnet, dataDir string) string {
+	return fmt.Sprintf(`{"cniVersion": "1.0.0", "name": %q, "type": "bridge", "bridge": %q, "isGateway": true,
+		"ipam": {"type": "host-local", "subnet": %q, "dataDir": %q}}`, name, bridge, subnet, dataDir)
+}
+
+// inNode returns what f returns in the node's network namespace, failing
+// the test (doing what) on an error.
+func inNode[T any](t *testing.T, sb *sandbox.Sandbox, what string, f func() (T, error)) T {
+	t.Helper()
+	var v T
+	if err := sb.InNode(func() (err error) {
+		v, err = f()
+		return err
+	}); err != nil {
+		t.Fatalf("%s in the node: %v", what, err)
+	}
+	return v
+}
+
+// nodeLinks returns the node's links.
+func nodeLinks(t *testing.T, sb *sandbox.Sandbox) []netlink.Link {
+	t.Helper()
+	// netlinksafe retries a dump that links changing meanwhile interrupted.
+	return inNode(t, sb, "list links", netlinksafe.LinkList)
+}
+
 // bridgePorts returns the names of the ports of bridge in the node.
 func bridgePorts(t *testing.T, sb *sandbox.Sandbox, bridge string) []string {
 	t.Helper()
+	links := nodeLinks(t, sb)
+	i := slices.IndexFunc(links, func(l netlink.Link) bool { return l.Attrs().Name == bridge })
+	if i < 0 {
+		t.Fatalf("no bridge %s in the node", bridge)
+	}
 	var ports []string
-	err := sb.InNode(func() error {
-		br, err := netlink.LinkByName(bridge)
-		if err != nil {
-			return err
+	for _, l := range links {
+		if l.Attrs().MasterIndex == links[i].Attrs().Index {
+			ports = append(ports, l.Attrs().Name)
 		}
-		links, err := netlink.LinkList()
-		for _, l := range links {
-			if l.Attrs().MasterIndex == br.Attrs().Index {
-				ports = append(ports, l.Attrs().Name)
-			}
-		}
-		return err
-	})
-	if err != nil {
-		t.Fatalf("list ports of %s: %v", bridge, err)
 	}
 	return ports
 }
@@ -243,18 +265,10 @@ func bridgePorts(t *testing.T, sb *sandbox.Sandbox, bridge string) []string {
 func nodeVeths(t *testing.T, sb *sandbox.Sandbox) []string {
 	t.Helper()
 	var names []string
-	err := sb.InNode(func() error {
-		// netlinksafe retries a dump that links changing meanwhile interrupted.
-		links, err := netlinksafe.LinkList()
-		for _, l := range links {
-			if l.Type() == "veth" && l.Attrs().Name != sandbox.NodeUplinkName {
-				names = append(names, l.Attrs().Name)
-			}
+	for _, l := range nodeLinks(t, sb) {
+		if l.Type() == "veth" && l.Attrs().Name != sandbox.NodeUplinkName {
+			names = append(names, l.Attrs().Name)
 		}
-		return err
-	})
-	if err != nil {
-		t.Fatalf("list node links: %v", err)
 	}
 	return names
 }

@@ -499,11 +499,8 @@ func TestInspectErrors(t *testing.T) {
 // to the external namespace with the translated address and port, and
 // nothing once the container is deleted.
 func TestInspectMasquerade(t *testing.T) {
-	sb := sandbox.ForTest(t)
-	n := newNetwork(t, sb, masqConf("masq", "br-masq", t.TempDir(), masqRanges4, ""), bins.PluginDir())
+	sb, n, server := newMasqNetwork(t, 8080)
 	c := n.attach("flow")
-	server := netip.AddrPortFrom(sb.Internet4, 8080)
-	serveWhoAmI(t, sb.External, server)
 	seen, err := whoAmI(t, c, "tcp", server)
 	if err != nil {
 		t.Fatal(err)

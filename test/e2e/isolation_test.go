@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -134,12 +133,7 @@ func TestAntiSpoofing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if reaches(addrThief.ns, victim.ip) {
-		t.Error("a packet from an address the container was not given got through")
-	}
-	if drops(t, dp, addrThief, program.DropSpoofIPv4) == 0 {
-		t.Error("no spoof-ipv4 drop counted")
-	}
+	assertSpoofDropped(t, dp, addrThief, victim, program.DropSpoofIPv4, "an address the container was not given")
 
 	// Another MAC.
 	err = macThief.ns.Do(func() error {
@@ -152,12 +146,7 @@ func TestAntiSpoofing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if reaches(macThief.ns, victim.ip) {
-		t.Error("a packet from a MAC the container was not given got through")
-	}
-	if drops(t, dp, macThief, program.DropSpoofMAC) == 0 {
-		t.Error("no spoof-mac drop counted")
-	}
+	assertSpoofDropped(t, dp, macThief, victim, program.DropSpoofMAC, "a MAC the container was not given")
 
 	// A spoofed ARP reply claiming the victim's address. The node knows the
 	// victim; locktime 0 lets an ARP override that entry at once, as it
@@ -304,9 +293,8 @@ func TestUpgradeKeepsStreamAlive(t *testing.T) {
 			t.Errorf("%s: programs ingress %v egress %v after the upgrade, before %v %v: want one new program each", c.id, in, eg, oldIn, oldEg)
 		}
 	}
-	progs, err := os.ReadDir(filepath.Join(sb.BPFFS, "bpfbridge", "progs"))
-	if err != nil || len(progs) != 1 {
-		t.Errorf("program sets pinned after the upgrade: %v (%v), want only the new build's", progs, err)
+	if builds := pinnedBuilds(t, sb); len(builds) != 1 {
+		t.Errorf("program sets pinned after the upgrade: %v, want only the new build's", builds)
 	}
 	if err := next.check(sender.ns, sender.id, "eth0"); err != nil {
 		t.Errorf("CHECK by the new build: %v", err)
@@ -368,5 +356,17 @@ func waitForBytes(t *testing.T, received *atomic.Int64, n int64, timeout time.Du
 			t.Fatalf("only %d of %d bytes arrived within %v", received.Load(), n, timeout)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// assertSpoofDropped fails unless thief, which sends as what, cannot reach
+// victim and its endpoint counts a drop for reason.
+func assertSpoofDropped(t *testing.T, dp *datapath.Datapath, thief, victim container, reason program.DropReason, what string) {
+	t.Helper()
+	if reaches(thief.ns, victim.ip) {
+		t.Errorf("a packet from %s got through", what)
+	}
+	if drops(t, dp, thief, reason) == 0 {
+		t.Errorf("no %s drop counted", reason)
 	}
 }

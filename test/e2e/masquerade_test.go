@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,19 +52,27 @@ func whoAmI(t *testing.T, c container, network string, dst netip.AddrPort) (neti
 // natEntries counts the translations pinned on the node (both halves).
 func natEntries(t *testing.T, sb *sandbox.Sandbox) (out, in int) {
 	t.Helper()
-	dir := mapsDir(t, sb)
-	return countKeys[program.BpfbridgeNatTuple](t, filepath.Join(dir, "nat_out")), countKeys[program.BpfbridgeNatTuple](t, filepath.Join(dir, "nat_in"))
+	counts := mapEntries(t, sb)
+	return counts["nat_out"], counts["nat_in"]
+}
+
+// newMasqNetwork is an IPv4 masquerading network "masq" in a fresh
+// sandbox, and a whoami server on the outside at Internet4:port.
+func newMasqNetwork(t *testing.T, port uint16) (*sandbox.Sandbox, *network, netip.AddrPort) {
+	t.Helper()
+	sb := sandbox.ForTest(t)
+	n := newNetwork(t, sb, masqConf("masq", "br-masq", t.TempDir(), masqRanges4, ""), bins.PluginDir())
+	server := netip.AddrPortFrom(sb.Internet4, port)
+	serveWhoAmI(t, sb.External, server)
+	return sb, n, server
 }
 
 // TestMasqueradeToExternal: the external world sees TCP, UDP and ping from
 // a container as coming from the node's uplink address, and answers reach
 // the container (External has no route back to the container subnet).
 func TestMasqueradeToExternal(t *testing.T) {
-	sb := sandbox.ForTest(t)
-	n := newNetwork(t, sb, masqConf("masq", "br-masq", t.TempDir(), masqRanges4, ""), bins.PluginDir())
+	sb, n, server := newMasqNetwork(t, 8080)
 	c := n.attach("m0")
-	server := netip.AddrPortFrom(sb.Internet4, 8080)
-	serveWhoAmI(t, sb.External, server)
 	for _, proto := range []string{"tcp", "udp"} {
 		seen, err := whoAmI(t, c, proto, server)
 		if err != nil {
@@ -315,10 +322,8 @@ func TestMasqueradePortExhaustion(t *testing.T) {
 // for the 10 s closing timeout), and random probing finds free ports
 // (probing consecutive ones reported exhaustion at 60% occupancy).
 func TestMasqueradeConnectionChurn(t *testing.T) {
-	sb := sandbox.ForTest(t)
-	n := newNetwork(t, sb, masqConf("masq", "br-masq", t.TempDir(), masqRanges4, ""), bins.PluginDir())
+	sb, n, server := newMasqNetwork(t, 7100)
 	c := n.attach("churn")
-	serveWhoAmI(t, sb.External, netip.AddrPortFrom(sb.Internet4, 7100))
 	deadline := time.Now().Add(60 * time.Second)
 	for i := range 6000 {
 		if time.Now().After(deadline) {
@@ -326,7 +331,7 @@ func TestMasqueradeConnectionChurn(t *testing.T) {
 		}
 		var conn net.Conn
 		err := c.ns.Do(func() (err error) {
-			conn, err = net.DialTimeout("tcp", netip.AddrPortFrom(sb.Internet4, 7100).String(), 2*time.Second)
+			conn, err = net.DialTimeout("tcp", server.String(), 2*time.Second)
 			return err
 		})
 		if err != nil {
@@ -384,10 +389,10 @@ func TestNoNATStateWithoutIPMasq(t *testing.T) {
 	if out, in := natEntries(t, sb); out+in != 0 {
 		t.Errorf("translations without ipMasq: %d out, %d in", out, in)
 	}
-	if n := countKeys[uint32](t, filepath.Join(mapsDir(t, sb), "nat_networks")); n != 0 {
+	if n := mapEntries(t, sb)["nat_networks"]; n != 0 {
 		t.Errorf("%d masquerading networks recorded without ipMasq", n)
 	}
-	if in, eg := legacyFilters(t, sb, sandbox.NodeUplinkName); len(in)+len(eg) != 0 {
+	if in, eg := tcPrograms(t, sb, sandbox.NodeUplinkName, ""); len(in)+len(eg) != 0 {
 		t.Errorf("programs on the uplink without ipMasq: %v %v", in, eg)
 	}
 	assertNoFirewallRules(t, sb)
@@ -418,11 +423,8 @@ func TestMasqueradeIPv6(t *testing.T) {
 // DEL leaves translations that have not expired; GC removes them with the
 // container's other state.
 func TestMasqueradeGCForgetsGoneContainers(t *testing.T) {
-	sb := sandbox.ForTest(t)
-	n := newNetwork(t, sb, masqConf("masq", "br-masq", t.TempDir(), masqRanges4, ""), bins.PluginDir())
+	sb, n, server := newMasqNetwork(t, 7200)
 	kept, gone := n.attach("kept"), n.attach("gone")
-	server := netip.AddrPortFrom(sb.Internet4, 7200)
-	serveWhoAmI(t, sb.External, server)
 	for _, c := range []container{kept, gone} {
 		if _, err := whoAmI(t, c, "udp", server); err != nil {
 			t.Fatal(err)

@@ -51,7 +51,7 @@ func stateOf(t *testing.T, sb *sandbox.Sandbox, n *network) nodeState {
 		veths:       veths,
 		allocations: n.allocations(),
 		pinned:      pinnedEntries(t, sb),
-		natNetworks: countKeys[uint32](t, filepath.Join(mapsDir(t, sb), "nat_networks")),
+		natNetworks: mapEntries(t, sb)["nat_networks"],
 	}
 }
 

@@ -8,11 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/bpfbridge/bpfbridge/datapath"
 	"github.com/bpfbridge/bpfbridge/test/sandbox"
 )
 
@@ -35,16 +37,17 @@ func TestUpgradeLiveNode(t *testing.T) {
 	cases := []struct {
 		name     string
 		from, to func(t *testing.T) string
+		bump     int // the layout bump of the "to" build
 	}{
-		{"from-" + previousRelease, previousReleasePlugin, func(*testing.T) string { return bins.PluginDir() }},
-		{"new-layout", func(*testing.T) string { return bins.PluginDir() }, func(t *testing.T) string { return buildPlugin(t, repoRoot(t), layoutBumpFlag) }},
+		{"from-" + previousRelease, previousReleasePlugin, func(*testing.T) string { return bins.PluginDir() }, 0},
+		{"new-layout", func(*testing.T) string { return bins.PluginDir() }, func(t *testing.T) string { return buildPlugin(t, repoRoot(t), layoutBumpFlag) }, 1},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) { testUpgradeLiveNode(t, tc.from(t), tc.to(t)) })
+		t.Run(tc.name, func(t *testing.T) { testUpgradeLiveNode(t, tc.from(t), tc.to(t), tc.bump) })
 	}
 }
 
-func testUpgradeLiveNode(t *testing.T, fromDir, toDir string) {
+func testUpgradeLiveNode(t *testing.T, fromDir, toDir string, bump int) {
 	sb := sandbox.ForTest(t)
 	confA := masqConf("upa", "br-upa", t.TempDir(), `[[{"subnet": "10.170.0.0/24"}]]`, `"isolation": "network"`)
 	confB := isoConf("upb", "br-upb", "10.171.0.0/24", "network", t.TempDir())
@@ -61,6 +64,9 @@ func testUpgradeLiveNode(t *testing.T, fromDir, toDir string) {
 
 	newA, newB := oldA.servedBy(toDir), oldB.servedBy(toDir)
 	a3, b2 := newA.attach("ua3"), newB.attach("ub2") // the upgrade happens in the first
+	// From here on this test reads the node as the new build does.
+	datapath.SetTestLayoutBump(bump)
+	t.Cleanup(func() { datapath.SetTestLayoutBump(0) })
 	atUpgrade := received.Load()
 	waitForBytes(t, &received, atUpgrade+1<<20, 5*time.Second)
 	close(stop)
@@ -70,9 +76,11 @@ func testUpgradeLiveNode(t *testing.T, fromDir, toDir string) {
 	masq.roundTrip(t, "after the upgrade")
 	masq.close()
 
-	mapsDir(t, sb) // exactly one layout is pinned
-	if progs, err := os.ReadDir(filepath.Join(sb.BPFFS, "bpfbridge", "progs")); err != nil || len(progs) != 1 {
-		t.Errorf("program sets pinned after the upgrade: %v (%v), want only the new build's", progs, err)
+	if layouts := pinnedLayouts(t, sb); len(layouts) != 1 {
+		t.Errorf("map layouts pinned after the upgrade: %v, want only the new build's", layouts)
+	}
+	if builds := pinnedBuilds(t, sb); len(builds) != 1 {
+		t.Errorf("program sets pinned after the upgrade: %v, want only the new build's", builds)
 	}
 	for _, p := range []struct {
 		from, to container
@@ -203,4 +211,20 @@ func buildPlugin(t *testing.T, src, ldflags string) string {
 		t.Fatalf("build the plugin in %s: %v\n%s", src, err, out)
 	}
 	return dir
+}
+
+// pinnedLayouts lists the map layout versions pinned on the node.
+func pinnedLayouts(t *testing.T, sb *sandbox.Sandbox) []int {
+	t.Helper()
+	maps, err := datapath.PinnedMaps(sb.BPFFS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var layouts []int
+	for _, m := range maps {
+		if !slices.Contains(layouts, m.Layout) {
+			layouts = append(layouts, m.Layout)
+		}
+	}
+	return layouts
 }

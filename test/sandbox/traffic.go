@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -168,38 +169,24 @@ func ServeTCPEcho(n *NetNS, addr netip.AddrPort) (bound netip.AddrPort, stop fun
 // TCPEcho connects from inside n to an echo server at dst, sends payload,
 // half-closes and checks that exactly payload comes back, all within timeout.
 func TCPEcho(n *NetNS, dst netip.AddrPort, payload []byte, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	var c *net.TCPConn
-	err := n.Do(func() error {
-		d := net.Dialer{Deadline: deadline}
-		conn, err := d.Dial(network("tcp", dst.Addr()), dst.String())
-		if err == nil {
-			c = conn.(*net.TCPConn)
+	return echo(n, "tcp", dst, payload, timeout, func(conn net.Conn, deadline time.Time) ([]byte, error) {
+		c := conn.(*net.TCPConn)
+		if err := c.SetDeadline(deadline); err != nil {
+			return nil, err
 		}
-		return err
+		// Write concurrently with reading: a payload larger than the socket
+		// buffers would otherwise fill both directions and stall.
+		werr := make(chan error, 1)
+		go func() {
+			_, err := c.Write(payload)
+			if err == nil {
+				err = c.CloseWrite()
+			}
+			werr <- err
+		}()
+		got, err := io.ReadAll(c)
+		return got, errors.Join(err, <-werr)
 	})
-	if err != nil {
-		return fmt.Errorf("sandbox: TCP echo %s from %s: %w", dst, n.Name, err)
-	}
-	defer c.Close()
-	if err := c.SetDeadline(deadline); err != nil {
-		return err
-	}
-	// Write concurrently with reading: a payload larger than the socket
-	// buffers would otherwise fill both directions and stall.
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(payload)
-		if err == nil {
-			err = c.CloseWrite()
-		}
-		werr <- err
-	}()
-	got, err := io.ReadAll(c)
-	if err := errors.Join(err, <-werr); err != nil {
-		return fmt.Errorf("sandbox: TCP echo %s from %s: %w", dst, n.Name, err)
-	}
-	return compareEcho("TCP", dst, n, got, payload)
 }
 
 // ServeUDPEcho listens on addr inside n (port 0 picks a free port) and sends
@@ -218,7 +205,9 @@ func ServeUDPEcho(n *NetNS, addr netip.AddrPort) (bound netip.AddrPort, stop fun
 	// Replies must leave from the address each datagram was sent to. On a
 	// wildcard socket the kernel would otherwise pick the source by route,
 	// the uplink address for a datagram sent to an address on lo, say, and
-	// the client's connected socket would drop the reply.
+	// the client's connected socket would drop the reply. The two branches
+	// are alike but for x/net's per-family types (ipv4 and ipv6 PacketConn
+	// and ControlMessage), which share no interface to write one loop on.
 	var serve func()
 	if addr.Addr().Unmap().Is4() {
 		p := ipv4.NewPacketConn(c)
@@ -268,45 +257,57 @@ func ServeUDPEcho(n *NetNS, addr netip.AddrPort) (bound netip.AddrPort, stop fun
 // that the reply is exactly payload. UDP may drop a datagram, so it resends
 // every 200ms until a reply arrives or timeout passes.
 func UDPEcho(n *NetNS, dst netip.AddrPort, payload []byte, timeout time.Duration) error {
+	return echo(n, "udp", dst, payload, timeout, func(c net.Conn, deadline time.Time) ([]byte, error) {
+		buf := make([]byte, len(payload)+1) // one spare byte exposes a longer reply
+		for time.Now().Before(deadline) {
+			if _, err := c.Write(payload); err != nil {
+				return nil, err
+			}
+			next := time.Now().Add(udpResendInterval)
+			if next.After(deadline) {
+				next = deadline
+			}
+			if err := c.SetReadDeadline(next); err != nil {
+				return nil, err
+			}
+			nr, err := c.Read(buf)
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				return buf[:nr], err
+			}
+		}
+		return nil, fmt.Errorf("no reply within %v", timeout)
+	})
+}
+
+// echo connects from inside n to the proto ("tcp", "udp") echo server at
+// dst, has exchange send payload and return the reply before deadline, and
+// checks that the reply is exactly payload.
+func echo(n *NetNS, proto string, dst netip.AddrPort, payload []byte, timeout time.Duration,
+	exchange func(c net.Conn, deadline time.Time) ([]byte, error)) error {
 	deadline := time.Now().Add(timeout)
-	var c *net.UDPConn
+	var c net.Conn
 	err := n.Do(func() (err error) {
-		c, err = net.DialUDP(network("udp", dst.Addr()), nil, net.UDPAddrFromAddrPort(dst))
+		d := net.Dialer{Deadline: deadline}
+		c, err = d.Dial(network(proto, dst.Addr()), dst.String())
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("sandbox: UDP echo %s from %s: %w", dst, n.Name, err)
+		return echoError(proto, dst, n, err)
 	}
 	defer c.Close()
-	buf := make([]byte, len(payload)+1) // one spare byte exposes a longer reply
-	for time.Now().Before(deadline) {
-		if _, err := c.Write(payload); err != nil {
-			return fmt.Errorf("sandbox: UDP echo %s from %s: %w", dst, n.Name, err)
-		}
-		next := time.Now().Add(udpResendInterval)
-		if next.After(deadline) {
-			next = deadline
-		}
-		if err := c.SetReadDeadline(next); err != nil {
-			return err
-		}
-		nr, err := c.Read(buf)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("sandbox: UDP echo %s from %s: %w", dst, n.Name, err)
-		}
-		return compareEcho("UDP", dst, n, buf[:nr], payload)
+	got, err := exchange(c, deadline)
+	if err != nil {
+		return echoError(proto, dst, n, err)
 	}
-	return fmt.Errorf("sandbox: UDP echo %s from %s: no reply within %v", dst, n.Name, timeout)
+	if !bytes.Equal(got, payload) {
+		return echoError(proto, dst, n, fmt.Errorf("got %d bytes back that differ from the %d sent", len(got), len(payload)))
+	}
+	return nil
 }
 
-func compareEcho(proto string, dst netip.AddrPort, n *NetNS, got, want []byte) error {
-	if bytes.Equal(got, want) {
-		return nil
-	}
-	return fmt.Errorf("sandbox: %s echo %s from %s: got %d bytes back that differ from the %d sent", proto, dst, n.Name, len(got), len(want))
+// echoError is a failed echo of proto to dst from n.
+func echoError(proto string, dst netip.AddrPort, n *NetNS, err error) error {
+	return fmt.Errorf("sandbox: %s echo %s from %s: %w", strings.ToUpper(proto), dst, n.Name, err)
 }
 
 // network picks "tcp4"/"udp4" or "tcp6"/"udp6" for addr, so that an IPv4
