@@ -9,15 +9,19 @@
 #include <bpf/bpf_helpers.h>
 
 /* A change to any struct or map here is a new layout: bump it, and the Go
- * side pins the maps under a new directory instead of failing on the old
- * pins (see datapath/layout.go). */
+ * side (datapath/state.go, from the generated value) pins the maps under a
+ * new directory instead of failing on the old pins. */
 /* 2: DROP_REASONS 12 -> 14 (masquerade), which resizes endpoint_stats and
  * drop_totals; the NAT maps are new. */
-#define LAYOUT_VERSION 2
+enum layout {
+	LAYOUT_VERSION = 2,
+};
 
-#define MAX_ENDPOINTS 65536
-#define MAX_IPV4 4
-#define MAX_IPV6 4
+enum endpoint_limits {
+	MAX_ENDPOINTS = 65536,
+	MAX_IPV4 = 4, /* addresses per endpoint and family */
+	MAX_IPV6 = 4,
+};
 
 /* The hash maps below are BPF_F_NO_PREALLOC: sized for the most endpoints a
  * node could ever have, preallocated they would pin tens of megabytes
@@ -26,14 +30,17 @@
  * Only the control plane inserts into them, so allocating on insert costs
  * the datapath nothing; lookups are the same either way. */
 
-enum isolation_mode {
+/* endpoint.isolation; one byte, as stored there. */
+enum __attribute__((packed)) isolation_mode {
 	ISOLATION_NONE = 0,      /* anti-spoofing only */
 	ISOLATION_NETWORK = 1,   /* no traffic to or from other networks' containers */
 	ISOLATION_CONTAINER = 2, /* and none between containers of one network */
 };
 
 /* endpoint.flags */
-#define EP_F_TAGGED_OK (1 << 0) /* VLAN trunk port: 802.1Q/802.1ad frames pass */
+enum __attribute__((packed)) endpoint_flags {
+	EP_F_TAGGED_OK = 1 << 0, /* VLAN trunk port: 802.1Q/802.1ad frames pass */
+};
 
 /* What a container may send as, and how it is isolated. */
 struct endpoint {
@@ -88,9 +95,11 @@ struct endpoint_key {
 	__u8 sha256[32];
 };
 
-/* endpoint_meta.attach */
-#define ATTACH_TCX 1
-#define ATTACH_LEGACY 2 /* clsact + cls_bpf direct-action */
+/* endpoint_meta.attach; 0 while an ADD has not attached yet. */
+enum attach_mode {
+	ATTACH_TCX = 1,
+	ATTACH_LEGACY = 2, /* clsact + cls_bpf direct-action */
+};
 
 struct endpoint_meta {
 	__u32 ifindex;

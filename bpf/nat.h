@@ -37,6 +37,15 @@
  * table needs to be nearly full for 32 in a row to be taken. */
 #define NAT_PORT_TRIES 32
 
+/* Defaults for the zero port range of nat_config. The range lies above
+ * Linux's default ephemeral range (32768-60999), and the control plane
+ * reserves it (net.ipv4.ip_local_reserved_ports) so that the node's own
+ * connections from the uplink address never collide with a NAT port. */
+enum nat_port_default {
+	NAT_PORT_MIN_DEFAULT = 61000,
+	NAT_PORT_MAX_DEFAULT = 65535,
+};
+
 #define NAT_MAX_UPLINKS 64
 #define NAT_MAX_NETWORKS 4096
 #define NAT_MAX_EXCLUDES 4096
@@ -72,7 +81,9 @@ struct {
 } nat_uplinks SEC(".maps");
 
 /* nat_network.flags */
-#define NAT_F_MASQUERADE (1 << 0)
+enum nat_network_flags {
+	NAT_F_MASQUERADE = 1 << 0,
+};
 
 struct nat_network {
 	__u32 flags; /* NAT_F_* */

@@ -18,15 +18,15 @@ import (
 // containers on the node.
 type Isolation uint8
 
-// Isolation modes; the values are enum isolation_mode in bpf/endpoint.h.
+// Isolation modes: enum isolation_mode in bpf/endpoint.h.
 const (
 	// IsolationNone: anti-spoofing only.
-	IsolationNone Isolation = 0
+	IsolationNone = Isolation(program.BpfbridgeIsolationModeISOLATION_NONE)
 	// IsolationNetwork: no traffic to or from containers of other networks.
-	IsolationNetwork Isolation = 1
+	IsolationNetwork = Isolation(program.BpfbridgeIsolationModeISOLATION_NETWORK)
 	// IsolationContainer: additionally none between containers of the
 	// network; the gateway, the node and the outside stay reachable.
-	IsolationContainer Isolation = 2
+	IsolationContainer = Isolation(program.BpfbridgeIsolationModeISOLATION_CONTAINER)
 )
 
 var isolationNames = map[string]Isolation{"none": IsolationNone, "network": IsolationNetwork, "container": IsolationContainer}
@@ -46,10 +46,10 @@ func (i Isolation) String() string {
 	return fmt.Sprintf("isolation(%d)", uint8(i))
 }
 
-// Limits of struct endpoint (MAX_IPV4, MAX_IPV6 in bpf/endpoint.h).
+// Limits of struct endpoint (enum endpoint_limits in bpf/endpoint.h).
 const (
-	maxIPv4 = 4
-	maxIPv6 = 4
+	maxIPv4 = uint8(program.BpfbridgeEndpointLimitsMAX_IPV4)
+	maxIPv6 = uint8(program.BpfbridgeEndpointLimitsMAX_IPV6)
 )
 
 // Endpoint is a container attachment as the datapath sees it.
@@ -81,7 +81,7 @@ func (ep *Endpoint) entry() (program.BpfbridgeEndpoint, error) {
 	copy(e.Mac[:], ep.MAC)
 	e.Isolation = uint8(ep.Isolation)
 	if ep.TaggedOK {
-		e.Flags |= epFlagTaggedOK
+		e.Flags |= uint8(program.BpfbridgeEndpointFlagsEP_F_TAGGED_OK)
 	}
 	e.Network = NetworkID(ep.Network)
 	for _, ip := range ep.IPs {
@@ -111,9 +111,6 @@ func fromBe32(v uint32) netip.Addr {
 	binary.NativeEndian.PutUint32(b[:], v)
 	return netip.AddrFrom4(b)
 }
-
-// epFlagTaggedOK mirrors EP_F_TAGGED_OK in bpf/endpoint.h.
-const epFlagTaggedOK = 1 << 0
 
 // linkLocal is the EUI-64 IPv6 link-local address the kernel derives from
 // mac, which a container uses for neighbour discovery.
@@ -190,9 +187,11 @@ func (d *Datapath) Attach(ep Endpoint) (err error) {
 	if err := d.maps.endpoints.Update(ifindex, &entry, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write endpoint: %w", err)
 	}
-	if meta.Attach, err = d.attach(key, ep.HostIfindex); err != nil {
+	mode, err := d.attach(key, ep.HostIfindex)
+	if err != nil {
 		return err
 	}
+	meta.Attach = uint32(mode)
 	return d.maps.meta.Update(key, &meta, ebpf.UpdateExist)
 }
 

@@ -286,7 +286,7 @@ type EndpointEntry struct {
 func decodeEndpoint(e *program.BpfbridgeEndpoint) EndpointEntry {
 	out := EndpointEntry{MAC: e.Mac, Isolation: Isolation(e.Isolation).String(), Flags: []string{},
 		Network: e.Network, IPv4: []netip.Addr{}, IPv6: []netip.Addr{}, IPv6LL: netip.AddrFrom16(e.Ipv6Ll)}
-	if e.Flags&epFlagTaggedOK != 0 {
+	if e.Flags&uint8(program.BpfbridgeEndpointFlagsEP_F_TAGGED_OK) != 0 {
 		out.Flags = append(out.Flags, "tagged-ok")
 	}
 	for _, ip := range endpointIPs(e) {
@@ -328,7 +328,7 @@ type EndpointMeta struct {
 func decodeMeta(m *program.BpfbridgeEndpointMeta) EndpointMeta {
 	return EndpointMeta{
 		Ifindex:     m.Ifindex,
-		Attach:      string(attachModeOf(m.Attach)),
+		Attach:      AttachMode(m.Attach).String(),
 		CreatedNs:   m.CreatedNs,
 		ContainerID: cString(m.ContainerId[:]),
 		Ifname:      cString(m.Ifname[:]),

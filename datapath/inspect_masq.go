@@ -39,7 +39,6 @@ type Count struct {
 
 var (
 	protoNames = map[uint8]string{6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
-	stateNames = map[uint8]string{ctSynSent: "syn-sent", ctEstablished: "established", ctClosing: "closing", ctUDP: "udp", ctICMP: "icmp"}
 )
 
 // Flows returns the node's masquerade translations, or ErrNoMasquerade when
@@ -62,12 +61,12 @@ func (d *Datapath) Flows() ([]Flow, error) {
 			Container:  netip.AddrPortFrom(tupleAddr(out.Family, out.Src), be16(out.Sport)),
 			Remote:     netip.AddrPortFrom(tupleAddr(out.Family, out.Dst), be16(out.Dport)),
 			Translated: netip.AddrPortFrom(tupleAddr(out.Family, entry.Addr), be16(entry.Port)),
-			State:      stateNames[entry.State],
+			State:      program.BpfbridgeCtState(entry.State).String(),
 			Uplink:     int(entry.Uplink),
 			Age:        time.Duration(now - entry.CreatedNs),
 			Orig:       Count{entry.Packets, entry.Bytes},
 		}
-		timeout := time.Duration(timeouts(&cfg)[entry.State]) * time.Second
+		timeout := ctTimeout(&cfg, program.BpfbridgeCtState(entry.State))
 		f.ExpiresIn = time.Duration(int64(entry.LastSeenNs) + int64(timeout) - int64(now))
 		var reply program.BpfbridgeNatEntry
 		if d.maps.natIn.Lookup(replyTuple(&out, &entry), &reply) == nil {
@@ -133,7 +132,7 @@ func decodeNATTuple(t *program.BpfbridgeNatTuple) NATTuple {
 func decodeNATEntry(family uint8, e *program.BpfbridgeNatEntry) NATEntry {
 	return NATEntry{
 		Addr:  netip.AddrPortFrom(tupleAddr(family, e.Addr), be16(e.Port)),
-		State: stateNames[e.State], Uplink: e.Uplink,
+		State: program.BpfbridgeCtState(e.State).String(), Uplink: e.Uplink,
 		CreatedNs: e.CreatedNs, LastSeenNs: e.LastSeenNs, Packets: e.Packets, Bytes: e.Bytes,
 	}
 }
@@ -166,7 +165,7 @@ var natDecoders = map[string]mapDumper{
 			Network uint32 `json:"network"`
 		}{*k}, Value: struct {
 			Masquerade bool `json:"masquerade"`
-		}{v.Flags&natNetworkMasquerade != 0}}
+		}{v.Flags&uint32(program.BpfbridgeNatNetworkFlagsNAT_F_MASQUERADE) != 0}}
 	}),
 	program.BpfbridgeMapNatExclude: dumpEach(func(k *program.BpfbridgeNatExcludeKey, v *uint8) MapEntry {
 		p := netip.PrefixFrom(tupleAddr(k.Family, k.Addr), int(k.Prefixlen)-64)

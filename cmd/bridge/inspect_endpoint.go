@@ -51,7 +51,7 @@ func endpointView(r datapath.EndpointRecord) endpointJSON {
 		ContainerID: r.ContainerID, IfName: r.IfName, Network: r.Network, Netns: r.Netns,
 		IPs: ips, MAC: r.MAC.String(), HostIfName: r.HostIfName, Ifindex: r.HostIfindex,
 		Isolation: r.Isolation.String(), VLANTrunk: r.TaggedOK,
-		AttachMode: string(r.Attach), ProgTag: r.ProgTag, Created: r.Created,
+		AttachMode: r.Attach.String(), ProgTag: r.ProgTag, Created: r.Created,
 		FromContainer: trafficJSON{c.FromPackets, c.FromBytes},
 		ToContainer:   trafficJSON{c.ToPackets, c.ToBytes},
 		Drops:         dropsByReason(c.Drops),

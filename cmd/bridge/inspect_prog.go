@@ -73,7 +73,7 @@ func (in *inspector) prog([]string) error {
 			v.RunCount, v.RunTimeNs = &p.RunCount, &runTime
 		}
 		for _, a := range attached[p.ID] {
-			v.Attachments = append(v.Attachments, attachmentJSON{a.IfName, a.Ifindex, a.Direction, string(a.Mode)})
+			v.Attachments = append(v.Attachments, attachmentJSON{a.IfName, a.Ifindex, a.Direction, a.Mode.String()})
 		}
 		views[i] = v
 	}
@@ -149,7 +149,7 @@ func (in *inspector) link([]string) error {
 		for _, a := range attached[p.ID] {
 			v := viewOf(a.Ifindex, a.IfName)
 			v.Interface = a.IfName // the kernel's name, should a record be stale
-			lp := linkProgJSON{p.ID, p.Name, p.Build, string(a.Mode)}
+			lp := linkProgJSON{p.ID, p.Name, p.Build, a.Mode.String()}
 			if a.Direction == "ingress" {
 				v.Ingress = append(v.Ingress, lp)
 			} else {

@@ -18,19 +18,6 @@ import (
 // ifindex of the test namespace, which stands for an uplink. Network 1
 // (endpoints a and b) masquerades, network 2 (c) does not.
 
-const (
-	natFlagMasquerade = 1 // NAT_F_MASQUERADE
-
-	ctSynSent     = 1
-	ctEstablished = 2
-	ctClosing     = 3
-	ctUDP         = 4
-	ctICMP        = 5
-
-	natPortMinDefault = 61000
-	natPortMaxDefault = 65535
-)
-
 var (
 	uplinkMAC = mac("02:00:00:00:00:99")
 	routerMAC = mac("02:00:00:00:00:fe")
@@ -55,7 +42,7 @@ func newNATEnv(t *testing.T) *natEnv {
 	n := &natEnv{env: newEnv(t)}
 	n.uplink = n.noEP
 	n.setUplink(t, n.uplink, true, true)
-	if err := n.objs.NatNetworks.Put(uint32(1), program.BpfbridgeNatNetwork{Flags: natFlagMasquerade}); err != nil {
+	if err := n.objs.NatNetworks.Put(uint32(1), program.BpfbridgeNatNetwork{Flags: uint32(program.BpfbridgeNatNetworkFlagsNAT_F_MASQUERADE)}); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{"10.0.0.0/24", "fd00::/64", excluded4.String()} {
@@ -299,7 +286,7 @@ type natProto struct {
 	remote netip.Addr
 	nat    netip.Addr // the uplink's
 	proto  uint8
-	state  uint8 // after the first packet
+	state  program.BpfbridgeCtState // after the first packet
 	out    func(sport uint16) []byte
 	reply  func(natPort uint16) []byte
 }
@@ -307,49 +294,49 @@ type natProto struct {
 func natProtos(a *testEndpoint) []natProto {
 	v4, v6 := a.v4(), a.v6()
 	return []natProto{
-		{name: "tcp4", src: v4, remote: remote4, nat: uplink4, proto: protoTCP, state: ctSynSent,
+		{name: "tcp4", src: v4, remote: remote4, nat: uplink4, proto: protoTCP, state: program.BpfbridgeCtStateCT_SYN_SENT,
 			out: func(sp uint16) []byte {
 				return ipv4Frame(a.mac, gwMAC, v4, remote4, protoTCP, tcpFlags(v4, remote4, sp, 80, tcpSYN))
 			},
 			reply: func(np uint16) []byte {
 				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoTCP, tcpFlags(remote4, uplink4, 80, np, tcpSYN|tcpACK))
 			}},
-		{name: "udp4", src: v4, remote: remote4, nat: uplink4, proto: protoUDP, state: ctUDP,
+		{name: "udp4", src: v4, remote: remote4, nat: uplink4, proto: protoUDP, state: program.BpfbridgeCtStateCT_UDP,
 			out: func(sp uint16) []byte {
 				return ipv4Frame(a.mac, gwMAC, v4, remote4, protoUDP, udp(v4, remote4, sp, 53, []byte("query")))
 			},
 			reply: func(np uint16) []byte {
 				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoUDP, udp(remote4, uplink4, 53, np, []byte("answer")))
 			}},
-		{name: "udp4 without checksum", src: v4, remote: remote4, nat: uplink4, proto: protoUDP, state: ctUDP,
+		{name: "udp4 without checksum", src: v4, remote: remote4, nat: uplink4, proto: protoUDP, state: program.BpfbridgeCtStateCT_UDP,
 			out: func(sp uint16) []byte {
 				return ipv4Frame(a.mac, gwMAC, v4, remote4, protoUDP, udpNoCsum(sp, 53, []byte("query")))
 			},
 			reply: func(np uint16) []byte {
 				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoUDP, udpNoCsum(53, np, []byte("answer")))
 			}},
-		{name: "icmp4 echo", src: v4, remote: remote4, nat: uplink4, proto: protoICMP, state: ctICMP,
+		{name: "icmp4 echo", src: v4, remote: remote4, nat: uplink4, proto: protoICMP, state: program.BpfbridgeCtStateCT_ICMP,
 			out: func(id uint16) []byte {
 				return ipv4Frame(a.mac, gwMAC, v4, remote4, protoICMP, icmp4EchoMsg(icmp4EchoRequest, id, 1))
 			},
 			reply: func(id uint16) []byte {
 				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoICMP, icmp4EchoMsg(icmp4EchoReply, id, 1))
 			}},
-		{name: "tcp6", src: v6, remote: remote6, nat: uplink6, proto: protoTCP, state: ctSynSent,
+		{name: "tcp6", src: v6, remote: remote6, nat: uplink6, proto: protoTCP, state: program.BpfbridgeCtStateCT_SYN_SENT,
 			out: func(sp uint16) []byte {
 				return ipv6Frame(a.mac, gwMAC, v6, remote6, protoTCP, tcpFlags(v6, remote6, sp, 443, tcpSYN))
 			},
 			reply: func(np uint16) []byte {
 				return ipv6Frame(routerMAC, uplinkMAC, remote6, uplink6, protoTCP, tcpFlags(remote6, uplink6, 443, np, tcpSYN|tcpACK))
 			}},
-		{name: "udp6", src: v6, remote: remote6, nat: uplink6, proto: protoUDP, state: ctUDP,
+		{name: "udp6", src: v6, remote: remote6, nat: uplink6, proto: protoUDP, state: program.BpfbridgeCtStateCT_UDP,
 			out: func(sp uint16) []byte {
 				return ipv6Frame(a.mac, gwMAC, v6, remote6, protoUDP, udp(v6, remote6, sp, 53, []byte("query")))
 			},
 			reply: func(np uint16) []byte {
 				return ipv6Frame(routerMAC, uplinkMAC, remote6, uplink6, protoUDP, udp(remote6, uplink6, 53, np, []byte("answer")))
 			}},
-		{name: "icmp6 echo", src: v6, remote: remote6, nat: uplink6, proto: protoICMPv6, state: ctICMP,
+		{name: "icmp6 echo", src: v6, remote: remote6, nat: uplink6, proto: protoICMPv6, state: program.BpfbridgeCtStateCT_ICMP,
 			out: func(id uint16) []byte {
 				return ipv6Frame(a.mac, gwMAC, v6, remote6, protoICMPv6, icmp6EchoMsg(v6, remote6, icmp6EchoRequest, id, 1))
 			},
@@ -380,7 +367,7 @@ func (n *natEnv) masquerade(t *testing.T, c natProto, sport uint16) ([]byte, uin
 		t.Errorf("translated %v -> %v, want %v -> %v", p.src, p.dst, c.nat, c.remote)
 	}
 	natPort, dport := p.ports()
-	if natPort < natPortMinDefault || natPort > natPortMaxDefault {
+	if natPort < uint16(program.BpfbridgeNatPortDefaultNAT_PORT_MIN_DEFAULT) || natPort > uint16(program.BpfbridgeNatPortDefaultNAT_PORT_MAX_DEFAULT) {
 		t.Errorf("NAT port %d outside the default range", natPort)
 	}
 	orig := decodeFrame(t, frame)
@@ -406,7 +393,7 @@ func TestMasqueradeRoundTrip(t *testing.T) {
 			if err := n.objs.NatOut.Lookup(okey, &oe); err != nil {
 				t.Fatalf("nat_out %+v: %v", okey, err)
 			}
-			if oe.Addr != addr16(c.nat) || oe.Port != nbo(natPort) || oe.State != c.state ||
+			if oe.Addr != addr16(c.nat) || oe.Port != nbo(natPort) || program.BpfbridgeCtState(oe.State) != c.state ||
 				oe.Uplink != n.uplink || oe.Packets != 1 || oe.Bytes == 0 || oe.CreatedNs == 0 {
 				t.Errorf("nat_out entry %+v", oe)
 			}
@@ -414,7 +401,7 @@ func TestMasqueradeRoundTrip(t *testing.T) {
 			if err := n.objs.NatIn.Lookup(ikey, &ie); err != nil {
 				t.Fatalf("nat_in %+v: %v", ikey, err)
 			}
-			if ie.Addr != addr16(c.src) || ie.Port != nbo(sport) || ie.State != c.state || ie.Packets != 0 {
+			if ie.Addr != addr16(c.src) || ie.Port != nbo(sport) || program.BpfbridgeCtState(ie.State) != c.state || ie.Packets != 0 {
 				t.Errorf("nat_in entry %+v", ie)
 			}
 
@@ -447,7 +434,7 @@ func TestMasqueradeRoundTrip(t *testing.T) {
 
 			want := c.state
 			if c.proto == protoTCP {
-				want = ctEstablished // SYN-ACK in SYN_SENT
+				want = program.BpfbridgeCtStateCT_ESTABLISHED // SYN-ACK in SYN_SENT
 			}
 			if err := n.objs.NatIn.Lookup(ikey, &ie); err != nil {
 				t.Fatal(err)
@@ -455,7 +442,7 @@ func TestMasqueradeRoundTrip(t *testing.T) {
 			if err := n.objs.NatOut.Lookup(okey, &oe); err != nil {
 				t.Fatal(err)
 			}
-			if ie.State != want || oe.State != want {
+			if program.BpfbridgeCtState(ie.State) != want || program.BpfbridgeCtState(oe.State) != want {
 				t.Errorf("state after reply: nat_out %d, nat_in %d, want %d", oe.State, ie.State, want)
 			}
 			if ie.Packets != 1 || oe.Packets != 2 {
@@ -481,28 +468,28 @@ func TestMasqueradeTCPStates(t *testing.T) {
 			t.Fatalf("verdict %#x", v)
 		}
 	}
-	state := func() uint8 {
+	state := func() program.BpfbridgeCtState {
 		t.Helper()
 		var e program.BpfbridgeNatEntry
 		if err := n.objs.NatOut.Lookup(tuple(a.v4(), remote4, 40000, 80, protoTCP), &e); err != nil {
 			t.Fatal(err)
 		}
-		return e.State
+		return program.BpfbridgeCtState(e.State)
 	}
 	send(tcpACK) // picked up mid-stream
-	if s := state(); s != ctEstablished {
+	if s := state(); s != program.BpfbridgeCtStateCT_ESTABLISHED {
 		t.Errorf("mid-stream: state %d", s)
 	}
 	send(tcpFIN | tcpACK)
-	if s := state(); s != ctClosing {
+	if s := state(); s != program.BpfbridgeCtStateCT_CLOSING {
 		t.Errorf("after FIN: state %d", s)
 	}
 	send(tcpSYN) // the port reused for a new connection
-	if s := state(); s != ctSynSent {
+	if s := state(); s != program.BpfbridgeCtStateCT_SYN_SENT {
 		t.Errorf("after a new SYN: state %d", s)
 	}
 	send(tcpRST)
-	if s := state(); s != ctClosing {
+	if s := state(); s != program.BpfbridgeCtStateCT_CLOSING {
 		t.Errorf("after RST: state %d", s)
 	}
 	n.checkPairs(t)
@@ -584,7 +571,7 @@ func TestMasqueradeNoAddress(t *testing.T) {
 	n := newNATEnv(t)
 	a := n.a
 	n.setUplink(t, n.uplink, true, false)
-	n.expectDrop(t, a, a.tcp6(a.v6(), remote6), program.DropNATNoAddress)
+	n.expectDrop(t, a, a.tcp6(a.v6(), remote6), program.BpfbridgeDropReasonDROP_NAT_NO_ADDRESS)
 	// IPv4 still works.
 	n.masquerade(t, natProtos(a)[0], 40000)
 
@@ -592,7 +579,7 @@ func TestMasqueradeNoAddress(t *testing.T) {
 	if err := n.objs.NatUplinks.Delete(n.uplink); err != nil {
 		t.Fatal(err)
 	}
-	n.expectDrop(t, a, a.tcp4(a.v4(), remote4), program.DropNATNoAddress)
+	n.expectDrop(t, a, a.tcp4(a.v4(), remote4), program.BpfbridgeDropReasonDROP_NAT_NO_ADDRESS)
 	// Traffic that is not masqueraded is not affected.
 	if verdict, _ := n.egress(t, a.tcp4(a.v4(), ip("10.0.0.99"))); verdict != verdictPass {
 		t.Errorf("excluded destination: verdict %#x", verdict)
@@ -616,7 +603,7 @@ func TestMasqueradeExhausted(t *testing.T) {
 	if len(used) != 2 {
 		t.Errorf("two flows share a NAT port: %v", used)
 	}
-	n.expectDrop(t, a, tcp.out(40002), program.DropNATExhausted)
+	n.expectDrop(t, a, tcp.out(40002), program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED)
 	if pairs := n.checkPairs(t); pairs != 2 {
 		t.Errorf("%d pairs after the exhaustion drop, want 2 (no orphan)", pairs)
 	}
@@ -633,7 +620,7 @@ func TestMasqueradeExhausted(t *testing.T) {
 	if _, np := n.masquerade(t, udp4, 40000); np != 62000 {
 		t.Errorf("single-port range: NAT port %d", np)
 	}
-	n.expectDrop(t, a, udp4.out(40001), program.DropNATExhausted)
+	n.expectDrop(t, a, udp4.out(40001), program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED)
 	if pairs := n.checkPairs(t); pairs != 4 {
 		t.Errorf("%d pairs, want 4", pairs)
 	}
@@ -651,7 +638,7 @@ func TestMasqueradeReclaimExpired(t *testing.T) {
 				t.Fatalf("NAT port %d", np)
 			}
 			// Still live: the port is taken.
-			n.expectDrop(t, a, c.out(40001), program.DropNATExhausted)
+			n.expectDrop(t, a, c.out(40001), program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED)
 
 			// Age the first flow's pair past its timeout.
 			_, od := decodeFrame(t, c.out(40000)).ports()
@@ -712,7 +699,7 @@ func TestMasqueradeReclaimExpired(t *testing.T) {
 	for _, m := range []*ebpf.Map{n.objs.NatOut, n.objs.NatIn} {
 		for k, v := range table(t, m) {
 			v.LastSeenNs = monotonicNow(t) - 10e9
-			v.State = ctEstablished
+			v.State = uint8(program.BpfbridgeCtStateCT_ESTABLISHED)
 			if err := m.Put(k, v); err != nil {
 				t.Fatal(err)
 			}
@@ -720,7 +707,7 @@ func TestMasqueradeReclaimExpired(t *testing.T) {
 	}
 	n.masquerade(t, c, 40000)
 	for _, v := range table(t, n.objs.NatOut) {
-		if v.State != ctSynSent || v.Packets != 1 {
+		if program.BpfbridgeCtState(v.State) != program.BpfbridgeCtStateCT_SYN_SENT || v.Packets != 1 {
 			t.Errorf("restarted flow: %+v", v)
 		}
 	}

@@ -85,7 +85,7 @@ func drops(t *testing.T, dp *datapath.Datapath, c container, reason program.Drop
 // attachMode is the attach mode this run of the suite uses (make test runs
 // it with BPFBRIDGE_ATTACH=tcx too).
 func attachMode() datapath.AttachMode {
-	if os.Getenv("BPFBRIDGE_ATTACH") == string(datapath.AttachTCX) {
+	if os.Getenv("BPFBRIDGE_ATTACH") == datapath.AttachTCX.String() {
 		return datapath.AttachTCX
 	}
 	return datapath.AttachLegacy

@@ -59,11 +59,11 @@ func TestIsolationModes(t *testing.T) {
 		{"same network", a0, a1.ip, true, nil, 0},
 		{"own gateway", a0, gw(a0), true, nil, 0},
 		{"outside world", a0, sb.Internet4, true, nil, 0},
-		{"into another network (network mode)", b0, a0.ip, false, &b0, program.DropCrossNetwork},
-		{"out to another network (network mode)", a0, b0.ip, false, &a0, program.DropCrossNetwork},
+		{"into another network (network mode)", b0, a0.ip, false, &b0, program.BpfbridgeDropReasonDROP_CROSS_NETWORK},
+		{"out to another network (network mode)", a0, b0.ip, false, &a0, program.BpfbridgeDropReasonDROP_CROSS_NETWORK},
 		{"between two networks in none mode", x0, y0.ip, true, nil, 0},
-		{"from a none network into a network-isolated one", x0, a1.ip, false, &a1, program.DropCrossNetwork},
-		{"neighbour in container mode", c0, c1.ip, false, &c0, program.DropSameNetwork},
+		{"from a none network into a network-isolated one", x0, a1.ip, false, &a1, program.BpfbridgeDropReasonDROP_CROSS_NETWORK},
+		{"neighbour in container mode", c0, c1.ip, false, &c0, program.BpfbridgeDropReasonDROP_SAME_NETWORK},
 		{"gateway in container mode", c0, gw(c0), true, nil, 0},
 		{"outside world in container mode", c0, sb.Internet4, true, nil, 0},
 	}
@@ -137,7 +137,7 @@ func TestAntiSpoofing(t *testing.T) {
 	if reaches(addrThief.ns, victim.ip) {
 		t.Error("a packet from an address the container was not given got through")
 	}
-	if drops(t, dp, addrThief, program.DropSpoofIPv4) == 0 {
+	if drops(t, dp, addrThief, program.BpfbridgeDropReasonDROP_SPOOF_IPV4) == 0 {
 		t.Error("no spoof-ipv4 drop counted")
 	}
 
@@ -155,7 +155,7 @@ func TestAntiSpoofing(t *testing.T) {
 	if reaches(macThief.ns, victim.ip) {
 		t.Error("a packet from a MAC the container was not given got through")
 	}
-	if drops(t, dp, macThief, program.DropSpoofMAC) == 0 {
+	if drops(t, dp, macThief, program.BpfbridgeDropReasonDROP_SPOOF_MAC) == 0 {
 		t.Error("no spoof-mac drop counted")
 	}
 
@@ -171,9 +171,9 @@ func TestAntiSpoofing(t *testing.T) {
 	if mac := neighbourMAC(t, sb, victim.ip); mac.String() != victim.mac.String() {
 		t.Fatalf("node's neighbour entry for %s is %v before the spoof, want %s", victim.ip, mac, victim.mac)
 	}
-	before := drops(t, dp, arpLiar, program.DropSpoofARP)
+	before := drops(t, dp, arpLiar, program.BpfbridgeDropReasonDROP_SPOOF_ARP)
 	sendFrame(t, arpLiar.ns, "eth0", arpReply(arpLiar.mac, victim.ip, netip.MustParseAddr("10.110.0.1")))
-	if drops(t, dp, arpLiar, program.DropSpoofARP) != before+1 {
+	if drops(t, dp, arpLiar, program.BpfbridgeDropReasonDROP_SPOOF_ARP) != before+1 {
 		t.Error("the spoofed ARP reply was not dropped as spoof-arp")
 	}
 	if mac := neighbourMAC(t, sb, victim.ip); mac.String() != victim.mac.String() {

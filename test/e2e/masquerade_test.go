@@ -287,12 +287,12 @@ func TestMasqueradePortExhaustion(t *testing.T) {
 		}
 		open = append(open, conn)
 	}
-	before := dropTotal(t, sb, program.DropNATExhausted)
+	before := dropTotal(t, sb, program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED)
 	if conn, err := dial(time.Second); err == nil {
 		conn.Close()
 		t.Fatal("a third connection got through a two-port range")
 	}
-	if dropTotal(t, sb, program.DropNATExhausted) <= before {
+	if dropTotal(t, sb, program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED) <= before {
 		t.Error("no nat-exhausted drop counted")
 	}
 	for i, conn := range open {
@@ -330,7 +330,7 @@ func TestMasqueradeConnectionChurn(t *testing.T) {
 			return err
 		})
 		if err != nil {
-			t.Fatalf("connection %d: %v (nat-exhausted drops: %d)", i, err, dropTotal(t, sb, program.DropNATExhausted))
+			t.Fatalf("connection %d: %v (nat-exhausted drops: %d)", i, err, dropTotal(t, sb, program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED))
 		}
 		conn.Close()
 	}
