@@ -37,7 +37,7 @@ func (d *Datapath) loadPrograms() (fresh bool, err error) {
 	if d.progs, err = loadPinnedPrograms(dir); err == nil {
 		return false, nil
 	}
-	spec, err := program.LoadBpfbridge()
+	spec, err := program.LoadSpec()
 	if err != nil {
 		return false, fmt.Errorf("read embedded programs: %w", err)
 	}

@@ -854,7 +854,7 @@ func TestVerifierComplexity(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("loading BPF programs needs root")
 	}
-	spec, err := program.LoadBpfbridge()
+	spec, err := program.LoadSpec()
 	if err != nil {
 		t.Fatal(err)
 	}

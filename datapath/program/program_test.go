@@ -188,7 +188,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatalf("test netns: %v", err)
 	}
-	spec, err := program.LoadBpfbridge()
+	spec, err := program.LoadSpec()
 	if err != nil {
 		t.Fatal(err)
 	}

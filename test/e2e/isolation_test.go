@@ -267,12 +267,12 @@ func mapsEqual(a, b map[string]int) bool {
 }
 
 // TestUpgradeKeepsStreamAlive streams TCP between two containers while an
-// ADD by a build with other programs (the bpfbridge_variant tag) runs: the
-// new build moves every endpoint onto its programs, atomically, and the
-// stream goes on.
+// ADD by a build with other programs (build variant 1, set with the linker:
+// see datapath/program/variant.go) runs: the new build moves every endpoint
+// onto its programs, atomically, and the stream goes on.
 func TestUpgradeKeepsStreamAlive(t *testing.T) {
 	variantDir := t.TempDir()
-	build := exec.Command("go", "build", "-tags", "bpfbridge_variant", "-o", filepath.Join(variantDir, "bridge"), "github.com/bpfbridge/bpfbridge/cmd/bridge")
+	build := exec.Command("go", "build", "-ldflags", "-X github.com/bpfbridge/bpfbridge/datapath/program.variant=1", "-o", filepath.Join(variantDir, "bridge"), "github.com/bpfbridge/bpfbridge/cmd/bridge")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build the variant plugin: %v\n%s", err, out)
 	}
