@@ -8,6 +8,8 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#include "parse.h"
+
 /* A change to any struct or map here is a new layout: bump it, and the Go
  * side (datapath/state.go, from the generated value) pins the maps under a
  * new directory instead of failing on the old pins. */
@@ -85,6 +87,22 @@ struct {
 	__type(value, struct ip_owner);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ip_owners SEC(".maps");
+
+/* The endpoint that holds addr, or NULL: isolation decides by it, the NAT
+ * finds the container (and its network) behind a source address by it. */
+static __always_inline const struct ip_owner *ip_owner_lookup(__u8 family, const union addr *addr)
+{
+	struct ip_key key;
+
+	/* Padding and the unused tail of an IPv4 key are part of the hash. */
+	__builtin_memset(&key, 0, sizeof(key));
+	key.family = family;
+	if (family == 4)
+		__builtin_memcpy(key.addr, &addr->v4, 4);
+	else
+		__builtin_memcpy(key.addr, addr->b, 16);
+	return bpf_map_lookup_elem(&ip_owners, &key);
+}
 
 /* Control-plane record of an attachment, keyed by the SHA-256 of
  * "<containerID>\0<ifname>". The programs never read it: it lets DEL, GC and

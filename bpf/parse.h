@@ -78,7 +78,7 @@ struct pkt {
 	__u16 sport;     /* TCP/UDP, 0 otherwise */
 	__u16 dport;
 	__u32 l4_off;    /* offset of the upper-layer header, if PKT_F_L4 */
-	__u32 l3_end;    /* end of the IP packet (excludes Ethernet padding) */
+	__u32 l3_end;    /* end of the IP packet, by its header (excludes Ethernet padding) */
 	union addr saddr; /* ARP: sender protocol address */
 	union addr daddr; /* ARP: target protocol address */
 	__u8 arp_sha[6];  /* ARP sender hardware address */
@@ -175,7 +175,7 @@ static __always_inline __u8 parse_ipv4(struct __sk_buff *skb, struct pkt *pkt)
 {
 	void *data, *data_end;
 	struct iphdr *ip;
-	__u32 hlen;
+	__u32 hlen, tot_len;
 
 	if (pkt_linearize(skb, ETH_HLEN + sizeof(*ip)))
 		return DROP_MALFORMED;
@@ -189,7 +189,15 @@ static __always_inline __u8 parse_ipv4(struct __sk_buff *skb, struct pkt *pkt)
 	pkt->ip_proto = ip->protocol;
 	pkt->saddr.v4 = ip->saddr;
 	pkt->daddr.v4 = ip->daddr;
-	pkt->l3_end = skb->len;
+	/* The IPv4 header says where the packet ends: Ethernet padding
+	 * behind it (a frame is at least 60 bytes) is no header. tot_len 0
+	 * is a BIG TCP GSO packet, whose length is the skb's; a tot_len past
+	 * the skb is bounded by it (the stack drops such a packet, the
+	 * policy does not need to). */
+	tot_len = bpf_ntohs(ip->tot_len);
+	pkt->l3_end = ETH_HLEN + tot_len;
+	if (!tot_len || pkt->l3_end > skb->len)
+		pkt->l3_end = skb->len;
 
 	hlen = ip->ihl * 4;
 	if (ip->version != 4 || hlen < sizeof(*ip) || ETH_HLEN + hlen > skb->len)
@@ -372,13 +380,15 @@ static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
 	       a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
 }
 
-/* a is 4-byte aligned (union addr); b is a 4-byte aligned field of a map
- * value (struct endpoint keeps its IPv6 addresses at 4-byte offsets). */
-static __always_inline int ipv6_equal(const union addr *a, const __u8 *b)
+/* Whether two 16-byte addresses (IPv6, or IPv4 in the first 4 bytes) are
+ * equal. Both must be 4-byte aligned, as every address here is: union addr,
+ * and the address fields of map values and keys (struct endpoint,
+ * nat_tuple, nat_entry keep them at 4-byte offsets). */
+static __always_inline int addr16_equal(const __u8 *a, const __u8 *b)
 {
-	const __u32 *w = (const __u32 *)b;
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
 
-	return a->w[0] == w[0] && a->w[1] == w[1] && a->w[2] == w[2] && a->w[3] == w[3];
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
 }
 
 static __always_inline int ipv6_is_unspecified(const union addr *a)

@@ -343,6 +343,42 @@ func natProtos(a *testEndpoint) []natProto {
 			reply: func(id uint16) []byte {
 				return ipv6Frame(routerMAC, uplinkMAC, remote6, uplink6, protoICMPv6, icmp6EchoMsg(remote6, uplink6, icmp6EchoReply, id, 1))
 			}},
+		// Short packets in minimum-size (60-byte) Ethernet frames: the
+		// padding is no part of the IP packet, and must not be taken for
+		// one by the translation or its checksums.
+		{name: "udp4 padded", src: v4, remote: remote4, nat: uplink4, proto: protoUDP, state: program.BpfbridgeCtStateCT_UDP,
+			out: func(sp uint16) []byte {
+				return padFrame(ipv4Frame(a.mac, gwMAC, v4, remote4, protoUDP, udp(v4, remote4, sp, 53, []byte("q"))))
+			},
+			reply: func(np uint16) []byte {
+				return padFrame(ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoUDP, udp(remote4, uplink4, 53, np, []byte("a"))))
+			}},
+		{name: "tcp4 padded", src: v4, remote: remote4, nat: uplink4, proto: protoTCP, state: program.BpfbridgeCtStateCT_SYN_SENT,
+			out: func(sp uint16) []byte {
+				return padFrame(ipv4Frame(a.mac, gwMAC, v4, remote4, protoTCP, tcpFlags(v4, remote4, sp, 80, tcpSYN)))
+			},
+			reply: func(np uint16) []byte {
+				return padFrame(ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoTCP, tcpFlags(remote4, uplink4, 80, np, tcpSYN|tcpACK)))
+			}},
+	}
+}
+
+// padFrame pads an Ethernet frame to the 60-byte minimum with 0xee bytes, as
+// a NIC or a switch may; the IP header's length excludes them.
+func padFrame(frame []byte) []byte {
+	for len(frame) < 60 {
+		frame = append(frame, 0xee)
+	}
+	return frame
+}
+
+// checkPadding checks that a translation left what follows the IP packet
+// (Ethernet padding) alone.
+func checkPadding(t *testing.T, in, out []byte) {
+	t.Helper()
+	end := 14 + len(decodeFrame(t, in).hdr) + len(decodeFrame(t, in).seg)
+	if !bytes.Equal(in[end:], out[end:]) {
+		t.Errorf("padding %x became %x", in[end:], out[end:])
 	}
 }
 
@@ -361,6 +397,7 @@ func (n *natEnv) masquerade(t *testing.T, c natProto, sport uint16) ([]byte, uin
 	if !bytes.Equal(out[:14], frame[:14]) {
 		t.Errorf("egress changed the Ethernet header")
 	}
+	checkPadding(t, frame, out)
 	p := decodeFrame(t, out)
 	checkL4(t, p, "translated")
 	if p.src != c.nat || p.dst != c.remote {
@@ -416,6 +453,7 @@ func TestMasqueradeRoundTrip(t *testing.T) {
 			if verdict != verdictPass {
 				t.Fatalf("ingress verdict %#x", verdict)
 			}
+			checkPadding(t, reply, back)
 			p := decodeFrame(t, back)
 			checkL4(t, p, "restored")
 			if p.src != c.remote || p.dst != c.src {
@@ -514,6 +552,9 @@ func TestMasqueradeNotTranslated(t *testing.T) {
 		{"the node's own traffic", ipv4Frame(uplinkMAC, routerMAC, uplink4, remote4, protoTCP, tcpFlags(uplink4, remote4, 40000, 80, tcpSYN))},
 		{"icmp echo reply from a container", ipv4Frame(a.mac, gwMAC, a.v4(), remote4, protoICMP, icmp4EchoMsg(icmp4EchoReply, 7, 1))},
 		{"arp", arpFrame(a.mac, broadcastMAC, arp(1, a.mac, a.v4(), make([]byte, 6), gw4))},
+		// The IP header ends the packet 12 bytes into its TCP header: the
+		// padding that fills the frame up is no TCP header.
+		{"tcp header cut short before padding", padFrame(ipv4Frame(a.mac, gwMAC, a.v4(), remote4, protoTCP, tcpFlags(a.v4(), remote4, 40000, 80, tcpSYN)[:12]))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			verdict, out := n.egress(t, tc.frame)
