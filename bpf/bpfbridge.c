@@ -139,7 +139,7 @@ static __always_inline __u8 to_container_policy(struct __sk_buff *skb, const str
  * each program with dir constant, so each keeps only its own branch. */
 static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 dir)
 {
-	__u32 ifindex = skb->ifindex;
+	__u32 ifindex = skb->ifindex, len = skb->len;
 	struct endpoint_stats *st;
 	struct endpoint *ep;
 	struct pkt pkt = {};
@@ -152,15 +152,19 @@ static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 di
 	if (!ep)
 		return drop_packet(skb, NULL, &pkt, DROP_NO_ENDPOINT, dir);
 	st = stats_get(ifindex);
+	/* What the container sends counts whatever becomes of it (drops
+	 * say what did); what is delivered to it counts once the policy
+	 * let it through. */
 	if (dir == DIR_FROM_CONTAINER) {
-		stats_count_from(st, skb->len);
+		stats_count_from(st, len);
 		reason = from_container_policy(skb, ep, &pkt, parsed);
 	} else {
-		stats_count_to(st, skb->len);
 		reason = to_container_policy(skb, ep, &pkt, parsed);
 	}
 	if (reason != DROP_NONE)
 		return drop_packet(skb, st, &pkt, reason, dir);
+	if (dir == DIR_TO_CONTAINER)
+		stats_count_to(st, len);
 	return VERDICT_PASS;
 }
 

@@ -299,8 +299,10 @@ func (e *env) budget(t testing.TB) (used, suppressed uint32) {
 }
 
 // expect runs one frame and checks the verdict, that exactly the counter of
-// want moved (per endpoint and in total; none for DropNone), and that the
-// endpoint's packet and byte counters for the direction grew by the frame.
+// want moved (per endpoint and in total; none for DROP_NONE), and that the
+// endpoint's packet and byte counters for the direction grew by the frame:
+// from the container whatever the verdict, to it only if it passed (a
+// dropped packet is never counted as delivered).
 func (e *env) expect(t *testing.T, dir program.BpfbridgeDirection, ifindex uint32, frame []byte, want program.DropReason) {
 	t.Helper()
 	prog := e.objs.FromContainer
@@ -350,8 +352,12 @@ func (e *env) expect(t *testing.T, dir program.BpfbridgeDirection, ifindex uint3
 	if dir == program.BpfbridgeDirectionDIR_TO_CONTAINER {
 		pk, by, opk, oby = opk, oby, pk, by
 	}
-	if pk != 1 || by != uint64(len(frame)) || opk != 0 || oby != 0 {
-		t.Errorf("counters grew by %d packets/%d bytes (other direction %d/%d), want 1/%d", pk, by, opk, oby, len(frame))
+	wantPk, wantBy := uint64(1), uint64(len(frame))
+	if dir == program.BpfbridgeDirectionDIR_TO_CONTAINER && want != program.BpfbridgeDropReasonDROP_NONE {
+		wantPk, wantBy = 0, 0
+	}
+	if pk != wantPk || by != wantBy || opk != 0 || oby != 0 {
+		t.Errorf("counters grew by %d packets/%d bytes (other direction %d/%d), want %d/%d", pk, by, opk, oby, wantPk, wantBy)
 	}
 }
 
@@ -590,24 +596,32 @@ func TestCounters(t *testing.T) {
 	out := a.tcp4(a.v4(), gw4)
 	in := eth(a.mac, gwMAC, etherTypeIPv4, ipv4(gw4, a.v4(), protoTCP, tcp(gw4, a.v4(), 80, 40000)))
 	bad := a.tcp4(evil4, gw4)
+	c := e.c // of another network
+	cross := eth(a.mac, c.mac, etherTypeIPv4, ipv4(c.v4(), a.v4(), protoUDP, udp(c.v4(), a.v4(), 5000, 5000, nil)))
 	for range 3 {
 		e.run(t, e.objs.FromContainer, a.ifindex, out, 0)
 	}
 	e.run(t, e.objs.FromContainer, a.ifindex, bad, 0)
 	e.run(t, e.objs.ToContainer, a.ifindex, in, 0)
 	e.run(t, e.objs.ToContainer, a.ifindex, in, 0)
+	if v := e.run(t, e.objs.ToContainer, a.ifindex, cross, 0); v != verdictDrop {
+		t.Fatalf("cross-network packet to a: verdict %#x, want drop", v)
+	}
 
 	s, ok := e.stats(t, a.ifindex)
 	if !ok {
 		t.Fatal("no stats entry after traffic")
 	}
-	// Dropped packets count as sent too: the counters say what the
-	// container tried, drops say what became of it.
+	// Dropped packets count as sent: the from counters say what the
+	// container tried, drops say what became of it. A packet dropped on
+	// its way to the container counts only as a drop, never as
+	// delivered.
 	want := program.BpfbridgeEndpointStats{
 		FromPackets: 4, FromBytes: uint64(3*len(out) + len(bad)),
 		ToPackets: 2, ToBytes: uint64(2 * len(in)),
 	}
 	want.Drops[program.BpfbridgeDropReasonDROP_SPOOF_IPV4] = 1
+	want.Drops[program.BpfbridgeDropReasonDROP_CROSS_NETWORK] = 1
 	if s != want {
 		t.Errorf("stats %+v, want %+v", s, want)
 	}
