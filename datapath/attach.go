@@ -141,7 +141,10 @@ func (d *Datapath) detachPrograms(key EndpointKey, m *program.BpfbridgeEndpointM
 	var errs []error
 	if m != nil && AttachMode(m.Attach) == AttachLegacy && d.vethExists(m) {
 		for _, h := range endpointHooks {
-			if err := netlink.FilterDel(legacyFilter(int(m.Ifindex), h)); err != nil && !errors.Is(err, unix.ENOENT) {
+			// ENODEV: the veth went with its netns since vethExists
+			// looked, and took its filters with it.
+			err := netlink.FilterDel(legacyFilter(int(m.Ifindex), h))
+			if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
 				errs = append(errs, fmt.Errorf("remove cls_bpf filter %s: %w", h.name, err))
 			}
 		}
