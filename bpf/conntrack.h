@@ -103,23 +103,19 @@ struct nat_entry {
 	__u64 bytes;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, NAT_MAX_ENTRIES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct nat_tuple);
-	__type(value, struct nat_entry);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} nat_out SEC(".maps");
+/* The two halves of the table: one map definition, twice. */
+#define NAT_TABLE_HALF(name)                               \
+	struct {                                           \
+		__uint(type, BPF_MAP_TYPE_HASH);           \
+		__uint(max_entries, NAT_MAX_ENTRIES);      \
+		__uint(map_flags, BPF_F_NO_PREALLOC);      \
+		__type(key, struct nat_tuple);             \
+		__type(value, struct nat_entry);           \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);       \
+	} name SEC(".maps")
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, NAT_MAX_ENTRIES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct nat_tuple);
-	__type(value, struct nat_entry);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} nat_in SEC(".maps");
+NAT_TABLE_HALF(nat_out);
+NAT_TABLE_HALF(nat_in);
 
 static __always_inline const struct nat_config *nat_config_get(void)
 {

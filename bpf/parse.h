@@ -102,22 +102,27 @@ struct arp_eth {
 	__u8 ar_tip[4];
 } __attribute__((packed));
 
-/* Make the first len bytes of the packet readable by direct packet access.
- * Headers normally sit in the linear area already; when they do not (GRO
- * frag lists, skbs built by other programs) pull them in, as Cilium's
- * revalidate_data_pull does. Returns 0, or -1 when the packet is shorter
- * than len. Callers must reload skb->data/data_end afterwards and still do
- * their own bounds check, which is what the verifier tracks. */
-static __always_inline int pkt_linearize(struct __sk_buff *skb, __u32 len)
+/* The len bytes of the packet at off, a fixed-offset header, readable by
+ * direct packet access; NULL when the packet is shorter. Headers normally
+ * sit in the linear area already; when they do not (GRO frag lists, skbs
+ * built by other programs) they are pulled in first, as Cilium's
+ * revalidate_data_pull does. The pull moves the data, so the pointers are
+ * loaded after it; the bounds check here is what the verifier tracks for
+ * the caller's reads (off and len are constants once inlined). */
+static __always_inline void *pkt_header(struct __sk_buff *skb, __u32 off, __u32 len)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 
-	if (data + len <= data_end)
-		return 0;
-	if (len > skb->len)
-		return -1;
-	return bpf_skb_pull_data(skb, len) ? -1 : 0;
+	if (data + off + len > data_end) {
+		if (off + len > skb->len || bpf_skb_pull_data(skb, off + len))
+			return NULL;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		if (data + off + len > data_end)
+			return NULL;
+	}
+	return data + off;
 }
 
 /* Whether the frame carries a VLAN tag. On a veth the tag of a frame sent
@@ -147,15 +152,9 @@ static __always_inline void parse_l4_ports(struct __sk_buff *skb, struct pkt *pk
 
 static __always_inline __u8 parse_arp(struct __sk_buff *skb, struct pkt *pkt)
 {
-	void *data, *data_end;
-	struct arp_eth *arp;
+	struct arp_eth *arp = pkt_header(skb, ETH_HLEN, sizeof(*arp));
 
-	if (pkt_linearize(skb, ETH_HLEN + sizeof(*arp)))
-		return DROP_MALFORMED;
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	arp = data + ETH_HLEN;
-	if ((void *)(arp + 1) > data_end)
+	if (!arp)
 		return DROP_MALFORMED;
 
 	pkt->arp_op = bpf_ntohs(arp->ar_op);
@@ -173,16 +172,10 @@ static __always_inline __u8 parse_arp(struct __sk_buff *skb, struct pkt *pkt)
 
 static __always_inline __u8 parse_ipv4(struct __sk_buff *skb, struct pkt *pkt)
 {
-	void *data, *data_end;
-	struct iphdr *ip;
+	struct iphdr *ip = pkt_header(skb, ETH_HLEN, sizeof(*ip));
 	__u32 hlen, tot_len;
 
-	if (pkt_linearize(skb, ETH_HLEN + sizeof(*ip)))
-		return DROP_MALFORMED;
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	ip = data + ETH_HLEN;
-	if ((void *)(ip + 1) > data_end)
+	if (!ip)
 		return DROP_MALFORMED;
 
 	pkt->family = 4;
@@ -210,6 +203,21 @@ static __always_inline __u8 parse_ipv4(struct __sk_buff *skb, struct pkt *pkt)
 	return DROP_NONE;
 }
 
+/* Whether nexthdr is an IPv6 extension header we step over. */
+static __always_inline int ipv6_is_ext(__u8 nexthdr)
+{
+	switch (nexthdr) {
+	case NEXTHDR_HOP:
+	case NEXTHDR_ROUTING:
+	case NEXTHDR_DEST:
+	case NEXTHDR_AUTH:
+	case NEXTHDR_FRAGMENT:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
 /* Step over IPv6 extension headers to the upper-layer header, with
  * bpf_skb_load_bytes since every offset depends on the previous header.
  * Sets PKT_F_L4 when the upper-layer header of this packet is at l4_off,
@@ -223,21 +231,8 @@ static __always_inline __u8 ipv6_skip_ext(struct __sk_buff *skb, struct pkt *pkt
 		__u8 hdr[4]; /* next header, length, and for fragments the offset */
 		__u32 len;
 
-		switch (nexthdr) {
-		case NEXTHDR_HOP:
-		case NEXTHDR_ROUTING:
-		case NEXTHDR_DEST:
-		case NEXTHDR_AUTH:
-		case NEXTHDR_FRAGMENT:
-			break;
-		default:
-			/* An upper-layer protocol (or NEXTHDR_NONE, ESP). */
-			pkt->ip_proto = nexthdr;
-			pkt->l4_off = off;
-			pkt->flags |= PKT_F_L4;
-			return DROP_NONE;
-		}
-
+		if (!ipv6_is_ext(nexthdr))
+			break; /* an upper-layer protocol (or NEXTHDR_NONE, ESP) */
 		if (off + sizeof(hdr) > pkt->l3_end ||
 		    bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)))
 			return DROP_MALFORMED;
@@ -260,17 +255,11 @@ static __always_inline __u8 ipv6_skip_ext(struct __sk_buff *skb, struct pkt *pkt
 		off += len;
 	}
 
-	switch (nexthdr) {
-	case NEXTHDR_HOP:
-	case NEXTHDR_ROUTING:
-	case NEXTHDR_DEST:
-	case NEXTHDR_AUTH:
-	case NEXTHDR_FRAGMENT:
-		pkt->ip_proto = nexthdr;
+	pkt->ip_proto = nexthdr;
+	if (ipv6_is_ext(nexthdr)) {
 		pkt->flags |= PKT_F_EXT_DEEP;
 		return DROP_NONE;
 	}
-	pkt->ip_proto = nexthdr;
 	pkt->l4_off = off;
 	pkt->flags |= PKT_F_L4;
 	return DROP_NONE;
@@ -278,17 +267,11 @@ static __always_inline __u8 ipv6_skip_ext(struct __sk_buff *skb, struct pkt *pkt
 
 static __always_inline __u8 parse_ipv6(struct __sk_buff *skb, struct pkt *pkt)
 {
-	void *data, *data_end;
-	struct ipv6hdr *ip6;
+	struct ipv6hdr *ip6 = pkt_header(skb, ETH_HLEN, sizeof(*ip6));
 	__u32 plen;
 	__u8 nexthdr, type, reason;
 
-	if (pkt_linearize(skb, ETH_HLEN + sizeof(*ip6)))
-		return DROP_MALFORMED;
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	ip6 = data + ETH_HLEN;
-	if ((void *)(ip6 + 1) > data_end)
+	if (!ip6)
 		return DROP_MALFORMED;
 
 	pkt->family = 6;
@@ -332,16 +315,10 @@ static __always_inline __u8 parse_ipv6(struct __sk_buff *skb, struct pkt *pkt)
  * them is policy. */
 static __always_inline __u8 parse_packet(struct __sk_buff *skb, struct pkt *pkt)
 {
-	void *data, *data_end;
-	struct ethhdr *eth;
+	struct ethhdr *eth = pkt_header(skb, 0, ETH_HLEN);
 	__u8 reason = DROP_NONE;
 
-	if (pkt_linearize(skb, ETH_HLEN))
-		return DROP_MALFORMED;
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
+	if (!eth)
 		return DROP_MALFORMED;
 
 	__builtin_memcpy(pkt->dst_mac, eth->h_dest, ETH_ALEN);
