@@ -149,19 +149,35 @@ struct {
 	__type(value, struct nat_scratch);
 } nat_scratch SEC(".maps");
 
-/* The flow of a packet from src:sport to dst:dport; for ICMP echo sport is
- * the identifier and dport 0. Padding is zeroed: it is hashed with the rest. */
-static __always_inline void nat_tuple_init(struct nat_tuple *t, const union addr *src,
-					   const union addr *dst, __be16 sport, __be16 dport,
-					   __u8 proto, __u8 family)
+/* Whether a flow of proto is an ICMP echo, identified by one identifier
+ * (sport) rather than two ports. */
+static __always_inline int nat_proto_is_echo(__u8 proto)
 {
-	__builtin_memset(t, 0, sizeof(*t));
-	__builtin_memcpy(t->src, src->b, 16);
-	__builtin_memcpy(t->dst, dst->b, 16);
+	return proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
+}
+
+/* The fields of a tuple but its addresses; the padding is zeroed, it is
+ * hashed with the rest. */
+static __always_inline void nat_tuple_ports(struct nat_tuple *t, __be16 sport, __be16 dport,
+					    __u8 proto, __u8 family)
+{
 	t->sport = sport;
 	t->dport = dport;
 	t->proto = proto;
 	t->family = family;
+	t->pad[0] = 0;
+	t->pad[1] = 0;
+}
+
+/* The flow of a packet from src:sport to dst:dport; for ICMP echo sport is
+ * the identifier and dport 0. */
+static __always_inline void nat_tuple_init(struct nat_tuple *t, const union addr *src,
+					   const union addr *dst, __be16 sport, __be16 dport,
+					   __u8 proto, __u8 family)
+{
+	__builtin_memcpy(t->src, src->b, 16);
+	__builtin_memcpy(t->dst, dst->b, 16);
+	nat_tuple_ports(t, sport, dport, proto, family);
 }
 
 /* What the NAT needs of an L4 header at off whose first 8 bytes are hdr:
@@ -254,19 +270,11 @@ static __always_inline int nat_excluded(__u32 network, const struct pkt *pkt)
 static __always_inline void nat_in_key(struct nat_tuple *it, const struct nat_tuple *ot,
 				       const __u8 *nat_addr, __be16 nat_port)
 {
+	int echo = nat_proto_is_echo(ot->proto);
+
 	__builtin_memcpy(it->src, ot->dst, 16);
 	__builtin_memcpy(it->dst, nat_addr, 16);
-	if (ot->proto == IPPROTO_ICMP || ot->proto == IPPROTO_ICMPV6) {
-		it->sport = nat_port;
-		it->dport = 0;
-	} else {
-		it->sport = ot->dport;
-		it->dport = nat_port;
-	}
-	it->proto = ot->proto;
-	it->family = ot->family;
-	it->pad[0] = 0;
-	it->pad[1] = 0;
+	nat_tuple_ports(it, echo ? nat_port : ot->dport, echo ? 0 : nat_port, ot->proto, ot->family);
 }
 
 /* The key of a flow's nat_out half from its nat_in key and entry. ot may
@@ -274,25 +282,18 @@ static __always_inline void nat_in_key(struct nat_tuple *it, const struct nat_tu
 static __always_inline void nat_out_key(struct nat_tuple *ot, const struct nat_tuple *it,
 					const struct nat_entry *in)
 {
-	__be16 remote_port = it->sport;
+	__be16 remote_port = nat_proto_is_echo(it->proto) ? 0 : it->sport;
 
-	if (it->proto == IPPROTO_ICMP || it->proto == IPPROTO_ICMPV6)
-		remote_port = 0;
 	__builtin_memcpy(ot->dst, it->src, 16);
 	__builtin_memcpy(ot->src, in->addr, 16);
-	ot->sport = in->port;
-	ot->dport = remote_port;
 	/* proto and family are the same in both halves. */
-	ot->proto = it->proto;
-	ot->family = it->family;
-	ot->pad[0] = 0;
-	ot->pad[1] = 0;
+	nat_tuple_ports(ot, in->port, remote_port, it->proto, it->family);
 }
 
 /* The NAT port of a nat_in key. */
 static __always_inline __be16 nat_in_port(const struct nat_tuple *it)
 {
-	return (it->proto == IPPROTO_ICMP || it->proto == IPPROTO_ICMPV6) ? it->sport : it->dport;
+	return nat_proto_is_echo(it->proto) ? it->sport : it->dport;
 }
 
 /* Whether a nat_in entry is the other half of the flow ot. */
