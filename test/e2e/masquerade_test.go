@@ -18,6 +18,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
+	"github.com/bpfbridge/bpfbridge/datapath"
 	"github.com/bpfbridge/bpfbridge/datapath/program"
 	"github.com/bpfbridge/bpfbridge/test/sandbox"
 )
@@ -71,8 +72,8 @@ func TestMasqueradeToExternal(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s from %s to the outside: %v", proto, c.ip, err)
 		}
-		if seen.Addr() != sb.NodeUplink4.Addr() || seen.Port() < 61000 {
-			t.Errorf("%s: the outside saw %s, want the node's uplink address %s and a port from 61000", proto, seen, sb.NodeUplink4.Addr())
+		if seen.Addr() != sb.NodeUplink4.Addr() || seen.Port() < datapath.DefaultNATPortMin {
+			t.Errorf("%s: the outside saw %s, want the node's uplink address %s and a port from %d", proto, seen, sb.NodeUplink4.Addr(), datapath.DefaultNATPortMin)
 		}
 	}
 	if got, err := sandbox.Ping(c.ns, sb.Internet4, 3, 2*time.Second); got != 3 {
