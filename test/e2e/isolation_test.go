@@ -83,6 +83,29 @@ func TestIsolationModes(t *testing.T) {
 		}
 	}
 
+	// A packet dropped on its way to a container is never counted as
+	// delivered: x0's datagrams to a1 (1200 bytes of payload each, across
+	// networks) grow a1's drops, and its delivered bytes by less than one
+	// of them (what else reaches a1 meanwhile, ARP, is far smaller).
+	before, err := dp.Counters(a1.id, "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sandbox.UDPEcho(x0.ns, netip.AddrPortFrom(a1.ip, 9), make([]byte, 1200), 500*time.Millisecond); err == nil {
+		t.Error("UDP from a none network into a network-isolated one got an answer")
+	}
+	after, err := dp.Counters(a1.id, "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cross := program.BpfbridgeDropReasonDROP_CROSS_NETWORK
+	if after.Drops[cross] <= before.Drops[cross] {
+		t.Errorf("%s counted no %s drop of the datagrams from %s", a1.id, cross, x0.id)
+	}
+	if d := after.ToBytes - before.ToBytes; d >= 1200 {
+		t.Errorf("%s counted %d bytes delivered while only dropped datagrams of 1200 bytes came its way", a1.id, d)
+	}
+
 	// TCP too, not only ICMP.
 	bound, stop, err := sandbox.ServeTCPEcho(a1.ns, netip.AddrPortFrom(a1.ip, 0))
 	if err != nil {
