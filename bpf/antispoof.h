@@ -44,12 +44,12 @@ static __always_inline int ep_owns_ipv6(const struct endpoint *ep, const union a
 {
 	int i;
 
-	if (ipv6_equal(addr, ep->ipv6_ll))
+	if (addr16_equal(addr->b, ep->ipv6_ll))
 		return 1;
 	for (i = 0; i < MAX_IPV6; i++) {
 		if (i >= ep->n_ipv6)
 			break;
-		if (ipv6_equal(addr, ep->ipv6[i]))
+		if (addr16_equal(addr->b, ep->ipv6[i]))
 			return 1;
 	}
 	return 0;

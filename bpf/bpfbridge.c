@@ -36,15 +36,32 @@
 #include "stats.h"
 #include "verdict.h"
 
-/* Build variant, 0 in every release. The upgrade test builds the plugin
- * with Go build tag bpfbridge_variant, whose object is compiled with
- * BPFBRIDGE_VARIANT=1: a build whose programs differ, as a newer release's
- * would. The value lives in .rodata, so the object and its tag differ while
- * the verdicts stay the same. */
-#ifndef BPFBRIDGE_VARIANT
-#define BPFBRIDGE_VARIANT 0
-#endif
-volatile const __u32 bpfbridge_variant = BPFBRIDGE_VARIANT;
+/* Build variant, 0 in every release. A load-time constant (.rodata): the
+ * control plane sets it when it loads the programs, from a Go variable a
+ * test build sets with the linker (datapath/program/variant.go), so that
+ * the upgrade test gets a build whose programs differ, as a newer
+ * release's would, while the verdicts stay the same. */
+volatile const __u32 bpfbridge_variant = 0;
+
+/* The values the control plane shares with the programs, one enum each.
+ * Nothing reads this: a global whose type names every such enum is what
+ * puts them into the object's BTF, from which bpf2go generates their Go
+ * constants (-type in datapath/program/gen.go). */
+struct go_contract {
+	enum drop_reason drop_reason;
+	enum direction direction;
+	enum event_budget_limit event_budget_limit;
+	enum layout layout;
+	enum endpoint_limits endpoint_limits;
+	enum isolation_mode isolation_mode;
+	enum endpoint_flags endpoint_flags;
+	enum attach_mode attach_mode;
+	enum ct_state ct_state;
+	enum ct_timeout_default ct_timeout_default;
+	enum nat_port_default nat_port_default;
+	enum nat_network_flags nat_network_flags;
+};
+const struct go_contract *const bpfbridge_contract __attribute__((unused)) = 0;
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -122,7 +139,7 @@ static __always_inline __u8 to_container_policy(struct __sk_buff *skb, const str
  * each program with dir constant, so each keeps only its own branch. */
 static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 dir)
 {
-	__u32 ifindex = skb->ifindex;
+	__u32 ifindex = skb->ifindex, len = skb->len;
 	struct endpoint_stats *st;
 	struct endpoint *ep;
 	struct pkt pkt = {};
@@ -135,15 +152,19 @@ static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 di
 	if (!ep)
 		return drop_packet(skb, NULL, &pkt, DROP_NO_ENDPOINT, dir);
 	st = stats_get(ifindex);
+	/* What the container sends counts whatever becomes of it (drops
+	 * say what did); what is delivered to it counts once the policy
+	 * let it through. */
 	if (dir == DIR_FROM_CONTAINER) {
-		stats_count_from(st, skb->len);
+		stats_count_from(st, len);
 		reason = from_container_policy(skb, ep, &pkt, parsed);
 	} else {
-		stats_count_to(st, skb->len);
 		reason = to_container_policy(skb, ep, &pkt, parsed);
 	}
 	if (reason != DROP_NONE)
 		return drop_packet(skb, st, &pkt, reason, dir);
+	if (dir == DIR_TO_CONTAINER)
+		stats_count_to(st, len);
 	return VERDICT_PASS;
 }
 

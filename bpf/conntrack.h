@@ -27,26 +27,27 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 
-/* nat_entry.state. TCP is tracked just enough to pick a timeout; the
- * endpoints do the real state keeping. */
-#define CT_SYN_SENT 1    /* TCP: the container sent a SYN, no reply yet */
-#define CT_ESTABLISHED 2 /* TCP: the remote replied (or picked up mid-stream) */
-#define CT_CLOSING 3     /* TCP: FIN or RST seen in either direction */
-#define CT_UDP 4         /* UDP: no states */
-#define CT_ICMP 5        /* ICMP/ICMPv6 echo */
+/* nat_entry.state (one byte, as stored there). TCP is tracked just enough
+ * to pick a timeout; the endpoints do the real state keeping. */
+enum __attribute__((packed)) ct_state {
+	CT_SYN_SENT = 1,    /* TCP: the container sent a SYN, no reply yet */
+	CT_ESTABLISHED = 2, /* TCP: the remote replied (or picked up mid-stream) */
+	CT_CLOSING = 3,     /* TCP: FIN or RST seen in either direction */
+	CT_UDP = 4,         /* UDP: no states */
+	CT_ICMP = 5,        /* ICMP/ICMPv6 echo */
+	CT_STATES = 6,      /* one past the last state */
+};
 
-/* Defaults for the zero fields of nat_config. The port range lies above
- * Linux's default ephemeral range (32768-60999), and the control plane
- * reserves it (net.ipv4.ip_local_reserved_ports) so that the node's own
- * connections from the uplink address never collide with a NAT port. Timeouts follow Linux conntrack's
- * order of magnitude: established TCP for hours, the rest for seconds. */
-#define NAT_PORT_MIN_DEFAULT 61000
-#define NAT_PORT_MAX_DEFAULT 65535
-#define CT_TIMEOUT_TCP_DEFAULT_S 7200
-#define CT_TIMEOUT_TCP_SYN_DEFAULT_S 60
-#define CT_TIMEOUT_TCP_CLOSING_DEFAULT_S 10
-#define CT_TIMEOUT_UDP_DEFAULT_S 60
-#define CT_TIMEOUT_ICMP_DEFAULT_S 30
+/* Defaults for the zero timeouts of nat_config, in seconds. They follow
+ * Linux conntrack's order of magnitude: established TCP for hours, the rest
+ * for seconds. */
+enum ct_timeout_default {
+	CT_TIMEOUT_TCP_DEFAULT_S = 7200,
+	CT_TIMEOUT_TCP_SYN_DEFAULT_S = 60,
+	CT_TIMEOUT_TCP_CLOSING_DEFAULT_S = 10,
+	CT_TIMEOUT_UDP_DEFAULT_S = 60,
+	CT_TIMEOUT_ICMP_DEFAULT_S = 30,
+};
 
 #define NAT_MAX_ENTRIES 262144
 
@@ -56,7 +57,8 @@
 #define TCP_FLAG_RST 0x04
 #define TCP_FLAG_ACK 0x10
 
-/* Written by the control plane; zero fields mean the defaults above. */
+/* Written by the control plane; zero fields mean the defaults (above for
+ * the timeouts, in nat.h for the ports). */
 struct nat_config {
 	__u16 port_min; /* host order, inclusive */
 	__u16 port_max;
@@ -101,23 +103,19 @@ struct nat_entry {
 	__u64 bytes;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, NAT_MAX_ENTRIES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct nat_tuple);
-	__type(value, struct nat_entry);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} nat_out SEC(".maps");
+/* The two halves of the table: one map definition, twice. */
+#define NAT_TABLE_HALF(name)                               \
+	struct {                                           \
+		__uint(type, BPF_MAP_TYPE_HASH);           \
+		__uint(max_entries, NAT_MAX_ENTRIES);      \
+		__uint(map_flags, BPF_F_NO_PREALLOC);      \
+		__type(key, struct nat_tuple);             \
+		__type(value, struct nat_entry);           \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);       \
+	} name SEC(".maps")
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, NAT_MAX_ENTRIES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct nat_tuple);
-	__type(value, struct nat_entry);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} nat_in SEC(".maps");
+NAT_TABLE_HALF(nat_out);
+NAT_TABLE_HALF(nat_in);
 
 static __always_inline const struct nat_config *nat_config_get(void)
 {

@@ -8,8 +8,11 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-/* Keep in step with datapath/program/drops.go (a test there parses this). */
-enum drop_reason {
+/* Why a packet was dropped. bpf2go exports the values to Go
+ * (datapath/program), where drops.go names them for `bridge inspect`; a
+ * reason without a Go name fails to compile there. One byte, as stored in
+ * drop_event.reason. */
+enum __attribute__((packed)) drop_reason {
 	DROP_NONE = 0,
 	DROP_SPOOF_MAC = 1,       /* Ethernet source is not the endpoint's MAC */
 	DROP_SPOOF_IPV4 = 2,      /* IPv4 source is not the endpoint's */
@@ -27,11 +30,14 @@ enum drop_reason {
 	DROP_REASONS = 14,        /* number of reasons */
 };
 
-/* drop_event.direction */
-#define DIR_FROM_CONTAINER 0 /* tc ingress of the host veth */
-#define DIR_TO_CONTAINER 1   /* tc egress of the host veth */
-#define DIR_UPLINK_EGRESS 2  /* tc egress of an uplink (masquerade); ifindex is the uplink */
-#define DIR_UPLINK_INGRESS 3 /* tc ingress of an uplink (reverse NAT); ifindex is the uplink */
+/* drop_event.direction: which hook dropped the packet. */
+enum __attribute__((packed)) direction {
+	DIR_FROM_CONTAINER = 0, /* tc ingress of the host veth */
+	DIR_TO_CONTAINER = 1,   /* tc egress of the host veth */
+	DIR_UPLINK_EGRESS = 2,  /* tc egress of an uplink (masquerade); ifindex is the uplink */
+	DIR_UPLINK_INGRESS = 3, /* tc ingress of an uplink (reverse NAT); ifindex is the uplink */
+	DIRECTIONS = 4,         /* number of directions */
+};
 
 struct drop_event {
 	__u64 timestamp_ns; /* bpf_ktime_get_ns(), CLOCK_MONOTONIC */
@@ -59,7 +65,9 @@ struct {
 /* Events are rate limited per CPU so that a flood of bad packets cannot
  * flood user space: at most EVENTS_PER_WINDOW per EVENT_WINDOW_NS. */
 #define EVENT_WINDOW_NS 1000000000ULL
-#define EVENTS_PER_WINDOW 64
+enum event_budget_limit {
+	EVENTS_PER_WINDOW = 64,
+};
 
 struct event_budget {
 	__u64 window_start_ns;

@@ -8,16 +8,22 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#include "parse.h"
+
 /* A change to any struct or map here is a new layout: bump it, and the Go
- * side pins the maps under a new directory instead of failing on the old
- * pins (see datapath/layout.go). */
+ * side (datapath/state.go, from the generated value) pins the maps under a
+ * new directory instead of failing on the old pins. */
 /* 2: DROP_REASONS 12 -> 14 (masquerade), which resizes endpoint_stats and
  * drop_totals; the NAT maps are new. */
-#define LAYOUT_VERSION 2
+enum layout {
+	LAYOUT_VERSION = 2,
+};
 
-#define MAX_ENDPOINTS 65536
-#define MAX_IPV4 4
-#define MAX_IPV6 4
+enum endpoint_limits {
+	MAX_ENDPOINTS = 65536,
+	MAX_IPV4 = 4, /* addresses per endpoint and family */
+	MAX_IPV6 = 4,
+};
 
 /* The hash maps below are BPF_F_NO_PREALLOC: sized for the most endpoints a
  * node could ever have, preallocated they would pin tens of megabytes
@@ -26,14 +32,17 @@
  * Only the control plane inserts into them, so allocating on insert costs
  * the datapath nothing; lookups are the same either way. */
 
-enum isolation_mode {
+/* endpoint.isolation; one byte, as stored there. */
+enum __attribute__((packed)) isolation_mode {
 	ISOLATION_NONE = 0,      /* anti-spoofing only */
 	ISOLATION_NETWORK = 1,   /* no traffic to or from other networks' containers */
 	ISOLATION_CONTAINER = 2, /* and none between containers of one network */
 };
 
 /* endpoint.flags */
-#define EP_F_TAGGED_OK (1 << 0) /* VLAN trunk port: 802.1Q/802.1ad frames pass */
+enum __attribute__((packed)) endpoint_flags {
+	EP_F_TAGGED_OK = 1 << 0, /* VLAN trunk port: 802.1Q/802.1ad frames pass */
+};
 
 /* What a container may send as, and how it is isolated. */
 struct endpoint {
@@ -79,6 +88,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ip_owners SEC(".maps");
 
+/* The endpoint that holds addr, or NULL: isolation decides by it, the NAT
+ * finds the container (and its network) behind a source address by it. */
+static __always_inline const struct ip_owner *ip_owner_lookup(__u8 family, const union addr *addr)
+{
+	struct ip_key key;
+
+	/* Padding and the unused tail of an IPv4 key are part of the hash. */
+	__builtin_memset(&key, 0, sizeof(key));
+	key.family = family;
+	if (family == 4)
+		__builtin_memcpy(key.addr, &addr->v4, 4);
+	else
+		__builtin_memcpy(key.addr, addr->b, 16);
+	return bpf_map_lookup_elem(&ip_owners, &key);
+}
+
 /* Control-plane record of an attachment, keyed by the SHA-256 of
  * "<containerID>\0<ifname>". The programs never read it: it lets DEL, GC and
  * `bridge inspect` find an endpoint by container id and ifname even after
@@ -88,9 +113,11 @@ struct endpoint_key {
 	__u8 sha256[32];
 };
 
-/* endpoint_meta.attach */
-#define ATTACH_TCX 1
-#define ATTACH_LEGACY 2 /* clsact + cls_bpf direct-action */
+/* endpoint_meta.attach; 0 while an ADD has not attached yet. */
+enum attach_mode {
+	ATTACH_TCX = 1,
+	ATTACH_LEGACY = 2, /* clsact + cls_bpf direct-action */
+};
 
 struct endpoint_meta {
 	__u32 ifindex;

@@ -63,10 +63,8 @@ struct icmp_quote {
 	__u32 saddr_off;  /* offsets in the skb */
 	__u32 check_off;  /* IPv4 header checksum; 0 for IPv6 */
 	__u32 l4_off;
-	__u32 port_off;   /* source port, or echo identifier */
-	__u32 l4_csum_off; /* 0 when cut off */
-	__be16 sport;     /* the NAT port, or echo identifier */
-	__be16 dport;     /* echo: 0 */
+	struct nat_l4 l4; /* sport is the NAT port, or echo identifier;
+			   * csum_off is 0 when the quote cuts it off */
 	__sum16 check;    /* the quoted IPv4 header checksum */
 	__u8 proto;
 	__u8 pad;
@@ -117,39 +115,18 @@ static __always_inline int icmp_quote_ip(struct __sk_buff *skb, const struct pkt
 static __always_inline int icmp_quote_l4(struct __sk_buff *skb, const struct pkt *pkt, __u32 end,
 					 struct icmp_quote *q)
 {
-	__u32 off = q->l4_off, csum_rel;
+	__u32 off = q->l4_off;
 	__u8 hdr[8];
 
 	/* Every error quotes at least 8 bytes of it (RFC 792, RFC 4443). */
 	if (off + sizeof(hdr) > end || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)))
 		return 0;
-	switch (q->proto) {
-	case IPPROTO_TCP:
-		csum_rel = 16;
-		break;
-	case IPPROTO_UDP:
-		csum_rel = 6;
-		break;
-	case IPPROTO_ICMP:
-		if (pkt->family != 4 || hdr[0] != ICMP_ECHO)
-			return 0;
-		goto echo;
-	case IPPROTO_ICMPV6:
-		if (pkt->family != 6 || hdr[0] != ICMPV6_ECHO_REQUEST)
-			return 0;
-	echo:
-		q->port_off = off + 4;
-		__builtin_memcpy(&q->sport, &hdr[4], 2);
-		q->dport = 0;
-		q->l4_csum_off = off + 2;
-		return 1;
-	default:
+	if (!nat_l4_ports(hdr, off, q->proto, pkt->family, ICMP_ECHO, ICMPV6_ECHO_REQUEST, &q->l4))
 		return 0;
-	}
-	q->port_off = off;
-	__builtin_memcpy(&q->sport, &hdr[0], 2);
-	__builtin_memcpy(&q->dport, &hdr[2], 2);
-	q->l4_csum_off = off + csum_rel + 2 <= end ? off + csum_rel : 0;
+	/* The quote may end before the checksum: an ICMPv4 error need quote
+	 * only 8 bytes of L4 header, which cuts a TCP checksum off. */
+	if (q->l4.csum_off + 2 > end)
+		q->l4.csum_off = 0;
 	return 1;
 }
 
@@ -166,27 +143,17 @@ static __always_inline __u8 icmp_error_rnat(struct __sk_buff *skb, const struct 
 	__be16 orig_port;
 	int ret;
 
-	end = nat_l3_end(skb, pkt);
+	end = pkt->l3_end;
 	if (!icmp_quote_ip(skb, pkt, end, &q) || !icmp_quote_l4(skb, pkt, end, &q))
 		return DROP_NONE;
 	/* We sent the quoted packet: from the address the error comes to. */
 	if (pkt->family == 4 ? q.saddr.v4 != pkt->daddr.v4 : !addr16_equal(q.saddr.b, pkt->daddr.b))
 		return DROP_NONE;
 
-	/* The quoted packet went out, so its reply-direction key is the
-	 * nat_in key of its flow. */
-	__builtin_memset(&it, 0, sizeof(it));
-	__builtin_memcpy(it.src, q.daddr.b, 16);
-	__builtin_memcpy(it.dst, q.saddr.b, 16);
-	if (q.proto == IPPROTO_TCP || q.proto == IPPROTO_UDP) {
-		it.sport = q.dport;
-		it.dport = q.sport;
-	} else {
-		it.sport = q.sport;
-		it.dport = 0;
-	}
-	it.proto = q.proto;
-	it.family = pkt->family;
+	/* The quoted packet went out translated: from the NAT address and
+	 * port, so the nat_in key of its flow is that of its reply. */
+	nat_tuple_init(&it, &q.saddr, &q.daddr, q.l4.sport, q.l4.dport, q.proto, pkt->family);
+	nat_in_key(&it, &it, q.saddr.b, q.l4.sport);
 	in = bpf_map_lookup_elem(&nat_in, &it);
 	if (!in || ct_expired(in, nat_config_get(), bpf_ktime_get_ns()))
 		return DROP_NONE;
@@ -227,17 +194,17 @@ static __always_inline __u8 icmp_error_rnat(struct __sk_buff *skb, const struct 
 	}
 
 	/* The quoted source port or echo identifier. */
-	if (bpf_skb_store_bytes(skb, q.port_off, &orig_port, sizeof(orig_port), 0))
+	if (bpf_skb_store_bytes(skb, q.l4.sport_off, &orig_port, sizeof(orig_port), 0))
 		return DROP_MALFORMED;
-	acc = csum_add(acc, csum_diff16(q.sport, orig_port));
+	acc = csum_add(acc, csum_diff16(q.l4.sport, orig_port));
 
 	/* The quoted L4 checksum, when quoted: it covers the port, and for
 	 * all but ICMPv4 the pseudo-header with the source address. */
-	if (q.l4_csum_off) {
+	if (q.l4.csum_off) {
 		__sum16 old, new;
-		__u32 diff = csum_diff16(q.sport, orig_port);
+		__u32 diff = csum_diff16(q.l4.sport, orig_port);
 
-		if (bpf_skb_load_bytes(skb, q.l4_csum_off, &old, sizeof(old)))
+		if (bpf_skb_load_bytes(skb, q.l4.csum_off, &old, sizeof(old)))
 			return DROP_MALFORMED;
 		if (q.proto != IPPROTO_ICMP)
 			diff = csum_add(diff, addr_diff);
@@ -246,7 +213,7 @@ static __always_inline __u8 icmp_error_rnat(struct __sk_buff *skb, const struct 
 			new = csum_update(old, diff);
 			if (q.proto == IPPROTO_UDP && new == 0)
 				new = 0xffff;
-			if (bpf_skb_store_bytes(skb, q.l4_csum_off, &new, sizeof(new), 0))
+			if (bpf_skb_store_bytes(skb, q.l4.csum_off, &new, sizeof(new), 0))
 				return DROP_MALFORMED;
 			acc = csum_add(acc, csum_diff16(old, new));
 		}

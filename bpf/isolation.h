@@ -27,20 +27,6 @@ static __always_inline int pkt_is_ndp(const struct pkt *pkt)
 	       pkt->icmp6_type <= NDISC_REDIRECT;
 }
 
-static __always_inline const struct ip_owner *ip_owner_lookup(__u8 family, const union addr *addr)
-{
-	struct ip_key key;
-
-	/* Padding and the unused tail of an IPv4 key are part of the hash. */
-	__builtin_memset(&key, 0, sizeof(key));
-	key.family = family;
-	if (family == 4)
-		__builtin_memcpy(key.addr, &addr->v4, 4);
-	else
-		__builtin_memcpy(key.addr, addr->b, 16);
-	return bpf_map_lookup_elem(&ip_owners, &key);
-}
-
 /* The rule, with ep the endpoint the program runs for and peer the owner of
  * the other address. Modes this program does not know (a newer control
  * plane) get the strictest treatment rather than none. */

@@ -28,7 +28,6 @@
 #include "csum.h"
 #include "drop.h"
 #include "endpoint.h"
-#include "isolation.h"
 #include "parse.h"
 
 /* How many NAT ports a new flow tries before it is dropped with
@@ -36,6 +35,15 @@
  * cheap and the verifier's walk short, and with ports picked by hash a
  * table needs to be nearly full for 32 in a row to be taken. */
 #define NAT_PORT_TRIES 32
+
+/* Defaults for the zero port range of nat_config. The range lies above
+ * Linux's default ephemeral range (32768-60999), and the control plane
+ * reserves it (net.ipv4.ip_local_reserved_ports) so that the node's own
+ * connections from the uplink address never collide with a NAT port. */
+enum nat_port_default {
+	NAT_PORT_MIN_DEFAULT = 61000,
+	NAT_PORT_MAX_DEFAULT = 65535,
+};
 
 #define NAT_MAX_UPLINKS 64
 #define NAT_MAX_NETWORKS 4096
@@ -72,7 +80,9 @@ struct {
 } nat_uplinks SEC(".maps");
 
 /* nat_network.flags */
-#define NAT_F_MASQUERADE (1 << 0)
+enum nat_network_flags {
+	NAT_F_MASQUERADE = 1 << 0,
+};
 
 struct nat_network {
 	__u32 flags; /* NAT_F_* */
@@ -139,65 +149,58 @@ struct {
 	__type(value, struct nat_scratch);
 } nat_scratch SEC(".maps");
 
-static __always_inline int addr16_equal(const __u8 *a, const __u8 *b)
+/* Whether a flow of proto is an ICMP echo, identified by one identifier
+ * (sport) rather than two ports. */
+static __always_inline int nat_proto_is_echo(__u8 proto)
 {
-	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
-
-	/* Every 16-byte address here sits at a 4-byte aligned offset. */
-	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+	return proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
 }
 
-/* End of the IP packet: parse_ipv4 uses skb->len, which includes Ethernet
- * padding; the NAT must not take padding for a checksum field. */
-static __always_inline __u32 nat_l3_end(struct __sk_buff *skb, const struct pkt *pkt)
+/* The fields of a tuple but its addresses; the padding is zeroed, it is
+ * hashed with the rest. */
+static __always_inline void nat_tuple_ports(struct nat_tuple *t, __be16 sport, __be16 dport,
+					    __u8 proto, __u8 family)
 {
-	__be16 tot_len;
-	__u32 end;
-
-	if (pkt->family != 4)
-		return pkt->l3_end;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, tot_len), &tot_len,
-			       sizeof(tot_len)))
-		return 0;
-	/* tot_len 0: a BIG TCP GSO packet, whose length is the skb's. */
-	end = ETH_HLEN + bpf_ntohs(tot_len);
-	if (!tot_len || end > skb->len)
-		return skb->len;
-	return end;
+	t->sport = sport;
+	t->dport = dport;
+	t->proto = proto;
+	t->family = family;
+	t->pad[0] = 0;
+	t->pad[1] = 0;
 }
 
-/* Whether pkt is a packet the NAT translates: TCP, UDP, or ICMP echo of the
- * given types (request leaving, reply arriving). Fills l4. Packets without
- * an L4 header in this packet (non-first fragments, IPv6 chains longer than
- * we walk) are not translated. */
-static __always_inline int nat_parse_l4(struct __sk_buff *skb, const struct pkt *pkt,
+/* The flow of a packet from src:sport to dst:dport; for ICMP echo sport is
+ * the identifier and dport 0. */
+static __always_inline void nat_tuple_init(struct nat_tuple *t, const union addr *src,
+					   const union addr *dst, __be16 sport, __be16 dport,
+					   __u8 proto, __u8 family)
+{
+	__builtin_memcpy(t->src, src->b, 16);
+	__builtin_memcpy(t->dst, dst->b, 16);
+	nat_tuple_ports(t, sport, dport, proto, family);
+}
+
+/* What the NAT needs of an L4 header at off whose first 8 bytes are hdr:
+ * the ports of TCP and UDP, the identifier of an ICMP echo of type echo4
+ * (IPv4) or echo6 (IPv6), and where they and the checksum are. Returns 0
+ * for anything else. Both the packets the NAT translates and the packets
+ * ICMP errors quote are read with it. */
+static __always_inline int nat_l4_ports(const __u8 *hdr, __u32 off, __u8 proto, __u8 family,
 					__u8 echo4, __u8 echo6, struct nat_l4 *l4)
 {
-	__u32 off = pkt->l4_off, end;
-	__u8 hdr[8];
-
-	if ((pkt->family != 4 && pkt->family != 6) || !(pkt->flags & PKT_F_L4))
-		return 0;
-	end = nat_l3_end(skb, pkt);
-	if (off + sizeof(hdr) > end || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)))
-		return 0;
-
-	switch (pkt->ip_proto) {
+	switch (proto) {
 	case IPPROTO_TCP:
-		if (off + 20 > end ||
-		    bpf_skb_load_bytes(skb, off + 13, &l4->tcp_flags, sizeof(l4->tcp_flags)))
-			return 0;
 		l4->csum_off = off + 16;
 		break;
 	case IPPROTO_UDP:
 		l4->csum_off = off + 6;
 		break;
 	case IPPROTO_ICMP:
-		if (pkt->family != 4 || hdr[0] != echo4)
+		if (family != 4 || hdr[0] != echo4)
 			return 0;
 		goto echo;
 	case IPPROTO_ICMPV6:
-		if (pkt->family != 6 || hdr[0] != echo6)
+		if (family != 6 || hdr[0] != echo6)
 			return 0;
 	echo:
 		/* type, code, checksum, identifier, sequence */
@@ -217,9 +220,27 @@ static __always_inline int nat_parse_l4(struct __sk_buff *skb, const struct pkt 
 	return 1;
 }
 
-static __always_inline int pkt_is_echo(const struct pkt *pkt)
+/* Whether pkt is a packet the NAT translates: TCP, UDP, or ICMP echo of the
+ * given types (request leaving, reply arriving). Fills l4. Packets without
+ * an L4 header in this packet (non-first fragments, IPv6 chains longer than
+ * we walk) are not translated. */
+static __always_inline int nat_parse_l4(struct __sk_buff *skb, const struct pkt *pkt,
+					__u8 echo4, __u8 echo6, struct nat_l4 *l4)
 {
-	return pkt->ip_proto == IPPROTO_ICMP || pkt->ip_proto == IPPROTO_ICMPV6;
+	__u32 off = pkt->l4_off, end = pkt->l3_end;
+	__u8 hdr[8];
+
+	if ((pkt->family != 4 && pkt->family != 6) || !(pkt->flags & PKT_F_L4))
+		return 0;
+	if (off + sizeof(hdr) > end || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)))
+		return 0;
+	if (!nat_l4_ports(hdr, off, pkt->ip_proto, pkt->family, echo4, echo6, l4))
+		return 0;
+	if (pkt->ip_proto == IPPROTO_TCP &&
+	    (off + 20 > end ||
+	     bpf_skb_load_bytes(skb, off + 13, &l4->tcp_flags, sizeof(l4->tcp_flags))))
+		return 0;
+	return 1;
 }
 
 /* Multicast and broadcast are link-local business, never masqueraded. A
@@ -244,23 +265,16 @@ static __always_inline int nat_excluded(__u32 network, const struct pkt *pkt)
 }
 
 /* The key of a flow's nat_in half from its nat_out key and entry: the reply
- * comes from the remote to the NAT address and port. */
+ * comes from the remote to the NAT address and port. it may be ot
+ * (rewritten in place): every field of ot is read before it is written. */
 static __always_inline void nat_in_key(struct nat_tuple *it, const struct nat_tuple *ot,
 				       const __u8 *nat_addr, __be16 nat_port)
 {
+	int echo = nat_proto_is_echo(ot->proto);
+
 	__builtin_memcpy(it->src, ot->dst, 16);
 	__builtin_memcpy(it->dst, nat_addr, 16);
-	if (ot->proto == IPPROTO_ICMP || ot->proto == IPPROTO_ICMPV6) {
-		it->sport = nat_port;
-		it->dport = 0;
-	} else {
-		it->sport = ot->dport;
-		it->dport = nat_port;
-	}
-	it->proto = ot->proto;
-	it->family = ot->family;
-	it->pad[0] = 0;
-	it->pad[1] = 0;
+	nat_tuple_ports(it, echo ? nat_port : ot->dport, echo ? 0 : nat_port, ot->proto, ot->family);
 }
 
 /* The key of a flow's nat_out half from its nat_in key and entry. ot may
@@ -268,25 +282,18 @@ static __always_inline void nat_in_key(struct nat_tuple *it, const struct nat_tu
 static __always_inline void nat_out_key(struct nat_tuple *ot, const struct nat_tuple *it,
 					const struct nat_entry *in)
 {
-	__be16 remote_port = it->sport;
+	__be16 remote_port = nat_proto_is_echo(it->proto) ? 0 : it->sport;
 
-	if (it->proto == IPPROTO_ICMP || it->proto == IPPROTO_ICMPV6)
-		remote_port = 0;
 	__builtin_memcpy(ot->dst, it->src, 16);
 	__builtin_memcpy(ot->src, in->addr, 16);
-	ot->sport = in->port;
-	ot->dport = remote_port;
 	/* proto and family are the same in both halves. */
-	ot->proto = it->proto;
-	ot->family = it->family;
-	ot->pad[0] = 0;
-	ot->pad[1] = 0;
+	nat_tuple_ports(ot, in->port, remote_port, it->proto, it->family);
 }
 
 /* The NAT port of a nat_in key. */
 static __always_inline __be16 nat_in_port(const struct nat_tuple *it)
 {
-	return (it->proto == IPPROTO_ICMP || it->proto == IPPROTO_ICMPV6) ? it->sport : it->dport;
+	return nat_proto_is_echo(it->proto) ? it->sport : it->dport;
 }
 
 /* Whether a nat_in entry is the other half of the flow ot. */
@@ -604,13 +611,8 @@ static __always_inline __u8 snat_egress(struct __sk_buff *skb, const struct pkt 
 	if (ret <= 0)
 		return (__u8)-ret;
 
-	__builtin_memset(&s->ot, 0, sizeof(s->ot));
-	__builtin_memcpy(s->ot.src, pkt->saddr.b, 16);
-	__builtin_memcpy(s->ot.dst, pkt->daddr.b, 16);
-	s->ot.sport = l4.sport;
-	s->ot.dport = l4.dport;
-	s->ot.proto = pkt->ip_proto;
-	s->ot.family = pkt->family;
+	nat_tuple_init(&s->ot, &pkt->saddr, &pkt->daddr, l4.sport, l4.dport, pkt->ip_proto,
+		       pkt->family);
 
 	cfg = nat_config_get();
 	now = bpf_ktime_get_ns();
@@ -673,13 +675,7 @@ static __always_inline __u8 rnat_ingress(struct __sk_buff *skb, const struct pkt
 	if (!nat_parse_l4(skb, pkt, ICMP_ECHOREPLY, ICMPV6_ECHO_REPLY, &l4))
 		return DROP_NONE;
 
-	__builtin_memset(&it, 0, sizeof(it));
-	__builtin_memcpy(it.src, pkt->saddr.b, 16);
-	__builtin_memcpy(it.dst, pkt->daddr.b, 16);
-	it.sport = l4.sport;
-	it.dport = l4.dport;
-	it.proto = pkt->ip_proto;
-	it.family = pkt->family;
+	nat_tuple_init(&it, &pkt->saddr, &pkt->daddr, l4.sport, l4.dport, pkt->ip_proto, pkt->family);
 
 	in = bpf_map_lookup_elem(&nat_in, &it);
 	if (!in)

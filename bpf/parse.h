@@ -78,7 +78,7 @@ struct pkt {
 	__u16 sport;     /* TCP/UDP, 0 otherwise */
 	__u16 dport;
 	__u32 l4_off;    /* offset of the upper-layer header, if PKT_F_L4 */
-	__u32 l3_end;    /* end of the IP packet (excludes Ethernet padding) */
+	__u32 l3_end;    /* end of the IP packet, by its header (excludes Ethernet padding) */
 	union addr saddr; /* ARP: sender protocol address */
 	union addr daddr; /* ARP: target protocol address */
 	__u8 arp_sha[6];  /* ARP sender hardware address */
@@ -102,22 +102,27 @@ struct arp_eth {
 	__u8 ar_tip[4];
 } __attribute__((packed));
 
-/* Make the first len bytes of the packet readable by direct packet access.
- * Headers normally sit in the linear area already; when they do not (GRO
- * frag lists, skbs built by other programs) pull them in, as Cilium's
- * revalidate_data_pull does. Returns 0, or -1 when the packet is shorter
- * than len. Callers must reload skb->data/data_end afterwards and still do
- * their own bounds check, which is what the verifier tracks. */
-static __always_inline int pkt_linearize(struct __sk_buff *skb, __u32 len)
+/* The len bytes of the packet at off, a fixed-offset header, readable by
+ * direct packet access; NULL when the packet is shorter. Headers normally
+ * sit in the linear area already; when they do not (GRO frag lists, skbs
+ * built by other programs) they are pulled in first, as Cilium's
+ * revalidate_data_pull does. The pull moves the data, so the pointers are
+ * loaded after it; the bounds check here is what the verifier tracks for
+ * the caller's reads (off and len are constants once inlined). */
+static __always_inline void *pkt_header(struct __sk_buff *skb, __u32 off, __u32 len)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 
-	if (data + len <= data_end)
-		return 0;
-	if (len > skb->len)
-		return -1;
-	return bpf_skb_pull_data(skb, len) ? -1 : 0;
+	if (data + off + len > data_end) {
+		if (off + len > skb->len || bpf_skb_pull_data(skb, off + len))
+			return NULL;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		if (data + off + len > data_end)
+			return NULL;
+	}
+	return data + off;
 }
 
 /* Whether the frame carries a VLAN tag. On a veth the tag of a frame sent
@@ -147,15 +152,9 @@ static __always_inline void parse_l4_ports(struct __sk_buff *skb, struct pkt *pk
 
 static __always_inline __u8 parse_arp(struct __sk_buff *skb, struct pkt *pkt)
 {
-	void *data, *data_end;
-	struct arp_eth *arp;
+	struct arp_eth *arp = pkt_header(skb, ETH_HLEN, sizeof(*arp));
 
-	if (pkt_linearize(skb, ETH_HLEN + sizeof(*arp)))
-		return DROP_MALFORMED;
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	arp = data + ETH_HLEN;
-	if ((void *)(arp + 1) > data_end)
+	if (!arp)
 		return DROP_MALFORMED;
 
 	pkt->arp_op = bpf_ntohs(arp->ar_op);
@@ -173,23 +172,25 @@ static __always_inline __u8 parse_arp(struct __sk_buff *skb, struct pkt *pkt)
 
 static __always_inline __u8 parse_ipv4(struct __sk_buff *skb, struct pkt *pkt)
 {
-	void *data, *data_end;
-	struct iphdr *ip;
-	__u32 hlen;
+	struct iphdr *ip = pkt_header(skb, ETH_HLEN, sizeof(*ip));
+	__u32 hlen, tot_len;
 
-	if (pkt_linearize(skb, ETH_HLEN + sizeof(*ip)))
-		return DROP_MALFORMED;
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	ip = data + ETH_HLEN;
-	if ((void *)(ip + 1) > data_end)
+	if (!ip)
 		return DROP_MALFORMED;
 
 	pkt->family = 4;
 	pkt->ip_proto = ip->protocol;
 	pkt->saddr.v4 = ip->saddr;
 	pkt->daddr.v4 = ip->daddr;
-	pkt->l3_end = skb->len;
+	/* The IPv4 header says where the packet ends: Ethernet padding
+	 * behind it (a frame is at least 60 bytes) is no header. tot_len 0
+	 * is a BIG TCP GSO packet, whose length is the skb's; a tot_len past
+	 * the skb is bounded by it (the stack drops such a packet, the
+	 * policy does not need to). */
+	tot_len = bpf_ntohs(ip->tot_len);
+	pkt->l3_end = ETH_HLEN + tot_len;
+	if (!tot_len || pkt->l3_end > skb->len)
+		pkt->l3_end = skb->len;
 
 	hlen = ip->ihl * 4;
 	if (ip->version != 4 || hlen < sizeof(*ip) || ETH_HLEN + hlen > skb->len)
@@ -200,6 +201,21 @@ static __always_inline __u8 parse_ipv4(struct __sk_buff *skb, struct pkt *pkt)
 		pkt->flags |= PKT_F_L4;
 	}
 	return DROP_NONE;
+}
+
+/* Whether nexthdr is an IPv6 extension header we step over. */
+static __always_inline int ipv6_is_ext(__u8 nexthdr)
+{
+	switch (nexthdr) {
+	case NEXTHDR_HOP:
+	case NEXTHDR_ROUTING:
+	case NEXTHDR_DEST:
+	case NEXTHDR_AUTH:
+	case NEXTHDR_FRAGMENT:
+		return 1;
+	default:
+		return 0;
+	}
 }
 
 /* Step over IPv6 extension headers to the upper-layer header, with
@@ -215,21 +231,8 @@ static __always_inline __u8 ipv6_skip_ext(struct __sk_buff *skb, struct pkt *pkt
 		__u8 hdr[4]; /* next header, length, and for fragments the offset */
 		__u32 len;
 
-		switch (nexthdr) {
-		case NEXTHDR_HOP:
-		case NEXTHDR_ROUTING:
-		case NEXTHDR_DEST:
-		case NEXTHDR_AUTH:
-		case NEXTHDR_FRAGMENT:
-			break;
-		default:
-			/* An upper-layer protocol (or NEXTHDR_NONE, ESP). */
-			pkt->ip_proto = nexthdr;
-			pkt->l4_off = off;
-			pkt->flags |= PKT_F_L4;
-			return DROP_NONE;
-		}
-
+		if (!ipv6_is_ext(nexthdr))
+			break; /* an upper-layer protocol (or NEXTHDR_NONE, ESP) */
 		if (off + sizeof(hdr) > pkt->l3_end ||
 		    bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)))
 			return DROP_MALFORMED;
@@ -252,17 +255,11 @@ static __always_inline __u8 ipv6_skip_ext(struct __sk_buff *skb, struct pkt *pkt
 		off += len;
 	}
 
-	switch (nexthdr) {
-	case NEXTHDR_HOP:
-	case NEXTHDR_ROUTING:
-	case NEXTHDR_DEST:
-	case NEXTHDR_AUTH:
-	case NEXTHDR_FRAGMENT:
-		pkt->ip_proto = nexthdr;
+	pkt->ip_proto = nexthdr;
+	if (ipv6_is_ext(nexthdr)) {
 		pkt->flags |= PKT_F_EXT_DEEP;
 		return DROP_NONE;
 	}
-	pkt->ip_proto = nexthdr;
 	pkt->l4_off = off;
 	pkt->flags |= PKT_F_L4;
 	return DROP_NONE;
@@ -270,17 +267,11 @@ static __always_inline __u8 ipv6_skip_ext(struct __sk_buff *skb, struct pkt *pkt
 
 static __always_inline __u8 parse_ipv6(struct __sk_buff *skb, struct pkt *pkt)
 {
-	void *data, *data_end;
-	struct ipv6hdr *ip6;
+	struct ipv6hdr *ip6 = pkt_header(skb, ETH_HLEN, sizeof(*ip6));
 	__u32 plen;
 	__u8 nexthdr, type, reason;
 
-	if (pkt_linearize(skb, ETH_HLEN + sizeof(*ip6)))
-		return DROP_MALFORMED;
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	ip6 = data + ETH_HLEN;
-	if ((void *)(ip6 + 1) > data_end)
+	if (!ip6)
 		return DROP_MALFORMED;
 
 	pkt->family = 6;
@@ -324,16 +315,10 @@ static __always_inline __u8 parse_ipv6(struct __sk_buff *skb, struct pkt *pkt)
  * them is policy. */
 static __always_inline __u8 parse_packet(struct __sk_buff *skb, struct pkt *pkt)
 {
-	void *data, *data_end;
-	struct ethhdr *eth;
+	struct ethhdr *eth = pkt_header(skb, 0, ETH_HLEN);
 	__u8 reason = DROP_NONE;
 
-	if (pkt_linearize(skb, ETH_HLEN))
-		return DROP_MALFORMED;
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
+	if (!eth)
 		return DROP_MALFORMED;
 
 	__builtin_memcpy(pkt->dst_mac, eth->h_dest, ETH_ALEN);
@@ -372,13 +357,15 @@ static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
 	       a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
 }
 
-/* a is 4-byte aligned (union addr); b is a 4-byte aligned field of a map
- * value (struct endpoint keeps its IPv6 addresses at 4-byte offsets). */
-static __always_inline int ipv6_equal(const union addr *a, const __u8 *b)
+/* Whether two 16-byte addresses (IPv6, or IPv4 in the first 4 bytes) are
+ * equal. Both must be 4-byte aligned, as every address here is: union addr,
+ * and the address fields of map values and keys (struct endpoint,
+ * nat_tuple, nat_entry keep them at 4-byte offsets). */
+static __always_inline int addr16_equal(const __u8 *a, const __u8 *b)
 {
-	const __u32 *w = (const __u32 *)b;
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
 
-	return a->w[0] == w[0] && a->w[1] == w[1] && a->w[2] == w[2] && a->w[3] == w[3];
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
 }
 
 static __always_inline int ipv6_is_unspecified(const union addr *a)

@@ -10,9 +10,9 @@
 #include "endpoint.h"
 
 struct endpoint_stats {
-	__u64 from_packets; /* sent by the container (tc ingress of the host veth) */
+	__u64 from_packets; /* sent by the container (tc ingress of the host veth), dropped or not */
 	__u64 from_bytes;
-	__u64 to_packets;   /* delivered to the container (tc egress) */
+	__u64 to_packets;   /* delivered to the container (tc egress): passed the policy */
 	__u64 to_bytes;
 	__u64 drops[DROP_REASONS];
 };

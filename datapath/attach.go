@@ -41,18 +41,18 @@ const (
 )
 
 // attach attaches the programs to the veth ifindex and returns the mode used.
-func (d *Datapath) attach(key EndpointKey, ifindex int) (uint32, error) {
+func (d *Datapath) attach(key EndpointKey, ifindex int) (AttachMode, error) {
 	if d.opts.Attach == AttachTCX {
 		err := d.attachTCX(key, ifindex)
 		if !errors.Is(err, ebpf.ErrNotSupported) {
-			return attachedTCX, err
+			return AttachTCX, err
 		}
 		// A kernel older than 6.6 has no tcx: fall back.
 		if err := d.detachPrograms(key, nil); err != nil {
 			return 0, err
 		}
 	}
-	return attachedLegacy, d.attachLegacy(ifindex, endpointHooks)
+	return AttachLegacy, d.attachLegacy(ifindex, endpointHooks)
 }
 
 // attachTCX attaches both programs as tcx links and pins the links.
@@ -114,7 +114,7 @@ func legacyFilter(ifindex int, h hook) *netlink.BpfFilter {
 
 // replacePrograms moves an endpoint's veth onto this build's programs.
 func (d *Datapath) replacePrograms(key EndpointKey, m *program.BpfbridgeEndpointMeta) error {
-	if m.Attach == attachedLegacy {
+	if AttachMode(m.Attach) == AttachLegacy {
 		if !d.vethExists(m) {
 			return nil // gone with its container; DEL or GC will clean up
 		}
@@ -141,8 +141,10 @@ func (d *Datapath) replacePrograms(key EndpointKey, m *program.BpfbridgeEndpoint
 // removed is an error only while its veth is still there.
 func (d *Datapath) detachPrograms(key EndpointKey, m *program.BpfbridgeEndpointMeta) error {
 	var errs []error
-	if m != nil && m.Attach == attachedLegacy && d.vethExists(m) {
+	if m != nil && AttachMode(m.Attach) == AttachLegacy && d.vethExists(m) {
 		for _, h := range endpointHooks {
+			// ENODEV: the veth went with its netns since vethExists
+			// looked, and took its filters with it.
 			err := netlink.FilterDel(legacyFilter(int(m.Ifindex), h))
 			if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) && d.vethExists(m) {
 				errs = append(errs, fmt.Errorf("remove cls_bpf filter %s: %w", h.name, err))
@@ -165,7 +167,7 @@ func (d *Datapath) attachedPrograms(m *program.BpfbridgeEndpointMeta) error {
 			return err
 		}
 		var have []ebpf.ProgramID
-		if m.Attach == attachedLegacy {
+		if AttachMode(m.Attach) == AttachLegacy {
 			have, err = legacyProgramIDs(int(m.Ifindex), h)
 		} else {
 			have, err = tcxProgramIDs(int(m.Ifindex), h)
@@ -257,10 +259,3 @@ func (d *Datapath) vethExists(m *program.BpfbridgeEndpointMeta) bool {
 	l, err := netlink.LinkByIndex(int(m.Ifindex))
 	return err == nil && l.Attrs().Name == program.CString(m.HostIfname[:])
 }
-
-// How an endpoint's programs are attached (endpoint_meta.attach); mirrors
-// ATTACH_* in bpf/endpoint.h.
-const (
-	attachedTCX    uint32 = 1
-	attachedLegacy uint32 = 2
-)

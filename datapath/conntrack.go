@@ -10,15 +10,6 @@ import (
 	"github.com/bpfbridge/bpfbridge/datapath/program"
 )
 
-// Translation states of nat_entry.state; mirror CT_* in bpf/nat.h.
-const (
-	ctSynSent     = 1
-	ctEstablished = 2
-	ctClosing     = 3
-	ctUDP         = 4
-	ctICMP        = 5
-)
-
 // ForgetFlows removes every translation of the container addresses ips,
 // both halves, and every expired translation it passes on the way (DEL
 // scans the tables anyway). A container's flows must not outlive it: its
@@ -77,18 +68,33 @@ func (d *Datapath) sweepFlows(drop func(container netip.Addr) bool) error {
 	return errors.Join(errs...)
 }
 
-// expired tells whether an entry outlived its state's timeout.
+// expired tells whether an entry outlived its state's timeout, as
+// ct_expired in bpf/conntrack.h decides it.
 func expired(e *program.BpfbridgeNatEntry, cfg *program.BpfbridgeNatConfig, now uint64) bool {
-	return e.LastSeenNs+uint64(time.Duration(timeouts(cfg)[e.State])*time.Second) < now
+	return e.LastSeenNs+uint64(ctTimeout(cfg, program.BpfbridgeCtState(e.State))) < now
 }
 
-// timeouts maps a translation state to its timeout in seconds.
-func timeouts(cfg *program.BpfbridgeNatConfig) map[uint8]uint32 {
-	return map[uint8]uint32{
-		ctSynSent:     cfg.TimeoutTcpSynS,
-		ctEstablished: cfg.TimeoutTcpS,
-		ctClosing:     cfg.TimeoutTcpClosingS,
-		ctUDP:         cfg.TimeoutUdpS,
-		ctICMP:        cfg.TimeoutIcmpS,
+// ctTimeout is how long a flow in state may idle: ct_timeout_ns in
+// bpf/conntrack.h. A zero field of cfg means the state's default; a state
+// this build does not know (written by a newer program) gets the ICMP
+// timeout, the shortest sensible lifetime.
+func ctTimeout(cfg *program.BpfbridgeNatConfig, state program.BpfbridgeCtState) time.Duration {
+	orDefault := func(configured uint32, def program.BpfbridgeCtTimeoutDefault) time.Duration {
+		if configured == 0 {
+			configured = uint32(def)
+		}
+		return time.Duration(configured) * time.Second
+	}
+	switch state {
+	case program.BpfbridgeCtStateCT_SYN_SENT:
+		return orDefault(cfg.TimeoutTcpSynS, program.BpfbridgeCtTimeoutDefaultCT_TIMEOUT_TCP_SYN_DEFAULT_S)
+	case program.BpfbridgeCtStateCT_ESTABLISHED:
+		return orDefault(cfg.TimeoutTcpS, program.BpfbridgeCtTimeoutDefaultCT_TIMEOUT_TCP_DEFAULT_S)
+	case program.BpfbridgeCtStateCT_CLOSING:
+		return orDefault(cfg.TimeoutTcpClosingS, program.BpfbridgeCtTimeoutDefaultCT_TIMEOUT_TCP_CLOSING_DEFAULT_S)
+	case program.BpfbridgeCtStateCT_UDP:
+		return orDefault(cfg.TimeoutUdpS, program.BpfbridgeCtTimeoutDefaultCT_TIMEOUT_UDP_DEFAULT_S)
+	default:
+		return orDefault(cfg.TimeoutIcmpS, program.BpfbridgeCtTimeoutDefaultCT_TIMEOUT_ICMP_DEFAULT_S)
 	}
 }

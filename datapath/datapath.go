@@ -23,22 +23,50 @@ import (
 // DefaultBPFFS is where the node's bpffs is mounted (and mounted if missing).
 const DefaultBPFFS = "/sys/fs/bpf"
 
-// AttachMode selects how programs are attached to a veth.
-type AttachMode string
+// AttachMode is how programs are attached to a veth: enum attach_mode in
+// bpf/endpoint.h, as endpoint_meta.attach records it. The zero value is
+// "not attached yet" in a record and the default (AttachLegacy) in Options.
+type AttachMode uint32
 
 const (
 	// AttachLegacy, the default, uses a clsact qdisc with cls_bpf
 	// direct-action filters: it works on every supported kernel and an
 	// attach costs about half a millisecond.
-	AttachLegacy AttachMode = "legacy"
+	AttachLegacy = AttachMode(program.BpfbridgeAttachModeATTACH_LEGACY)
 	// AttachTCX uses tcx links (kernel 6.6+), pinned in the bpffs, and
 	// falls back to AttachLegacy on older kernels. The kernel attaches a
 	// tcx program under the RTNL lock and waits for an RCU grace period
 	// before returning (it swaps the device's program array), so each ADD
 	// holds every netlink user on the node for two grace periods: measured
 	// 6 to 20 ms each on our test machines.
-	AttachTCX AttachMode = "tcx"
+	AttachTCX = AttachMode(program.BpfbridgeAttachModeATTACH_TCX)
 )
+
+// attachModeNames are the config's names of the modes ("datapath.attach").
+var attachModeNames = map[AttachMode]string{AttachLegacy: "legacy", AttachTCX: "tcx"}
+
+// String is the mode's config name, "" for the zero value, or "attach-N"
+// for a value this build does not know.
+func (m AttachMode) String() string {
+	if name, ok := attachModeNames[m]; ok || m == 0 {
+		return name
+	}
+	return fmt.Sprintf("attach-%d", uint32(m))
+}
+
+// MarshalText writes the mode's name, as the configuration spells it.
+func (m AttachMode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// ParseAttachMode parses a config name of a mode; "" is the zero value (the
+// default).
+func ParseAttachMode(s string) (AttachMode, bool) {
+	for m, name := range attachModeNames {
+		if name == s {
+			return m, true
+		}
+	}
+	return 0, s == ""
+}
 
 // Options says where a node's datapath state lives and how to attach.
 type Options struct {
@@ -59,7 +87,7 @@ func (o Options) withDefaults() Options {
 			o.BPFFS = init
 		}
 	}
-	if o.Attach == "" {
+	if o.Attach == 0 {
 		o.Attach = AttachLegacy
 	}
 	return o

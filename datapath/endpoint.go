@@ -16,15 +16,15 @@ import (
 // containers on the node.
 type Isolation uint8
 
-// Isolation modes; the values are enum isolation_mode in bpf/endpoint.h.
+// Isolation modes: enum isolation_mode in bpf/endpoint.h.
 const (
 	// IsolationNone: anti-spoofing only.
-	IsolationNone Isolation = 0
+	IsolationNone = Isolation(program.BpfbridgeIsolationModeISOLATION_NONE)
 	// IsolationNetwork: no traffic to or from containers of other networks.
-	IsolationNetwork Isolation = 1
+	IsolationNetwork = Isolation(program.BpfbridgeIsolationModeISOLATION_NETWORK)
 	// IsolationContainer: additionally none between containers of the
 	// network; the gateway, the node and the outside stay reachable.
-	IsolationContainer Isolation = 2
+	IsolationContainer = Isolation(program.BpfbridgeIsolationModeISOLATION_CONTAINER)
 )
 
 var isolationNames = map[string]Isolation{"none": IsolationNone, "network": IsolationNetwork, "container": IsolationContainer}
@@ -47,6 +47,12 @@ func (i Isolation) String() string {
 // MarshalText writes the mode's name.
 func (i Isolation) MarshalText() ([]byte, error) { return []byte(i.String()), nil }
 
+// Limits of struct endpoint (enum endpoint_limits in bpf/endpoint.h).
+const (
+	maxIPv4 = uint8(program.BpfbridgeEndpointLimitsMAX_IPV4)
+	maxIPv6 = uint8(program.BpfbridgeEndpointLimitsMAX_IPV6)
+)
+
 // Endpoint is a container attachment as the datapath sees it. The JSON
 // field names are those of `bridge inspect endpoint -j`.
 type Endpoint struct {
@@ -67,13 +73,13 @@ type Endpoint struct {
 func (ep *Endpoint) entry(network uint32) (program.BpfbridgeEndpoint, error) {
 	e := program.BpfbridgeEndpoint{Isolation: uint8(ep.Isolation), Network: network}
 	if ep.TaggedOK {
-		e.Flags |= epFlagTaggedOK
+		e.Flags |= uint8(program.BpfbridgeEndpointFlagsEP_F_TAGGED_OK)
 	}
 	return e, e.SetAddrs(net.HardwareAddr(ep.MAC), ep.IPs)
 }
 
-// epFlagTaggedOK mirrors EP_F_TAGGED_OK in bpf/endpoint.h.
-const epFlagTaggedOK = 1 << 0
+// epFlagTaggedOK is EP_F_TAGGED_OK (enum endpoint_flags in bpf/endpoint.h).
+const epFlagTaggedOK = uint8(program.BpfbridgeEndpointFlagsEP_F_TAGGED_OK)
 
 // Attach makes ep's veth enforce ep: it records the endpoint, fills the
 // maps the programs read, and attaches the programs. On error it leaves
@@ -122,9 +128,11 @@ func (d *Datapath) Attach(ep Endpoint) (err error) {
 	if err := d.writeEntries(&meta); err != nil {
 		return err
 	}
-	if meta.Attach, err = d.attach(key, ep.HostIfindex); err != nil {
+	mode, err := d.attach(key, ep.HostIfindex)
+	if err != nil {
 		return err
 	}
+	meta.Attach = uint32(mode)
 	if err := d.markVeth(&meta); err != nil {
 		return err
 	}

@@ -17,33 +17,9 @@ import (
 	"github.com/bpfbridge/bpfbridge/datapath/program"
 )
 
-// Direction is which way a dropped packet was going (drop_event.direction).
-type Direction uint8
-
-// Directions; the values are DIR_* in bpf/drop.h.
-const (
-	FromContainer Direction = 0 // sent by the container (tc ingress of the host veth)
-	ToContainer   Direction = 1 // on its way to the container (tc egress)
-	UplinkEgress  Direction = 2 // leaving an uplink, to be masqueraded
-	UplinkIngress Direction = 3 // arriving on an uplink, to be translated back
-)
-
-func (d Direction) String() string {
-	switch d {
-	case FromContainer:
-		return "from-container"
-	case ToContainer:
-		return "to-container"
-	case UplinkEgress:
-		return "uplink-egress"
-	case UplinkIngress:
-		return "uplink-ingress"
-	}
-	return fmt.Sprintf("direction-%d", uint8(d))
-}
-
-// MarshalText writes the direction's name.
-func (d Direction) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+// Direction is which way a dropped packet was going (drop_event.direction):
+// enum direction in bpf/drop.h, values program.BpfbridgeDirectionDIR_*.
+type Direction = program.BpfbridgeDirection
 
 // EtherType is an Ethernet frame's EtherType; it prints as "ipv4", "ipv6",
 // "arp" or the number in hex.

@@ -82,9 +82,9 @@ func (d *Datapath) record(m *program.BpfbridgeEndpointMeta) (EndpointRecord, err
 			MAC:         macOf(m.Ep.Mac),
 			IPs:         m.Ep.IPs(),
 			Isolation:   Isolation(m.Ep.Isolation),
-			TaggedOK:    m.Ep.Flags&epFlagTaggedOK != 0,
+			TaggedOK:    m.Ep.Flags&uint8(program.BpfbridgeEndpointFlagsEP_F_TAGGED_OK) != 0,
 		},
-		Attach:  attachModeOf(m.Attach),
+		Attach:  AttachMode(m.Attach),
 		ProgTag: n.ProgTag,
 		Created: time.Unix(0, int64(m.CreatedNs)),
 	}
@@ -94,17 +94,6 @@ func (d *Datapath) record(m *program.BpfbridgeEndpointMeta) (EndpointRecord, err
 		err = fmt.Errorf("counters of %s/%s: %w", rec.ContainerID, rec.IfName, err)
 	}
 	return rec, err
-}
-
-// attachModeOf names endpoint_meta.attach; zero (not attached yet) is "".
-func attachModeOf(attach uint32) AttachMode {
-	switch attach {
-	case attachedTCX:
-		return AttachTCX
-	case attachedLegacy:
-		return AttachLegacy
-	}
-	return ""
 }
 
 // DropTotals returns the node's drops by reason, summed over CPUs: those

@@ -263,7 +263,7 @@ var mapDecoders = map[string]mapDumper{
 			Network uint32 `json:"network"`
 		}{*k}, Value: struct {
 			Masquerade bool `json:"masquerade"`
-		}{v.Flags&natNetworkMasquerade != 0}}
+		}{v.Flags&uint32(program.BpfbridgeNatNetworkFlagsNAT_F_MASQUERADE) != 0}}
 	}),
 	program.BpfbridgeMapNatExclude: dumpEach(func(k *program.BpfbridgeNatExcludeKey, v *uint8) MapEntry {
 		return MapEntry{Key: struct {
@@ -422,7 +422,7 @@ type endpointMeta struct {
 func decodeMeta(m *program.BpfbridgeEndpointMeta) endpointMeta {
 	n := m.Names()
 	return endpointMeta{
-		Ifindex: m.Ifindex, Attach: attachModeOf(m.Attach), CreatedNs: m.CreatedNs,
+		Ifindex: m.Ifindex, Attach: AttachMode(m.Attach), CreatedNs: m.CreatedNs,
 		ContainerID: n.ContainerID, Ifname: n.IfName, HostIfname: n.HostIfName,
 		Network: n.Network, Netns: n.Netns, ProgTag: n.ProgTag,
 		Ep: decodeEndpoint(&m.Ep),

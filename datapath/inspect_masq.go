@@ -34,7 +34,6 @@ type Flow struct {
 
 var (
 	protoNames = map[uint8]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp", unix.IPPROTO_ICMP: "icmp", unix.IPPROTO_ICMPV6: "icmpv6"}
-	stateNames = map[uint8]string{ctSynSent: "syn-sent", ctEstablished: "established", ctClosing: "closing", ctUDP: "udp", ctICMP: "icmp"}
 )
 
 // Flows returns the node's masquerade translations, or ErrNoMasquerade when
@@ -57,12 +56,12 @@ func (d *Datapath) Flows() ([]Flow, error) {
 			Container:  out.Source(),
 			Remote:     out.Dest(),
 			Translated: entry.AddrPort(out.Family),
-			State:      stateNames[entry.State],
+			State:      program.BpfbridgeCtState(entry.State).String(),
 			Uplink:     int(entry.Uplink),
 			Age:        time.Duration(now - entry.CreatedNs),
 			Orig:       Count{entry.Packets, entry.Bytes},
 		}
-		timeout := time.Duration(timeouts(&cfg)[entry.State]) * time.Second
+		timeout := ctTimeout(&cfg, program.BpfbridgeCtState(entry.State))
 		f.ExpiresIn = time.Duration(int64(entry.LastSeenNs) + int64(timeout) - int64(now))
 		var reply program.BpfbridgeNatEntry
 		if d.maps.natIn.Lookup(out.Reply(&entry), &reply) == nil {
@@ -105,7 +104,7 @@ func decodeNAT(t *program.BpfbridgeNatTuple, e *program.BpfbridgeNatEntry) MapEn
 	return MapEntry{
 		Key: natTuple{Proto: protoNames[t.Proto], Src: t.Source(), Dst: t.Dest()},
 		Value: natEntry{
-			Addr: e.AddrPort(t.Family), State: stateNames[e.State], Uplink: e.Uplink,
+			Addr: e.AddrPort(t.Family), State: program.BpfbridgeCtState(e.State).String(), Uplink: e.Uplink,
 			CreatedNs: e.CreatedNs, LastSeenNs: e.LastSeenNs, Packets: e.Packets, Bytes: e.Bytes,
 		},
 	}

@@ -40,23 +40,27 @@ type NATTimeouts struct {
 	TCP, TCPSyn, TCPClosing, UDP, ICMP time.Duration
 }
 
-// Defaults of the masquerade options. The port range lies above Linux's
-// ephemeral range (32768-60999) and is reserved with
-// net.ipv4.ip_local_reserved_ports, so the node's own connections never
-// pick a port a translation uses.
+// Defaults of the masquerade options: enum nat_port_default in bpf/nat.h.
+// The port range lies above Linux's ephemeral range (32768-60999) and is
+// reserved with net.ipv4.ip_local_reserved_ports, so the node's own
+// connections never pick a port a translation uses.
 const (
-	DefaultNATPortMin = 61000
-	DefaultNATPortMax = 65535
+	DefaultNATPortMin = uint16(program.BpfbridgeNatPortDefaultNAT_PORT_MIN_DEFAULT)
+	DefaultNATPortMax = uint16(program.BpfbridgeNatPortDefaultNAT_PORT_MAX_DEFAULT)
 )
 
-// DefaultNATTimeouts follow the kernel's conntrack defaults, rounded.
-var DefaultNATTimeouts = NATTimeouts{
-	TCP: 2 * time.Hour, TCPSyn: time.Minute, TCPClosing: 10 * time.Second,
-	UDP: time.Minute, ICMP: 30 * time.Second,
-}
-
-// natNetworkMasquerade mirrors NAT_F_MASQUERADE in bpf/nat.h.
-const natNetworkMasquerade = 1 << 0
+// DefaultNATTimeouts are the programs' defaults (enum ct_timeout_default in
+// bpf/conntrack.h), which follow the kernel's conntrack defaults, rounded.
+var DefaultNATTimeouts = func() NATTimeouts {
+	none := &program.BpfbridgeNatConfig{}
+	return NATTimeouts{
+		TCP:        ctTimeout(none, program.BpfbridgeCtStateCT_ESTABLISHED),
+		TCPSyn:     ctTimeout(none, program.BpfbridgeCtStateCT_SYN_SENT),
+		TCPClosing: ctTimeout(none, program.BpfbridgeCtStateCT_CLOSING),
+		UDP:        ctTimeout(none, program.BpfbridgeCtStateCT_UDP),
+		ICMP:       ctTimeout(none, program.BpfbridgeCtStateCT_ICMP),
+	}
+}()
 
 // uplinkHooks: the uplink's egress translates containers' packets, its
 // ingress translates replies (and ICMP errors about them) back.
@@ -104,18 +108,19 @@ func (d *Datapath) EnableMasquerade(m Masquerade) error {
 			return fmt.Errorf("exclude %s from masquerade: %w", p, err)
 		}
 	}
-	cfg := natConfig(m)
+	cfg := m.config()
 	if err := d.maps.natConfig.Update(uint32(0), &cfg, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write masquerade config: %w", err)
 	}
 	if err := reservePorts(cfg.PortMin, cfg.PortMax); err != nil {
 		return err
 	}
-	flags := program.BpfbridgeNatNetwork{Flags: natNetworkMasquerade}
+	flags := program.BpfbridgeNatNetwork{Flags: uint32(program.BpfbridgeNatNetworkFlagsNAT_F_MASQUERADE)}
 	return d.maps.natNetworks.Update(network, &flags, ebpf.UpdateAny)
 }
 
-func natConfig(m Masquerade) program.BpfbridgeNatConfig {
+// config is the nat_config value of m: its options, defaults filled in.
+func (m Masquerade) config() program.BpfbridgeNatConfig {
 	cfg := program.BpfbridgeNatConfig{PortMin: m.PortMin, PortMax: m.PortMax}
 	if cfg.PortMin == 0 || cfg.PortMax == 0 {
 		cfg.PortMin, cfg.PortMax = DefaultNATPortMin, DefaultNATPortMax

@@ -44,7 +44,7 @@ func (d *Datapath) loadPrograms() (fresh bool, err error) {
 			return false, err
 		}
 	}
-	spec, err := program.LoadBpfbridge()
+	spec, err := program.LoadSpec()
 	if err != nil {
 		return false, fmt.Errorf("read embedded programs: %w", err)
 	}
@@ -56,7 +56,7 @@ func (d *Datapath) loadPrograms() (fresh bool, err error) {
 		}
 	}
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		return false, fmt.Errorf("maps pinned in %s differ from this build's (bump layoutVersion with LAYOUT_VERSION): %w", d.state.mapsDir(), err)
+		return false, fmt.Errorf("maps pinned in %s differ from this build's (bump LAYOUT_VERSION in bpf/endpoint.h): %w", d.state.mapsDir(), err)
 	}
 	var verr *ebpf.VerifierError
 	if errors.As(err, &verr) {

@@ -10,13 +10,15 @@ import (
 	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfbridge/bpfbridge/datapath/program"
 )
 
-// layoutVersion names the directory the maps are pinned in. It must change
-// with LAYOUT_VERSION in bpf/endpoint.h whenever a map or a struct in it
-// changes: a binary with a new layout then pins fresh maps instead of failing
-// on incompatible old ones, and moves the node's state over (layout.go).
-const layoutVersion = 2
+// layoutVersion names the directory the maps are pinned in: LAYOUT_VERSION
+// in bpf/endpoint.h, bumped there whenever a map or a struct in it changes.
+// A binary with a new layout then pins fresh maps instead of failing on
+// incompatible old ones, and moves the node's state over (layout.go).
+const layoutVersion = int(program.BpfbridgeLayoutLAYOUT_VERSION)
 
 // stateDirName is the directory of bpfbridge's pins inside the bpffs.
 const stateDirName = "bpfbridge"

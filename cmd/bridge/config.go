@@ -153,11 +153,9 @@ func loadConf(stdin []byte) (*NetConf, error) {
 	if _, ok := datapath.ParseIsolation(conf.Isolation); !ok {
 		return nil, invalidConf("\"isolation\": %q is not one of \"network\", \"container\", \"none\"", conf.Isolation)
 	}
-	switch conf.datapathOptions().Attach {
-	case "", datapath.AttachLegacy, datapath.AttachTCX:
-	default:
+	if _, ok := datapath.ParseAttachMode(conf.attachName()); !ok {
 		return nil, invalidConf("\"datapath.attach\" (or %s): %q is not one of \"legacy\", \"tcx\"",
-			envAttach, conf.datapathOptions().Attach)
+			envAttach, conf.attachName())
 	}
 	if conf.masq, err = parseMasquerade(conf); err != nil {
 		return nil, err

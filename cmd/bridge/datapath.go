@@ -25,15 +25,24 @@ const (
 
 // datapathOptions locates the node's eBPF datapath: config keys first,
 // then the environment, then the defaults.
+// An attach mode that does not parse is the default here: parseConf
+// rejects it first.
 func (c *NetConf) datapathOptions() datapath.Options {
-	opts := datapath.Options{BPFFS: c.Datapath.BPFFS, Attach: datapath.AttachMode(c.Datapath.Attach)}
+	opts := datapath.Options{BPFFS: c.Datapath.BPFFS}
 	if opts.BPFFS == "" {
 		opts.BPFFS = os.Getenv(envBPFFS)
 	}
-	if opts.Attach == "" {
-		opts.Attach = datapath.AttachMode(os.Getenv(envAttach))
-	}
+	opts.Attach, _ = datapath.ParseAttachMode(c.attachName())
 	return opts
+}
+
+// attachName is the attach mode asked for: the config key, else the
+// environment.
+func (c *NetConf) attachName() string {
+	if c.Datapath.Attach != "" {
+		return c.Datapath.Attach
+	}
+	return os.Getenv(envAttach)
 }
 
 // openDatapath opens the node's datapath for ADD and CHECK. When this build's

@@ -29,7 +29,7 @@ func (in *inspector) endpointList([]string) error {
 			"PKTS_FROM", "BYTES_FROM", "PKTS_TO", "BYTES_TO", "DROPS")
 		for _, r := range recs {
 			row(w, r.ContainerID, r.IfName, r.Network, ipList(r.IPs), r.MAC, r.HostIfName, r.HostIfindex, r.Isolation,
-				dash(string(r.Attach)), r.ProgTag, r.FromContainer.Packets, r.FromContainer.Bytes,
+				dash(r.Attach.String()), r.ProgTag, r.FromContainer.Packets, r.FromContainer.Bytes,
 				r.ToContainer.Packets, r.ToContainer.Bytes, r.DropsTotal)
 		}
 	})
@@ -53,7 +53,7 @@ func (in *inspector) endpointShow(args []string) error {
 				{"netns", dash(v.Netns)}, {"ips", ipList(v.IPs)}, {"mac", v.MAC},
 				{"host veth", fmt.Sprintf("%s (ifindex %d)", v.HostIfName, v.HostIfindex)},
 				{"isolation", v.Isolation}, {"vlan trunk", v.TaggedOK},
-				{"attach mode", dash(string(v.Attach))}, {"program tag", v.ProgTag},
+				{"attach mode", dash(v.Attach.String())}, {"program tag", v.ProgTag},
 				{"created", v.Created.Format(time.RFC3339)},
 				{"from container", fmt.Sprintf("%d packets, %d bytes", v.FromContainer.Packets, v.FromContainer.Bytes)},
 				{"to container", fmt.Sprintf("%d packets, %d bytes", v.ToContainer.Packets, v.ToContainer.Bytes)},

@@ -59,7 +59,7 @@ func (in *inspector) link([]string) error {
 func hookCell(ps []datapath.LinkProgram) string {
 	cells := make([]string, len(ps))
 	for i, p := range ps {
-		cells[i] = string(p.Mode) + ":" + strconv.FormatUint(uint64(p.ID), 10) + " " + p.Name
+		cells[i] = p.Mode.String() + ":" + strconv.FormatUint(uint64(p.ID), 10) + " " + p.Name
 	}
 	return dash(strings.Join(cells, ", "))
 }

@@ -297,3 +297,6 @@ func (k *BpfbridgeNatExcludeKey) Prefix() netip.Prefix {
 // MarshalText writes the reason's name (String), as JSON consumers of
 // `bridge inspect` read it.
 func (r DropReason) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// MarshalText writes the direction's name.
+func (d BpfbridgeDirection) MarshalText() ([]byte, error) { return []byte(d.String()), nil }

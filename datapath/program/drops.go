@@ -1,65 +1,50 @@
 package program
 
-import "strconv"
-
 // DropReason is why a program dropped a packet: enum drop_reason in
-// bpf/drop.h. It indexes BpfbridgeEndpointStats.Drops and the drop_totals
-// map, and is BpfbridgeDropEvent.Reason. A test parses drop.h to keep the
-// two in step.
-type DropReason uint8
+// bpf/drop.h, whose values bpf2go generates as BpfbridgeDropReasonDROP_*. It
+// indexes BpfbridgeEndpointStats.Drops and the drop_totals map, and is
+// BpfbridgeDropEvent.Reason.
+type DropReason = BpfbridgeDropReason
 
-// The reasons, with the values of enum drop_reason.
-const (
-	DropNone         DropReason = 0  // not a drop
-	DropSpoofMAC     DropReason = 1  // Ethernet source is not the endpoint's MAC
-	DropSpoofIPv4    DropReason = 2  // IPv4 source is not the endpoint's
-	DropSpoofIPv6    DropReason = 3  // IPv6 source is not the endpoint's (nor its link-local)
-	DropSpoofARP     DropReason = 4  // ARP sender MAC or IP is not the endpoint's
-	DropSpoofNDP     DropReason = 5  // NS/NA/RS link-layer option or NA target not the endpoint's
-	DropRouterNDP    DropReason = 6  // router advertisement or redirect from a container
-	DropCrossNetwork DropReason = 7  // to or from a container of another network
-	DropSameNetwork  DropReason = 8  // between containers of a network in container isolation
-	DropNoEndpoint   DropReason = 9  // the veth has no endpoint entry
-	DropMalformed    DropReason = 10 // headers truncated or inconsistent
-	DropEtherType    DropReason = 11 // neither IPv4, IPv6 nor ARP (nor VLAN on a trunk)
-	DropNATExhausted DropReason = 12 // masquerade: no free NAT port among the tries, or NAT table full
-	DropNATNoAddress DropReason = 13 // masquerade: the uplink has no address of the packet's family
-)
+// NumDropReasons is DROP_REASONS: the number of reasons, DROP_NONE
+// included, and so the length of BpfbridgeEndpointStats.Drops and of
+// drop_totals.
+const NumDropReasons = int(BpfbridgeDropReasonDROP_REASONS)
 
-// NumDropReasons is DROP_REASONS: the number of reasons, DropNone included,
-// and so the length of BpfbridgeEndpointStats.Drops and of drop_totals.
-const NumDropReasons = 14
-
-var dropReasonNames = [NumDropReasons]string{
-	DropNone:         "none",
-	DropSpoofMAC:     "spoof-mac",
-	DropSpoofIPv4:    "spoof-ipv4",
-	DropSpoofIPv6:    "spoof-ipv6",
-	DropSpoofARP:     "spoof-arp",
-	DropSpoofNDP:     "spoof-ndp",
-	DropRouterNDP:    "router-ndp",
-	DropCrossNetwork: "cross-network",
-	DropSameNetwork:  "same-network",
-	DropNoEndpoint:   "no-endpoint",
-	DropMalformed:    "malformed",
-	DropEtherType:    "ethertype",
-	DropNATExhausted: "nat-exhausted",
-	DropNATNoAddress: "nat-no-address",
+// dropReasonNames are the reasons' names, as `bridge inspect` prints them.
+// Its length must be NumDropReasons (checked below at compile time): a
+// reason added in C without a name here does not build.
+var dropReasonNames = [...]string{
+	BpfbridgeDropReasonDROP_NONE:           "none",
+	BpfbridgeDropReasonDROP_SPOOF_MAC:      "spoof-mac",
+	BpfbridgeDropReasonDROP_SPOOF_IPV4:     "spoof-ipv4",
+	BpfbridgeDropReasonDROP_SPOOF_IPV6:     "spoof-ipv6",
+	BpfbridgeDropReasonDROP_SPOOF_ARP:      "spoof-arp",
+	BpfbridgeDropReasonDROP_SPOOF_NDP:      "spoof-ndp",
+	BpfbridgeDropReasonDROP_ROUTER_NDP:     "router-ndp",
+	BpfbridgeDropReasonDROP_CROSS_NETWORK:  "cross-network",
+	BpfbridgeDropReasonDROP_SAME_NETWORK:   "same-network",
+	BpfbridgeDropReasonDROP_NO_ENDPOINT:    "no-endpoint",
+	BpfbridgeDropReasonDROP_MALFORMED:      "malformed",
+	BpfbridgeDropReasonDROP_ETHERTYPE:      "ethertype",
+	BpfbridgeDropReasonDROP_NAT_EXHAUSTED:  "nat-exhausted",
+	BpfbridgeDropReasonDROP_NAT_NO_ADDRESS: "nat-no-address",
 }
+
+// Both fail to compile unless len(dropReasonNames) == NumDropReasons.
+var (
+	_ [len(dropReasonNames) - NumDropReasons]struct{}
+	_ [NumDropReasons - len(dropReasonNames)]struct{}
+)
 
 // String returns the reason's name, as `bridge inspect` prints it, or
 // "reason-N" for a value this build does not know (a newer program).
-func (r DropReason) String() string {
-	if int(r) < len(dropReasonNames) {
-		return dropReasonNames[r]
-	}
-	return "reason-" + strconv.Itoa(int(r))
-}
+func (r BpfbridgeDropReason) String() string { return enumName(dropReasonNames[:], r, "reason") }
 
-// DropReasons returns every reason but DropNone, in order.
+// DropReasons returns every reason but DROP_NONE, in order.
 func DropReasons() []DropReason {
 	rs := make([]DropReason, 0, NumDropReasons-1)
-	for r := DropReason(1); r < NumDropReasons; r++ {
+	for r := BpfbridgeDropReasonDROP_NONE + 1; r < BpfbridgeDropReasonDROP_REASONS; r++ {
 		rs = append(rs, r)
 	}
 	return rs

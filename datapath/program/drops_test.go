@@ -1,66 +1,58 @@
 package program_test
 
 import (
-	"os"
-	"regexp"
-	"strconv"
+	"fmt"
 	"strings"
 	"testing"
 	"unsafe"
 
+	"github.com/cilium/ebpf/btf"
+
 	"github.com/bpfbridge/bpfbridge/datapath/program"
 )
 
-// TestDropReasonsMatchC parses enum drop_reason from bpf/drop.h: every
-// DROP_FOO_BAR = n must be DropReason(n) named "foo-bar", DROP_REASONS must
-// be NumDropReasons, and no Go reason may be missing from C.
-func TestDropReasonsMatchC(t *testing.T) {
-	src, err := os.ReadFile("../../bpf/drop.h")
+// TestEnumNames checks the Go names of the enums `bridge inspect` prints
+// against the enums in the embedded object's BTF, the same source bpf2go
+// generates the values from: every C member (but the count) has the Go name
+// its C name spells (DROP_SPOOF_MAC is "spoof-mac"), and values past the
+// last print as unknown. The compile-time length checks in drops.go and
+// names.go catch a missing name; this catches a wrong one.
+func TestEnumNames(t *testing.T) {
+	spec, err := program.LoadBpfbridge()
 	if err != nil {
 		t.Fatal(err)
 	}
-	body := regexp.MustCompile(`(?s)enum drop_reason \{(.*?)\};`).FindSubmatch(src)
-	if body == nil {
-		t.Fatal("no enum drop_reason in bpf/drop.h")
-	}
-	entries := regexp.MustCompile(`(?m)^\s*DROP_([A-Z0-9_]+)\s*=\s*(\d+)\s*,`).FindAllSubmatch(body[1], -1)
-	if len(entries) == 0 {
-		t.Fatal("enum drop_reason has no entries (or they lost their explicit values)")
-	}
-	seen := map[program.DropReason]bool{}
-	count := -1
-	for _, m := range entries {
-		name := string(m[1])
-		v, err := strconv.Atoi(string(m[2]))
-		if err != nil {
-			t.Fatal(err)
+	for _, c := range []struct {
+		enum, prefix, count string
+		name                func(v uint64) string
+	}{
+		{"drop_reason", "DROP_", "DROP_REASONS", func(v uint64) string { return program.DropReason(v).String() }},
+		{"direction", "DIR_", "DIRECTIONS", func(v uint64) string { return program.BpfbridgeDirection(v).String() }},
+		{"ct_state", "CT_", "CT_STATES", func(v uint64) string { return program.BpfbridgeCtState(v).String() }},
+	} {
+		var e *btf.Enum
+		if err := spec.Types.TypeByName(c.enum, &e); err != nil {
+			t.Fatalf("enum %s: %v", c.enum, err)
 		}
-		if name == "REASONS" {
-			count = v
-			continue
+		var count uint64
+		for _, v := range e.Values {
+			if v.Name == c.count {
+				count = v.Value
+				continue
+			}
+			want := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(v.Name, c.prefix)), "_", "-")
+			if got := c.name(v.Value); got != want {
+				t.Errorf("%s = %d: Go calls it %q, want %q", v.Name, v.Value, got, want)
+			}
 		}
-		r := program.DropReason(v)
-		want := strings.ReplaceAll(strings.ToLower(name), "_", "-")
-		if got := r.String(); got != want {
-			t.Errorf("DROP_%s = %d: Go calls %d %q, want %q", name, v, v, got, want)
+		if count == 0 {
+			t.Errorf("enum %s has no %s", c.enum, c.count)
 		}
-		if seen[r] {
-			t.Errorf("value %d used twice", v)
-		}
-		seen[r] = true
-	}
-	if count != program.NumDropReasons {
-		t.Errorf("DROP_REASONS = %d, NumDropReasons = %d", count, program.NumDropReasons)
-	}
-	for r := range program.DropReason(program.NumDropReasons) {
-		if !seen[r] {
-			t.Errorf("DropReason %d (%v) is not in enum drop_reason", r, r)
+		if got, unknown := c.name(count), fmt.Sprint(count); !strings.HasSuffix(got, "-"+unknown) {
+			t.Errorf("%s value %d (past the last) prints as %q", c.enum, count, got)
 		}
 	}
-	if got := program.DropReason(200).String(); got != "reason-200" {
-		t.Errorf("unknown reason prints as %q", got)
-	}
-	if rs := program.DropReasons(); len(rs) != program.NumDropReasons-1 || rs[0] != program.DropSpoofMAC {
+	if rs := program.DropReasons(); len(rs) != program.NumDropReasons-1 || rs[0] != program.BpfbridgeDropReasonDROP_SPOOF_MAC {
 		t.Errorf("DropReasons() = %v", rs)
 	}
 }
@@ -77,7 +69,7 @@ func TestLayoutSizes(t *testing.T) {
 		{"endpoint", sizeof[program.BpfbridgeEndpoint](), 112},
 		{"ip_key", sizeof[program.BpfbridgeIpKey](), 20},
 		{"ip_owner", sizeof[program.BpfbridgeIpOwner](), 8},
-		{"endpoint_stats", sizeof[program.BpfbridgeEndpointStats](), 32 + 8*program.NumDropReasons},
+		{"endpoint_stats", sizeof[program.BpfbridgeEndpointStats](), 32 + 8*uintptr(program.NumDropReasons)},
 		{"drop_event", sizeof[program.BpfbridgeDropEvent](), 72},
 		{"event_budget", sizeof[program.BpfbridgeEventBudget](), 16},
 	} {

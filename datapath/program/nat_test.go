@@ -18,19 +18,6 @@ import (
 // ifindex of the test namespace, which stands for an uplink. Network 1
 // (endpoints a and b) masquerades, network 2 (c) does not.
 
-const (
-	natFlagMasquerade = 1 // NAT_F_MASQUERADE
-
-	ctSynSent     = 1
-	ctEstablished = 2
-	ctClosing     = 3
-	ctUDP         = 4
-	ctICMP        = 5
-
-	natPortMinDefault = 61000
-	natPortMaxDefault = 65535
-)
-
 var (
 	uplinkMAC = mac("02:00:00:00:00:99")
 	routerMAC = mac("02:00:00:00:00:fe")
@@ -55,7 +42,7 @@ func newNATEnv(t *testing.T) *natEnv {
 	n := &natEnv{env: newEnv(t)}
 	n.uplink = n.noEP
 	n.setUplink(t, n.uplink, true, true)
-	if err := n.objs.NatNetworks.Put(uint32(1), program.BpfbridgeNatNetwork{Flags: natFlagMasquerade}); err != nil {
+	if err := n.objs.NatNetworks.Put(uint32(1), program.BpfbridgeNatNetwork{Flags: uint32(program.BpfbridgeNatNetworkFlagsNAT_F_MASQUERADE)}); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{"10.0.0.0/24", "fd00::/64", excluded4.String()} {
@@ -259,7 +246,7 @@ type natProto struct {
 	remote netip.Addr
 	nat    netip.Addr // the uplink's
 	proto  uint8
-	state  uint8 // after the first packet
+	state  program.BpfbridgeCtState // after the first packet
 	out    func(sport uint16) []byte
 	reply  func(natPort uint16) []byte
 }
@@ -267,55 +254,91 @@ type natProto struct {
 func natProtos(a *testEndpoint) []natProto {
 	v4, v6 := a.v4(), a.v6()
 	return []natProto{
-		{name: "tcp4", src: v4, remote: remote4, nat: uplink4, proto: protoTCP, state: ctSynSent,
+		{name: "tcp4", src: v4, remote: remote4, nat: uplink4, proto: protoTCP, state: program.BpfbridgeCtStateCT_SYN_SENT,
 			out: func(sp uint16) []byte {
 				return ipv4Frame(a.mac, gwMAC, v4, remote4, protoTCP, tcpFlags(v4, remote4, sp, 80, tcpSYN))
 			},
 			reply: func(np uint16) []byte {
 				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoTCP, tcpFlags(remote4, uplink4, 80, np, tcpSYN|tcpACK))
 			}},
-		{name: "udp4", src: v4, remote: remote4, nat: uplink4, proto: protoUDP, state: ctUDP,
+		{name: "udp4", src: v4, remote: remote4, nat: uplink4, proto: protoUDP, state: program.BpfbridgeCtStateCT_UDP,
 			out: func(sp uint16) []byte {
 				return ipv4Frame(a.mac, gwMAC, v4, remote4, protoUDP, udp(v4, remote4, sp, 53, []byte("query")))
 			},
 			reply: func(np uint16) []byte {
 				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoUDP, udp(remote4, uplink4, 53, np, []byte("answer")))
 			}},
-		{name: "udp4 without checksum", src: v4, remote: remote4, nat: uplink4, proto: protoUDP, state: ctUDP,
+		{name: "udp4 without checksum", src: v4, remote: remote4, nat: uplink4, proto: protoUDP, state: program.BpfbridgeCtStateCT_UDP,
 			out: func(sp uint16) []byte {
 				return ipv4Frame(a.mac, gwMAC, v4, remote4, protoUDP, udpNoCsum(sp, 53, []byte("query")))
 			},
 			reply: func(np uint16) []byte {
 				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoUDP, udpNoCsum(53, np, []byte("answer")))
 			}},
-		{name: "icmp4 echo", src: v4, remote: remote4, nat: uplink4, proto: protoICMP, state: ctICMP,
+		{name: "icmp4 echo", src: v4, remote: remote4, nat: uplink4, proto: protoICMP, state: program.BpfbridgeCtStateCT_ICMP,
 			out: func(id uint16) []byte {
 				return ipv4Frame(a.mac, gwMAC, v4, remote4, protoICMP, icmp4EchoMsg(icmp4EchoRequest, id, 1))
 			},
 			reply: func(id uint16) []byte {
 				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoICMP, icmp4EchoMsg(icmp4EchoReply, id, 1))
 			}},
-		{name: "tcp6", src: v6, remote: remote6, nat: uplink6, proto: protoTCP, state: ctSynSent,
+		{name: "tcp6", src: v6, remote: remote6, nat: uplink6, proto: protoTCP, state: program.BpfbridgeCtStateCT_SYN_SENT,
 			out: func(sp uint16) []byte {
 				return ipv6Frame(a.mac, gwMAC, v6, remote6, protoTCP, tcpFlags(v6, remote6, sp, 443, tcpSYN))
 			},
 			reply: func(np uint16) []byte {
 				return ipv6Frame(routerMAC, uplinkMAC, remote6, uplink6, protoTCP, tcpFlags(remote6, uplink6, 443, np, tcpSYN|tcpACK))
 			}},
-		{name: "udp6", src: v6, remote: remote6, nat: uplink6, proto: protoUDP, state: ctUDP,
+		{name: "udp6", src: v6, remote: remote6, nat: uplink6, proto: protoUDP, state: program.BpfbridgeCtStateCT_UDP,
 			out: func(sp uint16) []byte {
 				return ipv6Frame(a.mac, gwMAC, v6, remote6, protoUDP, udp(v6, remote6, sp, 53, []byte("query")))
 			},
 			reply: func(np uint16) []byte {
 				return ipv6Frame(routerMAC, uplinkMAC, remote6, uplink6, protoUDP, udp(remote6, uplink6, 53, np, []byte("answer")))
 			}},
-		{name: "icmp6 echo", src: v6, remote: remote6, nat: uplink6, proto: protoICMPv6, state: ctICMP,
+		{name: "icmp6 echo", src: v6, remote: remote6, nat: uplink6, proto: protoICMPv6, state: program.BpfbridgeCtStateCT_ICMP,
 			out: func(id uint16) []byte {
 				return ipv6Frame(a.mac, gwMAC, v6, remote6, protoICMPv6, icmp6EchoMsg(v6, remote6, icmp6EchoRequest, id, 1))
 			},
 			reply: func(id uint16) []byte {
 				return ipv6Frame(routerMAC, uplinkMAC, remote6, uplink6, protoICMPv6, icmp6EchoMsg(remote6, uplink6, icmp6EchoReply, id, 1))
 			}},
+		// Short packets in minimum-size (60-byte) Ethernet frames: the
+		// padding is no part of the IP packet, and must not be taken for
+		// one by the translation or its checksums.
+		{name: "udp4 padded", src: v4, remote: remote4, nat: uplink4, proto: protoUDP, state: program.BpfbridgeCtStateCT_UDP,
+			out: func(sp uint16) []byte {
+				return padFrame(ipv4Frame(a.mac, gwMAC, v4, remote4, protoUDP, udp(v4, remote4, sp, 53, []byte("q"))))
+			},
+			reply: func(np uint16) []byte {
+				return padFrame(ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoUDP, udp(remote4, uplink4, 53, np, []byte("a"))))
+			}},
+		{name: "tcp4 padded", src: v4, remote: remote4, nat: uplink4, proto: protoTCP, state: program.BpfbridgeCtStateCT_SYN_SENT,
+			out: func(sp uint16) []byte {
+				return padFrame(ipv4Frame(a.mac, gwMAC, v4, remote4, protoTCP, tcpFlags(v4, remote4, sp, 80, tcpSYN)))
+			},
+			reply: func(np uint16) []byte {
+				return padFrame(ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoTCP, tcpFlags(remote4, uplink4, 80, np, tcpSYN|tcpACK)))
+			}},
+	}
+}
+
+// padFrame pads an Ethernet frame to the 60-byte minimum with 0xee bytes, as
+// a NIC or a switch may; the IP header's length excludes them.
+func padFrame(frame []byte) []byte {
+	for len(frame) < 60 {
+		frame = append(frame, 0xee)
+	}
+	return frame
+}
+
+// checkPadding checks that a translation left what follows the IP packet
+// (Ethernet padding) alone.
+func checkPadding(t *testing.T, in, out []byte) {
+	t.Helper()
+	end := 14 + len(decodeFrame(t, in).hdr) + len(decodeFrame(t, in).seg)
+	if !bytes.Equal(in[end:], out[end:]) {
+		t.Errorf("padding %x became %x", in[end:], out[end:])
 	}
 }
 
@@ -334,13 +357,14 @@ func (n *natEnv) masquerade(t *testing.T, c natProto, sport uint16) ([]byte, uin
 	if !bytes.Equal(out[:14], frame[:14]) {
 		t.Errorf("egress changed the Ethernet header")
 	}
+	checkPadding(t, frame, out)
 	p := decodeFrame(t, out)
 	checkL4(t, p, "translated")
 	if p.src != c.nat || p.dst != c.remote {
 		t.Errorf("translated %v -> %v, want %v -> %v", p.src, p.dst, c.nat, c.remote)
 	}
 	natPort, dport := p.ports()
-	if natPort < natPortMinDefault || natPort > natPortMaxDefault {
+	if natPort < uint16(program.BpfbridgeNatPortDefaultNAT_PORT_MIN_DEFAULT) || natPort > uint16(program.BpfbridgeNatPortDefaultNAT_PORT_MAX_DEFAULT) {
 		t.Errorf("NAT port %d outside the default range", natPort)
 	}
 	orig := decodeFrame(t, frame)
@@ -366,7 +390,7 @@ func TestMasqueradeRoundTrip(t *testing.T) {
 			if err := n.objs.NatOut.Lookup(okey, &oe); err != nil {
 				t.Fatalf("nat_out %+v: %v", okey, err)
 			}
-			if oe.AddrPort(okey.Family) != netip.AddrPortFrom(c.nat, natPort) || oe.State != c.state ||
+			if oe.AddrPort(okey.Family) != netip.AddrPortFrom(c.nat, natPort) || program.BpfbridgeCtState(oe.State) != c.state ||
 				oe.Uplink != n.uplink || oe.Packets != 1 || oe.Bytes == 0 || oe.CreatedNs == 0 {
 				t.Errorf("nat_out entry %+v", oe)
 			}
@@ -374,7 +398,7 @@ func TestMasqueradeRoundTrip(t *testing.T) {
 			if err := n.objs.NatIn.Lookup(ikey, &ie); err != nil {
 				t.Fatalf("nat_in %+v: %v", ikey, err)
 			}
-			if ie.AddrPort(ikey.Family) != netip.AddrPortFrom(c.src, sport) || ie.State != c.state || ie.Packets != 0 {
+			if ie.AddrPort(ikey.Family) != netip.AddrPortFrom(c.src, sport) || program.BpfbridgeCtState(ie.State) != c.state || ie.Packets != 0 {
 				t.Errorf("nat_in entry %+v", ie)
 			}
 
@@ -389,6 +413,7 @@ func TestMasqueradeRoundTrip(t *testing.T) {
 			if verdict != verdictPass {
 				t.Fatalf("ingress verdict %#x", verdict)
 			}
+			checkPadding(t, reply, back)
 			p := decodeFrame(t, back)
 			checkL4(t, p, "restored")
 			if p.src != c.remote || p.dst != c.src {
@@ -407,7 +432,7 @@ func TestMasqueradeRoundTrip(t *testing.T) {
 
 			want := c.state
 			if c.proto == protoTCP {
-				want = ctEstablished // SYN-ACK in SYN_SENT
+				want = program.BpfbridgeCtStateCT_ESTABLISHED // SYN-ACK in SYN_SENT
 			}
 			if err := n.objs.NatIn.Lookup(ikey, &ie); err != nil {
 				t.Fatal(err)
@@ -415,7 +440,7 @@ func TestMasqueradeRoundTrip(t *testing.T) {
 			if err := n.objs.NatOut.Lookup(okey, &oe); err != nil {
 				t.Fatal(err)
 			}
-			if ie.State != want || oe.State != want {
+			if program.BpfbridgeCtState(ie.State) != want || program.BpfbridgeCtState(oe.State) != want {
 				t.Errorf("state after reply: nat_out %d, nat_in %d, want %d", oe.State, ie.State, want)
 			}
 			if ie.Packets != 1 || oe.Packets != 2 {
@@ -441,28 +466,28 @@ func TestMasqueradeTCPStates(t *testing.T) {
 			t.Fatalf("verdict %#x", v)
 		}
 	}
-	state := func() uint8 {
+	state := func() program.BpfbridgeCtState {
 		t.Helper()
 		var e program.BpfbridgeNatEntry
 		if err := n.objs.NatOut.Lookup(tuple(a.v4(), remote4, 40000, 80, protoTCP), &e); err != nil {
 			t.Fatal(err)
 		}
-		return e.State
+		return program.BpfbridgeCtState(e.State)
 	}
 	send(tcpACK) // picked up mid-stream
-	if s := state(); s != ctEstablished {
+	if s := state(); s != program.BpfbridgeCtStateCT_ESTABLISHED {
 		t.Errorf("mid-stream: state %d", s)
 	}
 	send(tcpFIN | tcpACK)
-	if s := state(); s != ctClosing {
+	if s := state(); s != program.BpfbridgeCtStateCT_CLOSING {
 		t.Errorf("after FIN: state %d", s)
 	}
 	send(tcpSYN) // the port reused for a new connection
-	if s := state(); s != ctSynSent {
+	if s := state(); s != program.BpfbridgeCtStateCT_SYN_SENT {
 		t.Errorf("after a new SYN: state %d", s)
 	}
 	send(tcpRST)
-	if s := state(); s != ctClosing {
+	if s := state(); s != program.BpfbridgeCtStateCT_CLOSING {
 		t.Errorf("after RST: state %d", s)
 	}
 	n.checkPairs(t)
@@ -487,6 +512,9 @@ func TestMasqueradeNotTranslated(t *testing.T) {
 		{"the node's own traffic", ipv4Frame(uplinkMAC, routerMAC, uplink4, remote4, protoTCP, tcpFlags(uplink4, remote4, 40000, 80, tcpSYN))},
 		{"icmp echo reply from a container", ipv4Frame(a.mac, gwMAC, a.v4(), remote4, protoICMP, icmp4EchoMsg(icmp4EchoReply, 7, 1))},
 		{"arp", arpFrame(a.mac, broadcastMAC, arp(1, a.mac, a.v4(), make([]byte, 6), gw4))},
+		// The IP header ends the packet 12 bytes into its TCP header: the
+		// padding that fills the frame up is no TCP header.
+		{"tcp header cut short before padding", padFrame(ipv4Frame(a.mac, gwMAC, a.v4(), remote4, protoTCP, tcpFlags(a.v4(), remote4, 40000, 80, tcpSYN)[:12]))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			verdict, out := n.egress(t, tc.frame)
@@ -544,7 +572,7 @@ func TestMasqueradeNoAddress(t *testing.T) {
 	n := newNATEnv(t)
 	a := n.a
 	n.setUplink(t, n.uplink, true, false)
-	n.expectDrop(t, a, a.tcp6(a.v6(), remote6), program.DropNATNoAddress)
+	n.expectDrop(t, a, a.tcp6(a.v6(), remote6), program.BpfbridgeDropReasonDROP_NAT_NO_ADDRESS)
 	// IPv4 still works.
 	n.masquerade(t, natProtos(a)[0], 40000)
 
@@ -552,7 +580,7 @@ func TestMasqueradeNoAddress(t *testing.T) {
 	if err := n.objs.NatUplinks.Delete(n.uplink); err != nil {
 		t.Fatal(err)
 	}
-	n.expectDrop(t, a, a.tcp4(a.v4(), remote4), program.DropNATNoAddress)
+	n.expectDrop(t, a, a.tcp4(a.v4(), remote4), program.BpfbridgeDropReasonDROP_NAT_NO_ADDRESS)
 	// Traffic that is not masqueraded is not affected.
 	if verdict, _ := n.egress(t, a.tcp4(a.v4(), ip("10.0.0.99"))); verdict != verdictPass {
 		t.Errorf("excluded destination: verdict %#x", verdict)
@@ -576,7 +604,7 @@ func TestMasqueradeExhausted(t *testing.T) {
 	if len(used) != 2 {
 		t.Errorf("two flows share a NAT port: %v", used)
 	}
-	n.expectDrop(t, a, tcp.out(40002), program.DropNATExhausted)
+	n.expectDrop(t, a, tcp.out(40002), program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED)
 	if pairs := n.checkPairs(t); pairs != 2 {
 		t.Errorf("%d pairs after the exhaustion drop, want 2 (no orphan)", pairs)
 	}
@@ -593,7 +621,7 @@ func TestMasqueradeExhausted(t *testing.T) {
 	if _, np := n.masquerade(t, udp4, 40000); np != 62000 {
 		t.Errorf("single-port range: NAT port %d", np)
 	}
-	n.expectDrop(t, a, udp4.out(40001), program.DropNATExhausted)
+	n.expectDrop(t, a, udp4.out(40001), program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED)
 	if pairs := n.checkPairs(t); pairs != 4 {
 		t.Errorf("%d pairs, want 4", pairs)
 	}
@@ -611,7 +639,7 @@ func TestMasqueradeReclaimExpired(t *testing.T) {
 				t.Fatalf("NAT port %d", np)
 			}
 			// Still live: the port is taken.
-			n.expectDrop(t, a, c.out(40001), program.DropNATExhausted)
+			n.expectDrop(t, a, c.out(40001), program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED)
 
 			// Age the first flow's pair past its timeout.
 			_, od := decodeFrame(t, c.out(40000)).ports()
@@ -672,7 +700,7 @@ func TestMasqueradeReclaimExpired(t *testing.T) {
 	for _, m := range []*ebpf.Map{n.objs.NatOut, n.objs.NatIn} {
 		for k, v := range table(t, m) {
 			v.LastSeenNs = monotonicNow(t) - 10e9
-			v.State = ctEstablished
+			v.State = uint8(program.BpfbridgeCtStateCT_ESTABLISHED)
 			if err := m.Put(k, v); err != nil {
 				t.Fatal(err)
 			}
@@ -680,7 +708,7 @@ func TestMasqueradeReclaimExpired(t *testing.T) {
 	}
 	n.masquerade(t, c, 40000)
 	for _, v := range table(t, n.objs.NatOut) {
-		if v.State != ctSynSent || v.Packets != 1 {
+		if program.BpfbridgeCtState(v.State) != program.BpfbridgeCtStateCT_SYN_SENT || v.Packets != 1 {
 			t.Errorf("restarted flow: %+v", v)
 		}
 	}
@@ -827,7 +855,7 @@ func TestVerifierComplexity(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("loading BPF programs needs root")
 	}
-	spec, err := program.LoadBpfbridge()
+	spec, err := program.LoadSpec()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,9 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"regexp"
 	"slices"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -36,14 +34,6 @@ const (
 	verdictPass = 0xffffffff // TC_ACT_UNSPEC (-1)
 	verdictDrop = 2          // TC_ACT_SHOT
 
-	dirFrom = 0 // DIR_FROM_CONTAINER
-	dirTo   = 1 // DIR_TO_CONTAINER
-
-	isolationNone      = 0
-	isolationNetwork   = 1
-	isolationContainer = 2
-
-	epFlagTaggedOK = 1
 )
 
 // skbContext is the head of struct __sk_buff up to ifindex, the context
@@ -61,8 +51,8 @@ type testEndpoint struct {
 	name      string
 	mac       net.HardwareAddr
 	network   uint32
-	isolation uint8
-	flags     uint8
+	isolation program.BpfbridgeIsolationMode
+	flags     program.BpfbridgeEndpointFlags
 	ipv4      []netip.Addr
 	ipv6      []netip.Addr
 	ifindex   uint32 // filled in by newEnv
@@ -73,7 +63,7 @@ func (ep *testEndpoint) v4() netip.Addr { return ep.ipv4[0] }
 func (ep *testEndpoint) v6() netip.Addr { return ep.ipv6[0] }
 
 func (ep *testEndpoint) entry() program.BpfbridgeEndpoint {
-	e := program.BpfbridgeEndpoint{Isolation: ep.isolation, Flags: ep.flags, Network: ep.network}
+	e := program.BpfbridgeEndpoint{Isolation: uint8(ep.isolation), Flags: uint8(ep.flags), Network: ep.network}
 	if err := e.SetAddrs(ep.mac, slices.Concat(ep.ipv4, ep.ipv6)); err != nil {
 		panic(err)
 	}
@@ -93,11 +83,11 @@ var (
 // Fresh endpoints for every env: A and B share network 1, C is network 2.
 // The fourth ifindex has no endpoint.
 func testEndpoints() (a, b, c *testEndpoint) {
-	a = &testEndpoint{name: "a", mac: mac("02:00:00:00:00:0a"), network: 1, isolation: isolationNetwork,
+	a = &testEndpoint{name: "a", mac: mac("02:00:00:00:00:0a"), network: 1, isolation: program.BpfbridgeIsolationModeISOLATION_NETWORK,
 		ipv4: []netip.Addr{ip("10.0.0.10"), ip("10.0.0.20")}, ipv6: []netip.Addr{ip("fd00::10")}}
-	b = &testEndpoint{name: "b", mac: mac("02:00:00:00:00:0b"), network: 1, isolation: isolationNetwork,
+	b = &testEndpoint{name: "b", mac: mac("02:00:00:00:00:0b"), network: 1, isolation: program.BpfbridgeIsolationModeISOLATION_NETWORK,
 		ipv4: []netip.Addr{ip("10.0.0.11")}, ipv6: []netip.Addr{ip("fd00::11")}}
-	c = &testEndpoint{name: "c", mac: mac("02:00:00:00:00:0c"), network: 2, isolation: isolationNetwork,
+	c = &testEndpoint{name: "c", mac: mac("02:00:00:00:00:0c"), network: 2, isolation: program.BpfbridgeIsolationModeISOLATION_NETWORK,
 		ipv4: []netip.Addr{ip("10.0.1.12")}, ipv6: []netip.Addr{ip("fd00:1::12")}}
 	return a, b, c
 }
@@ -174,7 +164,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatalf("test netns: %v", err)
 	}
-	spec, err := program.LoadBpfbridge()
+	spec, err := program.LoadSpec()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +205,7 @@ func (e *env) putEndpoint(t testing.TB, ep *testEndpoint) {
 	}
 }
 
-func (e *env) setIsolation(t testing.TB, ep *testEndpoint, mode uint8) {
+func (e *env) setIsolation(t testing.TB, ep *testEndpoint, mode program.BpfbridgeIsolationMode) {
 	t.Helper()
 	ep.isolation = mode
 	e.putEndpoint(t, ep)
@@ -271,12 +261,14 @@ func (e *env) budget(t testing.TB) (used, suppressed uint32) {
 }
 
 // expect runs one frame and checks the verdict, that exactly the counter of
-// want moved (per endpoint and in total; none for DropNone), and that the
-// endpoint's packet and byte counters for the direction grew by the frame.
-func (e *env) expect(t *testing.T, dir int, ifindex uint32, frame []byte, want program.DropReason) {
+// want moved (per endpoint and in total; none for DROP_NONE), and that the
+// endpoint's packet and byte counters for the direction grew by the frame:
+// from the container whatever the verdict, to it only if it passed (a
+// dropped packet is never counted as delivered).
+func (e *env) expect(t *testing.T, dir program.BpfbridgeDirection, ifindex uint32, frame []byte, want program.DropReason) {
 	t.Helper()
 	prog := e.objs.FromContainer
-	if dir == dirTo {
+	if dir == program.BpfbridgeDirectionDIR_TO_CONTAINER {
 		prog = e.objs.ToContainer
 	}
 	before, _ := e.stats(t, ifindex)
@@ -287,7 +279,7 @@ func (e *env) expect(t *testing.T, dir int, ifindex uint32, frame []byte, want p
 	after, ok := e.stats(t, ifindex)
 	totalsAfter := e.totals(t)
 	wantVerdict := uint32(verdictPass)
-	if want != program.DropNone {
+	if want != program.BpfbridgeDropReasonDROP_NONE {
 		wantVerdict = verdictDrop
 	}
 	if got != wantVerdict {
@@ -295,7 +287,7 @@ func (e *env) expect(t *testing.T, dir int, ifindex uint32, frame []byte, want p
 	}
 	for r := range program.NumDropReasons {
 		var n uint64
-		if program.DropReason(r) == want && want != program.DropNone {
+		if program.DropReason(r) == want && want != program.BpfbridgeDropReasonDROP_NONE {
 			n = 1
 		}
 		if d := totalsAfter[r] - totalsBefore[r]; d != n {
@@ -308,7 +300,7 @@ func (e *env) expect(t *testing.T, dir int, ifindex uint32, frame []byte, want p
 			t.Errorf("endpoint_stats.drops[%v] grew by %d, want %d", program.DropReason(r), d, n)
 		}
 	}
-	if want == program.DropNoEndpoint {
+	if want == program.BpfbridgeDropReasonDROP_NO_ENDPOINT {
 		if ok {
 			t.Errorf("endpoint_stats has an entry for ifindex %d without endpoint", ifindex)
 		}
@@ -319,11 +311,15 @@ func (e *env) expect(t *testing.T, dir int, ifindex uint32, frame []byte, want p
 	}
 	pk, by := after.FromPackets-before.FromPackets, after.FromBytes-before.FromBytes
 	opk, oby := after.ToPackets-before.ToPackets, after.ToBytes-before.ToBytes
-	if dir == dirTo {
+	if dir == program.BpfbridgeDirectionDIR_TO_CONTAINER {
 		pk, by, opk, oby = opk, oby, pk, by
 	}
-	if pk != 1 || by != uint64(len(frame)) || opk != 0 || oby != 0 {
-		t.Errorf("counters grew by %d packets/%d bytes (other direction %d/%d), want 1/%d", pk, by, opk, oby, len(frame))
+	wantPk, wantBy := uint64(1), uint64(len(frame))
+	if dir == program.BpfbridgeDirectionDIR_TO_CONTAINER && want != program.BpfbridgeDropReasonDROP_NONE {
+		wantPk, wantBy = 0, 0
+	}
+	if pk != wantPk || by != wantBy || opk != 0 || oby != 0 {
+		t.Errorf("counters grew by %d packets/%d bytes (other direction %d/%d), want %d/%d", pk, by, opk, oby, wantPk, wantBy)
 	}
 }
 
@@ -361,8 +357,8 @@ func TestFromContainer(t *testing.T) {
 
 	cases := []struct {
 		name  string
-		mode  string // a's isolation mode; "" is network
-		flags uint8  // a's flags
+		mode  string                         // a's isolation mode; "" is network
+		flags program.BpfbridgeEndpointFlags // a's flags
 		frame []byte
 		want  program.DropReason
 	}{
@@ -385,35 +381,35 @@ func TestFromContainer(t *testing.T) {
 		{name: "na for own address", frame: icmp6Frame(a.mac, gwMAC, a.v6(), gw6, na(a.v6(), gw6, a.v6(), ndOpt(ndOptTargetLL, a.mac)))},
 		{name: "na for own link-local", frame: icmp6Frame(a.mac, gwMAC, a.ll(), ip("fe80::1"), na(a.ll(), ip("fe80::1"), a.ll(), ndOpt(ndOptTargetLL, a.mac)))},
 		{name: "rs", frame: icmp6Frame(a.mac, multicastMAC(allRouters), a.ll(), allRouters, rs(a.ll(), allRouters, ndOpt(ndOptSourceLL, a.mac)))},
-		{name: "tagged frame on trunk", flags: epFlagTaggedOK, frame: eth(gwMAC, a.mac, etherType8021Q, vlan(100, etherTypeIPv4, ipv4(evil4, gw4, protoUDP, udp(evil4, gw4, 1, 1, nil))))},
+		{name: "tagged frame on trunk", flags: program.BpfbridgeEndpointFlagsEP_F_TAGGED_OK, frame: eth(gwMAC, a.mac, etherType8021Q, vlan(100, etherTypeIPv4, ipv4(evil4, gw4, protoUDP, udp(evil4, gw4, 1, 1, nil))))},
 
 		// Spoofing.
-		{name: "spoofed mac", frame: evilTCP4(a), want: program.DropSpoofMAC},
-		{name: "spoofed ipv4 source", frame: a.tcp4(evil4, gw4), want: program.DropSpoofIPv4},
-		{name: "other container's ipv4 source", frame: a.tcp4(b.v4(), gw4), want: program.DropSpoofIPv4},
-		{name: "ipv4 from 0.0.0.0", frame: a.udp4(zero4, ip("255.255.255.255")), want: program.DropSpoofIPv4},
-		{name: "spoofed ipv6 source", frame: a.tcp6(evil6, gw6), want: program.DropSpoofIPv6},
-		{name: "foreign link-local source", frame: a.tcp6(ip("fe80::66"), gw6), want: program.DropSpoofIPv6},
-		{name: "tcp from ::", frame: a.tcp6(zero6, gw6), want: program.DropSpoofIPv6},
-		{name: "na from ::", frame: icmp6Frame(a.mac, multicastMAC(allNodes), zero6, allNodes, na(zero6, allNodes, a.v6())), want: program.DropSpoofIPv6},
-		{name: "arp with foreign sender ip", frame: arpFrame(a.mac, broadcastMAC, arp(2, a.mac, gw4, broadcastMAC, gw4)), want: program.DropSpoofARP},
-		{name: "arp with foreign sender mac", frame: arpFrame(a.mac, broadcastMAC, arp(2, evilMAC, a.v4(), broadcastMAC, a.v4())), want: program.DropSpoofARP},
+		{name: "spoofed mac", frame: evilTCP4(a), want: program.BpfbridgeDropReasonDROP_SPOOF_MAC},
+		{name: "spoofed ipv4 source", frame: a.tcp4(evil4, gw4), want: program.BpfbridgeDropReasonDROP_SPOOF_IPV4},
+		{name: "other container's ipv4 source", frame: a.tcp4(b.v4(), gw4), want: program.BpfbridgeDropReasonDROP_SPOOF_IPV4},
+		{name: "ipv4 from 0.0.0.0", frame: a.udp4(zero4, ip("255.255.255.255")), want: program.BpfbridgeDropReasonDROP_SPOOF_IPV4},
+		{name: "spoofed ipv6 source", frame: a.tcp6(evil6, gw6), want: program.BpfbridgeDropReasonDROP_SPOOF_IPV6},
+		{name: "foreign link-local source", frame: a.tcp6(ip("fe80::66"), gw6), want: program.BpfbridgeDropReasonDROP_SPOOF_IPV6},
+		{name: "tcp from ::", frame: a.tcp6(zero6, gw6), want: program.BpfbridgeDropReasonDROP_SPOOF_IPV6},
+		{name: "na from ::", frame: icmp6Frame(a.mac, multicastMAC(allNodes), zero6, allNodes, na(zero6, allNodes, a.v6())), want: program.BpfbridgeDropReasonDROP_SPOOF_IPV6},
+		{name: "arp with foreign sender ip", frame: arpFrame(a.mac, broadcastMAC, arp(2, a.mac, gw4, broadcastMAC, gw4)), want: program.BpfbridgeDropReasonDROP_SPOOF_ARP},
+		{name: "arp with foreign sender mac", frame: arpFrame(a.mac, broadcastMAC, arp(2, evilMAC, a.v4(), broadcastMAC, a.v4())), want: program.BpfbridgeDropReasonDROP_SPOOF_ARP},
 		{name: "ns with foreign source ll", frame: icmp6Frame(a.mac, multicastMAC(solicitedNode(gw6)), a.v6(), solicitedNode(gw6),
-			ns(a.v6(), solicitedNode(gw6), gw6, ndOpt(ndOptSourceLL, evilMAC))), want: program.DropSpoofNDP},
-		{name: "na with foreign target ll", frame: icmp6Frame(a.mac, gwMAC, a.v6(), gw6, na(a.v6(), gw6, a.v6(), ndOpt(ndOptTargetLL, evilMAC))), want: program.DropSpoofNDP},
+			ns(a.v6(), solicitedNode(gw6), gw6, ndOpt(ndOptSourceLL, evilMAC))), want: program.BpfbridgeDropReasonDROP_SPOOF_NDP},
+		{name: "na with foreign target ll", frame: icmp6Frame(a.mac, gwMAC, a.v6(), gw6, na(a.v6(), gw6, a.v6(), ndOpt(ndOptTargetLL, evilMAC))), want: program.BpfbridgeDropReasonDROP_SPOOF_NDP},
 		{name: "na with foreign ll in second option", frame: icmp6Frame(a.mac, gwMAC, a.v6(), gw6,
-			na(a.v6(), gw6, a.v6(), []byte{14, 1, 1, 2, 3, 4, 5, 6}, ndOpt(ndOptTargetLL, evilMAC))), want: program.DropSpoofNDP},
-		{name: "na for foreign target", frame: icmp6Frame(a.mac, multicastMAC(allNodes), a.v6(), allNodes, na(a.v6(), allNodes, gw6, ndOpt(ndOptTargetLL, a.mac))), want: program.DropSpoofNDP},
-		{name: "na for other container's address", frame: icmp6Frame(a.mac, multicastMAC(allNodes), a.v6(), allNodes, na(a.v6(), allNodes, b.v6())), want: program.DropSpoofNDP},
-		{name: "rs with foreign source ll", frame: icmp6Frame(a.mac, multicastMAC(allRouters), a.ll(), allRouters, rs(a.ll(), allRouters, ndOpt(ndOptSourceLL, evilMAC))), want: program.DropSpoofNDP},
-		{name: "ra from container", frame: icmp6Frame(a.mac, multicastMAC(allNodes), a.ll(), allNodes, ra(a.ll(), allNodes, ndOpt(ndOptSourceLL, a.mac))), want: program.DropRouterNDP},
-		{name: "redirect from container", frame: icmp6Frame(a.mac, gwMAC, a.ll(), ip("fe80::1"), redirect(a.ll(), ip("fe80::1"), a.ll(), ip("2001:db8::1"))), want: program.DropRouterNDP},
+			na(a.v6(), gw6, a.v6(), []byte{14, 1, 1, 2, 3, 4, 5, 6}, ndOpt(ndOptTargetLL, evilMAC))), want: program.BpfbridgeDropReasonDROP_SPOOF_NDP},
+		{name: "na for foreign target", frame: icmp6Frame(a.mac, multicastMAC(allNodes), a.v6(), allNodes, na(a.v6(), allNodes, gw6, ndOpt(ndOptTargetLL, a.mac))), want: program.BpfbridgeDropReasonDROP_SPOOF_NDP},
+		{name: "na for other container's address", frame: icmp6Frame(a.mac, multicastMAC(allNodes), a.v6(), allNodes, na(a.v6(), allNodes, b.v6())), want: program.BpfbridgeDropReasonDROP_SPOOF_NDP},
+		{name: "rs with foreign source ll", frame: icmp6Frame(a.mac, multicastMAC(allRouters), a.ll(), allRouters, rs(a.ll(), allRouters, ndOpt(ndOptSourceLL, evilMAC))), want: program.BpfbridgeDropReasonDROP_SPOOF_NDP},
+		{name: "ra from container", frame: icmp6Frame(a.mac, multicastMAC(allNodes), a.ll(), allNodes, ra(a.ll(), allNodes, ndOpt(ndOptSourceLL, a.mac))), want: program.BpfbridgeDropReasonDROP_ROUTER_NDP},
+		{name: "redirect from container", frame: icmp6Frame(a.mac, gwMAC, a.ll(), ip("fe80::1"), redirect(a.ll(), ip("fe80::1"), a.ll(), ip("2001:db8::1"))), want: program.BpfbridgeDropReasonDROP_ROUTER_NDP},
 		{name: "ra behind destination options", frame: eth(multicastMAC(allNodes), a.mac, etherTypeIPv6, ipv6(a.ll(), allNodes, 60, 255,
-			append([]byte{protoICMPv6, 0, 1, 4, 0, 0, 0, 0}, ra(a.ll(), allNodes)...))), want: program.DropRouterNDP},
+			append([]byte{protoICMPv6, 0, 1, 4, 0, 0, 0, 0}, ra(a.ll(), allNodes)...))), want: program.BpfbridgeDropReasonDROP_ROUTER_NDP},
 
 		// Not IP, not ARP, or broken.
-		{name: "unknown ethertype", frame: eth(mac("01:80:c2:00:00:0e"), a.mac, etherTypeLLDP, make([]byte, 46)), want: program.DropEtherType},
-		{name: "tagged frame on access port", frame: eth(gwMAC, a.mac, etherType8021Q, vlan(100, etherTypeIPv4, ipv4(a.v4(), gw4, protoUDP, udp(a.v4(), gw4, 1, 1, nil)))), want: program.DropEtherType},
+		{name: "unknown ethertype", frame: eth(mac("01:80:c2:00:00:0e"), a.mac, etherTypeLLDP, make([]byte, 46)), want: program.BpfbridgeDropReasonDROP_ETHERTYPE},
+		{name: "tagged frame on access port", frame: eth(gwMAC, a.mac, etherType8021Q, vlan(100, etherTypeIPv4, ipv4(a.v4(), gw4, protoUDP, udp(a.v4(), gw4, 1, 1, nil)))), want: program.BpfbridgeDropReasonDROP_ETHERTYPE},
 		// BPF_PROG_TEST_RUN (6.18) refuses IPv4 frames shorter than
 		// 34 bytes and IPv6 ones shorter than 54 with EINVAL, so the
 		// truncations tested are those behind the fixed header.
@@ -421,48 +417,48 @@ func TestFromContainer(t *testing.T) {
 			f := a.tcp4(a.v4(), gw4)[:14+20+8]
 			f[14] = 0x4f // 60-byte header in a 28-byte packet
 			return f
-		}(), want: program.DropMalformed},
-		{name: "ipv4 ihl below 5", frame: func() []byte { f := a.tcp4(a.v4(), gw4); f[14] = 0x44; return f }(), want: program.DropMalformed},
-		{name: "ipv4 version 6", frame: func() []byte { f := a.tcp4(a.v4(), gw4); f[14] = 0x65; return f }(), want: program.DropMalformed},
-		{name: "truncated ipv6 payload", frame: a.tcp6(a.v6(), gw6)[:14+40+10], want: program.DropMalformed},
-		{name: "truncated ipv6 extension header", frame: eth(gwMAC, a.mac, etherTypeIPv6, ipv6(a.v6(), gw6, protoHop, 64, []byte{protoTCP, 0})), want: program.DropMalformed},
-		{name: "truncated icmpv6", frame: eth(gwMAC, a.mac, etherTypeIPv6, ipv6(a.v6(), gw6, protoICMPv6, 255, []byte{icmp6RA, 0, 0, 0})), want: program.DropMalformed},
-		{name: "truncated ns", frame: icmp6Frame(a.mac, gwMAC, a.v6(), gw6, ns(a.v6(), gw6, gw6)[:20]), want: program.DropMalformed},
-		{name: "truncated arp", frame: arpFrame(a.mac, broadcastMAC, arp(1, a.mac, a.v4(), make(net.HardwareAddr, 6), gw4)[:20]), want: program.DropMalformed},
+		}(), want: program.BpfbridgeDropReasonDROP_MALFORMED},
+		{name: "ipv4 ihl below 5", frame: func() []byte { f := a.tcp4(a.v4(), gw4); f[14] = 0x44; return f }(), want: program.BpfbridgeDropReasonDROP_MALFORMED},
+		{name: "ipv4 version 6", frame: func() []byte { f := a.tcp4(a.v4(), gw4); f[14] = 0x65; return f }(), want: program.BpfbridgeDropReasonDROP_MALFORMED},
+		{name: "truncated ipv6 payload", frame: a.tcp6(a.v6(), gw6)[:14+40+10], want: program.BpfbridgeDropReasonDROP_MALFORMED},
+		{name: "truncated ipv6 extension header", frame: eth(gwMAC, a.mac, etherTypeIPv6, ipv6(a.v6(), gw6, protoHop, 64, []byte{protoTCP, 0})), want: program.BpfbridgeDropReasonDROP_MALFORMED},
+		{name: "truncated icmpv6", frame: eth(gwMAC, a.mac, etherTypeIPv6, ipv6(a.v6(), gw6, protoICMPv6, 255, []byte{icmp6RA, 0, 0, 0})), want: program.BpfbridgeDropReasonDROP_MALFORMED},
+		{name: "truncated ns", frame: icmp6Frame(a.mac, gwMAC, a.v6(), gw6, ns(a.v6(), gw6, gw6)[:20]), want: program.BpfbridgeDropReasonDROP_MALFORMED},
+		{name: "truncated arp", frame: arpFrame(a.mac, broadcastMAC, arp(1, a.mac, a.v4(), make(net.HardwareAddr, 6), gw4)[:20]), want: program.BpfbridgeDropReasonDROP_MALFORMED},
 		{name: "arp for another protocol", frame: func() []byte {
 			f := arpFrame(a.mac, broadcastMAC, arp(1, a.mac, a.v4(), make(net.HardwareAddr, 6), gw4))
 			f[14+3] = 0x01 // ptype 0x0801
 			return f
-		}(), want: program.DropMalformed},
-		{name: "ndp option of length 0", frame: icmp6Frame(a.mac, gwMAC, a.v6(), gw6, na(a.v6(), gw6, a.v6(), []byte{ndOptTargetLL, 0, 2, 0, 0, 0, 0, 0x0a})), want: program.DropMalformed},
-		{name: "ndp option past the end", frame: icmp6Frame(a.mac, gwMAC, a.v6(), gw6, na(a.v6(), gw6, a.v6(), []byte{ndOptTargetLL, 2, 2, 0, 0, 0, 0, 0x0a})), want: program.DropMalformed},
+		}(), want: program.BpfbridgeDropReasonDROP_MALFORMED},
+		{name: "ndp option of length 0", frame: icmp6Frame(a.mac, gwMAC, a.v6(), gw6, na(a.v6(), gw6, a.v6(), []byte{ndOptTargetLL, 0, 2, 0, 0, 0, 0, 0x0a})), want: program.BpfbridgeDropReasonDROP_MALFORMED},
+		{name: "ndp option past the end", frame: icmp6Frame(a.mac, gwMAC, a.v6(), gw6, na(a.v6(), gw6, a.v6(), []byte{ndOptTargetLL, 2, 2, 0, 0, 0, 0, 0x0a})), want: program.BpfbridgeDropReasonDROP_MALFORMED},
 		{name: "ndp with more options than inspected", frame: icmp6Frame(a.mac, gwMAC, a.v6(), gw6, na(a.v6(), gw6, a.v6(),
-			bytes.Repeat([]byte{14, 1, 0, 0, 0, 0, 0, 0}, 8), ndOpt(ndOptTargetLL, evilMAC))), want: program.DropMalformed},
+			bytes.Repeat([]byte{14, 1, 0, 0, 0, 0, 0, 0}, 8), ndOpt(ndOptTargetLL, evilMAC))), want: program.BpfbridgeDropReasonDROP_MALFORMED},
 
 		// Isolation by destination, in a's mode.
 		{name: "network: same network", mode: "network", frame: a.tcp4(a.v4(), b.v4())},
-		{name: "network: other network", mode: "network", frame: a.tcp4(a.v4(), c.v4()), want: program.DropCrossNetwork},
-		{name: "network: other network ipv6", mode: "network", frame: a.tcp6(a.v6(), c.v6()), want: program.DropCrossNetwork},
+		{name: "network: other network", mode: "network", frame: a.tcp4(a.v4(), c.v4()), want: program.BpfbridgeDropReasonDROP_CROSS_NETWORK},
+		{name: "network: other network ipv6", mode: "network", frame: a.tcp6(a.v6(), c.v6()), want: program.BpfbridgeDropReasonDROP_CROSS_NETWORK},
 		{name: "network: gateway", mode: "network", frame: a.tcp4(a.v4(), gw4)},
-		{name: "container: same network", mode: "container", frame: a.tcp4(a.v4(), b.v4()), want: program.DropSameNetwork},
-		{name: "container: same network ipv6", mode: "container", frame: a.tcp6(a.v6(), b.v6()), want: program.DropSameNetwork},
-		{name: "container: other network", mode: "container", frame: a.tcp4(a.v4(), c.v4()), want: program.DropCrossNetwork},
+		{name: "container: same network", mode: "container", frame: a.tcp4(a.v4(), b.v4()), want: program.BpfbridgeDropReasonDROP_SAME_NETWORK},
+		{name: "container: same network ipv6", mode: "container", frame: a.tcp6(a.v6(), b.v6()), want: program.BpfbridgeDropReasonDROP_SAME_NETWORK},
+		{name: "container: other network", mode: "container", frame: a.tcp4(a.v4(), c.v4()), want: program.BpfbridgeDropReasonDROP_CROSS_NETWORK},
 		{name: "container: gateway", mode: "container", frame: a.tcp4(a.v4(), gw4)},
 		{name: "container: own other address", mode: "container", frame: a.tcp4(a.v4(), a.ipv4[1])},
 		{name: "container: ndp to same network", mode: "container", frame: icmp6Frame(a.mac, b.mac, a.v6(), b.v6(), na(a.v6(), b.v6(), a.v6(), ndOpt(ndOptTargetLL, a.mac)))},
 		{name: "container: arp to same network", mode: "container", frame: arpFrame(a.mac, b.mac, arp(2, a.mac, a.v4(), b.mac, b.v4()))},
 		{name: "none: other network", mode: "none", frame: a.tcp4(a.v4(), c.v4())},
 		{name: "none: same network", mode: "none", frame: a.tcp6(a.v6(), b.v6())},
-		{name: "none: still anti-spoofed", mode: "none", frame: a.tcp4(evil4, c.v4()), want: program.DropSpoofIPv4},
-		{name: "unknown mode is strictest", mode: "unknown", frame: a.tcp4(a.v4(), b.v4()), want: program.DropSameNetwork},
+		{name: "none: still anti-spoofed", mode: "none", frame: a.tcp4(evil4, c.v4()), want: program.BpfbridgeDropReasonDROP_SPOOF_IPV4},
+		{name: "unknown mode is strictest", mode: "unknown", frame: a.tcp4(a.v4(), b.v4()), want: program.BpfbridgeDropReasonDROP_SAME_NETWORK},
 	}
-	modes := map[string]uint8{"": isolationNetwork, "none": isolationNone, "network": isolationNetwork,
-		"container": isolationContainer, "unknown": 7}
+	modes := map[string]program.BpfbridgeIsolationMode{"": program.BpfbridgeIsolationModeISOLATION_NETWORK, "none": program.BpfbridgeIsolationModeISOLATION_NONE, "network": program.BpfbridgeIsolationModeISOLATION_NETWORK,
+		"container": program.BpfbridgeIsolationModeISOLATION_CONTAINER, "unknown": 7}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			a.isolation, a.flags = modes[tc.mode], tc.flags
 			e.putEndpoint(t, a)
-			e.expect(t, dirFrom, a.ifindex, tc.frame, tc.want)
+			e.expect(t, program.BpfbridgeDirectionDIR_FROM_CONTAINER, a.ifindex, tc.frame, tc.want)
 		})
 	}
 }
@@ -490,63 +486,67 @@ func TestToContainer(t *testing.T) {
 		{name: "from the gateway", frame: eth(a.mac, gwMAC, etherTypeIPv4, ipv4(gw4, a.v4(), protoTCP, tcp(gw4, a.v4(), 80, 40000)))},
 		{name: "from the outside world", frame: eth(a.mac, gwMAC, etherTypeIPv6, ipv6(ip("2001:db8::1"), a.v6(), protoTCP, 64, tcp(ip("2001:db8::1"), a.v6(), 443, 40000)))},
 		{name: "network: from same network", frame: udpFrom(b, b.v4(), a.v4(), a.mac)},
-		{name: "network: from other network", frame: udpFrom(c, c.v4(), a.v4(), a.mac), want: program.DropCrossNetwork},
+		{name: "network: from other network", frame: udpFrom(c, c.v4(), a.v4(), a.mac), want: program.BpfbridgeDropReasonDROP_CROSS_NETWORK},
 		{
 			name:  "network: from other network whose mode is none",
-			setup: func() { e.setIsolation(t, c, isolationNone) },
+			setup: func() { e.setIsolation(t, c, program.BpfbridgeIsolationModeISOLATION_NONE) },
 			frame: udpFrom(c, c.v4(), a.v4(), a.mac),
-			want:  program.DropCrossNetwork,
+			want:  program.BpfbridgeDropReasonDROP_CROSS_NETWORK,
 		},
 		{
 			name:  "network: from other network ipv6",
 			frame: eth(a.mac, c.mac, etherTypeIPv6, ipv6(c.v6(), a.v6(), protoTCP, 64, tcp(c.v6(), a.v6(), 1, 2))),
-			want:  program.DropCrossNetwork,
+			want:  program.BpfbridgeDropReasonDROP_CROSS_NETWORK,
 		},
 		{name: "network: arp from other network", frame: arpFrame(c.mac, broadcastMAC, arp(1, c.mac, c.v4(), make(net.HardwareAddr, 6), a.v4()))},
 		{name: "network: ns from other network", frame: icmp6Frame(c.mac, multicastMAC(snA), c.v6(), snA, ns(c.v6(), snA, a.v6(), ndOpt(ndOptSourceLL, c.mac)))},
 		{
 			name:  "container: from same network",
-			setup: func() { e.setIsolation(t, a, isolationContainer) },
+			setup: func() { e.setIsolation(t, a, program.BpfbridgeIsolationModeISOLATION_CONTAINER) },
 			frame: udpFrom(b, b.v4(), a.v4(), a.mac),
-			want:  program.DropSameNetwork,
+			want:  program.BpfbridgeDropReasonDROP_SAME_NETWORK,
 		},
-		{name: "container: broadcast from same network", frame: udpFrom(b, b.v4(), bcast, broadcastMAC), want: program.DropSameNetwork},
+		{name: "container: broadcast from same network", frame: udpFrom(b, b.v4(), bcast, broadcastMAC), want: program.BpfbridgeDropReasonDROP_SAME_NETWORK},
 		{name: "container: multicast from same network", frame: eth(multicastMAC(ip("ff02::1")), b.mac, etherTypeIPv6,
-			ipv6(b.v6(), ip("ff02::1"), protoUDP, 1, udp(b.v6(), ip("ff02::1"), 1, 1, nil))), want: program.DropSameNetwork},
-		{name: "container: from other network", frame: udpFrom(c, c.v4(), a.v4(), a.mac), want: program.DropCrossNetwork},
+			ipv6(b.v6(), ip("ff02::1"), protoUDP, 1, udp(b.v6(), ip("ff02::1"), 1, 1, nil))), want: program.BpfbridgeDropReasonDROP_SAME_NETWORK},
+		{name: "container: from other network", frame: udpFrom(c, c.v4(), a.v4(), a.mac), want: program.BpfbridgeDropReasonDROP_CROSS_NETWORK},
 		{name: "container: arp from same network", frame: arpFrame(b.mac, broadcastMAC, arp(1, b.mac, b.v4(), make(net.HardwareAddr, 6), a.v4()))},
 		{name: "container: ns from same network", frame: icmp6Frame(b.mac, multicastMAC(snA), b.v6(), snA, ns(b.v6(), snA, a.v6(), ndOpt(ndOptSourceLL, b.mac)))},
 		{name: "container: from the gateway", frame: eth(a.mac, gwMAC, etherTypeIPv4, ipv4(gw4, a.v4(), protoICMP, icmp4Echo()))},
 		{
 			name:  "none: from other network",
-			setup: func() { e.setIsolation(t, a, isolationNone) },
+			setup: func() { e.setIsolation(t, a, program.BpfbridgeIsolationModeISOLATION_NONE) },
 			frame: udpFrom(c, c.v4(), a.v4(), a.mac),
 		},
-		{name: "none: truncated ipv6", frame: eth(a.mac, c.mac, etherTypeIPv6, ipv6(c.v6(), a.v6(), protoTCP, 64, tcp(c.v6(), a.v6(), 1, 2))[:50]), want: program.DropMalformed},
+		{name: "none: truncated ipv6", frame: eth(a.mac, c.mac, etherTypeIPv6, ipv6(c.v6(), a.v6(), protoTCP, 64, tcp(c.v6(), a.v6(), 1, 2))[:50]), want: program.BpfbridgeDropReasonDROP_MALFORMED},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup()
 			}
-			e.expect(t, dirTo, a.ifindex, tc.frame, tc.want)
+			e.expect(t, program.BpfbridgeDirectionDIR_TO_CONTAINER, a.ifindex, tc.frame, tc.want)
 		})
 	}
 
 	// The sender's side of the first cross-network case: c (mode none)
 	// may send it, a (mode network) refuses it.
 	t.Run("sender with mode none passes it", func(t *testing.T) {
-		e.setIsolation(t, a, isolationNetwork)
-		e.expect(t, dirFrom, c.ifindex, udpFrom(c, c.v4(), a.v4(), a.mac), program.DropNone)
-		e.expect(t, dirTo, a.ifindex, udpFrom(c, c.v4(), a.v4(), a.mac), program.DropCrossNetwork)
+		e.setIsolation(t, a, program.BpfbridgeIsolationModeISOLATION_NETWORK)
+		e.expect(t, program.BpfbridgeDirectionDIR_FROM_CONTAINER, c.ifindex, udpFrom(c, c.v4(), a.v4(), a.mac), program.BpfbridgeDropReasonDROP_NONE)
+		e.expect(t, program.BpfbridgeDirectionDIR_TO_CONTAINER, a.ifindex, udpFrom(c, c.v4(), a.v4(), a.mac), program.BpfbridgeDropReasonDROP_CROSS_NETWORK)
 	})
 }
 
 func TestNoEndpoint(t *testing.T) {
 	e := newEnv(t)
 	frame := e.a.tcp4(e.a.v4(), gw4)
-	t.Run("from_container", func(t *testing.T) { e.expect(t, dirFrom, e.noEP, frame, program.DropNoEndpoint) })
-	t.Run("to_container", func(t *testing.T) { e.expect(t, dirTo, e.noEP, frame, program.DropNoEndpoint) })
+	t.Run("from_container", func(t *testing.T) {
+		e.expect(t, program.BpfbridgeDirectionDIR_FROM_CONTAINER, e.noEP, frame, program.BpfbridgeDropReasonDROP_NO_ENDPOINT)
+	})
+	t.Run("to_container", func(t *testing.T) {
+		e.expect(t, program.BpfbridgeDirectionDIR_TO_CONTAINER, e.noEP, frame, program.BpfbridgeDropReasonDROP_NO_ENDPOINT)
+	})
 }
 
 func TestCounters(t *testing.T) {
@@ -558,24 +558,32 @@ func TestCounters(t *testing.T) {
 	out := a.tcp4(a.v4(), gw4)
 	in := eth(a.mac, gwMAC, etherTypeIPv4, ipv4(gw4, a.v4(), protoTCP, tcp(gw4, a.v4(), 80, 40000)))
 	bad := a.tcp4(evil4, gw4)
+	c := e.c // of another network
+	cross := eth(a.mac, c.mac, etherTypeIPv4, ipv4(c.v4(), a.v4(), protoUDP, udp(c.v4(), a.v4(), 5000, 5000, nil)))
 	for range 3 {
 		e.run(t, e.objs.FromContainer, a.ifindex, out, 0)
 	}
 	e.run(t, e.objs.FromContainer, a.ifindex, bad, 0)
 	e.run(t, e.objs.ToContainer, a.ifindex, in, 0)
 	e.run(t, e.objs.ToContainer, a.ifindex, in, 0)
+	if v := e.run(t, e.objs.ToContainer, a.ifindex, cross, 0); v != verdictDrop {
+		t.Fatalf("cross-network packet to a: verdict %#x, want drop", v)
+	}
 
 	s, ok := e.stats(t, a.ifindex)
 	if !ok {
 		t.Fatal("no stats entry after traffic")
 	}
-	// Dropped packets count as sent too: the counters say what the
-	// container tried, drops say what became of it.
+	// Dropped packets count as sent: the from counters say what the
+	// container tried, drops say what became of it. A packet dropped on
+	// its way to the container counts only as a drop, never as
+	// delivered.
 	want := program.BpfbridgeEndpointStats{
 		FromPackets: 4, FromBytes: uint64(3*len(out) + len(bad)),
 		ToPackets: 2, ToBytes: uint64(2 * len(in)),
 	}
-	want.Drops[program.DropSpoofIPv4] = 1
+	want.Drops[program.BpfbridgeDropReasonDROP_SPOOF_IPV4] = 1
+	want.Drops[program.BpfbridgeDropReasonDROP_CROSS_NETWORK] = 1
 	if s != want {
 		t.Errorf("stats %+v, want %+v", s, want)
 	}
@@ -626,8 +634,8 @@ func TestDropEvent(t *testing.T) {
 		want := program.BpfbridgeDropEvent{
 			TimestampNs: ev.TimestampNs,
 			Ifindex:     a.ifindex,
-			Reason:      uint8(program.DropSpoofIPv4),
-			Direction:   dirFrom,
+			Reason:      uint8(program.BpfbridgeDropReasonDROP_SPOOF_IPV4),
+			Direction:   uint8(program.BpfbridgeDirectionDIR_FROM_CONTAINER),
 			EthProto:    etherTypeIPv4,
 			IpProto:     protoUDP,
 			Sport:       40000,
@@ -657,7 +665,7 @@ func TestDropEvent(t *testing.T) {
 		if !ok {
 			t.Fatal("no drop event")
 		}
-		if program.DropReason(ev.Reason) != program.DropCrossNetwork || ev.Direction != dirTo || ev.Ifindex != a.ifindex ||
+		if program.DropReason(ev.Reason) != program.BpfbridgeDropReasonDROP_CROSS_NETWORK || program.BpfbridgeDirection(ev.Direction) != program.BpfbridgeDirectionDIR_TO_CONTAINER || ev.Ifindex != a.ifindex ||
 			ev.EthProto != etherTypeIPv6 || ev.IpProto != protoTCP || ev.Sport != 1234 || ev.Dport != 22 ||
 			netip.AddrFrom16(ev.SrcIp) != c.v6() || netip.AddrFrom16(ev.DstIp) != a.v6() {
 			t.Errorf("event %+v", ev)
@@ -671,7 +679,7 @@ func TestDropEvent(t *testing.T) {
 		if !ok {
 			t.Fatal("no drop event")
 		}
-		if program.DropReason(ev.Reason) != program.DropSpoofARP || ev.EthProto != etherTypeARP || ev.IpProto != 0 ||
+		if program.DropReason(ev.Reason) != program.BpfbridgeDropReasonDROP_SPOOF_ARP || ev.EthProto != etherTypeARP || ev.IpProto != 0 ||
 			netip.AddrFrom4([4]byte(ev.SrcIp[:4])) != gw4 || netip.AddrFrom4([4]byte(ev.DstIp[:4])) != gw4 {
 			t.Errorf("event %+v", ev)
 		}
@@ -683,31 +691,16 @@ func TestDropEvent(t *testing.T) {
 		if !ok {
 			t.Fatal("no drop event")
 		}
-		if program.DropReason(ev.Reason) != program.DropNoEndpoint || ev.Ifindex != e.noEP || ev.Dport != 80 {
+		if program.DropReason(ev.Reason) != program.BpfbridgeDropReasonDROP_NO_ENDPOINT || ev.Ifindex != e.noEP || ev.Dport != 80 {
 			t.Errorf("event %+v", ev)
 		}
 	})
 }
 
-// eventsPerWindow reads EVENTS_PER_WINDOW from drop.h.
-func eventsPerWindow(t *testing.T) int {
-	t.Helper()
-	src, err := os.ReadFile("../../bpf/drop.h")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`(?m)^#define EVENTS_PER_WINDOW (\d+)$`).FindSubmatch(src)
-	if m == nil {
-		t.Fatal("no EVENTS_PER_WINDOW in drop.h")
-	}
-	n, _ := strconv.Atoi(string(m[1]))
-	return n
-}
-
 func TestEventBudget(t *testing.T) {
 	e := newEnv(t)
 	a := e.a
-	limit := eventsPerWindow(t)
+	limit := int(program.BpfbridgeEventBudgetLimitEVENTS_PER_WINDOW)
 	const extra = 10
 	rd, err := ringbuf.NewReader(e.objs.DropEvents)
 	if err != nil {
@@ -742,7 +735,7 @@ func TestEventBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if got := e.totals(t)[program.DropSpoofIPv4]; got != uint64(limit+extra) {
+	if got := e.totals(t)[program.BpfbridgeDropReasonDROP_SPOOF_IPV4]; got != uint64(limit+extra) {
 		t.Errorf("%d drops counted, want %d", got, limit+extra)
 	}
 	n := 0

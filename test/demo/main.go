@@ -213,7 +213,7 @@ func showIsolation(ctx context.Context, sb *sandbox.Sandbox, tool sandbox.CNIToo
 
 	got, _ := sandbox.Ping(intruder, ips[0], 2, 300*time.Millisecond)
 	step("ping %s (app-1, network dcos) from %s (network other): %d/2 replies", ips[0], intruder.Name, got)
-	if err := printDrops(dp, intruder, program.DropCrossNetwork); err != nil {
+	if err := printDrops(dp, intruder, program.BpfbridgeDropReasonDROP_CROSS_NETWORK); err != nil {
 		return err
 	}
 
@@ -224,7 +224,7 @@ func showIsolation(ctx context.Context, sb *sandbox.Sandbox, tool sandbox.CNIToo
 	}
 	got, _ = sandbox.Ping(ctrs[1], ips[0], 2, 300*time.Millisecond)
 	step("app-2 replaces its %s with %s; ping app-1 from it: %d/2 replies", ips[1], stolen, got)
-	return printDrops(dp, ctrs[1], program.DropSpoofIPv4)
+	return printDrops(dp, ctrs[1], program.BpfbridgeDropReasonDROP_SPOOF_IPV4)
 }
 
 // egressConf is a masquerading network: its containers reach the outside

@@ -83,7 +83,7 @@ func drops(t *testing.T, dp *datapath.Datapath, c container, reason program.Drop
 // attachMode is the attach mode this run of the suite uses (make test runs
 // it with BPFBRIDGE_ATTACH=tcx too).
 func attachMode() datapath.AttachMode {
-	if os.Getenv("BPFBRIDGE_ATTACH") == string(datapath.AttachTCX) {
+	if os.Getenv("BPFBRIDGE_ATTACH") == datapath.AttachTCX.String() {
 		return datapath.AttachTCX
 	}
 	return datapath.AttachLegacy
@@ -97,11 +97,11 @@ func attachedPrograms(t *testing.T, sb *sandbox.Sandbox, ifname string) (ingress
 }
 
 // tcPrograms lists the IDs of the programs attached to the node's link
-// ifname in mode (any mode when empty), ingress then egress.
+// ifname in mode (any mode when 0), ingress then egress.
 func tcPrograms(t *testing.T, sb *sandbox.Sandbox, ifname string, mode datapath.AttachMode) (ingress, egress []ebpf.ProgramID) {
 	t.Helper()
 	for _, a := range inNode(t, sb, "list tc programs", datapath.TCAttachments) {
-		if a.IfName != ifname || mode != "" && a.Mode != mode {
+		if a.IfName != ifname || mode != 0 && a.Mode != mode {
 			continue
 		}
 		if a.Direction == "ingress" {

@@ -59,11 +59,11 @@ func TestCollidingNetworkNamesAreIsolated(t *testing.T) {
 		t.Fatalf("%s cannot reach %s of its own network", c1.id, c3.id)
 	}
 	dp := openDatapath(t, sb)
-	before := drops(t, dp, c1, program.DropCrossNetwork) + drops(t, dp, c2, program.DropCrossNetwork)
+	before := drops(t, dp, c1, program.BpfbridgeDropReasonDROP_CROSS_NETWORK) + drops(t, dp, c2, program.BpfbridgeDropReasonDROP_CROSS_NETWORK)
 	if reaches(c1.ns, c2.ip) || reaches(c2.ns, c1.ip) {
 		t.Errorf("networks %q and %q (one id in the previous release) reach each other", first, second)
 	}
-	if after := drops(t, dp, c1, program.DropCrossNetwork) + drops(t, dp, c2, program.DropCrossNetwork); after == before {
+	if after := drops(t, dp, c1, program.BpfbridgeDropReasonDROP_CROSS_NETWORK) + drops(t, dp, c2, program.BpfbridgeDropReasonDROP_CROSS_NETWORK); after == before {
 		t.Error("no cross-network drop counted")
 	}
 }

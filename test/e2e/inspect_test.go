@@ -180,7 +180,7 @@ func TestInspect(t *testing.T) {
 			}
 			want := inspectEndpoint{ContainerID: c.id, IfName: "eth0", Network: "insp", Netns: c.ns.Path,
 				IPs: []string{c.ip.String()}, MAC: c.mac.String(), HostIfName: hostVeth(t, sb, c),
-				Isolation: "network", AttachMode: string(attachMode())}
+				Isolation: "network", AttachMode: attachMode().String()}
 			got := ep
 			got.Ifindex, got.ProgTag, got.FromContainer, got.ToContainer, got.Drops = 0, "", inspectTraffic{}, inspectTraffic{}, nil
 			if !equalJSON(got, want) {
@@ -224,7 +224,7 @@ func TestInspect(t *testing.T) {
 				}
 			}
 			slices.Sort(seen)
-			mode := string(attachMode())
+			mode := attachMode().String()
 			if want := []string{"from_container@ingress/" + mode, "to_container@egress/" + mode}; !slices.Equal(seen, want) {
 				t.Errorf("prog: %s carries %v, want %v", veth, seen, want)
 			}

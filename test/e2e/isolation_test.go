@@ -58,11 +58,11 @@ func TestIsolationModes(t *testing.T) {
 		{"same network", a0, a1.ip, true, nil, 0},
 		{"own gateway", a0, gw(a0), true, nil, 0},
 		{"outside world", a0, sb.Internet4, true, nil, 0},
-		{"into another network (network mode)", b0, a0.ip, false, &b0, program.DropCrossNetwork},
-		{"out to another network (network mode)", a0, b0.ip, false, &a0, program.DropCrossNetwork},
+		{"into another network (network mode)", b0, a0.ip, false, &b0, program.BpfbridgeDropReasonDROP_CROSS_NETWORK},
+		{"out to another network (network mode)", a0, b0.ip, false, &a0, program.BpfbridgeDropReasonDROP_CROSS_NETWORK},
 		{"between two networks in none mode", x0, y0.ip, true, nil, 0},
-		{"from a none network into a network-isolated one", x0, a1.ip, false, &a1, program.DropCrossNetwork},
-		{"neighbour in container mode", c0, c1.ip, false, &c0, program.DropSameNetwork},
+		{"from a none network into a network-isolated one", x0, a1.ip, false, &a1, program.BpfbridgeDropReasonDROP_CROSS_NETWORK},
+		{"neighbour in container mode", c0, c1.ip, false, &c0, program.BpfbridgeDropReasonDROP_SAME_NETWORK},
 		{"gateway in container mode", c0, gw(c0), true, nil, 0},
 		{"outside world in container mode", c0, sb.Internet4, true, nil, 0},
 	}
@@ -80,6 +80,29 @@ func TestIsolationModes(t *testing.T) {
 				t.Errorf("%s: %s counted no %s drop", c.what, c.droppedAt.id, c.reason)
 			}
 		}
+	}
+
+	// A packet dropped on its way to a container is never counted as
+	// delivered: x0's datagrams to a1 (1200 bytes of payload each, across
+	// networks) grow a1's drops, and its delivered bytes by less than one
+	// of them (what else reaches a1 meanwhile, ARP, is far smaller).
+	before, err := dp.Counters(a1.id, "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sandbox.UDPEcho(x0.ns, netip.AddrPortFrom(a1.ip, 9), make([]byte, 1200), 500*time.Millisecond); err == nil {
+		t.Error("UDP from a none network into a network-isolated one got an answer")
+	}
+	after, err := dp.Counters(a1.id, "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cross := program.BpfbridgeDropReasonDROP_CROSS_NETWORK
+	if after.Drops[cross] <= before.Drops[cross] {
+		t.Errorf("%s counted no %s drop of the datagrams from %s", a1.id, cross, x0.id)
+	}
+	if d := after.ToContainer.Bytes - before.ToContainer.Bytes; d >= 1200 {
+		t.Errorf("%s counted %d bytes delivered while only dropped datagrams of 1200 bytes came its way", a1.id, d)
 	}
 
 	// TCP too, not only ICMP.
@@ -133,7 +156,7 @@ func TestAntiSpoofing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	assertSpoofDropped(t, dp, addrThief, victim, program.DropSpoofIPv4, "an address the container was not given")
+	assertSpoofDropped(t, dp, addrThief, victim, program.BpfbridgeDropReasonDROP_SPOOF_IPV4, "an address the container was not given")
 
 	// Another MAC.
 	err = macThief.ns.Do(func() error {
@@ -146,7 +169,7 @@ func TestAntiSpoofing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	assertSpoofDropped(t, dp, macThief, victim, program.DropSpoofMAC, "a MAC the container was not given")
+	assertSpoofDropped(t, dp, macThief, victim, program.BpfbridgeDropReasonDROP_SPOOF_MAC, "a MAC the container was not given")
 
 	// A spoofed ARP reply claiming the victim's address. The node knows the
 	// victim; locktime 0 lets an ARP override that entry at once, as it
@@ -160,9 +183,9 @@ func TestAntiSpoofing(t *testing.T) {
 	if mac := neighbourMAC(t, sb, victim.ip); mac.String() != victim.mac.String() {
 		t.Fatalf("node's neighbour entry for %s is %v before the spoof, want %s", victim.ip, mac, victim.mac)
 	}
-	before := drops(t, dp, arpLiar, program.DropSpoofARP)
+	before := drops(t, dp, arpLiar, program.BpfbridgeDropReasonDROP_SPOOF_ARP)
 	sendFrame(t, arpLiar.ns, "eth0", arpReply(arpLiar.mac, victim.ip, netip.MustParseAddr("10.110.0.1")))
-	if drops(t, dp, arpLiar, program.DropSpoofARP) != before+1 {
+	if drops(t, dp, arpLiar, program.BpfbridgeDropReasonDROP_SPOOF_ARP) != before+1 {
 		t.Error("the spoofed ARP reply was not dropped as spoof-arp")
 	}
 	if mac := neighbourMAC(t, sb, victim.ip); mac.String() != victim.mac.String() {
@@ -257,12 +280,12 @@ func mapsEqual(a, b map[string]int) bool {
 }
 
 // TestUpgradeKeepsStreamAlive streams TCP between two containers while an
-// ADD by a build with other programs (the bpfbridge_variant tag) runs: the
-// new build moves every endpoint onto its programs, atomically, and the
-// stream goes on.
+// ADD by a build with other programs (build variant 1, set with the linker:
+// see datapath/program/variant.go) runs: the new build moves every endpoint
+// onto its programs, atomically, and the stream goes on.
 func TestUpgradeKeepsStreamAlive(t *testing.T) {
 	variantDir := t.TempDir()
-	build := exec.Command("go", "build", "-tags", "bpfbridge_variant", "-o", filepath.Join(variantDir, "bridge"), "github.com/bpfbridge/bpfbridge/cmd/bridge")
+	build := exec.Command("go", "build", "-ldflags", "-X github.com/bpfbridge/bpfbridge/datapath/program.variant=1", "-o", filepath.Join(variantDir, "bridge"), "github.com/bpfbridge/bpfbridge/cmd/bridge")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build the variant plugin: %v\n%s", err, out)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
+	"github.com/bpfbridge/bpfbridge/datapath"
 	"github.com/bpfbridge/bpfbridge/datapath/program"
 	"github.com/bpfbridge/bpfbridge/test/sandbox"
 )
@@ -78,8 +79,8 @@ func TestMasqueradeToExternal(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s from %s to the outside: %v", proto, c.ip, err)
 		}
-		if seen.Addr() != sb.NodeUplink4.Addr() || seen.Port() < 61000 {
-			t.Errorf("%s: the outside saw %s, want the node's uplink address %s and a port from 61000", proto, seen, sb.NodeUplink4.Addr())
+		if seen.Addr() != sb.NodeUplink4.Addr() || seen.Port() < datapath.DefaultNATPortMin {
+			t.Errorf("%s: the outside saw %s, want the node's uplink address %s and a port from %d", proto, seen, sb.NodeUplink4.Addr(), datapath.DefaultNATPortMin)
 		}
 	}
 	if got, err := sandbox.Ping(c.ns, sb.Internet4, 3, 2*time.Second); got != 3 {
@@ -294,12 +295,12 @@ func TestMasqueradePortExhaustion(t *testing.T) {
 		}
 		open = append(open, conn)
 	}
-	before := dropTotal(t, sb, program.DropNATExhausted)
+	before := dropTotal(t, sb, program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED)
 	if conn, err := dial(time.Second); err == nil {
 		conn.Close()
 		t.Fatal("a third connection got through a two-port range")
 	}
-	if dropTotal(t, sb, program.DropNATExhausted) <= before {
+	if dropTotal(t, sb, program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED) <= before {
 		t.Error("no nat-exhausted drop counted")
 	}
 	for i, conn := range open {
@@ -335,7 +336,7 @@ func TestMasqueradeConnectionChurn(t *testing.T) {
 			return err
 		})
 		if err != nil {
-			t.Fatalf("connection %d: %v (nat-exhausted drops: %d)", i, err, dropTotal(t, sb, program.DropNATExhausted))
+			t.Fatalf("connection %d: %v (nat-exhausted drops: %d)", i, err, dropTotal(t, sb, program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED))
 		}
 		conn.Close()
 	}
@@ -392,7 +393,7 @@ func TestNoNATStateWithoutIPMasq(t *testing.T) {
 	if n := mapEntries(t, sb)["nat_networks"]; n != 0 {
 		t.Errorf("%d masquerading networks recorded without ipMasq", n)
 	}
-	if in, eg := tcPrograms(t, sb, sandbox.NodeUplinkName, ""); len(in)+len(eg) != 0 {
+	if in, eg := tcPrograms(t, sb, sandbox.NodeUplinkName, 0); len(in)+len(eg) != 0 {
 		t.Errorf("programs on the uplink without ipMasq: %v %v", in, eg)
 	}
 	assertNoFirewallRules(t, sb)

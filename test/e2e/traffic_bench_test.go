@@ -7,6 +7,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/bpfbridge/bpfbridge/datapath"
 	"github.com/bpfbridge/bpfbridge/test/sandbox"
 )
 
@@ -15,7 +16,7 @@ import (
 // request/response latency, first with the programs attached, then on the
 // same containers with them removed.
 func BenchmarkContainerTraffic(b *testing.B) {
-	if attachMode() != "legacy" {
+	if attachMode() != datapath.AttachLegacy {
 		b.Skip("detaching for the baseline removes cls_bpf filters: run in the default attach mode")
 	}
 	sb := sandbox.ForTest(b)
