@@ -92,7 +92,7 @@ static __always_inline __u8 from_container_policy(struct __sk_buff *skb, const s
 		reason = antispoof_ipv4(ep, pkt);
 		if (reason != DROP_NONE)
 			return reason;
-		return isolation_check(ep, pkt, &pkt->daddr, skb->ifindex);
+		return isolation_check(ep, pkt, pkt->dst_mac, &pkt->daddr, skb->ifindex, DIR_FROM_CONTAINER);
 	case ETH_P_IPV6:
 		if (parsed != DROP_NONE)
 			return parsed;
@@ -106,7 +106,7 @@ static __always_inline __u8 from_container_policy(struct __sk_buff *skb, const s
 		reason = antispoof_ndp(skb, ep, pkt);
 		if (reason != DROP_NONE)
 			return reason;
-		return isolation_check(ep, pkt, &pkt->daddr, skb->ifindex);
+		return isolation_check(ep, pkt, pkt->dst_mac, &pkt->daddr, skb->ifindex, DIR_FROM_CONTAINER);
 	default:
 		return DROP_ETHERTYPE;
 	}
@@ -127,7 +127,7 @@ static __always_inline __u8 to_container_policy(struct __sk_buff *skb, const str
 		 * the receiving stack would discard the packet anyway. */
 		if (parsed != DROP_NONE)
 			return parsed;
-		return isolation_check(ep, pkt, &pkt->saddr, skb->ifindex);
+		return isolation_check(ep, pkt, pkt->src_mac, &pkt->saddr, skb->ifindex, DIR_TO_CONTAINER);
 	default:
 		/* ARP and everything else: never isolated. */
 		return DROP_NONE;

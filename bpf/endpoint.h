@@ -12,7 +12,10 @@
 
 /* A change to any struct or map here is a new layout: bump it, and the Go
  * side (datapath/state.go, from the generated value) pins the maps under a
- * new directory instead of failing on the old pins. */
+ * new directory instead of failing on the old pins, then migrates the
+ * node's state (datapath/layout.go). A new map is not a change: the first
+ * load of a build that has it pins it beside the others, and Upgrade fills
+ * it for the endpoints of earlier builds. */
 /* 2: DROP_REASONS 12 -> 14 (masquerade), which resizes endpoint_stats and
  * drop_totals; the NAT maps are new. */
 enum layout {
@@ -102,6 +105,39 @@ static __always_inline const struct ip_owner *ip_owner_lookup(__u8 family, const
 	else
 		__builtin_memcpy(key.addr, addr->b, 16);
 	return bpf_map_lookup_elem(&ip_owners, &key);
+}
+
+/* Which endpoint a MAC belongs to, for isolation decisions at L2: a frame
+ * between two endpoints on a bridge is decided by who they are, whatever
+ * its addresses (IPv6 link-local, multicast, anything no owner holds). */
+struct mac_key {
+	__u8 mac[6];
+	__u8 pad[2];
+};
+
+struct mac_owner {
+	__u32 ifindex;
+	__u32 network;
+	__u8 isolation; /* enum isolation_mode of the endpoint */
+	__u8 pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENDPOINTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mac_key);
+	__type(value, struct mac_owner);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mac_owners SEC(".maps");
+
+/* The endpoint that has mac, or NULL. */
+static __always_inline const struct mac_owner *mac_owner_lookup(const __u8 *mac)
+{
+	struct mac_key key = {};
+
+	__builtin_memcpy(key.mac, mac, sizeof(key.mac));
+	return bpf_map_lookup_elem(&mac_owners, &key);
 }
 
 /* Control-plane record of an attachment, keyed by the SHA-256 of

@@ -1,13 +1,26 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Isolation between containers on one bridge, decided by the address of the
- * peer container: ip_owners tells which endpoint (and so which network) an
- * address belongs to. Addresses nobody owns (the gateway, the node, the
- * outside world, broadcast and multicast) are never isolated here.
+/* Isolation between containers on the node, decided by who the peer is.
  *
- * Both directions apply the mode of the endpoint the program runs for: on
- * the way out the sender's (its destination is the peer), on the way in the
- * receiver's (its source is the peer). So a container whose network is
- * isolated is protected even from containers of a network that is not. */
+ * At L2 first: a frame whose peer MAC (the destination as the container
+ * sends, the source as it receives) belongs to an endpoint is between two
+ * endpoints on one bridge, and mac_owners says which; that covers every
+ * address, IPv6 link-local and multicast included, which no owner map of
+ * assigned addresses could. Otherwise the frame was routed (the peer MAC is
+ * the gateway's) and ip_owners tells which endpoint holds the peer address.
+ * Addresses nobody owns (the gateway, the node, the outside world) are
+ * never isolated.
+ *
+ * Each direction applies the mode of the endpoint the program runs for: on
+ * the way out the sender's, on the way in the receiver's, so a container
+ * whose network is isolated is protected even from containers of a network
+ * that is not. A multicast or broadcast frame has no one receiver the
+ * sender could decide for: each receiver applies the stricter of its own
+ * mode and the sender's.
+ *
+ * Between containers of one network, link-local is like any address: it
+ * passes in "network" mode and is dropped in "container" mode. ARP and NDP
+ * pass in every mode: they carry no payload, and neighbours and the
+ * gateway could not be found without them. */
 #pragma once
 
 #include <linux/types.h>
@@ -27,36 +40,59 @@ static __always_inline int pkt_is_ndp(const struct pkt *pkt)
 	       pkt->icmp6_type <= NDISC_REDIRECT;
 }
 
-/* The rule, with ep the endpoint the program runs for and peer the owner of
- * the other address. Modes this program does not know (a newer control
- * plane) get the strictest treatment rather than none. */
-static __always_inline __u8 isolation_rule(const struct endpoint *ep, const struct ip_owner *peer,
-					   __u32 self_ifindex)
+/* The rule of mode between the endpoint the program runs for (ep) and a
+ * peer endpoint of network peer_network. Modes this program does not know
+ * (a newer control plane) get the strictest treatment rather than none. */
+static __always_inline __u8 isolation_rule(__u8 mode, const struct endpoint *ep, __u32 peer_network)
 {
-	if (!peer || peer->ifindex == self_ifindex)
-		return DROP_NONE;
-	switch (ep->isolation) {
+	switch (mode) {
 	case ISOLATION_NONE:
 		return DROP_NONE;
 	case ISOLATION_NETWORK:
-		return peer->network != ep->network ? DROP_CROSS_NETWORK : DROP_NONE;
+		return peer_network != ep->network ? DROP_CROSS_NETWORK : DROP_NONE;
 	case ISOLATION_CONTAINER:
 	default:
-		return peer->network != ep->network ? DROP_CROSS_NETWORK : DROP_SAME_NETWORK;
+		return peer_network != ep->network ? DROP_CROSS_NETWORK : DROP_SAME_NETWORK;
 	}
 }
 
-/* peer_addr is the packet's destination when the container sends, its
- * source when the container receives. */
-static __always_inline __u8 isolation_check(const struct endpoint *ep, const struct pkt *pkt,
-					    const union addr *peer_addr, __u32 self_ifindex)
+static __always_inline int mac_is_group(const __u8 *mac)
 {
+	return mac[0] & 1; /* multicast, broadcast included */
+}
+
+/* peer_mac and peer_addr are the packet's destination when the container
+ * sends (from_container), its source when it receives. */
+static __always_inline __u8 isolation_check(const struct endpoint *ep, const struct pkt *pkt,
+					    const __u8 *peer_mac, const union addr *peer_addr,
+					    __u32 self_ifindex, const __u8 dir)
+{
+	const struct mac_owner *l2;
+	const struct ip_owner *l3;
+	__u8 mode = ep->isolation;
+
 	if (pkt->family != 4 && pkt->family != 6)
 		return DROP_NONE;
 	if (pkt_is_ndp(pkt))
 		return DROP_NONE;
-	/* ISOLATION_NONE needs no lookup. */
-	if (ep->isolation == ISOLATION_NONE)
+	/* A group frame a container sends is decided by each receiver. */
+	if (dir == DIR_FROM_CONTAINER && mac_is_group(pkt->dst_mac))
 		return DROP_NONE;
-	return isolation_rule(ep, ip_owner_lookup(pkt->family, peer_addr), self_ifindex);
+	/* Nothing to decide in mode none, except for group frames received,
+	 * where the sender's mode counts too. */
+	if (mode == ISOLATION_NONE && (dir == DIR_FROM_CONTAINER || !mac_is_group(pkt->dst_mac)))
+		return DROP_NONE;
+
+	l2 = mac_owner_lookup(peer_mac);
+	if (l2) {
+		if (l2->ifindex == self_ifindex)
+			return DROP_NONE;
+		if (dir == DIR_TO_CONTAINER && mac_is_group(pkt->dst_mac) && l2->isolation > mode)
+			mode = l2->isolation;
+		return isolation_rule(mode, ep, l2->network);
+	}
+	l3 = ip_owner_lookup(pkt->family, peer_addr);
+	if (!l3 || l3->ifindex == self_ifindex)
+		return DROP_NONE;
+	return isolation_rule(mode, ep, l3->network);
 }

@@ -115,6 +115,7 @@ type Datapath struct {
 type maps struct {
 	endpoints *ebpf.Map // ifindex → endpoint
 	ipOwners  *ebpf.Map // address → owning endpoint
+	macOwners *ebpf.Map // MAC → owning endpoint
 	meta      *ebpf.Map // endpoint key → control-plane record
 	stats     *ebpf.Map // ifindex → per-CPU counters
 
@@ -137,7 +138,7 @@ type pin[T any] struct {
 // all lists the maps with their pinned names.
 func (m *maps) all() []pin[ebpf.Map] {
 	return []pin[ebpf.Map]{
-		{"endpoints", &m.endpoints}, {"ip_owners", &m.ipOwners},
+		{"endpoints", &m.endpoints}, {"ip_owners", &m.ipOwners}, {"mac_owners", &m.macOwners},
 		{"endpoint_meta", &m.meta}, {"endpoint_stats", &m.stats},
 		{"nat_config", &m.natConfig}, {"nat_uplinks", &m.natUplinks},
 		{"nat_networks", &m.natNetworks}, {"nat_exclude", &m.natExclude},
@@ -203,7 +204,11 @@ func OpenExisting(opts Options) (*Datapath, error) {
 	if _, err := os.Stat(d.state.mapsDir()); errors.Is(err, os.ErrNotExist) {
 		return nil, ErrNoState
 	}
-	if d.maps, err = openMapSet(d.state.mapsDir()); err != nil {
+	if d.maps, err = openMapSet(d.state.mapsDir()); errors.Is(err, ErrNoState) {
+		// A map this build added is not pinned yet: the node still runs
+		// an earlier build of this layout.
+		return openMigrated(opts)
+	} else if err != nil {
 		return nil, err
 	}
 	return d, d.openNetworkIDs(false)
@@ -223,12 +228,20 @@ func openMigrated(opts Options) (*Datapath, error) {
 	return d, nil
 }
 
-// openMapSet opens the maps pinned in dir.
-func openMapSet(dir string) (maps, error) {
+// openMapSet opens the maps pinned in dir; any missing is ErrNoState.
+func openMapSet(dir string) (maps, error) { return openMaps(dir, false) }
+
+// openMaps opens the maps pinned in dir. With partial, maps that are not
+// pinned stay nil (an older build's layout lacks the maps added since), but
+// the endpoint records must be there.
+func openMaps(dir string, partial bool) (maps, error) {
 	var m maps
 	for _, p := range m.all() {
 		path := filepath.Join(dir, p.name)
 		mp, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) && partial && p.dst != &m.meta {
+			continue
+		}
 		if errors.Is(err, os.ErrNotExist) {
 			m.close()
 			return maps{}, ErrNoState

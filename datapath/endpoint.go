@@ -149,6 +149,10 @@ func (d *Datapath) writeEntries(meta *program.BpfbridgeEndpointMeta) error {
 			return fmt.Errorf("record owner of %s: %w", ip, err)
 		}
 	}
+	l2 := program.BpfbridgeMacOwner{Ifindex: meta.Ifindex, Network: meta.Ep.Network, Isolation: meta.Ep.Isolation}
+	if err := d.maps.macOwners.Update(macKey(&meta.Ep), &l2, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("record owner of MAC %s: %w", net.HardwareAddr(meta.Ep.Mac[:]), err)
+	}
 	if err := d.maps.endpoints.Update(meta.Ifindex, &meta.Ep, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write endpoint: %w", err)
 	}
@@ -209,10 +213,19 @@ func (d *Datapath) deleteEntries(m *program.BpfbridgeEndpointMeta) error {
 			errs = append(errs, ignoreMissing(d.maps.ipOwners.Delete(program.IPKeyOf(ip))))
 		}
 	}
+	var owner program.BpfbridgeMacOwner
+	if key := macKey(&m.Ep); d.maps.macOwners.Lookup(key, &owner) == nil && owner.Ifindex == m.Ifindex {
+		errs = append(errs, ignoreMissing(d.maps.macOwners.Delete(key)))
+	}
 	errs = append(errs,
 		ignoreMissing(d.maps.endpoints.Delete(m.Ifindex)),
 		ignoreMissing(d.maps.stats.Delete(m.Ifindex)))
 	return errors.Join(errs...)
+}
+
+// macKey is the mac_owners key of an endpoint.
+func macKey(e *program.BpfbridgeEndpoint) program.BpfbridgeMacKey {
+	return program.BpfbridgeMacKey{Mac: e.Mac}
 }
 
 func ignoreMissing(err error) error {
@@ -266,6 +279,10 @@ func (d *Datapath) Check(ep Endpoint) error {
 		if err := d.maps.ipOwners.Lookup(program.IPKeyOf(ip), &owner); err != nil || owner.Ifindex != meta.Ifindex {
 			return fmt.Errorf("address %s is not recorded for ifindex %d", ip, meta.Ifindex)
 		}
+	}
+	var l2 program.BpfbridgeMacOwner
+	if err := d.maps.macOwners.Lookup(macKey(&want), &l2); err != nil || l2.Ifindex != meta.Ifindex {
+		return fmt.Errorf("MAC %s is not recorded for ifindex %d", ep.MAC, meta.Ifindex)
 	}
 	return d.attachedPrograms(&meta)
 }

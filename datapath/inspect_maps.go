@@ -207,6 +207,18 @@ var mapDecoders = map[string]mapDumper{
 			}{v.Ifindex, v.Network},
 		}
 	}),
+	program.BpfbridgeMapMacOwners: dumpEach(func(k *program.BpfbridgeMacKey, v *program.BpfbridgeMacOwner) MapEntry {
+		return MapEntry{
+			Key: struct {
+				MAC MAC `json:"mac"`
+			}{macOf(k.Mac)},
+			Value: struct {
+				Ifindex   uint32    `json:"ifindex"`
+				Network   uint32    `json:"network"`
+				Isolation Isolation `json:"isolation"`
+			}{v.Ifindex, v.Network, Isolation(v.Isolation)},
+		}
+	}),
 	program.BpfbridgeMapEndpointMeta: dumpEach(func(k *program.BpfbridgeEndpointKey, v *program.BpfbridgeEndpointMeta) MapEntry {
 		return MapEntry{Key: struct {
 			SHA256 string `json:"sha256"`

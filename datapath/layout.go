@@ -96,7 +96,7 @@ func (d *Datapath) migrateLayouts() ([]int, error) {
 		if !sameRecords(v) {
 			return moved, fmt.Errorf("maps of layout v%d are pinned in %s: this build (layout v%d) has no conversion from it", v, d.state.layoutDir(v), currentLayout())
 		}
-		old, err := openMapSet(d.state.layoutDir(v))
+		old, err := openMaps(d.state.layoutDir(v), true)
 		if err != nil {
 			return moved, fmt.Errorf("open layout v%d: %w", v, err)
 		}
@@ -131,7 +131,7 @@ func (d *Datapath) copyState(old *maps, dir string) error {
 			continue
 		}
 		var stats []program.BpfbridgeEndpointStats
-		if old.stats.Lookup(meta.Ifindex, &stats) == nil {
+		if old.stats != nil && old.stats.Lookup(meta.Ifindex, &stats) == nil {
 			errs = append(errs, d.maps.stats.Update(meta.Ifindex, stats, ebpf.UpdateAny))
 		}
 		errs = append(errs, d.writeEntries(&meta))
@@ -159,6 +159,9 @@ func (d *Datapath) copyFlows(old *maps) error {
 // exist: they are overwritten (the new maps are fresh at migration, and
 // the control plane rewrites its configuration at every ADD anyway).
 func copyEntries(from, to *ebpf.Map) error {
+	if from == nil {
+		return nil // the old build had no such map
+	}
 	var k, v []byte
 	var errs []error
 	flags := ebpf.UpdateNoExist
@@ -212,7 +215,7 @@ func copyDropTotals(fromDir, toDir string) error {
 func (d *Datapath) finishLayouts(moved []int) error {
 	var errs []error
 	for _, v := range moved {
-		old, err := openMapSet(d.state.layoutDir(v))
+		old, err := openMaps(d.state.layoutDir(v), true)
 		if err == nil {
 			errs = append(errs, d.copyFlows(&old))
 			old.close()

@@ -141,6 +141,11 @@ func (d *Datapath) Upgrade() (int, error) {
 		if program.CString(m.ProgTag[:]) == tag {
 			return
 		}
+		// Maps this build added (mac_owners) learn the endpoint first.
+		if err := d.writeEntries(m); err != nil {
+			errs = append(errs, fmt.Errorf("endpoint %s/%s: %w", program.CString(m.ContainerId[:]), program.CString(m.Ifname[:]), err))
+			return
+		}
 		if err := d.replacePrograms(key, m); err != nil {
 			errs = append(errs, fmt.Errorf("endpoint %s/%s: %w", program.CString(m.ContainerId[:]), program.CString(m.Ifname[:]), err))
 			return

@@ -186,6 +186,20 @@ const (
 	BpfbridgeLayoutLAYOUT_VERSION BpfbridgeLayout = 2
 )
 
+type BpfbridgeMacKey struct {
+	_   structs.HostLayout
+	Mac [6]uint8
+	Pad [2]uint8
+}
+
+type BpfbridgeMacOwner struct {
+	_         structs.HostLayout
+	Ifindex   uint32
+	Network   uint32
+	Isolation uint8
+	Pad       [3]uint8
+}
+
 type BpfbridgeNatConfig struct {
 	_                  structs.HostLayout
 	PortMin            uint16
@@ -278,6 +292,7 @@ const (
 	BpfbridgeMapEndpoints         = "endpoints"
 	BpfbridgeMapEventBudget       = "event_budget"
 	BpfbridgeMapIpOwners          = "ip_owners"
+	BpfbridgeMapMacOwners         = "mac_owners"
 	BpfbridgeMapNatConfig         = "nat_config"
 	BpfbridgeMapNatExclude        = "nat_exclude"
 	BpfbridgeMapNatIn             = "nat_in"
@@ -352,6 +367,7 @@ type BpfbridgeMapSpecs struct {
 	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
 	EventBudget   *ebpf.MapSpec `ebpf:"event_budget"`
 	IpOwners      *ebpf.MapSpec `ebpf:"ip_owners"`
+	MacOwners     *ebpf.MapSpec `ebpf:"mac_owners"`
 	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
 	NatExclude    *ebpf.MapSpec `ebpf:"nat_exclude"`
 	NatIn         *ebpf.MapSpec `ebpf:"nat_in"`
@@ -396,6 +412,7 @@ type BpfbridgeMaps struct {
 	Endpoints     *ebpf.Map `ebpf:"endpoints"`
 	EventBudget   *ebpf.Map `ebpf:"event_budget"`
 	IpOwners      *ebpf.Map `ebpf:"ip_owners"`
+	MacOwners     *ebpf.Map `ebpf:"mac_owners"`
 	NatConfig     *ebpf.Map `ebpf:"nat_config"`
 	NatExclude    *ebpf.Map `ebpf:"nat_exclude"`
 	NatIn         *ebpf.Map `ebpf:"nat_in"`
@@ -414,6 +431,7 @@ func (m *BpfbridgeMaps) Close() error {
 		m.Endpoints,
 		m.EventBudget,
 		m.IpOwners,
+		m.MacOwners,
 		m.NatConfig,
 		m.NatExclude,
 		m.NatIn,

@@ -203,6 +203,10 @@ func (e *env) putEndpoint(t testing.TB, ep *testEndpoint) {
 			t.Fatal(err)
 		}
 	}
+	owner := program.BpfbridgeMacOwner{Ifindex: ep.ifindex, Network: ep.network, Isolation: uint8(ep.isolation)}
+	if err := e.objs.MacOwners.Put(program.BpfbridgeMacKey{Mac: [6]uint8(ep.mac)}, owner); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (e *env) setIsolation(t testing.TB, ep *testEndpoint, mode program.BpfbridgeIsolationMode) {

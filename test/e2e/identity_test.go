@@ -39,11 +39,11 @@ func collidingNames(t *testing.T) (string, string) {
 }
 
 // l2Conf is an L2-only network (no gateway) in 10.180.0.0/24 with the
-// address range [start, end] and network isolation.
-func l2Conf(name, bridge, start, end, dataDir string) string {
-	return fmt.Sprintf(`{"cniVersion": "1.1.0", "name": %q, "type": "bridge", "bridge": %q, "isolation": "network",
+// address range [start, end] and the isolation mode.
+func l2Conf(name, bridge, isolation, start, end, dataDir string) string {
+	return fmt.Sprintf(`{"cniVersion": "1.1.0", "name": %q, "type": "bridge", "bridge": %q, "isolation": %q,
 		"ipam": {"type": "host-local", "dataDir": %q,
-			"ranges": [[{"subnet": "10.180.0.0/24", "rangeStart": %q, "rangeEnd": %q}]]}}`, name, bridge, dataDir, start, end)
+			"ranges": [[{"subnet": "10.180.0.0/24", "rangeStart": %q, "rangeEnd": %q}]]}}`, name, bridge, isolation, dataDir, start, end)
 }
 
 // TestCollidingNetworkNamesAreIsolated: two networks on one bridge whose
@@ -52,8 +52,8 @@ func TestCollidingNetworkNamesAreIsolated(t *testing.T) {
 	first, second := collidingNames(t)
 	sb := sandbox.ForTest(t)
 	// One bridge, one L2 segment: only isolation keeps the two apart.
-	n1 := newNetwork(t, sb, l2Conf(first, "br-coll", "10.180.0.10", "10.180.0.19", t.TempDir()), bins.PluginDir())
-	n2 := newNetwork(t, sb, l2Conf(second, "br-coll", "10.180.0.20", "10.180.0.29", t.TempDir()), bins.PluginDir())
+	n1 := newNetwork(t, sb, l2Conf(first, "br-coll", "network", "10.180.0.10", "10.180.0.19", t.TempDir()), bins.PluginDir())
+	n2 := newNetwork(t, sb, l2Conf(second, "br-coll", "network", "10.180.0.20", "10.180.0.29", t.TempDir()), bins.PluginDir())
 	c1, c2, c3 := n1.attach("col1"), n2.attach("col2"), n1.attach("col3")
 	if !reaches(c1.ns, c3.ip) {
 		t.Fatalf("%s cannot reach %s of its own network", c1.id, c3.id)

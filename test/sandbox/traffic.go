@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -47,8 +48,14 @@ func Ping(n *NetNS, dst netip.Addr, count int, timeout time.Duration) (received 
 		network, laddr, proto = "ip6:ipv6-icmp", "::", 58
 		request, reply = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply
 	}
-	var c *icmp.PacketConn
+	var (
+		c    *icmp.PacketConn
+		zone string
+	)
 	err = n.Do(func() (err error) {
+		if zone, err = ZoneIndex(dst.Zone()); err != nil {
+			return err
+		}
 		c, err = icmp.ListenPacket(network, laddr)
 		return err
 	})
@@ -60,7 +67,7 @@ func Ping(n *NetNS, dst netip.Addr, count int, timeout time.Duration) (received 
 	// A raw socket sees every ICMP message of the namespace, including the
 	// replies to concurrent Pings, so replies are matched on a random ID.
 	id := rand.IntN(1 << 16)
-	peer := &net.IPAddr{IP: dst.AsSlice(), Zone: dst.Zone()}
+	peer := &net.IPAddr{IP: dst.AsSlice(), Zone: zone}
 	buf := make([]byte, 1500)
 	for seq := 1; seq <= count; seq++ {
 		msg := icmp.Message{Type: request, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("bpfbridge sandbox")}}
@@ -82,6 +89,21 @@ func Ping(n *NetNS, dst netip.Addr, count int, timeout time.Duration) (received 
 		}
 	}
 	return received, nil
+}
+
+// ZoneIndex is the zone of a scoped IPv6 address (an interface name) as the
+// interface's index, looked up in the calling thread's namespace. Go looks
+// names up on whatever thread sends, which need not be in the namespace
+// whose interface the address names.
+func ZoneIndex(zone string) (string, error) {
+	if zone == "" {
+		return "", nil
+	}
+	ifc, err := net.InterfaceByName(zone)
+	if err != nil {
+		return "", err
+	}
+	return strconv.Itoa(ifc.Index), nil
 }
 
 // awaitEchoReply reads from c until the echo reply (id, seq) from peer
