@@ -42,7 +42,9 @@ const (
 )
 
 func TestIsolationAtL2(t *testing.T) {
-	type modes struct{ a, b, c program.BpfbridgeIsolationMode }
+	type modes struct {
+		a, b, c program.BpfbridgeIsolationMode
+	}
 	cases := []struct {
 		name  string
 		modes modes
