@@ -42,17 +42,22 @@ func NewMountNS() (*MountNS, error) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if out, err := exec.Command("nsenter", "--target", m.pid(), "--mount", "--",
-		"mount", "-t", "bpf", "bpf", "/sys/fs/bpf").CombinedOutput(); err != nil {
+	if out, err := m.Run("mount", "-t", "bpf", "bpf", "/sys/fs/bpf"); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("sandbox: mount a bpffs in the mount namespace: %v: %s", err, out)
 	}
 	return m, nil
 }
 
-func (m *MountNS) pid() string { return strconv.Itoa(m.holder.Process.Pid) }
+// Pid is the process holding the namespace, for nsenter --target.
+func (m *MountNS) Pid() string { return strconv.Itoa(m.holder.Process.Pid) }
 
-func (m *MountNS) path(rel string) string { return filepath.Join("/proc", m.pid(), rel) }
+// Run runs a command inside the namespace and returns its output.
+func (m *MountNS) Run(name string, args ...string) ([]byte, error) {
+	return exec.Command("nsenter", append([]string{"--target", m.Pid(), "--mount", "--", name}, args...)...).CombinedOutput()
+}
+
+func (m *MountNS) path(rel string) string { return filepath.Join("/proc", m.Pid(), rel) }
 
 // Path is path as seen inside the namespace.
 func (m *MountNS) Path(path string) string { return m.path(filepath.Join("root", path)) }
@@ -62,7 +67,7 @@ func (m *MountNS) Path(path string) string { return m.path(filepath.Join("root",
 // namespace, environment and standard input), and returns dir.
 func (m *MountNS) WrapPlugins(dir string, programs ...string) (string, error) {
 	for _, p := range programs {
-		script := fmt.Sprintf("#!/bin/sh\nexec nsenter --target %s --mount -- %q \"$@\"\n", m.pid(), p)
+		script := fmt.Sprintf("#!/bin/sh\nexec nsenter --target %s --mount -- %q \"$@\"\n", m.Pid(), p)
 		if err := os.WriteFile(filepath.Join(dir, filepath.Base(p)), []byte(script), 0o755); err != nil {
 			return "", err
 		}
