@@ -206,20 +206,78 @@ func (d *Datapath) deleteEntries(m *program.BpfbridgeEndpointMeta) error {
 	case current != m.Ep:
 		return nil // the ifindex belongs to another endpoint now
 	}
-	var errs []error
+	var (
+		errs     []error
+		released []netip.Addr
+	)
 	for _, ip := range m.Ep.IPs() {
 		var owner program.BpfbridgeIpOwner
 		if d.maps.ipOwners.Lookup(program.IPKeyOf(ip), &owner) == nil && owner.Ifindex == m.Ifindex {
 			errs = append(errs, ignoreMissing(d.maps.ipOwners.Delete(program.IPKeyOf(ip))))
+			released = append(released, ip)
 		}
 	}
 	var owner program.BpfbridgeMacOwner
+	releasedMAC := false
 	if key := macKey(&m.Ep); d.maps.macOwners.Lookup(key, &owner) == nil && owner.Ifindex == m.Ifindex {
 		errs = append(errs, ignoreMissing(d.maps.macOwners.Delete(key)))
+		releasedMAC = true
 	}
 	errs = append(errs,
 		ignoreMissing(d.maps.endpoints.Delete(m.Ifindex)),
 		ignoreMissing(d.maps.stats.Delete(m.Ifindex)))
+	if len(released) > 0 || releasedMAC {
+		errs = append(errs, d.restoreOwners(released, releasedMAC, m.Ep.Mac))
+	}
+	return errors.Join(errs...)
+}
+
+// restoreOwners hands the addresses (and, with mac, the MAC) a removed
+// endpoint owned to another endpoint that holds them too: the owner maps
+// keep one endpoint per key, the one attached last, and L2-only networks
+// with overlapping subnets (or a MAC configured twice) have several. One
+// batched read of the endpoints; nothing to do in the common case but that
+// read.
+func (d *Datapath) restoreOwners(ips []netip.Addr, mac bool, hw [6]uint8) error {
+	wanted := map[netip.Addr]bool{}
+	for _, ip := range ips {
+		wanted[ip] = true
+	}
+	var (
+		cursor ebpf.MapBatchCursor
+		keys   = make([]uint32, 256)
+		values = make([]program.BpfbridgeEndpoint, 256)
+		errs   []error
+	)
+	for {
+		n, err := d.maps.endpoints.BatchLookup(&cursor, keys, values, nil)
+		for i := range n {
+			ep := &values[i]
+			for _, ip := range ep.IPs() {
+				if wanted[ip] {
+					owner := program.BpfbridgeIpOwner{Ifindex: keys[i], Network: ep.Network}
+					errs = append(errs, d.maps.ipOwners.Update(program.IPKeyOf(ip), &owner, ebpf.UpdateNoExist))
+					delete(wanted, ip)
+				}
+			}
+			if mac && ep.Mac == hw {
+				owner := program.BpfbridgeMacOwner{Ifindex: keys[i], Network: ep.Network, Isolation: ep.Isolation}
+				errs = append(errs, d.maps.macOwners.Update(macKey(ep), &owner, ebpf.UpdateNoExist))
+				mac = false
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	for i, err := range errs {
+		if errors.Is(err, ebpf.ErrKeyExist) {
+			errs[i] = nil // an ADD meanwhile took it
+		}
+	}
 	return errors.Join(errs...)
 }
 

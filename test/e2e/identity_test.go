@@ -272,3 +272,35 @@ func TestNodesShareDefaultBPFFS(t *testing.T) {
 		n.assertStoreEmpty()
 	}
 }
+
+// TestOverlappingL2Networks: two L2-only networks with the same subnet on
+// different bridges hand out the same addresses; traffic inside each is
+// decided by who its endpoints are, not by which of the two holders of an
+// address was recorded last, before and after one holder's DEL.
+func TestOverlappingL2Networks(t *testing.T) {
+	sb := sandbox.ForTest(t)
+	conf := func(name string) string {
+		return fmt.Sprintf(`{"cniVersion": "1.1.0", "name": %q, "type": "bridge", "bridge": "br-%s", "isolation": "network",
+			"ipam": {"type": "host-local", "subnet": "10.192.0.0/24", "dataDir": %q}}`, name, name, t.TempDir())
+	}
+	na, nb := newNetwork(t, sb, conf("ova"), bins.PluginDir()), newNetwork(t, sb, conf("ovb"), bins.PluginDir())
+	a0, a1 := na.attach("ova0"), na.attach("ova1")
+	b0, b1 := nb.attach("ovb0"), nb.attach("ovb1")
+	if a0.ip != b0.ip || a1.ip != b1.ip {
+		t.Fatalf("the networks' addresses differ (%s %s, %s %s): the test needs them equal", a0.ip, a1.ip, b0.ip, b1.ip)
+	}
+	for _, p := range [][2]container{{a0, a1}, {a1, a0}, {b0, b1}, {b1, b0}} {
+		if !reaches(p[0].ns, p[1].ip) {
+			t.Errorf("%s cannot reach %s of its own network", p[0].id, p[1].id)
+		}
+	}
+	if err := nb.del(b1.ns, b1.id, "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if !reaches(a0.ns, a1.ip) || !reaches(a1.ns, a0.ip) {
+		t.Errorf("%s and %s lost each other when the other network's holder of %s left", a0.id, a1.id, a1.ip)
+	}
+	if err := na.check(a1.ns, a1.id, "eth0"); err != nil {
+		t.Errorf("CHECK of %s after the other network's holder of its address left: %v", a1.id, err)
+	}
+}
