@@ -32,9 +32,10 @@ deps:
 
 ## test: every test, unit and end to end (root: they create network namespaces); the
 ## end-to-end suite runs again with programs attached as tcx links instead of cls_bpf filters
+## and without the fast path between containers
 test: require-root deps build tools
 	$(GO) test $(TEST_FLAGS) ./...
-	BPFBRIDGE_ATTACH=tcx $(GO) test $(TEST_FLAGS) ./test/e2e
+	BPFBRIDGE_ATTACH=tcx BPFBRIDGE_FASTPATH=false $(GO) test $(TEST_FLAGS) ./test/e2e
 
 ## generate: rebuild the bpf2go files in datapath/program from bpf/ with the pinned clang
 generate:

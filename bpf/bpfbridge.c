@@ -5,7 +5,9 @@
  *
  *   from_container  tc ingress of the host veth: what the container sends.
  *                   Anti-spoofing (MAC, IPv4, IPv6, ARP, NDP), then
- *                   isolation by destination.
+ *                   isolation by destination; unicast to an endpoint on
+ *                   the same bridge is delivered past the bridge
+ *                   (fastpath.h).
  *   to_container    tc egress of the host veth: what is delivered to the
  *                   container. Isolation by source, in the receiver's mode.
  *   uplink_egress   tc egress of an uplink: source NAT of what masqueraded
@@ -29,6 +31,7 @@
 #include "conntrack.h"
 #include "drop.h"
 #include "endpoint.h"
+#include "fastpath.h"
 #include "icmp_error.h"
 #include "isolation.h"
 #include "nat.h"
@@ -112,10 +115,11 @@ static __always_inline __u8 from_container_policy(struct __sk_buff *skb, const s
 	}
 }
 
-/* The policy for a frame delivered to a container. Only isolation: what
- * reaches the bridge was already checked on its way in, by from_container
- * for containers and by the host for everything else. */
-static __always_inline __u8 to_container_policy(struct __sk_buff *skb, const struct endpoint *ep,
+/* The policy for a frame delivered to the container of the host veth
+ * ifindex. Only isolation: what reaches the bridge was already checked on
+ * its way in, by from_container for containers and by the host for
+ * everything else. */
+static __always_inline __u8 to_container_policy(__u32 ifindex, const struct endpoint *ep,
 						const struct pkt *pkt, __u8 parsed)
 {
 	if (pkt->flags & PKT_F_TAGGED)
@@ -127,11 +131,34 @@ static __always_inline __u8 to_container_policy(struct __sk_buff *skb, const str
 		 * the receiving stack would discard the packet anyway. */
 		if (parsed != DROP_NONE)
 			return parsed;
-		return isolation_check(ep, pkt, pkt->src_mac, &pkt->saddr, skb->ifindex, DIR_TO_CONTAINER);
+		return isolation_check(ep, pkt, pkt->src_mac, &pkt->saddr, ifindex, DIR_TO_CONTAINER);
 	default:
 		/* ARP and everything else: never isolated. */
 		return DROP_NONE;
 	}
+}
+
+/* Deliver a frame by the fast path to the container behind the host veth
+ * peer: what that veth's to_container would have done, its policy and
+ * counters, then straight into the container (fastpath.h). A receiver
+ * without an endpoint entry (being removed) takes the bridge instead. */
+static __always_inline int fast_path_deliver(struct __sk_buff *skb, __u32 peer, const struct pkt *pkt,
+					     __u32 len)
+{
+	struct endpoint_stats *st;
+	struct endpoint *rcv;
+	__u8 reason;
+
+	rcv = bpf_map_lookup_elem(&endpoints, &peer);
+	if (!rcv || !(rcv->flags & EP_F_FAST_PATH))
+		return VERDICT_PASS;
+	st = stats_get(peer);
+	reason = to_container_policy(peer, rcv, pkt, DROP_NONE);
+	if (reason != DROP_NONE)
+		return drop_packet_for(peer, st, pkt, reason, DIR_TO_CONTAINER);
+	stats_count_to(st, len);
+	fast_path_count(skb->ifindex);
+	return bpf_redirect_peer(peer, 0);
 }
 
 /* The verdict for a frame on a host veth, in direction dir: the endpoint
@@ -144,6 +171,7 @@ static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 di
 	struct endpoint *ep;
 	struct pkt pkt = {};
 	__u8 parsed, reason;
+	__u32 peer;
 
 	/* Parse first so that even a no-endpoint drop reports the packet. */
 	parsed = parse_packet(skb, &pkt);
@@ -159,12 +187,14 @@ static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 di
 		stats_count_from(st, len);
 		reason = from_container_policy(skb, ep, &pkt, parsed);
 	} else {
-		reason = to_container_policy(skb, ep, &pkt, parsed);
+		reason = to_container_policy(ifindex, ep, &pkt, parsed);
 	}
 	if (reason != DROP_NONE)
 		return drop_packet(skb, st, &pkt, reason, dir);
 	if (dir == DIR_TO_CONTAINER)
 		stats_count_to(st, len);
+	else if ((peer = fast_path_peer(ep, &pkt, ifindex)))
+		return fast_path_deliver(skb, peer, &pkt, len);
 	return VERDICT_PASS;
 }
 

@@ -45,6 +45,7 @@ enum __attribute__((packed)) isolation_mode {
 /* endpoint.flags */
 enum __attribute__((packed)) endpoint_flags {
 	EP_F_TAGGED_OK = 1 << 0, /* VLAN trunk port: 802.1Q/802.1ad frames pass */
+	EP_F_FAST_PATH = 1 << 1, /* frames to endpoints on its bridge may skip it (fastpath.h) */
 };
 
 /* What a container may send as, and how it is isolated. */
@@ -120,6 +121,7 @@ struct mac_owner {
 	__u32 network;
 	__u8 isolation; /* enum isolation_mode of the endpoint */
 	__u8 pad[3];
+	__u32 bridge;   /* ifindex of the bridge the veth is a port of; 0: not known */
 };
 
 struct {

@@ -84,7 +84,7 @@ static __noinline void drop_event_fill(struct drop_event *e, const struct pkt *p
 }
 
 /* Report a drop on the ring buffer, within this CPU's budget. */
-static __always_inline void drop_event_emit(struct __sk_buff *skb, const struct pkt *pkt,
+static __always_inline void drop_event_emit(__u32 ifindex, const struct pkt *pkt,
 					    __u8 reason, __u8 direction)
 {
 	struct event_budget *b;
@@ -100,15 +100,17 @@ static __always_inline void drop_event_emit(struct __sk_buff *skb, const struct 
 		b->suppressed++;
 		return;
 	}
-	drop_event_fill(e, pkt, skb->ifindex, reason, direction);
+	drop_event_fill(e, pkt, ifindex, reason, direction);
 	bpf_ringbuf_submit(e, 0);
 }
 
-/* The one way to drop a packet. st is the endpoint's counters, NULL when the
- * veth has no endpoint (DROP_NO_ENDPOINT) or its stats entry could not be
- * created; the total is counted regardless. */
-static __always_inline int drop_packet(struct __sk_buff *skb, struct endpoint_stats *st,
-				       const struct pkt *pkt, __u8 reason, __u8 direction)
+/* The one way to drop a packet, on behalf of the veth ifindex (the one the
+ * program runs on, or the receiver's when the fast path decides for it). st
+ * is the endpoint's counters, NULL when the veth has no endpoint
+ * (DROP_NO_ENDPOINT) or its stats entry could not be created; the total is
+ * counted regardless. */
+static __always_inline int drop_packet_for(__u32 ifindex, struct endpoint_stats *st,
+					   const struct pkt *pkt, __u8 reason, __u8 direction)
 {
 	/* A bounded index keeps the verifier happy and a bad reason visible
 	 * as something rather than nothing. */
@@ -117,6 +119,13 @@ static __always_inline int drop_packet(struct __sk_buff *skb, struct endpoint_st
 	if (st)
 		st->drops[reason]++;
 	drop_count_total(reason);
-	drop_event_emit(skb, pkt, reason, direction);
+	drop_event_emit(ifindex, pkt, reason, direction);
 	return VERDICT_DROP;
+}
+
+/* drop_packet_for the veth the program runs on. */
+static __always_inline int drop_packet(struct __sk_buff *skb, struct endpoint_stats *st,
+				       const struct pkt *pkt, __u8 reason, __u8 direction)
+{
+	return drop_packet_for(skb->ifindex, st, pkt, reason, direction);
 }

@@ -235,6 +235,16 @@ func (d *Datapath) markVeth(m *program.BpfbridgeEndpointMeta) error {
 	return nil
 }
 
+// bridgeOf is the ifindex of the bridge the veth ifindex is a port of, 0
+// when there is none (or no such veth any more).
+func bridgeOf(ifindex uint32) int {
+	l, err := netlink.LinkByIndex(int(ifindex))
+	if err != nil {
+		return 0
+	}
+	return l.Attrs().MasterIndex
+}
+
 // deleteVeth deletes the endpoint's host veth, and with it the container's
 // end, if it still exists.
 func (d *Datapath) deleteVeth(m *program.BpfbridgeEndpointMeta) error {

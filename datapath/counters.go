@@ -75,6 +75,9 @@ type Counters struct {
 	Drops         Drops `json:"drops"`
 	// DropsTotal is Drops.Total(), for JSON consumers.
 	DropsTotal uint64 `json:"drops_total"`
+	// FastPath counts what the container sent by the fast path, past
+	// the bridge (part of FromContainer).
+	FastPathPackets uint64 `json:"fast_path_packets"`
 }
 
 // countersOfStats sums an endpoint_stats entry's per-CPU values.
@@ -108,5 +111,12 @@ func (d *Datapath) countersOf(ifindex uint32) (Counters, error) {
 	if err != nil {
 		return Counters{}, err
 	}
-	return countersOfStats(perCPU), nil
+	c := countersOfStats(perCPU)
+	var fast []uint64
+	if err := d.maps.fastPath.Lookup(ifindex, &fast); err == nil {
+		c.FastPathPackets = program.SumUint64(fast)
+	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return c, err
+	}
+	return c, nil
 }

@@ -118,6 +118,7 @@ type maps struct {
 	macOwners *ebpf.Map // MAC → owning endpoint
 	meta      *ebpf.Map // endpoint key → control-plane record
 	stats     *ebpf.Map // ifindex → per-CPU counters
+	fastPath  *ebpf.Map // ifindex → per-CPU packets sent by the fast path
 
 	// Masquerade (see masquerade.go).
 	natConfig   *ebpf.Map // [0] → ports and timeouts
@@ -139,7 +140,7 @@ type pin[T any] struct {
 func (m *maps) all() []pin[ebpf.Map] {
 	return []pin[ebpf.Map]{
 		{"endpoints", &m.endpoints}, {"ip_owners", &m.ipOwners}, {"mac_owners", &m.macOwners},
-		{"endpoint_meta", &m.meta}, {"endpoint_stats", &m.stats},
+		{"endpoint_meta", &m.meta}, {"endpoint_stats", &m.stats}, {"fast_path_stats", &m.fastPath},
 		{"nat_config", &m.natConfig}, {"nat_uplinks", &m.natUplinks},
 		{"nat_networks", &m.natNetworks}, {"nat_exclude", &m.natExclude},
 		{"nat_out", &m.natOut}, {"nat_in", &m.natIn},

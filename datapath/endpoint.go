@@ -67,6 +67,10 @@ type Endpoint struct {
 	Isolation   Isolation    `json:"isolation"`
 	// TaggedOK lets VLAN-tagged frames through (the port is a VLAN trunk).
 	TaggedOK bool `json:"vlan_trunk"`
+	// FastPath lets unicast to endpoints on its bridge skip the bridge
+	// (bpf/fastpath.h); Bridge is the bridge's ifindex.
+	FastPath bool `json:"fast_path"`
+	Bridge   int  `json:"-"`
 }
 
 // entry is the endpoint's struct endpoint, in the network with id network.
@@ -74,6 +78,9 @@ func (ep *Endpoint) entry(network uint32) (program.BpfbridgeEndpoint, error) {
 	e := program.BpfbridgeEndpoint{Isolation: uint8(ep.Isolation), Network: network}
 	if ep.TaggedOK {
 		e.Flags |= uint8(program.BpfbridgeEndpointFlagsEP_F_TAGGED_OK)
+	}
+	if ep.FastPath {
+		e.Flags |= uint8(program.BpfbridgeEndpointFlagsEP_F_FAST_PATH)
 	}
 	return e, e.SetAddrs(net.HardwareAddr(ep.MAC), ep.IPs)
 }
@@ -125,7 +132,10 @@ func (d *Datapath) Attach(ep Endpoint) (err error) {
 	if err := d.maps.stats.Update(meta.Ifindex, zero, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("reset counters: %w", err)
 	}
-	if err := d.writeEntries(&meta); err != nil {
+	if err := ignoreMissing(d.maps.fastPath.Delete(meta.Ifindex)); err != nil {
+		return fmt.Errorf("reset counters: %w", err)
+	}
+	if err := d.writeEntries(&meta, ep.Bridge); err != nil {
 		return err
 	}
 	mode, err := d.attach(key, ep.HostIfindex)
@@ -142,14 +152,14 @@ func (d *Datapath) Attach(ep Endpoint) (err error) {
 // writeEntries writes what the programs read about the recorded endpoint:
 // its addresses' owners, then its endpoint entry. Entries before programs:
 // a packet must never meet a program that does not know its endpoint.
-func (d *Datapath) writeEntries(meta *program.BpfbridgeEndpointMeta) error {
+func (d *Datapath) writeEntries(meta *program.BpfbridgeEndpointMeta, bridge int) error {
 	owner := program.BpfbridgeIpOwner{Ifindex: meta.Ifindex, Network: meta.Ep.Network}
 	for _, ip := range meta.Ep.IPs() {
 		if err := d.maps.ipOwners.Update(program.IPKeyOf(ip), &owner, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("record owner of %s: %w", ip, err)
 		}
 	}
-	l2 := program.BpfbridgeMacOwner{Ifindex: meta.Ifindex, Network: meta.Ep.Network, Isolation: meta.Ep.Isolation}
+	l2 := program.BpfbridgeMacOwner{Ifindex: meta.Ifindex, Network: meta.Ep.Network, Isolation: meta.Ep.Isolation, Bridge: uint32(bridge)}
 	if err := d.maps.macOwners.Update(macKey(&meta.Ep), &l2, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("record owner of MAC %s: %w", net.HardwareAddr(meta.Ep.Mac[:]), err)
 	}
@@ -225,7 +235,8 @@ func (d *Datapath) deleteEntries(m *program.BpfbridgeEndpointMeta) error {
 	}
 	errs = append(errs,
 		ignoreMissing(d.maps.endpoints.Delete(m.Ifindex)),
-		ignoreMissing(d.maps.stats.Delete(m.Ifindex)))
+		ignoreMissing(d.maps.stats.Delete(m.Ifindex)),
+		ignoreMissing(d.maps.fastPath.Delete(m.Ifindex)))
 	if len(released) > 0 || releasedMAC {
 		errs = append(errs, d.restoreOwners(released, releasedMAC, m.Ep.Mac))
 	}
@@ -261,7 +272,8 @@ func (d *Datapath) restoreOwners(ips []netip.Addr, mac bool, hw [6]uint8) error 
 				}
 			}
 			if mac && ep.Mac == hw {
-				owner := program.BpfbridgeMacOwner{Ifindex: keys[i], Network: ep.Network, Isolation: ep.Isolation}
+				owner := program.BpfbridgeMacOwner{Ifindex: keys[i], Network: ep.Network, Isolation: ep.Isolation,
+					Bridge: uint32(bridgeOf(keys[i]))}
 				errs = append(errs, d.maps.macOwners.Update(macKey(ep), &owner, ebpf.UpdateNoExist))
 				mac = false
 			}
@@ -329,6 +341,11 @@ func (d *Datapath) Check(ep Endpoint) error {
 	if err := d.maps.endpoints.Lookup(meta.Ifindex, &have); err != nil {
 		return fmt.Errorf("no endpoint entry for ifindex %d: %w", meta.Ifindex, err)
 	}
+	// The fast path flag is no policy (a frame that takes it meets both
+	// endpoints' policies all the same), and endpoints of earlier builds
+	// lack it.
+	fast := uint8(program.BpfbridgeEndpointFlagsEP_F_FAST_PATH)
+	have.Flags, want.Flags = have.Flags&^fast, want.Flags&^fast
 	if have != want {
 		return fmt.Errorf("endpoint entry of ifindex %d differs from the attachment (MAC, addresses or isolation)", meta.Ifindex)
 	}

@@ -83,6 +83,7 @@ func (d *Datapath) record(m *program.BpfbridgeEndpointMeta) (EndpointRecord, err
 			IPs:         m.Ep.IPs(),
 			Isolation:   Isolation(m.Ep.Isolation),
 			TaggedOK:    m.Ep.Flags&uint8(program.BpfbridgeEndpointFlagsEP_F_TAGGED_OK) != 0,
+			FastPath:    m.Ep.Flags&uint8(program.BpfbridgeEndpointFlagsEP_F_FAST_PATH) != 0,
 		},
 		Attach:  AttachMode(m.Attach),
 		ProgTag: n.ProgTag,

@@ -244,6 +244,14 @@ var mapDecoders = map[string]mapDumper{
 			}{*v}
 		},
 		func(sum *uint64, v *uint64) { *sum += *v }),
+	program.BpfbridgeMapFastPathStats: dumpEachPerCPU(
+		func(k *uint32) any { return ifindexKey{*k} },
+		func(v *uint64) any {
+			return struct {
+				Packets uint64 `json:"packets"`
+			}{*v}
+		},
+		func(sum *uint64, v *uint64) { *sum += *v }),
 	program.BpfbridgeMapEventBudget: dumpEachPerCPU(
 		func(k *uint32) any { return indexKey{*k} },
 		func(v *program.BpfbridgeEventBudget) any {

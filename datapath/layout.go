@@ -134,7 +134,7 @@ func (d *Datapath) copyState(old *maps, dir string) error {
 		if old.stats != nil && old.stats.Lookup(meta.Ifindex, &stats) == nil {
 			errs = append(errs, d.maps.stats.Update(meta.Ifindex, stats, ebpf.UpdateAny))
 		}
-		errs = append(errs, d.writeEntries(&meta))
+		errs = append(errs, d.writeEntries(&meta, bridgeOf(meta.Ifindex)))
 	}
 	errs = append(errs, it.Err())
 	for _, m := range []struct{ from, to *ebpf.Map }{

@@ -142,7 +142,7 @@ func (d *Datapath) Upgrade() (int, error) {
 			return
 		}
 		// Maps this build added (mac_owners) learn the endpoint first.
-		if err := d.writeEntries(m); err != nil {
+		if err := d.writeEntries(m, bridgeOf(m.Ifindex)); err != nil {
 			errs = append(errs, fmt.Errorf("endpoint %s/%s: %w", program.CString(m.ContainerId[:]), program.CString(m.Ifname[:]), err))
 			return
 		}

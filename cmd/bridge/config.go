@@ -90,6 +90,9 @@ type NetConf struct {
 	Datapath struct {
 		BPFFS  string `json:"bpffs"`
 		Attach string `json:"attach"`
+		// FastPath: unicast between endpoints of one bridge skips the
+		// bridge (default true).
+		FastPath *bool `json:"fastPath"`
 	} `json:"datapath"`
 
 	// Args holds args.cni.mac; other keys (Mesos sends

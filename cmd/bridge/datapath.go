@@ -19,9 +19,22 @@ import (
 // out: configs such as DC/OS's cannot change, and tests run the same
 // configs in both attach modes.
 const (
-	envBPFFS  = "BPFBRIDGE_BPFFS"
-	envAttach = "BPFBRIDGE_ATTACH"
+	envBPFFS    = "BPFBRIDGE_BPFFS"
+	envAttach   = "BPFBRIDGE_ATTACH"
+	envFastPath = "BPFBRIDGE_FASTPATH"
 )
+
+// fastPath reports whether the network's endpoints take the fast path
+// between them (bpf/fastpath.h): the config key, else the environment
+// ("false" turns it off), else on; never for ports the bridge must see,
+// with VLANs or port isolation.
+func (c *NetConf) fastPath() bool {
+	on := os.Getenv(envFastPath) != "false"
+	if c.Datapath.FastPath != nil {
+		on = *c.Datapath.FastPath
+	}
+	return on && c.Vlan == 0 && len(c.trunk) == 0 && !c.PortIsolation
+}
 
 // datapathOptions locates the node's eBPF datapath: config keys first,
 // then the environment, then the defaults.
@@ -81,6 +94,8 @@ func endpointOf(conf *NetConf, args *skel.CmdArgs, hostVeth netlink.Link, mac st
 		MAC:         datapath.MAC(hw),
 		Isolation:   conf.isolation(),
 		TaggedOK:    len(conf.trunk) > 0,
+		FastPath:    conf.fastPath(),
+		Bridge:      hostVeth.Attrs().MasterIndex,
 	}
 	for _, ipc := range ips {
 		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok {

@@ -108,6 +108,7 @@ type BpfbridgeEndpointFlags uint8
 
 const (
 	BpfbridgeEndpointFlagsEP_F_TAGGED_OK BpfbridgeEndpointFlags = 1
+	BpfbridgeEndpointFlagsEP_F_FAST_PATH BpfbridgeEndpointFlags = 2
 )
 
 type BpfbridgeEndpointKey struct {
@@ -198,6 +199,7 @@ type BpfbridgeMacOwner struct {
 	Network   uint32
 	Isolation uint8
 	Pad       [3]uint8
+	Bridge    uint32
 }
 
 type BpfbridgeNatConfig struct {
@@ -291,6 +293,7 @@ const (
 	BpfbridgeMapEndpointStats     = "endpoint_stats"
 	BpfbridgeMapEndpoints         = "endpoints"
 	BpfbridgeMapEventBudget       = "event_budget"
+	BpfbridgeMapFastPathStats     = "fast_path_stats"
 	BpfbridgeMapIpOwners          = "ip_owners"
 	BpfbridgeMapMacOwners         = "mac_owners"
 	BpfbridgeMapNatConfig         = "nat_config"
@@ -366,6 +369,7 @@ type BpfbridgeMapSpecs struct {
 	EndpointStats *ebpf.MapSpec `ebpf:"endpoint_stats"`
 	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
 	EventBudget   *ebpf.MapSpec `ebpf:"event_budget"`
+	FastPathStats *ebpf.MapSpec `ebpf:"fast_path_stats"`
 	IpOwners      *ebpf.MapSpec `ebpf:"ip_owners"`
 	MacOwners     *ebpf.MapSpec `ebpf:"mac_owners"`
 	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
@@ -411,6 +415,7 @@ type BpfbridgeMaps struct {
 	EndpointStats *ebpf.Map `ebpf:"endpoint_stats"`
 	Endpoints     *ebpf.Map `ebpf:"endpoints"`
 	EventBudget   *ebpf.Map `ebpf:"event_budget"`
+	FastPathStats *ebpf.Map `ebpf:"fast_path_stats"`
 	IpOwners      *ebpf.Map `ebpf:"ip_owners"`
 	MacOwners     *ebpf.Map `ebpf:"mac_owners"`
 	NatConfig     *ebpf.Map `ebpf:"nat_config"`
@@ -430,6 +435,7 @@ func (m *BpfbridgeMaps) Close() error {
 		m.EndpointStats,
 		m.Endpoints,
 		m.EventBudget,
+		m.FastPathStats,
 		m.IpOwners,
 		m.MacOwners,
 		m.NatConfig,

@@ -55,6 +55,7 @@ type testEndpoint struct {
 	flags     program.BpfbridgeEndpointFlags
 	ipv4      []netip.Addr
 	ipv6      []netip.Addr
+	bridge    uint32 // ifindex of its bridge, for the fast path; 0: unknown
 	ifindex   uint32 // filled in by newEnv
 }
 
@@ -203,7 +204,7 @@ func (e *env) putEndpoint(t testing.TB, ep *testEndpoint) {
 			t.Fatal(err)
 		}
 	}
-	owner := program.BpfbridgeMacOwner{Ifindex: ep.ifindex, Network: ep.network, Isolation: uint8(ep.isolation)}
+	owner := program.BpfbridgeMacOwner{Ifindex: ep.ifindex, Network: ep.network, Isolation: uint8(ep.isolation), Bridge: ep.bridge}
 	if err := e.objs.MacOwners.Put(program.BpfbridgeMacKey{Mac: [6]uint8(ep.mac)}, owner); err != nil {
 		t.Fatal(err)
 	}

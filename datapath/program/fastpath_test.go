@@ -1,0 +1,116 @@
+package program_test
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/bpfbridge/bpfbridge/datapath/program"
+)
+
+const verdictRedirect = 7 // TC_ACT_REDIRECT
+
+// TestFastPath: which frames from_container delivers itself with
+// bpf_redirect_peer (verdict redirect, the receiver's policy applied and its
+// counters moved, the sender's fast path counter too), and which it leaves
+// to the bridge, and why.
+func TestFastPath(t *testing.T) {
+	fast := program.BpfbridgeEndpointFlagsEP_F_FAST_PATH
+	cases := []struct {
+		name  string
+		setup func(e *env)
+		frame func(e *env) []byte
+		// verdict of from_container on a; reason a drop counts under on b
+		// (or on a when the sender's own policy drops it).
+		verdict uint32
+		dropOn  func(e *env) *testEndpoint
+		reason  program.DropReason
+	}{
+		{"to a neighbour's MAC", nil,
+			func(e *env) []byte { return udp4To(e.a.mac, e.b.mac, e.a.v4(), e.b.v4()) }, verdictRedirect, nil, pass},
+		{"IPv6 link-local to a neighbour's MAC", nil,
+			func(e *env) []byte { return ping6(e.a.mac, e.b.mac, e.a.ll(), e.b.ll()) }, verdictRedirect, nil, pass},
+		{"to another network: the sender's policy drops it", nil,
+			func(e *env) []byte { return udp4To(e.a.mac, e.c.mac, e.a.v4(), e.c.v4()) }, verdictDrop, epA, cross},
+		{"to another network from mode none: the receiver's policy drops it",
+			func(e *env) { e.setIsolation(t, e.a, modeNone) },
+			func(e *env) []byte { return udp4To(e.a.mac, e.c.mac, e.a.v4(), e.c.v4()) }, verdictDrop, epC, cross},
+		{"to a neighbour in container mode: the receiver's policy drops it",
+			func(e *env) { e.setIsolation(t, e.a, modeNone); e.setIsolation(t, e.b, modeContainer) },
+			func(e *env) []byte { return udp4To(e.a.mac, e.b.mac, e.a.v4(), e.b.v4()) }, verdictDrop, epB, same},
+		{"broadcast takes the bridge", nil,
+			func(e *env) []byte { return udp4To(e.a.mac, broadcast, e.a.v4(), ip("255.255.255.255")) }, verdictPass, nil, pass},
+		{"multicast takes the bridge", nil,
+			func(e *env) []byte { return ping6(e.a.mac, allNodesHW, e.a.ll(), allNodes6) }, verdictPass, nil, pass},
+		{"an unknown MAC takes the bridge", nil,
+			func(e *env) []byte { return udp4To(e.a.mac, evilMAC, e.a.v4(), evil4) }, verdictPass, nil, pass},
+		{"the gateway's MAC takes the bridge", nil,
+			func(e *env) []byte { return udp4To(e.a.mac, gwMAC, e.a.v4(), e.b.v4()) }, verdictPass, nil, pass},
+		{"ARP takes the bridge", nil,
+			func(e *env) []byte { return eth(e.b.mac, e.a.mac, 0x0806, arp(2, e.a.mac, e.a.v4(), e.b.mac, e.b.v4())) }, verdictPass, nil, pass},
+		{"a receiver without the fast path", func(e *env) { e.b.flags &^= fast; e.putEndpoint(t, e.b) },
+			func(e *env) []byte { return udp4To(e.a.mac, e.b.mac, e.a.v4(), e.b.v4()) }, verdictPass, nil, pass},
+		{"a sender without the fast path", func(e *env) { e.a.flags &^= fast; e.putEndpoint(t, e.a) },
+			func(e *env) []byte { return udp4To(e.a.mac, e.b.mac, e.a.v4(), e.b.v4()) }, verdictPass, nil, pass},
+		{"a receiver on another bridge", func(e *env) { e.b.bridge = 200; e.putEndpoint(t, e.b) },
+			func(e *env) []byte { return udp4To(e.a.mac, e.b.mac, e.a.v4(), e.b.v4()) }, verdictPass, nil, pass},
+		{"a bridge nobody recorded", func(e *env) { e.a.bridge, e.b.bridge = 0, 0; e.putEndpoint(t, e.a); e.putEndpoint(t, e.b) },
+			func(e *env) []byte { return udp4To(e.a.mac, e.b.mac, e.a.v4(), e.b.v4()) }, verdictPass, nil, pass},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			for _, ep := range []*testEndpoint{e.a, e.b, e.c} {
+				ep.flags |= fast
+				ep.bridge = 100
+				e.putEndpoint(t, ep)
+			}
+			if tc.setup != nil {
+				tc.setup(e)
+			}
+			frame := tc.frame(e)
+			rcvBefore, _ := e.stats(t, e.b.ifindex)
+			got := e.run(t, e.objs.FromContainer, e.a.ifindex, frame, 0)
+			if got != tc.verdict {
+				t.Fatalf("verdict %d, want %d", got, tc.verdict)
+			}
+			sndAfter, _ := e.stats(t, e.a.ifindex)
+			if sndAfter.FromPackets != 1 {
+				t.Errorf("sender counted %d packets sent, want 1", sndAfter.FromPackets)
+			}
+			rcvAfter, _ := e.stats(t, e.b.ifindex)
+			delivered := rcvAfter.ToPackets - rcvBefore.ToPackets
+			wantDelivered := uint64(0)
+			if tc.verdict == verdictRedirect {
+				wantDelivered = 1
+			}
+			if delivered != wantDelivered || (wantDelivered == 1 && rcvAfter.ToBytes-rcvBefore.ToBytes != uint64(len(frame))) {
+				t.Errorf("receiver counted %d packets delivered, want %d", delivered, wantDelivered)
+			}
+			if n := e.fastPathPackets(t, e.a.ifindex); n != wantDelivered {
+				t.Errorf("sender's fast path counter %d, want %d", n, wantDelivered)
+			}
+			if tc.dropOn != nil {
+				st, _ := e.stats(t, tc.dropOn(e).ifindex)
+				if st.Drops[tc.reason] != 1 {
+					t.Errorf("%s counted %d %v drops, want 1", tc.dropOn(e).name, st.Drops[tc.reason], tc.reason)
+				}
+			}
+		})
+	}
+}
+
+func (e *env) fastPathPackets(t *testing.T, ifindex uint32) uint64 {
+	t.Helper()
+	var per []uint64
+	err := e.objs.FastPathStats.Lookup(ifindex, &per)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return program.SumUint64(per)
+}
+
