@@ -48,7 +48,9 @@ func TestFastPath(t *testing.T) {
 		{"the gateway's MAC takes the bridge", nil,
 			func(e *env) []byte { return udp4To(e.a.mac, gwMAC, e.a.v4(), e.b.v4()) }, verdictPass, nil, pass},
 		{"ARP takes the bridge", nil,
-			func(e *env) []byte { return eth(e.b.mac, e.a.mac, 0x0806, arp(2, e.a.mac, e.a.v4(), e.b.mac, e.b.v4())) }, verdictPass, nil, pass},
+			func(e *env) []byte {
+				return eth(e.b.mac, e.a.mac, 0x0806, arp(2, e.a.mac, e.a.v4(), e.b.mac, e.b.v4()))
+			}, verdictPass, nil, pass},
 		{"a receiver without the fast path", func(e *env) { e.b.flags &^= fast; e.putEndpoint(t, e.b) },
 			func(e *env) []byte { return udp4To(e.a.mac, e.b.mac, e.a.v4(), e.b.v4()) }, verdictPass, nil, pass},
 		{"a sender without the fast path", func(e *env) { e.a.flags &^= fast; e.putEndpoint(t, e.a) },
@@ -113,4 +115,3 @@ func (e *env) fastPathPackets(t *testing.T, ifindex uint32) uint64 {
 	}
 	return program.SumUint64(per)
 }
-
