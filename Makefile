@@ -30,11 +30,11 @@ deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    iproute2 util-linux iptables nftables iperf3)
 
-## test: every test, unit and end to end (root: they create network namespaces); the
-## end-to-end suite runs again with programs attached as tcx links instead of cls_bpf filters
-## and without the fast path between containers
+## test: every test, unit and end to end (root: they create network namespaces), with the
+## fast path between containers on (whatever br_netfilter says); the end-to-end suite runs
+## again with programs attached as tcx links instead of cls_bpf filters and without the fast path
 test: require-root deps build tools
-	$(GO) test $(TEST_FLAGS) ./...
+	BPFBRIDGE_FASTPATH=true $(GO) test $(TEST_FLAGS) ./...
 	BPFBRIDGE_ATTACH=tcx BPFBRIDGE_FASTPATH=false $(GO) test $(TEST_FLAGS) ./test/e2e
 
 ## generate: rebuild the bpf2go files in datapath/program from bpf/ with the pinned clang

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -25,15 +26,35 @@ const (
 )
 
 // fastPath reports whether the network's endpoints take the fast path
-// between them (bpf/fastpath.h): the config key, else the environment
-// ("false" turns it off), else on; never for ports the bridge must see,
-// with VLANs or port isolation.
+// between them (bpf/fastpath.h): as the config key, else the environment
+// ("true" or "false"), says; left unsaid, on unless the node's netfilter
+// filters bridged traffic (br_netfilter's bridge-nf-call-iptables, as
+// Docker and Kubernetes nodes set it), since frames that skip the bridge
+// skip those rules. Never for ports the bridge must see: VLANs, port
+// isolation.
 func (c *NetConf) fastPath() bool {
-	on := os.Getenv(envFastPath) != "false"
+	on := !bridgeNetfilter()
+	switch os.Getenv(envFastPath) {
+	case "true":
+		on = true
+	case "false":
+		on = false
+	}
 	if c.Datapath.FastPath != nil {
 		on = *c.Datapath.FastPath
 	}
 	return on && c.Vlan == 0 && len(c.trunk) == 0 && !c.PortIsolation
+}
+
+// bridgeNetfilter reports whether the node's netfilter sees bridged
+// traffic (br_netfilter loaded, calling iptables or ip6tables).
+func bridgeNetfilter() bool {
+	for _, f := range []string{"bridge-nf-call-iptables", "bridge-nf-call-ip6tables"} {
+		if v, err := os.ReadFile("/proc/sys/net/bridge/" + f); err == nil && strings.TrimSpace(string(v)) == "1" {
+			return true
+		}
+	}
+	return false
 }
 
 // datapathOptions locates the node's eBPF datapath: config keys first,
