@@ -71,9 +71,12 @@ type NetConf struct {
 
 	// Masquerade tunes ipMasq (bpfbridge's own keys, all optional).
 	Masquerade struct {
-		Exclude   []string `json:"exclude"`   // destination CIDRs never masqueraded
-		Uplinks   []string `json:"uplinks"`   // instead of the routing table's
-		PortRange string   `json:"portRange"` // "61000-65535"
+		Exclude []string `json:"exclude"` // destination CIDRs never masqueraded
+		Uplinks []string `json:"uplinks"` // instead of the routing table's
+		// Address chooses the source address among the uplinks': one
+		// address, or a list of at most one per family.
+		Address   stringOrList `json:"address"`
+		PortRange string       `json:"portRange"` // "61000-65535"
 		Timeouts  struct {
 			TCP        int `json:"tcp"`
 			TCPSyn     int `json:"tcpSyn"`
@@ -415,9 +418,33 @@ func parseMasquerade(c *NetConf) (datapath.Masquerade, error) {
 			return out, invalidConf("\"masquerade.timeouts.%s\": %d is above the maximum of %d seconds", key, v, uint32(math.MaxUint32))
 		}
 	}
+	for i, a := range m.Address {
+		addr, err := netip.ParseAddr(a)
+		if err != nil || addr.Zone() != "" {
+			return out, invalidConf("\"masquerade.address[%d]\": %q is not an IP address", i, a)
+		}
+		addr = addr.Unmap()
+		if slices.ContainsFunc(out.Address, func(b netip.Addr) bool { return b.Is4() == addr.Is4() }) {
+			return out, invalidConf("\"masquerade.address[%d]\": %q is a second address of its family (one per family)", i, a)
+		}
+		out.Address = append(out.Address, addr)
+	}
 	sec := func(v int) time.Duration { return time.Duration(v) * time.Second }
 	out.Timeouts = datapath.NATTimeouts{TCP: sec(t.TCP), TCPSyn: sec(t.TCPSyn), TCPClosing: sec(t.TCPClosing), UDP: sec(t.UDP), ICMP: sec(t.ICMP)}
 	return out, nil
+}
+
+// stringOrList is a JSON string or list of strings.
+type stringOrList []string
+
+// UnmarshalJSON accepts "a" as ["a"].
+func (l *stringOrList) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*l = stringOrList{one}
+		return nil
+	}
+	return json.Unmarshal(b, (*[]string)(l))
 }
 
 // expandTrunk turns vlanTrunk entries into sorted, distinct VLAN IDs.
