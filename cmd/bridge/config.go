@@ -385,6 +385,7 @@ func (c *NetConf) bridgeConfig() topology.BridgeConfig {
 		MTU:           c.MTU,
 		Promisc:       c.PromiscMode,
 		VlanFiltering: c.Vlan != 0 || len(c.trunk) > 0,
+		PinMAC:        c.IsGateway,
 	}
 }
 
