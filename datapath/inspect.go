@@ -36,6 +36,9 @@ type EndpointRecord struct {
 	ProgTag  string
 	Created  time.Time
 	Counters Counters
+	// Stale says why the endpoint's container looks gone, "veth-gone" or
+	// "netns-gone"; empty while its host veth and netns exist.
+	Stale string
 }
 
 // Endpoints returns every endpoint recorded on the node, ordered by
@@ -88,6 +91,7 @@ func (d *Datapath) record(m *program.BpfbridgeEndpointMeta) (EndpointRecord, err
 		Attach:  attachModeOf(m.Attach),
 		ProgTag: cString(m.ProgTag[:]),
 		Created: time.Unix(0, int64(m.CreatedNs)),
+		Stale:   d.staleness(m),
 	}
 	var err error
 	rec.Counters, err = d.countersOf(m.Ifindex)

@@ -30,6 +30,10 @@ type endpointJSON struct {
 	ToContainer   trafficJSON       `json:"to_container"`
 	Drops         map[string]uint64 `json:"drops"` // by reason
 	DropsTotal    uint64            `json:"drops_total"`
+	// Stale is true when the container looks gone: StaleReason is
+	// "veth-gone" or "netns-gone".
+	Stale       bool   `json:"stale"`
+	StaleReason string `json:"stale_reason"`
 }
 
 type trafficJSON struct {
@@ -56,6 +60,8 @@ func endpointView(r datapath.EndpointRecord) endpointJSON {
 		ToContainer:   trafficJSON{c.ToPackets, c.ToBytes},
 		Drops:         dropsByReason(c.Drops),
 		DropsTotal:    total,
+		Stale:         r.Stale != "",
+		StaleReason:   r.Stale,
 	}
 }
 
@@ -85,11 +91,11 @@ func (in *inspector) endpointList([]string) error {
 	views := endpointViews(recs)
 	return in.emit(views, func(w io.Writer) {
 		row(w, "CONTAINER", "IFNAME", "NETWORK", "IPS", "MAC", "HOST_IF", "IFINDEX", "ISOLATION", "MODE", "PROG_TAG",
-			"PKTS_FROM", "BYTES_FROM", "PKTS_TO", "BYTES_TO", "DROPS")
+			"PKTS_FROM", "BYTES_FROM", "PKTS_TO", "BYTES_TO", "DROPS", "STALE")
 		for _, v := range views {
 			row(w, v.ContainerID, v.IfName, v.Network, ipList(v.IPs), v.MAC, v.HostIfName, v.Ifindex, v.Isolation,
 				dash(v.AttachMode), v.ProgTag, v.FromContainer.Packets, v.FromContainer.Bytes,
-				v.ToContainer.Packets, v.ToContainer.Bytes, v.DropsTotal)
+				v.ToContainer.Packets, v.ToContainer.Bytes, v.DropsTotal, dash(v.StaleReason))
 		}
 	})
 }
@@ -117,7 +123,7 @@ func (in *inspector) endpointShow(args []string) error {
 				{"created", v.Created.Format(time.RFC3339)},
 				{"from container", fmt.Sprintf("%d packets, %d bytes", v.FromContainer.Packets, v.FromContainer.Bytes)},
 				{"to container", fmt.Sprintf("%d packets, %d bytes", v.ToContainer.Packets, v.ToContainer.Bytes)},
-				{"drops", v.DropsTotal},
+				{"drops", v.DropsTotal}, {"stale", dash(v.StaleReason)},
 			} {
 				row(w, kv[0].(string)+":", kv[1])
 			}
