@@ -5,6 +5,8 @@
 #   OUTDIR/tools/cnitool          github.com/containernetworking/cni/cnitool
 #   OUTDIR/reference/bridge       upstream bridge plugin, to compare ours with
 #   OUTDIR/reference/host-local   upstream host-local IPAM plugin
+#   OUTDIR/reference/portmap      upstream portmap, chained after bridge in the
+#   OUTDIR/reference/bandwidth    chaining and runtime tests (as users chain them)
 #
 # A program that already exists is left alone; delete it to rebuild.
 #
@@ -45,3 +47,5 @@ build_tool "$out/tools" "github.com/containernetworking/cni/cnitool@$CNI_VERSION
 version_flag=-ldflags=-X=github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$PLUGINS_VERSION
 build_tool "$out/reference" "github.com/containernetworking/plugins/plugins/main/bridge@$PLUGINS_VERSION" "$version_flag"
 build_tool "$out/reference" "github.com/containernetworking/plugins/plugins/ipam/host-local@$PLUGINS_VERSION" "$version_flag"
+build_tool "$out/reference" "github.com/containernetworking/plugins/plugins/meta/portmap@$PLUGINS_VERSION" "$version_flag"
+build_tool "$out/reference" "github.com/containernetworking/plugins/plugins/meta/bandwidth@$PLUGINS_VERSION" "$version_flag"

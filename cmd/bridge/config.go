@@ -104,6 +104,14 @@ type NetConf struct {
 	} `json:"args"`
 	RuntimeConfig struct {
 		MAC string `json:"mac,omitempty"`
+		// Bandwidth reaches bpfbridge when its entry declares the
+		// "bandwidth" capability, as the chained bandwidth plugin's does:
+		// an egress limit makes this endpoint's programs tcx links (see
+		// bandwidthAttach).
+		Bandwidth struct {
+			EgressRate  uint64 `json:"egressRate"`
+			EgressBurst uint64 `json:"egressBurst"`
+		} `json:"bandwidth"`
 	} `json:"runtimeConfig"`
 
 	// trunk is VlanTrunk expanded into sorted, distinct VLAN IDs.
@@ -162,6 +170,9 @@ func loadConf(stdin []byte) (*NetConf, error) {
 		return nil, invalidConf("\"datapath.attach\" (or %s): %q is not one of \"legacy\", \"tcx\"",
 			envAttach, conf.datapathOptions().Attach)
 	}
+	if err := conf.bandwidthAttach(); err != nil {
+		return nil, err
+	}
 	if conf.masq, err = parseMasquerade(conf); err != nil {
 		return nil, err
 	}
@@ -171,6 +182,28 @@ func loadConf(stdin []byte) (*NetConf, error) {
 	}
 	conf.trunk = trunk
 	return conf, nil
+}
+
+// bandwidthAttach attaches with tcx an endpoint the runtime gives an
+// egress limit. The chained bandwidth plugin shapes egress with an
+// `ingress` qdisc (handle ffff:) that it creates exclusively on the host
+// veth, and a clsact qdisc, which legacy attachment needs, holds that
+// handle: the two cannot share a veth, while tcx needs no qdisc. Legacy
+// stays the default for every other endpoint because a tcx attach waits
+// for an RCU grace period under RTNL (README, "Attach modes"). A config
+// that insists on legacy gets a clear error here instead of bandwidth's
+// "file exists".
+func (c *NetConf) bandwidthAttach() error {
+	bw := c.RuntimeConfig.Bandwidth
+	if bw.EgressRate == 0 && bw.EgressBurst == 0 {
+		return nil
+	}
+	if c.Datapath.Attach == string(datapath.AttachLegacy) {
+		return invalidConf("\"datapath.attach\": \"legacy\" cannot carry runtimeConfig.bandwidth's egress limit " +
+			"(the bandwidth plugin's ingress qdisc and bpfbridge's clsact both need handle ffff:): use \"tcx\" or leave it unset")
+	}
+	c.Datapath.Attach = string(datapath.AttachTCX)
+	return nil
 }
 
 // Link MTU minimums: the kernel's (ETH_MIN_MTU, also IPv4's minimum) and
