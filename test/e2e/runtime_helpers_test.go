@@ -144,4 +144,3 @@ func internetEcho(t *testing.T, sb *sandbox.Sandbox) netip.AddrPort {
 	t.Cleanup(stop)
 	return bound
 }
-
