@@ -23,18 +23,22 @@ tools:
 	bash test/tools.sh $(BIN)
 
 ## deps: system packages the tests and demo use (a fresh machine of our kind lacks some):
-## nsenter, ip, iptables-save/nft to show that no firewall rule is ever created, iperf3 for cnibench
+## nsenter, ip, iptables-save/nft to show that no firewall rule is ever created, iperf3 for cnibench;
+## podman, containerd, runc and busybox for the real-runtime suites (test/runtimes/install.sh)
 deps:
 	@command -v nsenter >/dev/null && command -v ip >/dev/null && \
 	  command -v iptables-save >/dev/null && command -v nft >/dev/null && command -v iperf3 >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    iproute2 util-linux iptables nftables iperf3)
+	@bash test/runtimes/install.sh
 
-## test: every test, unit and end to end (root: they create network namespaces); the
-## end-to-end suite runs again with programs attached as tcx links instead of cls_bpf filters
+## test: every test, unit and end to end (root: they create network namespaces), the
+## real-runtime suites (podman, containerd's CRI: TestRuntime*) included; the end-to-end
+## suite runs again with programs attached as tcx links instead of cls_bpf filters
+## (the runtime suites once: they exercise the runtimes, not the attach mode)
 test: require-root deps build tools
 	$(GO) test $(TEST_FLAGS) ./...
-	BPFBRIDGE_ATTACH=tcx $(GO) test $(TEST_FLAGS) ./test/e2e
+	BPFBRIDGE_ATTACH=tcx $(GO) test $(TEST_FLAGS) -skip '^TestRuntime' ./test/e2e
 
 ## generate: rebuild the bpf2go files in datapath/program from bpf/ with the pinned clang
 generate:
