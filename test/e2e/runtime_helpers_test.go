@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -121,17 +122,18 @@ func assertTornDown(t *testing.T, sb *sandbox.Sandbox, networkName, dataDir stri
 }
 
 // runIn runs a program in the node with env added, bounded by timeout, and
-// returns its combined output.
+// returns its standard output; its standard error goes into the error.
 func runIn(sb *sandbox.Sandbox, timeout time.Duration, env []string, name string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := sb.Node.Command(ctx, name, args...)
 	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("%s %s: %w\n%s%s", name, strings.Join(args, " "), err, stdout.Bytes(), stderr.Bytes())
 	}
-	return string(out), nil
+	return stdout.String(), nil
 }
 
 // internetEcho serves TCP echo on the sandbox's Internet4 for the test.
