@@ -376,7 +376,7 @@ func TestRuntimeCRI(t *testing.T) {
 	}
 	hostPortAddr := netip.AddrPortFrom(sb.NodeUplink4.Addr(), hostPort)
 	for what, url := range map[string]string{
-		"web pod from another pod":             fmt.Sprintf("http://%s:8080/", webIP),
+		"web pod from another pod":            fmt.Sprintf("http://%s:8080/", webIP),
 		"hostPort from another pod (hairpin)": fmt.Sprintf("http://%s/", hostPortAddr),
 	} {
 		var out string
