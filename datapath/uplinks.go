@@ -182,33 +182,34 @@ const mainTable = unix.RT_TABLE_MAIN
 
 // defaultRoutes returns the interfaces of family's default routes in the
 // main table and in the tables policy routing selects for sources, in the
-// order the rules consult them.
+// order the rules consult them. One dump of the family's routes (every
+// table: netlink filters tables on our side anyway) serves all tables.
 func defaultRoutes(family int, sources []netip.Prefix) ([]defaultRoute, error) {
 	tables, err := sourceTables(family, sources)
 	if err != nil {
 		return nil, err
 	}
+	byTable := map[int][]defaultRoute{}
+	err = netlink.RouteListFilteredIter(family, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE, func(r netlink.Route) bool {
+		// Blackhole, unreachable and prohibit defaults: nothing leaves.
+		if (r.Dst != nil && !isDefault(r.Dst)) || r.Type != unix.RTN_UNICAST || !slices.Contains(tables, r.Table) {
+			return true
+		}
+		src := ipAddr(r.Src)
+		if r.LinkIndex > 0 {
+			byTable[r.Table] = append(byTable[r.Table], defaultRoute{r.LinkIndex, src})
+		}
+		for _, nh := range r.MultiPath {
+			byTable[r.Table] = append(byTable[r.Table], defaultRoute{nh.LinkIndex, src})
+		}
+		return true
+	})
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return nil, fmt.Errorf("list routes: %w", err)
+	}
 	var out []defaultRoute
 	for _, t := range tables {
-		routes, err := netlink.RouteListFiltered(family, &netlink.Route{Table: t}, netlink.RT_FILTER_TABLE)
-		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return nil, fmt.Errorf("list routes of table %d: %w", t, err)
-		}
-		for _, r := range routes {
-			if r.Dst != nil && !isDefault(r.Dst) {
-				continue
-			}
-			if r.Type != unix.RTN_UNICAST {
-				continue // blackhole, unreachable, prohibit: nothing leaves
-			}
-			src := ipAddr(r.Src)
-			if r.LinkIndex > 0 {
-				out = append(out, defaultRoute{r.LinkIndex, src})
-			}
-			for _, nh := range r.MultiPath {
-				out = append(out, defaultRoute{nh.LinkIndex, src})
-			}
-		}
+		out = append(out, byTable[t]...)
 	}
 	return out, nil
 }
