@@ -21,12 +21,19 @@ type podman struct {
 	sb   *sandbox.Sandbox
 	env  []string
 	base []string
+	// mountNS, when set, is the mount namespace (a /proc/…/ns/mnt path)
+	// podman runs in.
+	mountNS string
 }
 
 func newPodman(t *testing.T, sb *sandbox.Sandbox, conflist string) *podman {
 	t.Helper()
 	requireCommands(t, "podman", "runc", "conmon")
-	dir := t.TempDir()
+	// Short: podman refuses a runroot longer than 50 characters.
+	dir, err := os.MkdirTemp("", "bpfb-pod-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	netDir := filepath.Join(dir, "net.d")
 	if err := os.MkdirAll(netDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -58,13 +65,20 @@ network_config_dir = %q
 	t.Cleanup(func() {
 		p.run("rm", "--all", "--force", "--time", "0")
 		unmountUnder(t, dir)
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove %s: %v", dir, err)
+		}
 	})
 	return p
 }
 
 // run runs podman with args and returns its output.
 func (p *podman) run(args ...string) (string, error) {
-	return runIn(p.sb, 90*time.Second, p.env, "podman", append(p.base, args...)...)
+	args = append(p.base, args...)
+	if p.mountNS != "" {
+		return runIn(p.sb, 90*time.Second, p.env, "nsenter", append([]string{"--mount=" + p.mountNS, "--", "podman"}, args...)...)
+	}
+	return runIn(p.sb, 90*time.Second, p.env, "podman", args...)
 }
 
 func (p *podman) mustRun(args ...string) string {
@@ -139,6 +153,48 @@ func TestRuntimePodman(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("the container that exits after 1s is still there after 30s")
+		}
+	}
+	assertTornDown(t, sb, network, dataDir)
+}
+
+// TestRuntimePodmanCleanupWithoutEnv: the node's state is named only by
+// BPFBRIDGE_BPFFS in podman's environment, not in the conflist. The DEL that
+// conmon's cleanup runs when a container exits by itself gets no such
+// variable, and looks at the default bpffs; it must still find the
+// endpoint (from the kernel) and remove it. podman runs in a mount
+// namespace of the test's own whose /sys/fs/bpf is an empty bpffs, so the
+// machine's is never touched.
+func TestRuntimePodmanCleanupWithoutEnv(t *testing.T) {
+	sb := sandbox.ForTest(t)
+	if err := sb.MountBPFFS(); err != nil {
+		t.Fatal(err)
+	}
+	mnt, err := sandbox.NewMountNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mnt.Close() })
+	const network = "bpfbpodenv"
+	dataDir := t.TempDir()
+	conflist := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": %q, "plugins": [
+		{"type": "bridge", "bridge": "bpfbpodenv0", "isGateway": true,
+		 "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": "10.155.0.0/24"}]]}}]}`, network, dataDir)
+	p := newPodman(t, sb, conflist)
+	p.mountNS = filepath.Join(filepath.Dir(mnt.Path("/")), "ns", "mnt")
+	p.env = append(p.env, "BPFBRIDGE_BPFFS="+sb.BPFFS)
+	rootfs := busyboxRootfs(t, "")
+
+	p.mustRun("run", "-d", "--rm", "--name", "brief", "--network", network, "--rootfs", rootfs, "/bin/sleep", "2")
+	if eps := endpointsByID(t, sb); len(eps) != 1 {
+		t.Fatalf("endpoints after podman run: %d, want 1 in the state BPFBRIDGE_BPFFS names", len(eps))
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if ids := p.mustRun("ps", "--all", "--quiet", "--filter", "name=brief"); ids == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the container that exits after 2s is still there after 30s")
 		}
 	}
 	assertTornDown(t, sb, network, dataDir)
