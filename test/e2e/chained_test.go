@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -21,21 +22,28 @@ import (
 // plugins it chains must be built.
 func newChainedNetwork(t *testing.T, sb *sandbox.Sandbox, listJSON, dataDir string) *network {
 	t.Helper()
-	list, err := libcni.NetworkConfFromBytes([]byte(listJSON))
-	if err != nil {
+	var raw map[string]any
+	if err := json.Unmarshal([]byte(listJSON), &raw); err != nil {
 		t.Fatalf("config list: %v\n%s", err, listJSON)
 	}
-	for i, p := range list.Plugins {
-		if p.Network.Type == "bridge" {
-			raw := withBPFFS(t, sb, string(p.Bytes))
-			if list.Plugins[i], err = libcni.ConfFromBytes([]byte(raw)); err != nil {
-				t.Fatal(err)
+	plugins, _ := raw["plugins"].([]any)
+	for i, p := range plugins {
+		entry, _ := json.Marshal(p)
+		var withState map[string]any
+		if err := json.Unmarshal([]byte(withBPFFS(t, sb, string(entry))), &withState); err != nil {
+			t.Fatal(err)
+		}
+		plugins[i] = withState
+		if kind := withState["type"]; kind != "bridge" {
+			if _, err := os.Stat(filepath.Join(bins.ReferencePluginDir(), fmt.Sprint(kind))); err != nil {
+				t.Fatalf("reference plugin %v is not built (make tools): %v", kind, err)
 			}
-			continue
 		}
-		if _, err := os.Stat(filepath.Join(bins.ReferencePluginDir(), p.Network.Type)); err != nil {
-			t.Fatalf("reference plugin %s is not built (make tools): %v", p.Network.Type, err)
-		}
+	}
+	listBytes, _ := json.Marshal(raw)
+	list, err := libcni.NetworkConfFromBytes(listBytes)
+	if err != nil {
+		t.Fatalf("config list: %v\n%s", err, listBytes)
 	}
 	cacheDir := t.TempDir()
 	return &network{
