@@ -12,7 +12,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 CLANG       := clang-19
 TEST_FLAGS  ?= -count=1 -timeout 15m
 
-.PHONY: build tools deps test demo bench install lint generate check-generated clean require-root
+.PHONY: build tools deps runtimes test demo bench install lint generate check-generated clean require-root
 
 ## build: the plugins into bin/ (no clang or cgo needed)
 build:
@@ -23,20 +23,22 @@ tools:
 	bash test/tools.sh $(BIN)
 
 ## deps: system packages the tests and demo use (a fresh machine of our kind lacks some):
-## nsenter, ip, iptables-save/nft to show that no firewall rule is ever created, iperf3 for cnibench;
-## podman, containerd, runc and busybox for the real-runtime suites (test/runtimes/install.sh)
+## nsenter, ip, iptables-save/nft to show that no firewall rule is ever created, iperf3 for cnibench
 deps:
 	@command -v nsenter >/dev/null && command -v ip >/dev/null && \
 	  command -v iptables-save >/dev/null && command -v nft >/dev/null && command -v iperf3 >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    iproute2 util-linux iptables nftables iperf3)
+
+## runtimes: podman, containerd, runc and busybox for the real-runtime suites (test/runtimes/install.sh)
+runtimes:
 	@bash test/runtimes/install.sh
 
 ## test: every test, unit and end to end (root: they create network namespaces), the
 ## real-runtime suites (podman, containerd's CRI: TestRuntime*) included; the end-to-end
 ## suite runs again with programs attached as tcx links instead of cls_bpf filters
 ## (the runtime suites once: they exercise the runtimes, not the attach mode)
-test: require-root deps build tools
+test: require-root deps runtimes build tools
 	$(GO) test $(TEST_FLAGS) ./...
 	BPFBRIDGE_ATTACH=tcx $(GO) test $(TEST_FLAGS) -skip '^TestRuntime' ./test/e2e
 

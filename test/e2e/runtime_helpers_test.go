@@ -30,7 +30,7 @@ func requireCommands(t *testing.T, programs ...string) {
 	t.Helper()
 	for _, p := range programs {
 		if _, err := exec.LookPath(p); err != nil {
-			t.Fatalf("%s is not installed: run test/runtimes/install.sh (make deps): %v", p, err)
+			t.Fatalf("%s is not installed: run test/runtimes/install.sh (make runtimes): %v", p, err)
 		}
 	}
 }
