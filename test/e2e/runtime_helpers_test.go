@@ -22,7 +22,7 @@ import (
 
 // The real-runtime suites (runtime_podman_test.go, runtime_cri_test.go)
 // drive podman and containerd as installed by test/runtimes/install.sh
-// (`make deps`). A runtime that is missing fails the suite, naming what to
+// (`make runtimes`). A runtime that is missing fails the suite, naming what to
 // run: a skipped suite would pass without testing anything.
 
 // requireCommands fails t unless every program is on PATH.
