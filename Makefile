@@ -12,7 +12,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 CLANG       := clang-19
 TEST_FLAGS  ?= -count=1 -timeout 15m
 
-.PHONY: build tools deps test demo bench install lint generate check-generated clean require-root
+.PHONY: build tools deps runtimes test demo bench install lint generate check-generated clean require-root
 
 ## build: the plugins into bin/ (no clang or cgo needed)
 build:
@@ -30,12 +30,18 @@ deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    iproute2 util-linux iptables nftables iperf3)
 
-## test: every test, unit and end to end (root: they create network namespaces), with the
-## fast path between containers on (whatever br_netfilter says); the end-to-end suite runs
-## again with programs attached as tcx links instead of cls_bpf filters and without the fast path
-test: require-root deps build tools
+## runtimes: podman, containerd, runc and busybox for the real-runtime suites (test/runtimes/install.sh)
+runtimes:
+	@bash test/runtimes/install.sh
+
+## test: every test, unit and end to end (root: they create network namespaces), the
+## real-runtime suites (podman, containerd's CRI: TestRuntime*) included, with the fast path
+## between containers on (whatever br_netfilter says); the end-to-end suite runs again with
+## programs attached as tcx links instead of cls_bpf filters and without the fast path (the
+## runtime suites once: they exercise the runtimes, not the attach mode)
+test: require-root deps runtimes build tools
 	BPFBRIDGE_FASTPATH=true $(GO) test $(TEST_FLAGS) ./...
-	BPFBRIDGE_ATTACH=tcx BPFBRIDGE_FASTPATH=false $(GO) test $(TEST_FLAGS) ./test/e2e
+	BPFBRIDGE_ATTACH=tcx BPFBRIDGE_FASTPATH=false $(GO) test $(TEST_FLAGS) -skip '^TestRuntime' ./test/e2e
 
 ## generate: rebuild the bpf2go files in datapath/program from bpf/ with the pinned clang
 generate:

@@ -34,6 +34,11 @@ type EndpointRecord struct {
 	ProgTag string    `json:"prog_tag"`
 	Created time.Time `json:"created"`
 	Counters
+	// StaleReason says why the endpoint's container looks gone,
+	// "veth-gone" or "netns-gone"; empty while its host veth and netns
+	// exist. Stale is StaleReason != "", for JSON consumers.
+	StaleReason string `json:"stale_reason"`
+	Stale       bool   `json:"stale"`
 }
 
 // Endpoints returns every endpoint recorded on the node, ordered by
@@ -89,6 +94,8 @@ func (d *Datapath) record(m *program.BpfbridgeEndpointMeta) (EndpointRecord, err
 		ProgTag: n.ProgTag,
 		Created: time.Unix(0, int64(m.CreatedNs)),
 	}
+	rec.StaleReason = d.staleness(m)
+	rec.Stale = rec.StaleReason != ""
 	var err error
 	rec.Counters, err = d.countersOf(m.Ifindex)
 	if err != nil {

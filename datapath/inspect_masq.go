@@ -13,6 +13,17 @@ import (
 // ErrNoMasquerade reports that the node has no masquerade state to show.
 var ErrNoMasquerade = errors.New("no masquerade state on this node (no network with ipMasq)")
 
+// ErrNoFlows reports that a network masquerades but has no translations
+// yet; errors.Is(ErrNoFlows, ErrNoMasquerade) holds: nothing to show.
+var ErrNoFlows error = noFlows{}
+
+type noFlows struct{}
+
+func (noFlows) Error() string {
+	return "no masquerade translations yet (a network has ipMasq, but none of its traffic has left the node)"
+}
+func (noFlows) Is(target error) bool { return target == ErrNoMasquerade }
+
 // Flow is one masquerade translation, both halves together: the container's
 // connection to a remote as the container sees it, the address and port the
 // remote sees, state, age and counters.
@@ -75,9 +86,25 @@ func (d *Datapath) Flows() ([]Flow, error) {
 		return nil, err
 	}
 	if len(flows) == 0 {
-		return nil, ErrNoMasquerade
+		return nil, d.noFlowsError()
 	}
 	return flows, nil
+}
+
+// noFlowsError tells a node without a masquerading network from one whose
+// masquerading networks have no translations yet.
+func (d *Datapath) noFlowsError() error {
+	var (
+		network uint32
+		v       program.BpfbridgeNatNetwork
+	)
+	it := d.maps.natNetworks.Iterate()
+	for it.Next(&network, &v) {
+		if v.Flags&uint32(program.BpfbridgeNatNetworkFlagsNAT_F_MASQUERADE) != 0 {
+			return ErrNoFlows
+		}
+	}
+	return ErrNoMasquerade
 }
 
 // natTuple is a key of nat_out or nat_in.

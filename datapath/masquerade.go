@@ -3,7 +3,6 @@ package datapath
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -27,9 +26,12 @@ type Masquerade struct {
 	Subnets []netip.Prefix
 	// Exclude lists more destinations that are never masqueraded.
 	Exclude []netip.Prefix
-	// Uplinks names the uplinks; empty means the interfaces the node's
-	// routes to non-local destinations use.
+	// Uplinks names the uplinks; empty means the interfaces of the node's
+	// default routes (see findUplinks).
 	Uplinks []string
+	// Address chooses, per family, the source address among the uplinks'
+	// addresses; empty means each uplink's primary address.
+	Address []netip.Addr
 	// PortMin and PortMax bound the translated source ports (node-wide).
 	PortMin, PortMax uint16
 	Timeouts         NATTimeouts
@@ -71,21 +73,13 @@ var uplinkHooks = []hook{
 		func(p *program.BpfbridgePrograms) *ebpf.Program { return p.UplinkIngress }},
 }
 
-// uplink is an interface masqueraded traffic leaves by, with the addresses
-// the kernel uses as source on it.
-type uplink struct {
-	index      int
-	name       string
-	ipv4, ipv6 netip.Addr
-}
-
 // EnableMasquerade makes m's network masqueraded on every uplink: the
 // uplinks' programs and addresses, the network's flag and exclusions, the
 // node's port range and timeouts. ADD calls it for every attachment of a
 // masquerading network, which also re-checks the uplinks as the node's
 // routes and addresses change. Every step is idempotent.
 func (d *Datapath) EnableMasquerade(m Masquerade) error {
-	uplinks, err := findUplinks(m.Uplinks)
+	uplinks, err := findUplinks(uplinkQuery{names: m.Uplinks, sources: m.Subnets, addresses: m.Address})
 	if err != nil {
 		return err
 	}
@@ -139,65 +133,6 @@ func (m Masquerade) config() program.BpfbridgeNatConfig {
 	cfg.TimeoutUdpS = seconds(t.UDP, def.UDP)
 	cfg.TimeoutIcmpS = seconds(t.ICMP, def.ICMP)
 	return cfg
-}
-
-// findUplinks returns the uplinks named in override, or else the
-// interfaces of the node's routes to non-local destinations, each with the
-// source address the kernel picks on it. It asks the kernel's FIB for a
-// route to a documentation address per family: a lookup, no traffic. A node
-// without such a route has no uplink (yet): nothing leaves it to be
-// masqueraded, and the next ADD of a masquerading network looks again.
-func findUplinks(override []string) ([]uplink, error) {
-	probes := []net.IP{net.ParseIP("192.0.2.1"), net.ParseIP("2001:db8::1")}
-	byIndex := map[int]*uplink{}
-	var order []int
-	add := func(index int, src net.IP) {
-		u, ok := byIndex[index]
-		if !ok {
-			u = &uplink{index: index}
-			byIndex[index] = u
-			order = append(order, index)
-		}
-		if a, ok := netip.AddrFromSlice(src); ok {
-			if a = a.Unmap(); a.Is4() {
-				u.ipv4 = a
-			} else {
-				u.ipv6 = a
-			}
-		}
-	}
-	for _, probe := range probes {
-		if len(override) == 0 {
-			routes, err := netlink.RouteGet(probe)
-			if err != nil {
-				continue // no route for this family: nothing to masquerade to
-			}
-			add(routes[0].LinkIndex, routes[0].Src)
-			continue
-		}
-		for _, name := range override {
-			routes, err := netlink.RouteGetWithOptions(probe, &netlink.RouteGetOptions{Oif: name})
-			if err != nil {
-				l, lerr := netlink.LinkByName(name)
-				if lerr != nil {
-					return nil, fmt.Errorf("masquerade uplink %q: %w", name, lerr)
-				}
-				add(l.Attrs().Index, nil) // no route of this family through it
-				continue
-			}
-			add(routes[0].LinkIndex, routes[0].Src)
-		}
-	}
-	uplinks := make([]uplink, 0, len(order))
-	for _, i := range order {
-		l, err := netlink.LinkByIndex(i)
-		if err != nil {
-			return nil, err
-		}
-		byIndex[i].name = l.Attrs().Name
-		uplinks = append(uplinks, *byIndex[i])
-	}
-	return uplinks, nil
 }
 
 // attachUplink attaches the uplink programs to ifindex unless this build's

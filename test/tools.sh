@@ -3,8 +3,13 @@
 # go.mod requires (keep the two in step):
 #
 #   OUTDIR/tools/cnitool          github.com/containernetworking/cni/cnitool
+#   OUTDIR/tools/crictl           sigs.k8s.io/cri-tools/cmd/crictl, for the CRI
+#                                 suite (the module of github.com/kubernetes-sigs/cri-tools)
 #   OUTDIR/reference/bridge       upstream bridge plugin, to compare ours with
 #   OUTDIR/reference/host-local   upstream host-local IPAM plugin
+#   OUTDIR/reference/portmap      upstream portmap, chained after bridge in the
+#   OUTDIR/reference/bandwidth    chaining and runtime tests (as users chain them)
+#   OUTDIR/reference/loopback     containerd's CRI brings up each pod's lo with it
 #
 # A program that already exists is left alone; delete it to rebuild.
 #
@@ -13,6 +18,9 @@ set -euo pipefail
 
 readonly CNI_VERSION=v1.3.0
 readonly PLUGINS_VERSION=v1.9.0
+# The CRI API is backward compatible: this crictl drives containerd 1.6's v1
+# CRI (Debian 12's).
+readonly CRICTL_VERSION=v1.34.0
 
 if [[ $# -ne 1 ]]; then
 	echo "usage: $0 OUTDIR" >&2
@@ -40,8 +48,12 @@ build_tool() {
 }
 
 build_tool "$out/tools" "github.com/containernetworking/cni/cnitool@$CNI_VERSION"
+build_tool "$out/tools" "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
 # The plugins report this version, like upstream's release builds, rather
 # than "version unknown".
 version_flag=-ldflags=-X=github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$PLUGINS_VERSION
 build_tool "$out/reference" "github.com/containernetworking/plugins/plugins/main/bridge@$PLUGINS_VERSION" "$version_flag"
 build_tool "$out/reference" "github.com/containernetworking/plugins/plugins/ipam/host-local@$PLUGINS_VERSION" "$version_flag"
+build_tool "$out/reference" "github.com/containernetworking/plugins/plugins/meta/portmap@$PLUGINS_VERSION" "$version_flag"
+build_tool "$out/reference" "github.com/containernetworking/plugins/plugins/meta/bandwidth@$PLUGINS_VERSION" "$version_flag"
+build_tool "$out/reference" "github.com/containernetworking/plugins/plugins/main/loopback@$PLUGINS_VERSION" "$version_flag"

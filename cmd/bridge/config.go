@@ -71,9 +71,12 @@ type NetConf struct {
 
 	// Masquerade tunes ipMasq (bpfbridge's own keys, all optional).
 	Masquerade struct {
-		Exclude   []string `json:"exclude"`   // destination CIDRs never masqueraded
-		Uplinks   []string `json:"uplinks"`   // instead of the routing table's
-		PortRange string   `json:"portRange"` // "61000-65535"
+		Exclude []string `json:"exclude"` // destination CIDRs never masqueraded
+		Uplinks []string `json:"uplinks"` // instead of the routing table's
+		// Address chooses the source address among the uplinks': one
+		// address, or a list of at most one per family.
+		Address   stringOrList `json:"address"`
+		PortRange string       `json:"portRange"` // "61000-65535"
 		Timeouts  struct {
 			TCP        int `json:"tcp"`
 			TCPSyn     int `json:"tcpSyn"`
@@ -104,6 +107,14 @@ type NetConf struct {
 	} `json:"args"`
 	RuntimeConfig struct {
 		MAC string `json:"mac,omitempty"`
+		// Bandwidth reaches bpfbridge when its entry declares the
+		// "bandwidth" capability, as the chained bandwidth plugin's does:
+		// an egress limit makes this endpoint's programs tcx links (see
+		// bandwidthAttach).
+		Bandwidth struct {
+			EgressRate  uint64 `json:"egressRate"`
+			EgressBurst uint64 `json:"egressBurst"`
+		} `json:"bandwidth"`
 	} `json:"runtimeConfig"`
 
 	// trunk is VlanTrunk expanded into sorted, distinct VLAN IDs.
@@ -160,6 +171,9 @@ func loadConf(stdin []byte) (*NetConf, error) {
 		return nil, invalidConf("\"datapath.attach\" (or %s): %q is not one of \"legacy\", \"tcx\"",
 			envAttach, conf.attachName())
 	}
+	if err := conf.bandwidthAttach(); err != nil {
+		return nil, err
+	}
 	if conf.masq, err = parseMasquerade(conf); err != nil {
 		return nil, err
 	}
@@ -169,6 +183,28 @@ func loadConf(stdin []byte) (*NetConf, error) {
 	}
 	conf.trunk = trunk
 	return conf, nil
+}
+
+// bandwidthAttach attaches with tcx an endpoint the runtime gives an
+// egress limit. The chained bandwidth plugin shapes egress with an
+// `ingress` qdisc (handle ffff:) that it creates exclusively on the host
+// veth, and a clsact qdisc, which legacy attachment needs, holds that
+// handle: the two cannot share a veth, while tcx needs no qdisc. Legacy
+// stays the default for every other endpoint because a tcx attach waits
+// for an RCU grace period under RTNL (README, "Attach modes"). A config
+// that insists on legacy gets a clear error here instead of bandwidth's
+// "file exists".
+func (c *NetConf) bandwidthAttach() error {
+	bw := c.RuntimeConfig.Bandwidth
+	if bw.EgressRate == 0 && bw.EgressBurst == 0 {
+		return nil
+	}
+	if c.Datapath.Attach == datapath.AttachLegacy.String() {
+		return invalidConf("\"datapath.attach\": \"legacy\" cannot carry runtimeConfig.bandwidth's egress limit " +
+			"(the bandwidth plugin's ingress qdisc and bpfbridge's clsact both need handle ffff:): use \"tcx\" or leave it unset")
+	}
+	c.Datapath.Attach = datapath.AttachTCX.String()
+	return nil
 }
 
 // Link MTU minimums: the kernel's (ETH_MIN_MTU, also IPv4's minimum) and
@@ -383,6 +419,7 @@ func (c *NetConf) bridgeConfig() topology.BridgeConfig {
 		MTU:           c.MTU,
 		Promisc:       c.PromiscMode,
 		VlanFiltering: c.Vlan != 0 || len(c.trunk) > 0,
+		PinMAC:        c.IsGateway,
 	}
 }
 
@@ -416,9 +453,33 @@ func parseMasquerade(c *NetConf) (datapath.Masquerade, error) {
 			return out, invalidConf("\"masquerade.timeouts.%s\": %d is above the maximum of %d seconds", key, v, uint32(math.MaxUint32))
 		}
 	}
+	for i, a := range m.Address {
+		addr, err := netip.ParseAddr(a)
+		if err != nil || addr.Zone() != "" {
+			return out, invalidConf("\"masquerade.address[%d]\": %q is not an IP address", i, a)
+		}
+		addr = addr.Unmap()
+		if slices.ContainsFunc(out.Address, func(b netip.Addr) bool { return b.Is4() == addr.Is4() }) {
+			return out, invalidConf("\"masquerade.address[%d]\": %q is a second address of its family (one per family)", i, a)
+		}
+		out.Address = append(out.Address, addr)
+	}
 	sec := func(v int) time.Duration { return time.Duration(v) * time.Second }
 	out.Timeouts = datapath.NATTimeouts{TCP: sec(t.TCP), TCPSyn: sec(t.TCPSyn), TCPClosing: sec(t.TCPClosing), UDP: sec(t.UDP), ICMP: sec(t.ICMP)}
 	return out, nil
+}
+
+// stringOrList is a JSON string or list of strings.
+type stringOrList []string
+
+// UnmarshalJSON accepts "a" as ["a"].
+func (l *stringOrList) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*l = stringOrList{one}
+		return nil
+	}
+	return json.Unmarshal(b, (*[]string)(l))
 }
 
 // expandTrunk turns vlanTrunk entries into sorted, distinct VLAN IDs.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"syscall"
@@ -102,6 +103,40 @@ func TestMasqueradeTimeoutBound(t *testing.T) {
 		}
 		if err != nil && !strings.Contains(err.Error(), fmt.Sprint(v)) {
 			t.Errorf("message %q does not name %d", err, v)
+		}
+	}
+}
+
+func TestMasqueradeAddress(t *testing.T) {
+	for _, c := range []struct {
+		json string
+		want []string // parsed addresses; nil: invalid, code 7
+	}{
+		{`"192.0.2.7"`, []string{"192.0.2.7"}},
+		{`["192.0.2.7", "2001:db8::7"]`, []string{"192.0.2.7", "2001:db8::7"}},
+		{`["::ffff:192.0.2.7"]`, []string{"192.0.2.7"}},
+		{`"192.0.2.0/24"`, nil},
+		{`["192.0.2.7", "192.0.2.8"]`, nil},
+		{`"fe80::1%eth0"`, nil},
+	} {
+		conf, err := loadConf([]byte(`{"cniVersion": "1.0.0", "name": "n", "type": "bridge", "masquerade": {"address": ` + c.json + `}}`))
+		if c.want == nil {
+			var cniErr *types.Error
+			if !errors.As(err, &cniErr) || cniErr.Code != types.ErrInvalidNetworkConfig || !strings.Contains(err.Error(), "masquerade.address") {
+				t.Errorf("address %s: %v, want code 7 naming masquerade.address", c.json, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("address %s: %v", c.json, err)
+			continue
+		}
+		var got []string
+		for _, a := range conf.masq.Address {
+			got = append(got, a.String())
+		}
+		if fmt.Sprint(got) != fmt.Sprint(c.want) {
+			t.Errorf("address %s: parsed %v, want %v", c.json, got, c.want)
 		}
 	}
 }

@@ -26,11 +26,11 @@ func (in *inspector) endpointList([]string) error {
 	}
 	return in.emit(recs, func(w io.Writer) {
 		row(w, "CONTAINER", "IFNAME", "NETWORK", "IPS", "MAC", "HOST_IF", "IFINDEX", "ISOLATION", "MODE", "PROG_TAG",
-			"PKTS_FROM", "BYTES_FROM", "PKTS_TO", "BYTES_TO", "DROPS")
+			"PKTS_FROM", "BYTES_FROM", "PKTS_TO", "BYTES_TO", "DROPS", "STALE")
 		for _, r := range recs {
 			row(w, r.ContainerID, r.IfName, r.Network, ipList(r.IPs), r.MAC, r.HostIfName, r.HostIfindex, r.Isolation,
 				dash(r.Attach.String()), r.ProgTag, r.FromContainer.Packets, r.FromContainer.Bytes,
-				r.ToContainer.Packets, r.ToContainer.Bytes, r.DropsTotal)
+				r.ToContainer.Packets, r.ToContainer.Bytes, r.DropsTotal, dash(r.StaleReason))
 		}
 	})
 }
@@ -57,7 +57,7 @@ func (in *inspector) endpointShow(args []string) error {
 				{"created", v.Created.Format(time.RFC3339)},
 				{"from container", fmt.Sprintf("%d packets, %d bytes", v.FromContainer.Packets, v.FromContainer.Bytes)},
 				{"to container", fmt.Sprintf("%d packets, %d bytes", v.ToContainer.Packets, v.ToContainer.Bytes)},
-				{"drops", v.DropsTotal},
+				{"drops", v.DropsTotal}, {"stale", dash(v.StaleReason)},
 			} {
 				row(w, kv[0].(string)+":", kv[1])
 			}

@@ -106,7 +106,7 @@ func (in *inspector) flows() ([]datapath.Flow, error) {
 		}
 		flows = slices.DeleteFunc(flows, func(f datapath.Flow) bool { return !slices.Contains(ips, f.Container.Addr()) })
 		if len(flows) == 0 {
-			err = datapath.ErrNoMasquerade
+			err = datapath.ErrNoFlows
 		}
 	}
 	if errors.Is(err, datapath.ErrNoMasquerade) {

@@ -34,6 +34,9 @@ type BridgeConfig struct {
 	MTU           int
 	Promisc       bool
 	VlanFiltering bool
+	// PinMAC pins an existing bridge's MAC, as the reference does for a
+	// gateway (a bridge this package creates is always pinned).
+	PinMAC bool
 }
 
 // EnsureBridge returns the bridge named cfg.Name, creating it when missing,
@@ -44,6 +47,8 @@ func EnsureBridge(cfg BridgeConfig) (*netlink.Bridge, error) {
 	br, err := LookupBridge(cfg.Name)
 	if errors.As(err, new(netlink.LinkNotFoundError)) {
 		br, err = createBridge(cfg)
+	} else if err == nil && cfg.PinMAC {
+		err = pinMAC(br)
 	}
 	if err != nil {
 		return nil, err
@@ -91,11 +96,8 @@ func createBridge(cfg BridgeConfig) (*netlink.Bridge, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Pin the bridge's MAC: left alone, a bridge takes the lowest MAC of its
-	// ports, so its address (the containers' gateway MAC) would change as
-	// containers come and go and every neighbour cache would go stale.
-	if err := netlink.LinkSetHardwareAddr(created, created.HardwareAddr); err != nil {
-		return nil, fmt.Errorf("pin MAC of bridge %q: %w", cfg.Name, err)
+	if err := pinMAC(created); err != nil {
+		return nil, err
 	}
 	// The MTU is set after creation, not with it: only an explicit change
 	// marks it as the operator's, for the kernel to keep.
@@ -108,6 +110,20 @@ func createBridge(cfg BridgeConfig) (*netlink.Bridge, error) {
 	// from a container must not add routes to the node.
 	_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/accept_ra", cfg.Name), "0")
 	return created, nil
+}
+
+// pinMAC sets the bridge's MAC to its current one. Left alone, a bridge
+// takes the lowest MAC of its ports, so its address (the containers'
+// gateway MAC) would change as containers come and go and every neighbour
+// cache would go stale; once set explicitly, the kernel keeps it. Setting
+// the MAC it already has costs one netlink call and changes nothing else,
+// so a bridge created by someone else is pinned on every gateway ADD, as the
+// reference does.
+func pinMAC(br *netlink.Bridge) error {
+	if err := netlink.LinkSetHardwareAddr(br, br.HardwareAddr); err != nil {
+		return fmt.Errorf("pin MAC of bridge %q: %w", br.Name, err)
+	}
+	return nil
 }
 
 // adoptMTU sets the configured MTU on an existing bridge that has no ports.

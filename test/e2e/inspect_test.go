@@ -542,7 +542,7 @@ func TestInspectMasquerade(t *testing.T) {
 	}
 	for _, obj := range []string{"ct", "nat"} {
 		stdout, _, code := runInspect(t, sb, obj, "list")
-		if code != 0 || !strings.HasPrefix(stdout, "no masquerade state") {
+		if code != 0 || !strings.HasPrefix(stdout, "no masquerade translations yet") {
 			t.Errorf("%s list after DEL: exit %d, %q", obj, code, stdout)
 		}
 	}
