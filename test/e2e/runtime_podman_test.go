@@ -90,6 +90,20 @@ func (p *podman) mustRun(args ...string) string {
 	return strings.TrimSpace(out)
 }
 
+// waitGone waits, up to 30 s, until no container named name is left (one
+// that exits by itself and was run with --rm).
+func (p *podman) waitGone(t *testing.T, name string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if ids := p.mustRun("ps", "--all", "--quiet", "--filter", "name="+name); ids == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("container %s is still there after 30s", name)
+		}
+	}
+}
+
 // podmanConflist is the README's podman example with the sandbox's state
 // locations: bpfbridge as a masquerading gateway, then portmap for -p.
 func podmanConflist(name, bridge, bpffs, dataDir string) string {
@@ -147,14 +161,7 @@ func TestRuntimePodman(t *testing.T) {
 
 	// A container that exits by itself is torn down by conmon's cleanup.
 	p.mustRun("run", "-d", "--rm", "--name", "brief", "--network", network, "--rootfs", rootfs, "/bin/sleep", "1")
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		if ids := p.mustRun("ps", "--all", "--quiet", "--filter", "name=brief"); ids == "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the container that exits after 1s is still there after 30s")
-		}
-	}
+	p.waitGone(t, "brief")
 	assertTornDown(t, sb, network, dataDir)
 }
 
@@ -189,13 +196,6 @@ func TestRuntimePodmanCleanupWithoutEnv(t *testing.T) {
 	if eps := endpointsByID(t, sb); len(eps) != 1 {
 		t.Fatalf("endpoints after podman run: %d, want 1 in the state BPFBRIDGE_BPFFS names", len(eps))
 	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		if ids := p.mustRun("ps", "--all", "--quiet", "--filter", "name=brief"); ids == "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the container that exits after 2s is still there after 30s")
-		}
-	}
+	p.waitGone(t, "brief")
 	assertTornDown(t, sb, network, dataDir)
 }
