@@ -47,12 +47,6 @@ func (i Isolation) String() string {
 // MarshalText writes the mode's name.
 func (i Isolation) MarshalText() ([]byte, error) { return []byte(i.String()), nil }
 
-// Limits of struct endpoint (enum endpoint_limits in bpf/endpoint.h).
-const (
-	maxIPv4 = uint8(program.BpfbridgeEndpointLimitsMAX_IPV4)
-	maxIPv6 = uint8(program.BpfbridgeEndpointLimitsMAX_IPV6)
-)
-
 // Endpoint is a container attachment as the datapath sees it. The JSON
 // field names are those of `bridge inspect endpoint -j`.
 type Endpoint struct {
