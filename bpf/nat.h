@@ -36,14 +36,19 @@
  * table needs to be nearly full for 32 in a row to be taken. */
 #define NAT_PORT_TRIES 32
 
-/* Defaults for the zero port range of nat_config. The range lies above
- * Linux's default ephemeral range (32768-60999), and the control plane
- * reserves it (net.ipv4.ip_local_reserved_ports) so that the node's own
- * connections from the uplink address never collide with a NAT port. */
+/* Defaults for the zero port range of nat_config: every unprivileged port.
+ * The node's own flows from the uplink address are tracked in the same
+ * table as the containers' (snat_egress), so a container flow never takes
+ * a 5-tuple the node uses, and a node flow that finds its tuple taken by a
+ * container is itself moved to a free port: nothing needs reserving. */
 enum nat_port_default {
-	NAT_PORT_MIN_DEFAULT = 61000,
+	NAT_PORT_MIN_DEFAULT = 1024,
 	NAT_PORT_MAX_DEFAULT = 65535,
 };
+
+/* nat_source_policy results besides 0 (none of ours) and -reason. */
+#define NAT_SRC_CONTAINER 1
+#define NAT_SRC_NODE 2 /* the node's own flow from the uplink address */
 
 #define NAT_MAX_UPLINKS 64
 #define NAT_MAX_NETWORKS 4096
@@ -126,7 +131,10 @@ struct nat_l4 {
 	__be16 sport;   /* echo: the identifier */
 	__be16 dport;   /* echo: 0 */
 	__u8 tcp_flags;
-	__u8 pad[3];
+	__u8 tcp_doff;  /* TCP header length, bytes */
+	__u16 tcp_win;  /* host order, unscaled */
+	__u32 tcp_seq;  /* host order */
+	__u32 tcp_ack;
 };
 
 /* Per-CPU scratch space for a packet's NAT: the flow, its nat_in key and
@@ -236,11 +244,55 @@ static __always_inline int nat_parse_l4(struct __sk_buff *skb, const struct pkt 
 		return 0;
 	if (!nat_l4_ports(hdr, off, pkt->ip_proto, pkt->family, echo4, echo6, l4))
 		return 0;
-	if (pkt->ip_proto == IPPROTO_TCP &&
-	    (off + 20 > end ||
-	     bpf_skb_load_bytes(skb, off + 13, &l4->tcp_flags, sizeof(l4->tcp_flags))))
-		return 0;
+	if (pkt->ip_proto == IPPROTO_TCP) {
+		/* sequence, acknowledgment, data offset, flags, window */
+		__u8 tcp[12];
+
+		if (off + 20 > end || bpf_skb_load_bytes(skb, off + 4, tcp, sizeof(tcp)))
+			return 0;
+		l4->tcp_seq = bpf_ntohl(*(__be32 *)&tcp[0]);
+		l4->tcp_ack = bpf_ntohl(*(__be32 *)&tcp[4]);
+		l4->tcp_doff = (tcp[8] >> 4) * 4;
+		l4->tcp_flags = tcp[9];
+		l4->tcp_win = ((__u16)tcp[10] << 8) | tcp[11];
+	}
 	return 1;
+}
+
+/* The window scale option of a TCP SYN whose header (doff bytes, options
+ * included) is at off: 0 when it has none, which means the sender's
+ * windows are unscaled (RFC 7323). Not inlined: the option buffer gets a
+ * frame of its own. */
+static __noinline __u8 nat_tcp_wscale(struct __sk_buff *skb, __u32 off, __u32 doff, __u32 end)
+{
+	__u8 opts[64] = {};
+	__u32 len, i = 0, n;
+
+	if (doff <= 20 || doff > 60 || off + doff > end)
+		return 0;
+	len = (doff - 20) & 63; /* bounds the verifier sees */
+	if (!len || len > 40 || bpf_skb_load_bytes(skb, off + 20, opts, len))
+		return 0;
+	/* At most 40 bytes, each option at least one. i is kept to 0-63 at
+	 * every step, so the verifier's states of all paths through an
+	 * iteration are the same and it walks the loop once, not once per
+	 * path (a malformed option list at worst ends the walk early). */
+	for (n = 0; n < 40; n++) {
+		__u8 kind, olen;
+
+		if (i >= len)
+			break;
+		kind = opts[i];
+		if (kind == 0) /* end of options */
+			break;
+		olen = kind == 1 ? 1 : opts[(i + 1) & 63]; /* no-op: one byte */
+		if (kind == 3 && olen == 3)
+			return opts[(i + 2) & 63];
+		if (!olen || (olen < 2 && kind != 1))
+			break;
+		i = (i + olen) & 63;
+	}
+	return 0;
 }
 
 /* Multicast and broadcast are link-local business, never masqueraded. A
@@ -378,7 +430,8 @@ static __always_inline int nat_port_reclaim(struct nat_tuple *it, const struct n
  * CPUs; the nat_out half follows, and if it cannot be inserted the claim is
  * rolled back, so a pair exists whole or not at all.
  *
- * The first candidate comes from hashing the flow, the others are random. The loop
+ * The first candidate is the flow's own port (or comes from hashing the
+ * flow), the others are random. The loop
  * inserts, adopts this flow's own orphaned nat_in half, and remembers the
  * first candidate whose holder expired; the costlier reclaim of that one
  * runs at most once, after the loop, and only if no port was free.
@@ -395,7 +448,7 @@ __noinline int nat_create(__u32 uplink, __u32 state)
 	struct nat_scratch *s;
 	struct nat_entry v = {};
 	struct nat_entry *in;
-	__u32 pmin = 0, pmax = 0, range, start, tries, offset, i, zero = 0;
+	__u32 pmin = 0, pmax = 0, range, start, tries, offset, own, i, zero = 0;
 	__u64 now = bpf_ktime_get_ns();
 	__be16 port, reclaim = 0;
 	int ret;
@@ -419,7 +472,14 @@ __noinline int nat_create(__u32 uplink, __u32 state)
 	}
 	range = pmax - pmin + 1;
 	tries = range < NAT_PORT_TRIES ? range : NAT_PORT_TRIES;
-	start = nat_hash(&s->ot) % range;
+	/* Port preservation, as netfilter does: the flow keeps its own port
+	 * (echo: identifier) when it is in the range and the translated
+	 * 5-tuple is free. Otherwise a hash of the flow picks the start. */
+	own = bpf_ntohs(s->ot.sport);
+	if (own >= pmin && own <= pmax)
+		start = own - pmin;
+	else
+		start = nat_hash(&s->ot) % range;
 
 	/* v is the nat_in value while claiming, the nat_out value after. */
 	__builtin_memcpy(v.addr, s->ot.src, 16);
@@ -432,8 +492,8 @@ __noinline int nat_create(__u32 uplink, __u32 state)
 	for (i = 0; i < NAT_PORT_TRIES; i++) {
 		if (i >= tries)
 			break;
-		/* The first candidate is the flow's own (a flow whose entries
-		 * expired gets its port back). A range of up to
+		/* The first candidate is the flow's own port, or its hash (a
+		 * flow whose entries expired gets its port back). A range of up to
 		 * NAT_PORT_TRIES ports is then walked whole; in a larger one
 		 * the others are random: walking consecutive ports would run
 		 * through the runs of taken ports that form long before the
@@ -497,6 +557,10 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct pkt *
 	__u64 mangled = pkt->ip_proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	int ret;
 
+	/* The node's own flows usually translate to themselves. */
+	if (old_port == new_port && addr16_equal(from->b, to->b))
+		return 0;
+
 	if (pkt->family == 4) {
 		ret = bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), from->v4,
 					  to->v4, 4);
@@ -538,11 +602,27 @@ static __always_inline __u32 nat_daddr_off(const struct pkt *pkt)
 				  ETH_HLEN + offsetof(struct ipv6hdr, daddr);
 }
 
+/* The uplink's address of family into *addr; 0 when it has none. */
+static __always_inline int nat_uplink_addr(const struct nat_uplink *up, __u8 family, union addr *addr)
+{
+	if (family == 4) {
+		if (!up->has_ipv4)
+			return 0;
+		addr->v4 = up->ipv4;
+		return 1;
+	}
+	if (!up->has_ipv6)
+		return 0;
+	__builtin_memcpy(addr->b, up->ipv6, 16);
+	return 1;
+}
+
 /* Whether a packet leaving on uplink is masqueraded: its source is a
  * container of a network with NAT_F_MASQUERADE, its destination neither a
- * group nor excluded for that network. Returns 1 and the address to
- * translate to in *nat_addr; 0 when the packet is none of ours; or minus
- * the reason to drop it. *ep_ifindex is the container's veth once known.
+ * group nor excluded for that network. Returns NAT_SRC_CONTAINER and the
+ * address to translate to in *nat_addr; NAT_SRC_NODE for the node's own
+ * packets from the uplink address (*nat_addr is that address); 0 when the
+ * packet is none of ours; or minus the reason to drop it. *ep_ifindex is the container's veth once known.
  *
  * Not inlined: the keys of its lookups get a frame of their own, off the
  * stack of the path that creates flows (the BPF stack is 512 bytes for a
@@ -556,8 +636,17 @@ static __noinline int nat_source_policy(const struct pkt *pkt, __u32 uplink, uni
 	__u32 network;
 
 	owner = ip_owner_lookup(pkt->family, &pkt->saddr);
-	if (!owner)
-		return 0; /* the node's own traffic, or routed */
+	if (!owner) {
+		/* The node's own traffic from the uplink address is tracked
+		 * (NAT_SRC_NODE), translated to itself while its tuple is
+		 * free; anything else (routed, other addresses) is not
+		 * ours. */
+		up = bpf_map_lookup_elem(&nat_uplinks, &uplink);
+		if (!up || nat_dst_is_group(pkt) || !nat_uplink_addr(up, pkt->family, nat_addr) ||
+		    !addr16_equal(nat_addr->b, pkt->saddr.b))
+			return 0;
+		return NAT_SRC_NODE;
+	}
 	network = owner->network;
 	*ep_ifindex = owner->ifindex;
 	net = bpf_map_lookup_elem(&nat_networks, &network);
@@ -571,18 +660,9 @@ static __noinline int nat_source_policy(const struct pkt *pkt, __u32 uplink, uni
 	 * would not find their way back. A missing uplink entry is an
 	 * uplink without address. */
 	up = bpf_map_lookup_elem(&nat_uplinks, &uplink);
-	if (!up)
+	if (!up || !nat_uplink_addr(up, pkt->family, nat_addr))
 		return -DROP_NAT_NO_ADDRESS;
-	if (pkt->family == 4) {
-		if (!up->has_ipv4)
-			return -DROP_NAT_NO_ADDRESS;
-		nat_addr->v4 = up->ipv4;
-	} else {
-		if (!up->has_ipv6)
-			return -DROP_NAT_NO_ADDRESS;
-		__builtin_memcpy(nat_addr->b, up->ipv6, 16);
-	}
-	return 1;
+	return NAT_SRC_CONTAINER;
 }
 
 /* Source NAT of a packet leaving on an uplink. Returns DROP_NONE (the packet
@@ -597,7 +677,7 @@ static __always_inline __u8 snat_egress(struct __sk_buff *skb, const struct pkt 
 	struct nat_entry *out, *in;
 	struct nat_l4 l4 = {};
 	__u32 uplink = skb->ifindex, zero = 0;
-	__u8 state;
+	__u8 state, fail;
 	__u64 now;
 	int ret;
 
@@ -610,6 +690,10 @@ static __always_inline __u8 snat_egress(struct __sk_buff *skb, const struct pkt 
 	ret = nat_source_policy(pkt, uplink, &s->nat_addr, ep_ifindex);
 	if (ret <= 0)
 		return (__u8)-ret;
+	/* The node's own flows are tracked so that no container takes their
+	 * tuple; one that finds no room passes as it is (its address is no
+	 * secret, and the node's traffic is never starved by containers). */
+	fail = ret == NAT_SRC_NODE ? DROP_NONE : DROP_NAT_EXHAUSTED;
 
 	nat_tuple_init(&s->ot, &pkt->saddr, &pkt->daddr, l4.sport, l4.dport, pkt->ip_proto,
 		       pkt->family);
@@ -626,6 +710,8 @@ static __always_inline __u8 snat_egress(struct __sk_buff *skb, const struct pkt 
 			state = ct_next_state(out->state, pkt->ip_proto, l4.tcp_flags, 1, 0);
 			ct_touch(out, state, now, skb->len);
 			ct_touch(in, state, now, 0);
+			if (pkt->ip_proto == IPPROTO_TCP && (l4.tcp_flags & TCP_FLAG_ACK))
+				ct_window_update(in, l4.tcp_ack, l4.tcp_win);
 			goto rewrite;
 		}
 		/* Expired, half a pair, or made for an uplink address that
@@ -639,15 +725,28 @@ static __always_inline __u8 snat_egress(struct __sk_buff *skb, const struct pkt 
 
 	state = ct_next_state(0, pkt->ip_proto, l4.tcp_flags, 1, 1);
 	if (nat_create(uplink, state) == NAT_EXHAUSTED)
-		return DROP_NAT_EXHAUSTED;
+		return fail;
 	/* Created, or created by another CPU meanwhile: either way the
 	 * pair is whole now (should it be gone already, the next packet
 	 * tries again). */
 	out = bpf_map_lookup_elem(&nat_out, &s->ot);
 	if (!out)
-		return DROP_NAT_EXHAUSTED;
+		return fail;
 	__sync_fetch_and_add(&out->packets, 1);
 	__sync_fetch_and_add(&out->bytes, skb->len);
+	if (pkt->ip_proto == IPPROTO_TCP) {
+		/* The container's window, for judging the remote's RST and
+		 * FIN: its scale travels in its SYN only. */
+		nat_in_key(&s->it, &s->ot, out->addr, out->port);
+		in = bpf_map_lookup_elem(&nat_in, &s->it);
+		if (in && nat_in_belongs(in, &s->ot)) {
+			if (l4.tcp_flags & TCP_FLAG_SYN)
+				ct_window_init(in, nat_tcp_wscale(skb, pkt->l4_off, l4.tcp_doff,
+								  pkt->l3_end));
+			if (l4.tcp_flags & TCP_FLAG_ACK)
+				ct_window_update(in, l4.tcp_ack, l4.tcp_win);
+		}
+	}
 
 rewrite:
 	if (nat_rewrite(skb, pkt, &l4, nat_saddr_off(pkt), &pkt->saddr, &s->nat_addr, l4.sport_off,
@@ -686,12 +785,19 @@ static __always_inline __u8 rnat_ingress(struct __sk_buff *skb, const struct pkt
 		/* Treated as absent: the host gets the packet as sent. */
 		return DROP_NONE;
 
-	state = ct_next_state(in->state, it.proto, l4.tcp_flags, 0, 0);
-	ct_touch(in, state, now, skb->len);
-	nat_out_key(&ot, &it, in);
-	out = bpf_map_lookup_elem(&nat_out, &ot);
-	if (out && nat_out_belongs(out, &it))
-		ct_touch(out, state, now, 0);
+	/* A RST or FIN outside the container's window is no business of the
+	 * flow's (a blind attacker's, or stale): it neither closes nor
+	 * refreshes it. It still goes on to the container, whose TCP judges
+	 * it again (RFC 5961). */
+	if (it.proto != IPPROTO_TCP || !(l4.tcp_flags & (TCP_FLAG_RST | TCP_FLAG_FIN)) ||
+	    ct_in_window(in, l4.tcp_seq)) {
+		state = ct_next_state(in->state, it.proto, l4.tcp_flags, 0, 0);
+		ct_touch(in, state, now, skb->len);
+		nat_out_key(&ot, &it, in);
+		out = bpf_map_lookup_elem(&nat_out, &ot);
+		if (out && nat_out_belongs(out, &it))
+			ct_touch(out, state, now, 0);
+	}
 
 	__builtin_memcpy(orig.b, in->addr, 16);
 	orig_port = in->port;

@@ -5,10 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -40,10 +37,11 @@ type NATTimeouts struct {
 	TCP, TCPSyn, TCPClosing, UDP, ICMP time.Duration
 }
 
-// Defaults of the masquerade options: enum nat_port_default in bpf/nat.h.
-// The port range lies above Linux's ephemeral range (32768-60999) and is
-// reserved with net.ipv4.ip_local_reserved_ports, so the node's own
-// connections never pick a port a translation uses.
+// Defaults of the masquerade options: enum nat_port_default in bpf/nat.h,
+// every unprivileged port. Nothing is reserved in the node's sysctls: the
+// uplink programs track the node's own flows from the uplink address in the
+// same table as the containers', so a translation never takes a tuple the
+// node uses, nor the node one a translation uses.
 const (
 	DefaultNATPortMin = uint16(program.BpfbridgeNatPortDefaultNAT_PORT_MIN_DEFAULT)
 	DefaultNATPortMax = uint16(program.BpfbridgeNatPortDefaultNAT_PORT_MAX_DEFAULT)
@@ -111,9 +109,6 @@ func (d *Datapath) EnableMasquerade(m Masquerade) error {
 	cfg := m.config()
 	if err := d.maps.natConfig.Update(uint32(0), &cfg, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write masquerade config: %w", err)
-	}
-	if err := reservePorts(cfg.PortMin, cfg.PortMax); err != nil {
-		return err
 	}
 	flags := program.BpfbridgeNatNetwork{Flags: uint32(program.BpfbridgeNatNetworkFlagsNAT_F_MASQUERADE)}
 	return d.maps.natNetworks.Update(network, &flags, ebpf.UpdateAny)
@@ -237,33 +232,6 @@ func (d *Datapath) upgradeUplinks() error {
 		errs = append(errs, replaceLegacy(int(ifindex), d.progs, uplinkHooks))
 	}
 	return errors.Join(append(errs, it.Err())...)
-}
-
-// reservePorts adds [min, max] to net.ipv4.ip_local_reserved_ports (which
-// covers IPv6 too) in the node's namespace, keeping what is there.
-func reservePorts(min, max uint16) error {
-	const path = "/proc/sys/net/ipv4/ip_local_reserved_ports"
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
-	}
-	current := strings.TrimSpace(string(data))
-	want := fmt.Sprintf("%d-%d", min, max)
-	for _, r := range strings.Split(current, ",") {
-		lo, hi, _ := strings.Cut(r, "-")
-		l, err1 := strconv.Atoi(lo)
-		h, err2 := strconv.Atoi(hi)
-		if err1 == nil && err2 == nil && l <= int(min) && h >= int(max) {
-			return nil
-		}
-	}
-	if current != "" {
-		want = current + "," + want
-	}
-	if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
-		return fmt.Errorf("reserve masquerade ports %d-%d: %w", min, max, err)
-	}
-	return nil
 }
 
 // monotonicNow is the time of bpf_ktime_get_ns: CLOCK_MONOTONIC.

@@ -73,8 +73,10 @@ type NetConf struct {
 	Masquerade struct {
 		Exclude   []string `json:"exclude"`   // destination CIDRs never masqueraded
 		Uplinks   []string `json:"uplinks"`   // instead of the routing table's
-		PortRange string   `json:"portRange"` // "61000-65535"
-		Timeouts  struct {
+		PortRange string   `json:"portRange"` // "1024-65535"
+		// PrivilegedPorts lets portRange reach below 1024.
+		PrivilegedPorts bool `json:"privilegedPorts"`
+		Timeouts        struct {
 			TCP        int `json:"tcp"`
 			TCPSyn     int `json:"tcpSyn"`
 			TCPClosing int `json:"tcpClosing"`
@@ -399,7 +401,12 @@ func parseMasquerade(c *NetConf) (datapath.Masquerade, error) {
 		min, err1 := strconv.ParseUint(lo, 10, 16)
 		max, err2 := strconv.ParseUint(hi, 10, 16)
 		if err1 != nil || err2 != nil || min == 0 || min > max {
-			return out, invalidConf("\"masquerade.portRange\": %q is not a port range like \"61000-65535\"", m.PortRange)
+			return out, invalidConf("\"masquerade.portRange\": %q is not a port range like \"1024-65535\"", m.PortRange)
+		}
+		// A translated source port below 1024 looks to the remote like
+		// a privileged (root) client: only on request.
+		if min < 1024 && !m.PrivilegedPorts {
+			return out, invalidConf("\"masquerade.portRange\": %q includes privileged ports (below 1024); set \"masquerade.privilegedPorts\": true to allow them", m.PortRange)
 		}
 		out.PortMin, out.PortMax = uint16(min), uint16(max)
 	}

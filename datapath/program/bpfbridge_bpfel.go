@@ -202,7 +202,7 @@ type BpfbridgeNatEntry struct {
 	Addr       [16]uint8
 	Port       uint16
 	State      uint8
-	Pad        uint8
+	Flags      uint8
 	Uplink     uint32
 	CreatedNs  uint64
 	LastSeenNs uint64
@@ -233,7 +233,7 @@ const (
 type BpfbridgeNatPortDefault uint32
 
 const (
-	BpfbridgeNatPortDefaultNAT_PORT_MIN_DEFAULT BpfbridgeNatPortDefault = 61000
+	BpfbridgeNatPortDefaultNAT_PORT_MIN_DEFAULT BpfbridgeNatPortDefault = 1024
 	BpfbridgeNatPortDefaultNAT_PORT_MAX_DEFAULT BpfbridgeNatPortDefault = 65535
 )
 

@@ -474,9 +474,9 @@ func TestMasqueradeTCPStates(t *testing.T) {
 		}
 		return program.BpfbridgeCtState(e.State)
 	}
-	send(tcpACK) // picked up mid-stream
-	if s := state(); s != program.BpfbridgeCtStateCT_ESTABLISHED {
-		t.Errorf("mid-stream: state %d", s)
+	send(tcpACK) // picked up mid-stream, with the short timeout of a SYN
+	if s := state(); s != program.BpfbridgeCtStateCT_SYN_SENT {
+		t.Errorf("bare ACK: state %d, want syn-sent (not established)", s)
 	}
 	send(tcpFIN | tcpACK)
 	if s := state(); s != program.BpfbridgeCtStateCT_CLOSING {
@@ -509,7 +509,7 @@ func TestMasqueradeNotTranslated(t *testing.T) {
 		{"multicast", ipv4Frame(a.mac, gwMAC, a.v4(), mdns4, protoUDP, udp(a.v4(), mdns4, 5353, 5353, nil))},
 		{"limited broadcast", ipv4Frame(a.mac, broadcastMAC, a.v4(), ip("255.255.255.255"), protoUDP, udp(a.v4(), ip("255.255.255.255"), 68, 67, nil))},
 		{"multicast ipv6", ipv6Frame(a.mac, gwMAC, a.v6(), mdns6, protoUDP, udp(a.v6(), mdns6, 5353, 5353, nil))},
-		{"the node's own traffic", ipv4Frame(uplinkMAC, routerMAC, uplink4, remote4, protoTCP, tcpFlags(uplink4, remote4, 40000, 80, tcpSYN))},
+		{"routed traffic", ipv4Frame(uplinkMAC, routerMAC, ip("192.0.2.77"), remote4, protoTCP, tcpFlags(ip("192.0.2.77"), remote4, 40000, 80, tcpSYN))},
 		{"icmp echo reply from a container", ipv4Frame(a.mac, gwMAC, a.v4(), remote4, protoICMP, icmp4EchoMsg(icmp4EchoReply, 7, 1))},
 		{"arp", arpFrame(a.mac, broadcastMAC, arp(1, a.mac, a.v4(), make([]byte, 6), gw4))},
 		// The IP header ends the packet 12 bytes into its TCP header: the
@@ -890,5 +890,183 @@ func TestVerifierComplexity(t *testing.T) {
 		if n > 200000 {
 			t.Errorf("%s: verifier walked %d instructions, budget 200000", name, n)
 		}
+	}
+}
+
+// The container's source port is kept when the translated tuple is free,
+// and moved when another flow holds it.
+func TestMasqueradePortPreservation(t *testing.T) {
+	n := newNATEnv(t)
+	a, b := n.a, n.b
+	for _, i := range []int{0, 1, 3, 4} { // tcp4, udp4, icmp4 echo, tcp6
+		c, other := natProtos(a)[i], natProtos(b)[i]
+		t.Run(c.name, func(t *testing.T) {
+			if _, np := n.masquerade(t, c, 45000); np != 45000 {
+				t.Errorf("free tuple: NAT port %d, want the container's own 45000", np)
+			}
+			// Container b sends from the same port to the same remote:
+			// the tuple is a's, so b's flow moves.
+			if _, np := n.masquerade(t, other, 45000); np == 45000 {
+				t.Errorf("taken tuple: NAT port %d kept", np)
+			}
+		})
+	}
+	// Outside the range the port moves into it.
+	n.setConfig(t, program.BpfbridgeNatConfig{PortMin: 50000, PortMax: 50100})
+	_, np := n.masquerade(t, natProtos(a)[1], 2000)
+	if np < 50000 || np > 50100 {
+		t.Errorf("port outside the range: NAT port %d", np)
+	}
+	n.checkPairs(t)
+}
+
+// The node's own flows from the uplink address share the table: a
+// container never takes their tuple, and a node flow that finds its tuple
+// taken moves to another port, its replies restored.
+func TestMasqueradeNodeFlows(t *testing.T) {
+	n := newNATEnv(t)
+	a := n.a
+	node := func(sp uint16) []byte {
+		return ipv4Frame(uplinkMAC, routerMAC, uplink4, remote4, protoTCP, tcpFlags(uplink4, remote4, sp, 80, tcpSYN))
+	}
+	f := node(40000)
+	if v, out := n.egress(t, f); v != verdictPass || !bytes.Equal(out, f) {
+		t.Fatalf("node flow: verdict %#x, changed %v", v, !bytes.Equal(out, f))
+	}
+	if pairs := n.checkPairs(t); pairs != 1 {
+		t.Fatalf("node flow: %d pairs, want 1 (tracked)", pairs)
+	}
+	// Its reply passes as it is.
+	reply := ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoTCP, tcpFlags(remote4, uplink4, 80, 40000, tcpSYN|tcpACK))
+	if v, out := n.ingress(t, reply); v != verdictPass || !bytes.Equal(out, reply) {
+		t.Errorf("node flow's reply: verdict %#x, changed %v", v, !bytes.Equal(out, reply))
+	}
+	// A container from the same port to the same remote:port moves.
+	if _, np := n.masquerade(t, natProtos(a)[0], 40000); np == 40000 {
+		t.Errorf("container flow took the node's tuple")
+	}
+	// The container holds 41000 first: the node's flow from 41000 moves.
+	if _, np := n.masquerade(t, natProtos(a)[0], 41000); np != 41000 {
+		t.Fatalf("container flow: NAT port %d, want 41000", np)
+	}
+	v, out := n.egress(t, node(41000))
+	if v != verdictPass {
+		t.Fatalf("verdict %#x", v)
+	}
+	p := decodeFrame(t, out)
+	checkL4(t, p, "moved node flow")
+	moved, _ := p.ports()
+	if p.src != uplink4 || moved == 41000 {
+		t.Fatalf("node flow over a taken tuple left as %v:%d", p.src, moved)
+	}
+	reply = ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoTCP, tcpFlags(remote4, uplink4, 80, moved, tcpSYN|tcpACK))
+	_, back := n.ingress(t, reply)
+	bp := decodeFrame(t, back)
+	checkL4(t, bp, "restored node reply")
+	if _, d := bp.ports(); bp.dst != uplink4 || d != 41000 {
+		t.Errorf("node reply restored to %v:%d, want %v:41000", bp.dst, d, uplink4)
+	}
+	if pairs := n.checkPairs(t); pairs != 4 {
+		t.Errorf("%d pairs, want 4", pairs)
+	}
+	if tot := n.totals(t); tot != [program.NumDropReasons]uint64{} {
+		t.Errorf("drops: %v", tot)
+	}
+}
+
+// tcpSeg is a payload-free TCP segment with the given numbers, window and
+// options (padded to 4 bytes with end-of-options).
+func tcpSeg(src, dst netip.Addr, sport, dport uint16, flags uint8, seq, ack uint32, win uint16, opts []byte) []byte {
+	for len(opts)%4 != 0 {
+		opts = append(opts, 0)
+	}
+	seg := be16(nil, sport)
+	seg = be16(seg, dport)
+	seg = be32(seg, seq)
+	seg = be32(seg, ack)
+	seg = append(seg, byte((20+len(opts))/4)<<4, flags)
+	seg = be16(seg, win)
+	seg = append(seg, 0, 0, 0, 0)
+	seg = append(seg, opts...)
+	return l4(src, dst, protoTCP, seg, 16)
+}
+
+// A RST or FIN from the remote changes a flow's state only when its
+// sequence number lies in the window the container last advertised
+// (scaled as its SYN said); blind ones neither close nor refresh it.
+func TestMasqueradeTCPWindow(t *testing.T) {
+	// Linux's SYN options: MSS, SACK permitted, timestamps, NOP, window scale 7.
+	linuxOpts := []byte{2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7}
+	for _, tc := range []struct {
+		name  string
+		opts  []byte
+		scale uint
+	}{
+		{"window scale 7", linuxOpts, 7},
+		{"no window scale", []byte{2, 4, 0x05, 0xb4}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newNATEnv(t)
+			a := n.a
+			const sport, cseq, rseq, win = 42000, 1000, 5000, 100
+			out := func(flags uint8, seq, ack uint32, opts []byte) {
+				t.Helper()
+				f := ipv4Frame(a.mac, gwMAC, a.v4(), remote4, protoTCP, tcpSeg(a.v4(), remote4, sport, 80, flags, seq, ack, win, opts))
+				if v, _ := n.egress(t, f); v != verdictPass {
+					t.Fatalf("egress verdict %#x", v)
+				}
+			}
+			in := func(flags uint8, seq uint32) {
+				t.Helper()
+				f := ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoTCP, tcpSeg(remote4, uplink4, 80, sport, flags, seq, cseq+1, 1000, nil))
+				v, back := n.ingress(t, f)
+				if v != verdictPass {
+					t.Fatalf("ingress verdict %#x", v)
+				}
+				// Translated all the same: the container's TCP judges it too.
+				if p := decodeFrame(t, back); p.dst != a.v4() {
+					t.Errorf("segment from the remote not translated: to %v", p.dst)
+				}
+			}
+			okey := tuple(a.v4(), remote4, sport, 80, protoTCP)
+			entry := func() program.BpfbridgeNatEntry {
+				t.Helper()
+				var e program.BpfbridgeNatEntry
+				if err := n.objs.NatOut.Lookup(okey, &e); err != nil {
+					t.Fatal(err)
+				}
+				return e
+			}
+			out(tcpSYN, cseq, 0, tc.opts)
+			in(tcpSYN|tcpACK, rseq)
+			out(tcpACK, cseq+1, rseq+1, nil)
+			if s := program.BpfbridgeCtState(entry().State); s != program.BpfbridgeCtStateCT_ESTABLISHED {
+				t.Fatalf("state %v, want established", s)
+			}
+			span := uint32(win) << tc.scale
+			seen := entry().LastSeenNs
+			// Blind: every sequence number outside the window.
+			for i := range uint32(5000) {
+				flags := uint8(tcpRST)
+				if i%2 == 1 {
+					flags = tcpFIN | tcpACK
+				}
+				in(flags, rseq+1+span+1+i*811_000)
+			}
+			if e := entry(); program.BpfbridgeCtState(e.State) != program.BpfbridgeCtStateCT_ESTABLISHED || e.LastSeenNs != seen {
+				t.Errorf("after 5000 out-of-window RST/FIN: state %v, refreshed %v", program.BpfbridgeCtState(e.State), e.LastSeenNs != seen)
+			}
+			// Before the last acknowledgment: out of window too.
+			in(tcpRST, rseq)
+			if s := program.BpfbridgeCtState(entry().State); s != program.BpfbridgeCtStateCT_ESTABLISHED {
+				t.Errorf("RST before the window: state %v", s)
+			}
+			// At the window's far edge: in.
+			in(tcpRST, rseq+1+span)
+			if s := program.BpfbridgeCtState(entry().State); s != program.BpfbridgeCtStateCT_CLOSING {
+				t.Errorf("RST in window: state %v, want closing", s)
+			}
+			n.checkPairs(t)
+		})
 	}
 }
