@@ -60,6 +60,8 @@ struct go_contract {
 	enum ct_timeout_default ct_timeout_default;
 	enum nat_port_default nat_port_default;
 	enum nat_network_flags nat_network_flags;
+	enum nat_quota_default nat_quota_default;
+	enum nat_usage_key nat_usage_key;
 };
 const struct go_contract *const bpfbridge_contract __attribute__((unused)) = 0;
 

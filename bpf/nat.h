@@ -148,6 +148,12 @@ struct nat_scratch {
 	struct nat_tuple ot; /* the flow as the container sent it */
 	struct nat_tuple it; /* its nat_in key; scratch for nat_create */
 	union addr nat_addr; /* the uplink's address */
+	struct nat_tuple rot; /* nat_reclaim's: the pair looked at; nat_create's:
+			       * the nat_out key of the holder it reclaimed */
+	struct nat_tuple rit;
+	struct nat_l4 l4;     /* snat_egress's packet */
+	__u8 reclaimed;       /* nat_create reclaimed a holder (rot) */
+	__u8 pad[7];
 };
 
 struct {
@@ -156,6 +162,150 @@ struct {
 	__type(key, __u32);
 	__type(value, struct nat_scratch);
 } nat_scratch SEC(".maps");
+
+/* Reclaim in the datapath. Every new pair's nat_out key is appended to
+ * nat_ring, and every new flow first looks at NAT_RECLAIM_PER_CREATE slots
+ * at its tail: a pair found reclaimable (ct_reclaimable) is deleted, both
+ * halves, a live one goes back to the head, a deleted one is dropped from
+ * the ring. The ring therefore follows the table oldest first, the work
+ * per packet is bounded, and the table is kept clean by the flows that
+ * need the room: no periodic sweep is needed. When an insert still finds
+ * the table full, NAT_RECLAIM_ON_FULL more slots are looked at and the
+ * insert tried again. Slots and positions are written without locks: a
+ * torn key finds no entry and is skipped. */
+#define NAT_RING_SLOTS NAT_MAX_ENTRIES
+#define NAT_RECLAIM_PER_CREATE 2
+#define NAT_RECLAIM_ON_FULL 8
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, NAT_RING_SLOTS);
+	__type(key, __u32);
+	__type(value, struct nat_tuple);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_ring SEC(".maps");
+
+struct nat_ring_pos {
+	__u64 head; /* slots ever appended */
+	__u64 tail; /* slots ever looked at */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nat_ring_pos);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_ring_pos SEC(".maps");
+
+/* Per-container budget. Each container is guaranteed nat_quota.guaranteed
+ * pairs; beyond that it may use the shared pool while the whole table holds
+ * fewer than nat_quota.shared pairs. The defaults keep half the table for
+ * guaranteed shares of 100 containers, so that one container flooding the
+ * table leaves every other one room; a container over its budget is
+ * dropped as DROP_NAT_QUOTA. The node's own flows have no budget. */
+enum nat_quota_default {
+	NAT_QUOTA_GUARANTEED_DEFAULT = NAT_MAX_ENTRIES / 2 / 100,
+	NAT_QUOTA_SHARED_DEFAULT = NAT_MAX_ENTRIES / 2,
+};
+
+/* Written by the control plane; zero fields mean the defaults. */
+struct nat_quota {
+	__u32 guaranteed; /* pairs per container, always */
+	__u32 shared;     /* total pairs below which a container may exceed it */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nat_quota);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_quota SEC(".maps");
+
+/* How many pairs each container holds, keyed by its host veth's ifindex;
+ * NAT_USAGE_TOTAL (no veth has ifindex 0) counts every container's. The
+ * programs count what they create and delete, the control plane what it
+ * deletes, and DEL removes the container's counter. */
+enum nat_usage_key {
+	NAT_USAGE_TOTAL = 0,
+};
+
+struct nat_usage {
+	__s32 pairs; /* may dip below 0 after a counter was reset: read as 0 */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENDPOINTS + 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct nat_usage);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_usage SEC(".maps");
+
+/* The usage counter of key, created at 0 if missing; NULL when the map is
+ * full. */
+static __always_inline struct nat_usage *nat_usage_get(__u32 key)
+{
+	struct nat_usage zero = {}, *u;
+
+	u = bpf_map_lookup_elem(&nat_usage, &key);
+	if (u)
+		return u;
+	bpf_map_update_elem(&nat_usage, &key, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&nat_usage, &key);
+}
+
+/* Count a pair of the container at ifindex in or out (delta 1 or -1).
+ * Not inlined, as the helpers below: their keys get a frame of their own,
+ * off the stack of the path that creates flows. */
+static __noinline void nat_usage_add(__u32 ifindex, __s32 delta)
+{
+	struct nat_usage *u = nat_usage_get(ifindex);
+
+	if (u)
+		__sync_fetch_and_add(&u->pairs, delta);
+	u = nat_usage_get(NAT_USAGE_TOTAL);
+	if (u)
+		__sync_fetch_and_add(&u->pairs, delta);
+}
+
+/* Whether the container at ifindex may create another pair. */
+static __noinline int nat_quota_allows(__u32 ifindex)
+{
+	const struct nat_quota *q;
+	const struct nat_usage *mine, *all;
+	__u32 zero = 0, guaranteed = 0, shared = 0, total = NAT_USAGE_TOTAL;
+
+	q = bpf_map_lookup_elem(&nat_quota, &zero);
+	if (q) {
+		guaranteed = q->guaranteed;
+		shared = q->shared;
+	}
+	if (!guaranteed)
+		guaranteed = NAT_QUOTA_GUARANTEED_DEFAULT;
+	if (!shared)
+		shared = NAT_QUOTA_SHARED_DEFAULT;
+	mine = bpf_map_lookup_elem(&nat_usage, &ifindex);
+	if (!mine || mine->pairs < (__s32)guaranteed)
+		return 1;
+	all = bpf_map_lookup_elem(&nat_usage, &total);
+	return !all || all->pairs < (__s32)shared;
+}
+
+/* Count the deletion of a pair whose container address is addr. */
+static __always_inline void nat_usage_forget(__u8 family, const __u8 *addr)
+{
+	const struct ip_owner *owner;
+	union addr a;
+
+	__builtin_memcpy(a.b, addr, 16);
+	owner = ip_owner_lookup(family, &a);
+	if (owner)
+		nat_usage_add(owner->ifindex, -1);
+}
 
 /* Whether a flow of proto is an ICMP echo, identified by one identifier
  * (sport) rather than two ports. */
@@ -401,7 +551,7 @@ static __always_inline int nat_in_replaceable(const struct nat_entry *in,
  * the port is free now (another CPU may still be faster). */
 static __always_inline int nat_port_reclaim(struct nat_tuple *it, const struct nat_tuple *ot,
 					    const union addr *nat_addr, __be16 port,
-					    const struct nat_config *cfg, __u64 now)
+					    const struct nat_config *cfg, __u64 now, __u8 *reclaimed)
 {
 	struct nat_entry *in, *out;
 
@@ -414,21 +564,86 @@ static __always_inline int nat_port_reclaim(struct nat_tuple *it, const struct n
 	/* in stays readable until the end of the program (RCU). */
 	nat_out_key(it, it, in);
 	out = bpf_map_lookup_elem(&nat_out, it);
-	if (out && out->port == port && addr16_equal(out->addr, nat_addr->b))
-		bpf_map_delete_elem(&nat_out, it);
+	if (out && out->port == port && addr16_equal(out->addr, nat_addr->b) &&
+	    !bpf_map_delete_elem(&nat_out, it))
+		*reclaimed = 1; /* it is the holder's nat_out key: the caller counts it */
 	return 1;
 }
 
 /* nat_create results */
 #define NAT_CREATED 0
 #define NAT_EXISTS 1    /* another CPU created the flow meanwhile */
-#define NAT_EXHAUSTED 2 /* no port free among the tries, or the table is full */
+#define NAT_EXHAUSTED 2 /* no port free among the tries */
+#define NAT_FULL 3      /* the table is full */
+
+/* Append a new pair's nat_out key to the ring. */
+static __always_inline void nat_ring_append(const struct nat_tuple *ot)
+{
+	struct nat_ring_pos *pos;
+	struct nat_tuple *slot;
+	__u32 zero = 0, i;
+
+	pos = bpf_map_lookup_elem(&nat_ring_pos, &zero);
+	if (!pos)
+		return;
+	i = (__u32)(__sync_fetch_and_add(&pos->head, 1) % NAT_RING_SLOTS);
+	slot = bpf_map_lookup_elem(&nat_ring, &i);
+	if (slot)
+		__builtin_memcpy(slot, ot, sizeof(*slot));
+}
+
+/* Look at up to budget slots at the ring's tail (see nat_ring): delete the
+ * reclaimable pairs found there, put the live ones back at the head. A
+ * global function, verified once; it runs before nat_create (whose
+ * scratch tuples it leaves alone) rather than inside it: their frames
+ * would not fit the stack together. Returns 0. */
+__noinline int nat_reclaim(__u32 budget)
+{
+	const struct nat_config *cfg = nat_config_get();
+	struct nat_ring_pos *pos;
+	struct nat_scratch *s;
+	struct nat_tuple *slot;
+	struct nat_entry *out, *in;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 zero = 0, i, n;
+
+	pos = bpf_map_lookup_elem(&nat_ring_pos, &zero);
+	s = bpf_map_lookup_elem(&nat_scratch, &zero);
+	if (!pos || !s)
+		return 0;
+	for (n = 0; n < NAT_RECLAIM_ON_FULL; n++) {
+		/* Nothing appended since the last look: done. */
+		if (n >= budget || pos->tail >= pos->head)
+			break;
+		i = (__u32)(__sync_fetch_and_add(&pos->tail, 1) % NAT_RING_SLOTS);
+		slot = bpf_map_lookup_elem(&nat_ring, &i);
+		if (!slot)
+			break;
+		__builtin_memcpy(&s->rot, slot, sizeof(s->rot));
+		out = bpf_map_lookup_elem(&nat_out, &s->rot);
+		if (!out)
+			continue; /* deleted since: the slot is done */
+		if (!ct_reclaimable(out, cfg, now)) {
+			nat_ring_append(&s->rot);
+			continue;
+		}
+		nat_in_key(&s->rit, &s->rot, out->addr, out->port);
+		in = bpf_map_lookup_elem(&nat_in, &s->rit);
+		if (in && nat_in_belongs(in, &s->rot))
+			bpf_map_delete_elem(&nat_in, &s->rit);
+		if (!bpf_map_delete_elem(&nat_out, &s->rot))
+			nat_usage_forget(s->rot.family, s->rot.src);
+	}
+	return 0;
+}
 
 /* Create the pair for the new flow in this CPU's nat_scratch (ot, nat_addr),
  * with state as its first state, on uplink. The port is claimed by
  * inserting the nat_in half with BPF_NOEXIST, which is atomic against other
  * CPUs; the nat_out half follows, and if it cannot be inserted the claim is
- * rolled back, so a pair exists whole or not at all.
+ * rolled back, so a pair exists whole or not at all. A holder it reclaimed
+ * is left in s->rot (s->reclaimed) for the caller to count; the caller also
+ * indexes the new pair (nat_ring) and counts it.
  *
  * The first candidate is the flow's own port (or comes from hashing the
  * flow), the others are random. The loop
@@ -440,7 +655,7 @@ static __always_inline int nat_port_reclaim(struct nat_tuple *it, const struct n
  * once for every state its caller reaches the call in (which, through
  * NAT_PORT_TRIES iterations, cost hundreds of thousands of instructions).
  * Global functions take scalars only on older kernels, hence the scratch
- * map. Returns NAT_CREATED, NAT_EXISTS or NAT_EXHAUSTED; the caller looks
+ * map. Returns NAT_CREATED, NAT_EXISTS, NAT_EXHAUSTED or NAT_FULL; the caller looks
  * the nat_out entry up. */
 __noinline int nat_create(__u32 uplink, __u32 state)
 {
@@ -456,6 +671,7 @@ __noinline int nat_create(__u32 uplink, __u32 state)
 	s = bpf_map_lookup_elem(&nat_scratch, &zero);
 	if (!s)
 		return NAT_EXHAUSTED; /* cannot happen: an array */
+	s->reclaimed = 0;
 	if (cfg) {
 		pmin = cfg->port_min;
 		pmax = cfg->port_max;
@@ -506,7 +722,7 @@ __noinline int nat_create(__u32 uplink, __u32 state)
 		if (!ret)
 			goto claimed;
 		if (ret != -EEXIST)
-			return NAT_EXHAUSTED; /* table full: no other port does better */
+			return NAT_FULL; /* no other port does better */
 		in = bpf_map_lookup_elem(&nat_in, &s->it);
 		if (!in)
 			continue; /* freed meanwhile: leave it to the next try */
@@ -525,8 +741,10 @@ __noinline int nat_create(__u32 uplink, __u32 state)
 		return NAT_EXHAUSTED;
 	port = reclaim;
 	nat_in_key(&s->it, &s->ot, s->nat_addr.b, port);
-	if (!nat_port_reclaim(&s->it, &s->ot, &s->nat_addr, port, cfg, now))
+	if (!nat_port_reclaim(&s->it, &s->ot, &s->nat_addr, port, cfg, now, &s->reclaimed))
 		return NAT_EXHAUSTED; /* refreshed meanwhile */
+	if (s->reclaimed)
+		__builtin_memcpy(&s->rot, &s->it, sizeof(s->rot));
 	nat_in_key(&s->it, &s->ot, s->nat_addr.b, port);
 	if (bpf_map_update_elem(&nat_in, &s->it, &v, BPF_NOEXIST))
 		return NAT_EXHAUSTED; /* another CPU took it */
@@ -539,7 +757,7 @@ claimed:
 		return NAT_CREATED;
 	/* Roll back: never leave half a pair. */
 	bpf_map_delete_elem(&nat_in, &s->it);
-	return ret == -EEXIST ? NAT_EXISTS : NAT_EXHAUSTED;
+	return ret == -EEXIST ? NAT_EXISTS : NAT_FULL;
 }
 
 /* Rewrite one address and one port of the packet and fix the checksums:
@@ -675,17 +893,17 @@ static __always_inline __u8 snat_egress(struct __sk_buff *skb, const struct pkt 
 	const struct nat_config *cfg;
 	struct nat_scratch *s;
 	struct nat_entry *out, *in;
-	struct nat_l4 l4 = {};
-	__u32 uplink = skb->ifindex, zero = 0;
+	__u32 uplink = skb->ifindex, zero = 0, owner;
 	__u8 state, fail;
 	__u64 now;
 	int ret;
 
-	if (!nat_parse_l4(skb, pkt, ICMP_ECHO, ICMPV6_ECHO_REQUEST, &l4))
-		return DROP_NONE;
 	s = bpf_map_lookup_elem(&nat_scratch, &zero);
 	if (!s)
 		return DROP_NONE; /* cannot happen: an array */
+	__builtin_memset(&s->l4, 0, sizeof(s->l4));
+	if (!nat_parse_l4(skb, pkt, ICMP_ECHO, ICMPV6_ECHO_REQUEST, &s->l4))
+		return DROP_NONE;
 	__builtin_memset(&s->nat_addr, 0, sizeof(s->nat_addr));
 	ret = nat_source_policy(pkt, uplink, &s->nat_addr, ep_ifindex);
 	if (ret <= 0)
@@ -695,7 +913,7 @@ static __always_inline __u8 snat_egress(struct __sk_buff *skb, const struct pkt 
 	 * secret, and the node's traffic is never starved by containers). */
 	fail = ret == NAT_SRC_NODE ? DROP_NONE : DROP_NAT_EXHAUSTED;
 
-	nat_tuple_init(&s->ot, &pkt->saddr, &pkt->daddr, l4.sport, l4.dport, pkt->ip_proto,
+	nat_tuple_init(&s->ot, &pkt->saddr, &pkt->daddr, s->l4.sport, s->l4.dport, pkt->ip_proto,
 		       pkt->family);
 
 	cfg = nat_config_get();
@@ -707,11 +925,11 @@ static __always_inline __u8 snat_egress(struct __sk_buff *skb, const struct pkt 
 		in = bpf_map_lookup_elem(&nat_in, &s->it);
 		if (in && nat_in_belongs(in, &s->ot) && !ct_expired(out, cfg, now) &&
 		    addr16_equal(out->addr, s->nat_addr.b)) {
-			state = ct_next_state(out->state, pkt->ip_proto, l4.tcp_flags, 1, 0);
+			state = ct_next_state(out->state, pkt->ip_proto, s->l4.tcp_flags, 1, 0);
 			ct_touch(out, state, now, skb->len);
 			ct_touch(in, state, now, 0);
-			if (pkt->ip_proto == IPPROTO_TCP && (l4.tcp_flags & TCP_FLAG_ACK))
-				ct_window_update(in, l4.tcp_ack, l4.tcp_win);
+			if (pkt->ip_proto == IPPROTO_TCP && (s->l4.tcp_flags & TCP_FLAG_ACK))
+				ct_window_update(in, s->l4.tcp_ack, s->l4.tcp_win);
 			goto rewrite;
 		}
 		/* Expired, half a pair, or made for an uplink address that
@@ -720,12 +938,35 @@ static __always_inline __u8 snat_egress(struct __sk_buff *skb, const struct pkt 
 		 * theirs now. */
 		if (in && nat_in_belongs(in, &s->ot))
 			bpf_map_delete_elem(&nat_in, &s->it);
-		bpf_map_delete_elem(&nat_out, &s->ot);
+		if (!bpf_map_delete_elem(&nat_out, &s->ot) && ret == NAT_SRC_CONTAINER)
+			nat_usage_add(*ep_ifindex, -1);
 	}
 
-	state = ct_next_state(0, pkt->ip_proto, l4.tcp_flags, 1, 1);
-	if (nat_create(uplink, state) == NAT_EXHAUSTED)
+	state = ct_next_state(0, pkt->ip_proto, s->l4.tcp_flags, 1, 1);
+	owner = ret == NAT_SRC_CONTAINER ? *ep_ifindex : 0;
+	/* Every new flow first cleans a little of the table (nat_ring). */
+	nat_reclaim(NAT_RECLAIM_PER_CREATE);
+	if (owner && !nat_quota_allows(owner)) {
+		/* Over budget: its own reclaimable pairs may be next. */
+		nat_reclaim(NAT_RECLAIM_ON_FULL);
+		if (!nat_quota_allows(owner))
+			return DROP_NAT_QUOTA;
+	}
+	ret = nat_create(uplink, state);
+	if (ret == NAT_FULL) {
+		/* Make room, then try once more. */
+		nat_reclaim(NAT_RECLAIM_ON_FULL);
+		ret = nat_create(uplink, state);
+	}
+	if (s->reclaimed)
+		nat_usage_forget(s->rot.family, s->rot.src);
+	if (ret == NAT_EXHAUSTED || ret == NAT_FULL)
 		return fail;
+	if (ret == NAT_CREATED) {
+		nat_ring_append(&s->ot);
+		if (owner)
+			nat_usage_add(owner, 1);
+	}
 	/* Created, or created by another CPU meanwhile: either way the
 	 * pair is whole now (should it be gone already, the next packet
 	 * tries again). */
@@ -740,17 +981,17 @@ static __always_inline __u8 snat_egress(struct __sk_buff *skb, const struct pkt 
 		nat_in_key(&s->it, &s->ot, out->addr, out->port);
 		in = bpf_map_lookup_elem(&nat_in, &s->it);
 		if (in && nat_in_belongs(in, &s->ot)) {
-			if (l4.tcp_flags & TCP_FLAG_SYN)
-				ct_window_init(in, nat_tcp_wscale(skb, pkt->l4_off, l4.tcp_doff,
+			if (s->l4.tcp_flags & TCP_FLAG_SYN)
+				ct_window_init(in, nat_tcp_wscale(skb, pkt->l4_off, s->l4.tcp_doff,
 								  pkt->l3_end));
-			if (l4.tcp_flags & TCP_FLAG_ACK)
-				ct_window_update(in, l4.tcp_ack, l4.tcp_win);
+			if (s->l4.tcp_flags & TCP_FLAG_ACK)
+				ct_window_update(in, s->l4.tcp_ack, s->l4.tcp_win);
 		}
 	}
 
 rewrite:
-	if (nat_rewrite(skb, pkt, &l4, nat_saddr_off(pkt), &pkt->saddr, &s->nat_addr, l4.sport_off,
-			l4.sport, out->port))
+	if (nat_rewrite(skb, pkt, &s->l4, nat_saddr_off(pkt), &pkt->saddr, &s->nat_addr, s->l4.sport_off,
+			s->l4.sport, out->port))
 		/* The kernel refused a write (a packet shorter than its
 		 * headers, no memory to unclone): it may be half rewritten. */
 		return DROP_MALFORMED;

@@ -3,6 +3,7 @@ package datapath
 import (
 	"errors"
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -12,46 +13,57 @@ import (
 
 // ForgetFlows removes every translation of the container addresses ips,
 // both halves, and every expired translation it passes on the way (DEL
-// scans the tables anyway). A container's flows must not outlive it: its
-// address may go to the next container.
+// scans the tables anyway), and the container's usage counter. A
+// container's flows must not outlive it: its address may go to the next
+// container.
 func (d *Datapath) ForgetFlows(ips []netip.Addr) error {
 	mine := map[netip.Addr]bool{}
+	var owners []uint32
 	for _, ip := range ips {
 		mine[ip.Unmap()] = true
+		var owner program.BpfbridgeIpOwner
+		if d.maps.ipOwners.Lookup(program.IPKeyOf(ip), &owner) == nil {
+			owners = append(owners, owner.Ifindex)
+		}
 	}
-	return d.sweepFlows(func(container netip.Addr) bool { return mine[container] })
+	deleted, err := d.sweepFlows(func(container netip.Addr) bool { return mine[container] })
+	return errors.Join(err, d.uncount(deleted, owners))
 }
 
 // SweepFlows removes translations that expired, or whose container address
 // no endpoint on the node owns any more (its DEL never came). GC calls it.
 func (d *Datapath) SweepFlows() error {
-	return d.sweepFlows(func(container netip.Addr) bool {
+	deleted, err := d.sweepFlows(func(container netip.Addr) bool {
 		var owner program.BpfbridgeIpOwner
 		return d.maps.ipOwners.Lookup(program.IPKeyOf(container), &owner) != nil
 	})
+	return errors.Join(err, d.uncount(deleted, nil))
 }
 
 // sweepFlows deletes the translations for whose container address drop
 // returns true, and the expired ones. nat_out is keyed by the container's
 // original tuple, nat_in holds the container address in its value: each
-// half is judged on its own, so orphaned halves go too.
-func (d *Datapath) sweepFlows(drop func(container netip.Addr) bool) error {
+// half is judged on its own, so orphaned halves go too. It returns how
+// many pairs (nat_out entries) it deleted per container address.
+func (d *Datapath) sweepFlows(drop func(container netip.Addr) bool) (map[netip.Addr]int32, error) {
 	var cfg program.BpfbridgeNatConfig
 	if err := d.maps.natConfig.Lookup(uint32(0), &cfg); err != nil {
-		return err
+		return nil, err
 	}
 	now := monotonicNow()
 	var (
-		tuple program.BpfbridgeNatTuple
-		entry program.BpfbridgeNatEntry
-		errs  []error
+		tuple   program.BpfbridgeNatTuple
+		entry   program.BpfbridgeNatEntry
+		errs    []error
+		deleted = map[netip.Addr]int32{}
 	)
 	for _, half := range []struct {
 		m         *ebpf.Map
 		container func() netip.Addr
+		counts    bool
 	}{
-		{d.maps.natOut, func() netip.Addr { return tuple.Source().Addr() }},
-		{d.maps.natIn, func() netip.Addr { return entry.AddrPort(tuple.Family).Addr() }},
+		{d.maps.natOut, func() netip.Addr { return tuple.Source().Addr() }, true},
+		{d.maps.natIn, func() netip.Addr { return entry.AddrPort(tuple.Family).Addr() }, false},
 	} {
 		var stale []program.BpfbridgeNatTuple
 		it := half.m.Iterate()
@@ -62,10 +74,92 @@ func (d *Datapath) sweepFlows(drop func(container netip.Addr) bool) error {
 		}
 		errs = append(errs, it.Err())
 		for _, k := range stale {
-			errs = append(errs, ignoreMissing(half.m.Delete(&k)))
+			err := half.m.Delete(&k)
+			if err == nil && half.counts {
+				deleted[k.Source().Addr()]++
+			}
+			errs = append(errs, ignoreMissing(err))
 		}
 	}
+	return deleted, errors.Join(errs...)
+}
+
+// uncount takes deleted pairs (per container address, as sweepFlows
+// returns them) off the usage counters of nat_usage (bpf/nat.h), and
+// removes the counters of the endpoints reset.
+func (d *Datapath) uncount(deleted map[netip.Addr]int32, reset []uint32) error {
+	usage, err := d.writableMap(program.BpfbridgeMapNatUsage)
+	if err != nil {
+		return err
+	}
+	defer usage.Close()
+	var errs []error
+	sub := func(key uint32, n int32) {
+		var u program.BpfbridgeNatUsage
+		if usage.Lookup(key, &u) != nil {
+			return
+		}
+		u.Pairs = max(u.Pairs-n, 0)
+		errs = append(errs, usage.Update(key, &u, ebpf.UpdateExist))
+	}
+	for container, n := range deleted {
+		var owner program.BpfbridgeIpOwner
+		if d.maps.ipOwners.Lookup(program.IPKeyOf(container), &owner) != nil {
+			continue // the node's own flows, or an endpoint gone: not counted
+		}
+		sub(owner.Ifindex, n)
+		sub(uint32(program.BpfbridgeNatUsageKeyNAT_USAGE_TOTAL), n)
+	}
+	for _, ifindex := range reset {
+		errs = append(errs, ignoreMissing(usage.Delete(ifindex)))
+	}
 	return errors.Join(errs...)
+}
+
+// indexFlows rebuilds the NAT ring and the usage counters (bpf/nat.h) from
+// the translations in nat_out, for flows that came over from a layout
+// without them: every pair in the ring once, every container's pairs
+// counted.
+func (d *Datapath) indexFlows() error {
+	var ring, pos, usage *ebpf.Map
+	for _, m := range []struct {
+		name string
+		dst  **ebpf.Map
+	}{{program.BpfbridgeMapNatRing, &ring}, {program.BpfbridgeMapNatRingPos, &pos}, {program.BpfbridgeMapNatUsage, &usage}} {
+		var err error
+		if *m.dst, err = d.writableMap(m.name); err != nil {
+			return err
+		}
+		defer (*m.dst).Close()
+	}
+	var (
+		tuple  program.BpfbridgeNatTuple
+		entry  program.BpfbridgeNatEntry
+		slot   uint32
+		counts = map[uint32]int32{}
+		errs   []error
+	)
+	it := d.maps.natOut.Iterate()
+	for it.Next(&tuple, &entry) && slot < ring.MaxEntries() {
+		errs = append(errs, ring.Update(slot, &tuple, ebpf.UpdateAny))
+		slot++
+		var owner program.BpfbridgeIpOwner
+		if d.maps.ipOwners.Lookup(program.IPKeyOf(tuple.Source().Addr()), &owner) == nil {
+			counts[owner.Ifindex]++
+			counts[uint32(program.BpfbridgeNatUsageKeyNAT_USAGE_TOTAL)]++
+		}
+	}
+	errs = append(errs, it.Err(), pos.Update(uint32(0), &program.BpfbridgeNatRingPos{Head: uint64(slot)}, ebpf.UpdateAny))
+	for ifindex, n := range counts {
+		errs = append(errs, usage.Update(ifindex, &program.BpfbridgeNatUsage{Pairs: n}, ebpf.UpdateAny))
+	}
+	return errors.Join(errs...)
+}
+
+// writableMap opens one of this layout's pinned maps by name for writing,
+// for the maps only masquerade's housekeeping touches.
+func (d *Datapath) writableMap(name string) (*ebpf.Map, error) {
+	return ebpf.LoadPinnedMap(filepath.Join(d.state.mapsDir(), name), nil)
 }
 
 // expired tells whether an entry outlived its state's timeout, as

@@ -87,7 +87,8 @@ const (
 	BpfbridgeDropReasonDROP_ETHERTYPE      BpfbridgeDropReason = 11
 	BpfbridgeDropReasonDROP_NAT_EXHAUSTED  BpfbridgeDropReason = 12
 	BpfbridgeDropReasonDROP_NAT_NO_ADDRESS BpfbridgeDropReason = 13
-	BpfbridgeDropReasonDROP_REASONS        BpfbridgeDropReason = 14
+	BpfbridgeDropReasonDROP_NAT_QUOTA      BpfbridgeDropReason = 14
+	BpfbridgeDropReasonDROP_REASONS        BpfbridgeDropReason = 15
 )
 
 type BpfbridgeEndpoint struct {
@@ -143,7 +144,7 @@ type BpfbridgeEndpointStats struct {
 	FromBytes   uint64
 	ToPackets   uint64
 	ToBytes     uint64
-	Drops       [14]uint64
+	Drops       [15]uint64
 }
 
 type BpfbridgeEventBudget struct {
@@ -183,7 +184,7 @@ const (
 type BpfbridgeLayout uint32
 
 const (
-	BpfbridgeLayoutLAYOUT_VERSION BpfbridgeLayout = 2
+	BpfbridgeLayoutLAYOUT_VERSION BpfbridgeLayout = 3
 )
 
 type BpfbridgeNatConfig struct {
@@ -237,6 +238,25 @@ const (
 	BpfbridgeNatPortDefaultNAT_PORT_MAX_DEFAULT BpfbridgeNatPortDefault = 65535
 )
 
+type BpfbridgeNatQuota struct {
+	_          structs.HostLayout
+	Guaranteed uint32
+	Shared     uint32
+}
+
+type BpfbridgeNatQuotaDefault uint32
+
+const (
+	BpfbridgeNatQuotaDefaultNAT_QUOTA_GUARANTEED_DEFAULT BpfbridgeNatQuotaDefault = 1310
+	BpfbridgeNatQuotaDefaultNAT_QUOTA_SHARED_DEFAULT     BpfbridgeNatQuotaDefault = 131072
+)
+
+type BpfbridgeNatRingPos struct {
+	_    structs.HostLayout
+	Head uint64
+	Tail uint64
+}
+
 type BpfbridgeNatScratch struct {
 	_       structs.HostLayout
 	Ot      BpfbridgeNatTuple
@@ -245,6 +265,23 @@ type BpfbridgeNatScratch struct {
 		_ structs.HostLayout
 		B [16]uint8
 	}
+	Rot BpfbridgeNatTuple
+	Rit BpfbridgeNatTuple
+	L4  struct {
+		_        structs.HostLayout
+		CsumOff  uint32
+		SportOff uint32
+		DportOff uint32
+		Sport    uint16
+		Dport    uint16
+		TcpFlags uint8
+		TcpDoff  uint8
+		TcpWin   uint16
+		TcpSeq   uint32
+		TcpAck   uint32
+	}
+	Reclaimed uint8
+	Pad       [7]uint8
 }
 
 type BpfbridgeNatTuple struct {
@@ -267,6 +304,18 @@ type BpfbridgeNatUplink struct {
 	Ipv6    [16]uint8
 }
 
+type BpfbridgeNatUsage struct {
+	_     structs.HostLayout
+	Pairs int32
+	Pad   uint32
+}
+
+type BpfbridgeNatUsageKey uint32
+
+const (
+	BpfbridgeNatUsageKeyNAT_USAGE_TOTAL BpfbridgeNatUsageKey = 0
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -283,8 +332,12 @@ const (
 	BpfbridgeMapNatIn             = "nat_in"
 	BpfbridgeMapNatNetworks       = "nat_networks"
 	BpfbridgeMapNatOut            = "nat_out"
+	BpfbridgeMapNatQuota          = "nat_quota"
+	BpfbridgeMapNatRing           = "nat_ring"
+	BpfbridgeMapNatRingPos        = "nat_ring_pos"
 	BpfbridgeMapNatScratch        = "nat_scratch"
 	BpfbridgeMapNatUplinks        = "nat_uplinks"
+	BpfbridgeMapNatUsage          = "nat_usage"
 	BpfbridgeProgFromContainer    = "from_container"
 	BpfbridgeProgToContainer      = "to_container"
 	BpfbridgeProgUplinkEgress     = "uplink_egress"
@@ -357,8 +410,12 @@ type BpfbridgeMapSpecs struct {
 	NatIn         *ebpf.MapSpec `ebpf:"nat_in"`
 	NatNetworks   *ebpf.MapSpec `ebpf:"nat_networks"`
 	NatOut        *ebpf.MapSpec `ebpf:"nat_out"`
+	NatQuota      *ebpf.MapSpec `ebpf:"nat_quota"`
+	NatRing       *ebpf.MapSpec `ebpf:"nat_ring"`
+	NatRingPos    *ebpf.MapSpec `ebpf:"nat_ring_pos"`
 	NatScratch    *ebpf.MapSpec `ebpf:"nat_scratch"`
 	NatUplinks    *ebpf.MapSpec `ebpf:"nat_uplinks"`
+	NatUsage      *ebpf.MapSpec `ebpf:"nat_usage"`
 }
 
 // BpfbridgeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -401,8 +458,12 @@ type BpfbridgeMaps struct {
 	NatIn         *ebpf.Map `ebpf:"nat_in"`
 	NatNetworks   *ebpf.Map `ebpf:"nat_networks"`
 	NatOut        *ebpf.Map `ebpf:"nat_out"`
+	NatQuota      *ebpf.Map `ebpf:"nat_quota"`
+	NatRing       *ebpf.Map `ebpf:"nat_ring"`
+	NatRingPos    *ebpf.Map `ebpf:"nat_ring_pos"`
 	NatScratch    *ebpf.Map `ebpf:"nat_scratch"`
 	NatUplinks    *ebpf.Map `ebpf:"nat_uplinks"`
+	NatUsage      *ebpf.Map `ebpf:"nat_usage"`
 }
 
 func (m *BpfbridgeMaps) Close() error {
@@ -419,8 +480,12 @@ func (m *BpfbridgeMaps) Close() error {
 		m.NatIn,
 		m.NatNetworks,
 		m.NatOut,
+		m.NatQuota,
+		m.NatRing,
+		m.NatRingPos,
 		m.NatScratch,
 		m.NatUplinks,
+		m.NatUsage,
 	)
 }
 

@@ -29,6 +29,7 @@ var dropReasonNames = [...]string{
 	BpfbridgeDropReasonDROP_ETHERTYPE:      "ethertype",
 	BpfbridgeDropReasonDROP_NAT_EXHAUSTED:  "nat-exhausted",
 	BpfbridgeDropReasonDROP_NAT_NO_ADDRESS: "nat-no-address",
+	BpfbridgeDropReasonDROP_NAT_QUOTA:      "nat-quota",
 }
 
 // Both fail to compile unless len(dropReasonNames) == NumDropReasons.

@@ -1070,3 +1070,118 @@ func TestMasqueradeTCPWindow(t *testing.T) {
 		})
 	}
 }
+
+// usage reads a container's (or NAT_USAGE_TOTAL's) pair count.
+func (n *natEnv) usage(t *testing.T, key uint32) int32 {
+	t.Helper()
+	var u program.BpfbridgeNatUsage
+	if err := n.objs.NatUsage.Lookup(key, &u); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatal(err)
+	}
+	return u.Pairs
+}
+
+// udpTo is container ep's UDP datagram from sport to remote:53.
+func udpTo(ep *testEndpoint, remote netip.Addr, sport uint16) []byte {
+	return ipv4Frame(ep.mac, gwMAC, ep.v4(), remote, protoUDP, udp(ep.v4(), remote, sport, 53, []byte("q")))
+}
+
+// A container over its budget is dropped as nat-quota; others, and the
+// node, are not; expired pairs of its own give it room again.
+func TestMasqueradeQuota(t *testing.T) {
+	n := newNATEnv(t)
+	a, b := n.a, n.b
+	if err := n.objs.NatQuota.Put(uint32(0), program.BpfbridgeNatQuota{Guaranteed: 2, Shared: 3}); err != nil {
+		t.Fatal(err)
+	}
+	for sp := uint16(1); sp <= 3; sp++ { // 2 guaranteed, then 1 from the shared pool
+		if v, _ := n.egress(t, udpTo(a, remote4, 40000+sp)); v != verdictPass {
+			t.Fatalf("flow %d within the budget: verdict %#x", sp, v)
+		}
+	}
+	n.expectDrop(t, a, udpTo(a, remote4, 40004), program.BpfbridgeDropReasonDROP_NAT_QUOTA)
+	// b still has its guaranteed share; the node has no budget.
+	if v, _ := n.egress(t, udpTo(b, remote4, 40000)); v != verdictPass {
+		t.Errorf("another container: verdict %#x", v)
+	}
+	node := ipv4Frame(uplinkMAC, routerMAC, uplink4, remote4, protoUDP, udp(uplink4, remote4, 40000, 53, nil))
+	if v, _ := n.egress(t, node); v != verdictPass {
+		t.Errorf("the node: verdict %#x", v)
+	}
+	if ua, ub, all := n.usage(t, a.ifindex), n.usage(t, b.ifindex), n.usage(t, 0); ua != 3 || ub != 1 || all != 4 {
+		t.Errorf("usage a %d, b %d, total %d; want 3, 1, 4", ua, ub, all)
+	}
+	// Existing flows of a are untouched by the quota.
+	if v, _ := n.egress(t, udpTo(a, remote4, 40001)); v != verdictPass {
+		t.Errorf("existing flow over the budget: verdict %#x", v)
+	}
+	// a's flows expire: the next flow reclaims them from the ring, on the spot.
+	for _, m := range []*ebpf.Map{n.objs.NatOut, n.objs.NatIn} {
+		for k, v := range table(t, m) {
+			if program.AddrOf(k.Family, k.Src) == a.v4() || program.AddrOf(k.Family, v.Addr) == a.v4() {
+				v.LastSeenNs = monotonicNow(t) - 100e9
+				if err := m.Put(k, v); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if v, _ := n.egress(t, udpTo(a, remote4, 40005)); v != verdictPass {
+		t.Errorf("after a's flows expired: verdict %#x", v)
+	}
+	if ua := n.usage(t, a.ifindex); ua >= 3 {
+		t.Errorf("usage of a %d after reclaim", ua)
+	}
+	n.checkPairs(t)
+}
+
+// A full table whose pairs expired admits a new flow at once: the new
+// flow reclaims expired pairs itself, both halves, with no sweep.
+func TestMasqueradeFullTable(t *testing.T) {
+	n := newNATEnv(t)
+	a, b := n.a, n.b
+	size := int(n.objs.NatIn.MaxEntries())
+	past := monotonicNow(t) - 1000e9
+	outs := make([]program.BpfbridgeNatTuple, size)
+	ins := make([]program.BpfbridgeNatTuple, size)
+	outV := make([]program.BpfbridgeNatEntry, size)
+	inV := make([]program.BpfbridgeNatEntry, size)
+	slots := make([]uint32, size)
+	for i := range size {
+		remote := netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})
+		sport := uint16(1024 + i>>16)
+		outs[i] = tuple(a.v4(), remote, sport, 53, protoUDP)
+		outV[i] = program.BpfbridgeNatEntry{Port: program.Be16(sport), State: uint8(program.BpfbridgeCtStateCT_UDP), Uplink: n.uplink, CreatedNs: past, LastSeenNs: past}
+		outV[i].Addr = tuple(uplink4, remote, 0, 0, protoUDP).Src
+		ins[i] = outs[i].Reply(&outV[i])
+		inV[i] = outV[i]
+		inV[i].Addr, inV[i].Port = outs[i].Src, outs[i].Sport
+		slots[i] = uint32(i)
+	}
+	for _, w := range []struct {
+		m    *ebpf.Map
+		k, v any
+	}{{n.objs.NatOut, outs, outV}, {n.objs.NatIn, ins, inV}, {n.objs.NatRing, slots, outs}} {
+		if _, err := w.m.BatchUpdate(w.k, w.v, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.objs.NatRingPos.Put(uint32(0), program.BpfbridgeNatRingPos{Head: uint64(size)}); err != nil {
+		t.Fatal(err)
+	}
+	// Full: a plain insert fails.
+	extra := tuple(b.v4(), remote4, 1, 1, protoUDP)
+	if err := n.objs.NatIn.Update(extra, inV[0], ebpf.UpdateNoExist); err == nil {
+		t.Fatal("nat_in is not full")
+	} else if err := n.objs.NatIn.Delete(extra); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatal(err)
+	}
+	if _, np := n.masquerade(t, natProtos(b)[1], 40000); np != 40000 {
+		t.Errorf("new flow in a full table: NAT port %d", np)
+	}
+	pairs := n.checkPairs(t)
+	// At most NAT_RECLAIM_PER_CREATE + NAT_RECLAIM_ON_FULL (2 + 8) reclaimed.
+	if pairs >= size || pairs < size-10 {
+		t.Errorf("%d pairs after the new flow, want %d minus the few (up to 10) it reclaimed", pairs, size)
+	}
+}
