@@ -15,7 +15,7 @@
  * new directory instead of failing on the old pins. */
 /* 2: DROP_REASONS 12 -> 14 (masquerade), which resizes endpoint_stats and
  * drop_totals; the NAT maps are new. */
-/* 3: DROP_REASONS 14 -> 15 (nat-quota) resizes endpoint_stats and
+/* 3: DROP_REASONS 14 -> 16 (nat-quota, nat-untracked) resizes endpoint_stats and
  * drop_totals; the NAT ring, usage and quota maps are new (a v2 node is
  * converted: datapath/layout.go). */
 enum layout {

@@ -378,10 +378,23 @@ static __always_inline int nat_l4_ports(const __u8 *hdr, __u32 off, __u8 proto, 
 	return 1;
 }
 
-/* Whether pkt is a packet the NAT translates: TCP, UDP, or ICMP echo of the
- * given types (request leaving, reply arriving). Fills l4. Packets without
- * an L4 header in this packet (non-first fragments, IPv6 chains longer than
- * we walk) are not translated. */
+/* What the NAT needs of pkt's L4 header, into l4. Returns NAT_L4_PORTS for
+ * TCP, UDP and ICMP echo of the given types (request leaving, reply
+ * arriving); NAT_L4_ADDRESS for every other protocol, translated by address
+ * alone (ports 0; csum_off the L4 checksum that covers the addresses, or 0
+ * for none); NAT_L4_NONE for a header of the former cut short, and for
+ * packets without an L4 header (non-first fragments, nat_frag). */
+#define NAT_L4_NONE 0
+#define NAT_L4_PORTS 1
+#define NAT_L4_ADDRESS 2
+
+#ifndef IPPROTO_UDPLITE
+#define IPPROTO_UDPLITE 136
+#endif
+#ifndef IPPROTO_DCCP
+#define IPPROTO_DCCP 33
+#endif
+
 static __always_inline int nat_parse_l4(struct __sk_buff *skb, const struct pkt *pkt,
 					__u8 echo4, __u8 echo6, struct nat_l4 *l4)
 {
@@ -389,24 +402,43 @@ static __always_inline int nat_parse_l4(struct __sk_buff *skb, const struct pkt 
 	__u8 hdr[8];
 
 	if ((pkt->family != 4 && pkt->family != 6) || !(pkt->flags & PKT_F_L4))
-		return 0;
-	if (off + sizeof(hdr) > end || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)))
-		return 0;
-	if (!nat_l4_ports(hdr, off, pkt->ip_proto, pkt->family, echo4, echo6, l4))
-		return 0;
+		return NAT_L4_NONE;
+	if (off + sizeof(hdr) > end || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr))) {
+		switch (pkt->ip_proto) {
+		case IPPROTO_TCP:
+		case IPPROTO_UDP:
+		case IPPROTO_ICMP:
+		case IPPROTO_ICMPV6:
+			return NAT_L4_NONE; /* cut short */
+		}
+		return NAT_L4_ADDRESS; /* whatever it is, it has no checksum we know */
+	}
+	if (!nat_l4_ports(hdr, off, pkt->ip_proto, pkt->family, echo4, echo6, l4)) {
+		/* Checksums over a pseudo-header with the addresses. */
+		switch (pkt->ip_proto) {
+		case IPPROTO_ICMPV6:
+			l4->csum_off = off + 2;
+			break;
+		case IPPROTO_UDPLITE:
+		case IPPROTO_DCCP:
+			l4->csum_off = off + 6;
+			break;
+		}
+		return NAT_L4_ADDRESS;
+	}
 	if (pkt->ip_proto == IPPROTO_TCP) {
 		/* sequence, acknowledgment, data offset, flags, window */
 		__u8 tcp[12];
 
 		if (off + 20 > end || bpf_skb_load_bytes(skb, off + 4, tcp, sizeof(tcp)))
-			return 0;
+			return NAT_L4_NONE;
 		l4->tcp_seq = bpf_ntohl(*(__be32 *)&tcp[0]);
 		l4->tcp_ack = bpf_ntohl(*(__be32 *)&tcp[4]);
 		l4->tcp_doff = (tcp[8] >> 4) * 4;
 		l4->tcp_flags = tcp[9];
 		l4->tcp_win = ((__u16)tcp[10] << 8) | tcp[11];
 	}
-	return 1;
+	return NAT_L4_PORTS;
 }
 
 /* The window scale option of a TCP SYN whose header (doff bytes, options
@@ -638,7 +670,8 @@ __noinline int nat_reclaim(__u32 budget)
 }
 
 /* Create the pair for the new flow in this CPU's nat_scratch (ot, nat_addr),
- * with state as its first state, on uplink. The port is claimed by
+ * with state as its first state, on uplink; addr_only for a protocol
+ * translated by address alone (port 0). The port is claimed by
  * inserting the nat_in half with BPF_NOEXIST, which is atomic against other
  * CPUs; the nat_out half follows, and if it cannot be inserted the claim is
  * rolled back, so a pair exists whole or not at all. A holder it reclaimed
@@ -657,7 +690,7 @@ __noinline int nat_reclaim(__u32 budget)
  * Global functions take scalars only on older kernels, hence the scratch
  * map. Returns NAT_CREATED, NAT_EXISTS, NAT_EXHAUSTED or NAT_FULL; the caller looks
  * the nat_out entry up. */
-__noinline int nat_create(__u32 uplink, __u32 state)
+__noinline int nat_create(__u32 uplink, __u32 state, __u32 addr_only)
 {
 	const struct nat_config *cfg = nat_config_get();
 	struct nat_scratch *s;
@@ -686,6 +719,9 @@ __noinline int nat_create(__u32 uplink, __u32 state)
 		pmin = NAT_PORT_MIN_DEFAULT;
 		pmax = NAT_PORT_MAX_DEFAULT;
 	}
+	if (addr_only)
+		/* A protocol without ports: its one "port" is 0. */
+		pmin = pmax = 0;
 	range = pmax - pmin + 1;
 	tries = range < NAT_PORT_TRIES ? range : NAT_PORT_TRIES;
 	/* Port preservation, as netfilter does: the flow keeps its own port
@@ -762,7 +798,8 @@ claimed:
 
 /* Rewrite one address and one port of the packet and fix the checksums:
  * the IPv4 header's, and the L4 checksum for the pseudo-header (not ICMPv4,
- * which has none) and the port. from/to are the address, old_port/new_port
+ * which has none) and the port; l4->csum_off 0 is no L4 checksum to fix
+ * (address-only translation, later fragments). from/to are the address, old_port/new_port
  * the port (or echo identifier), all in network order. Returns 0 or a
  * negative error, after which the packet may be half rewritten. */
 static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct pkt *pkt,
@@ -784,17 +821,21 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct pkt *
 					  to->v4, 4);
 		if (ret)
 			return ret;
-		if (pkt->ip_proto != IPPROTO_ICMP) {
+		if (pkt->ip_proto != IPPROTO_ICMP && l4->csum_off) {
 			ret = bpf_l4_csum_replace(skb, l4->csum_off, from->v4, to->v4,
 						  BPF_F_PSEUDO_HDR | mangled | 4);
 			if (ret)
 				return ret;
 		}
 		ret = bpf_skb_store_bytes(skb, addr_off, &to->v4, 4, 0);
-	} else {
+	} else if (l4->csum_off) {
 		__u32 diff = bpf_csum_diff((__be32 *)from->b, 16, (__be32 *)to->b, 16, 0);
 
 		ret = csum_l4_replace_ipv6_addr(skb, l4->csum_off, addr_off, to->b, diff, mangled);
+	} else {
+		/* No L4 checksum here (a later fragment, a protocol without
+		 * one): only skb->csum follows the address. */
+		ret = bpf_skb_store_bytes(skb, addr_off, to->b, 16, BPF_F_RECOMPUTE_CSUM);
 	}
 	if (ret)
 		return ret;
@@ -883,6 +924,89 @@ static __noinline int nat_source_policy(const struct pkt *pkt, __u32 uplink, uni
 	return NAT_SRC_CONTAINER;
 }
 
+/* Fragments. Only the first fragment of a datagram carries its L4 header,
+ * so only it finds the datagram's flow; it leaves the address it was
+ * translated to in nat_frags under (source, destination, protocol, IP
+ * identification) as it arrived, and the later fragments get the same.
+ * Per direction: FRAG_EGRESS for what containers send (the source is
+ * rewritten), FRAG_INGRESS for replies (the destination). An LRU: an entry
+ * is one value, never half of anything, and fragments of a datagram follow
+ * each other within milliseconds. A later fragment of a masqueraded
+ * container without entry (reordered ahead of the first, or the first
+ * dropped) is dropped as DROP_NAT_UNTRACKED, never sent with the
+ * container's address. */
+#define NAT_MAX_FRAGS 16384
+#define FRAG_EGRESS 0
+#define FRAG_INGRESS 1
+
+struct nat_frag_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__be32 id;
+	__u8 proto;
+	__u8 family;
+	__u8 dir; /* FRAG_* */
+	__u8 pad;
+};
+
+struct nat_frag {
+	__u8 addr[16]; /* the address the fragments get */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, NAT_MAX_FRAGS);
+	__type(key, struct nat_frag_key);
+	__type(value, struct nat_frag);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_frags SEC(".maps");
+
+static __always_inline void nat_frag_key_of(struct nat_frag_key *k, const struct pkt *pkt, __u8 dir)
+{
+	__builtin_memcpy(k->src, pkt->saddr.b, 16);
+	__builtin_memcpy(k->dst, pkt->daddr.b, 16);
+	k->id = pkt->frag_id;
+	k->proto = pkt->ip_proto;
+	k->family = pkt->family;
+	k->dir = dir;
+	k->pad = 0;
+}
+
+/* The first fragment of a datagram was translated to addr: remember it for
+ * the others. */
+static __always_inline void nat_frag_record(const struct pkt *pkt, __u8 dir, const __u8 *addr)
+{
+	struct nat_frag_key k;
+	struct nat_frag v;
+
+	if (!(pkt->flags & PKT_F_FRAG))
+		return;
+	nat_frag_key_of(&k, pkt, dir);
+	__builtin_memcpy(v.addr, addr, 16);
+	bpf_map_update_elem(&nat_frags, &k, &v, BPF_ANY);
+}
+
+/* Translate a later fragment (no L4 header) like its first: its source
+ * (FRAG_EGRESS) or destination (FRAG_INGRESS) address. Returns 1 when
+ * translated, 0 when no first fragment was seen, -1 when the kernel refused
+ * the rewrite. Not inlined: its key gets a frame of its own. */
+static __noinline int nat_frag_translate(struct __sk_buff *skb, const struct pkt *pkt, __u8 dir)
+{
+	struct nat_frag_key k;
+	const struct nat_frag *f;
+	struct nat_l4 none = {};
+	union addr to;
+
+	nat_frag_key_of(&k, pkt, dir);
+	f = bpf_map_lookup_elem(&nat_frags, &k);
+	if (!f)
+		return 0;
+	__builtin_memcpy(to.b, f->addr, 16);
+	if (dir == FRAG_EGRESS)
+		return nat_rewrite(skb, pkt, &none, nat_saddr_off(pkt), &pkt->saddr, &to, 0, 0, 0) ? -1 : 1;
+	return nat_rewrite(skb, pkt, &none, nat_daddr_off(pkt), &pkt->daddr, &to, 0, 0, 0) ? -1 : 1;
+}
+
 /* Source NAT of a packet leaving on an uplink. Returns DROP_NONE (the packet
  * was translated, or is none of ours) or the reason to drop it;
  * *ep_ifindex is set to the sending container's veth once known, for its
@@ -896,18 +1020,30 @@ static __always_inline __u8 snat_egress(struct __sk_buff *skb, const struct pkt 
 	__u32 uplink = skb->ifindex, zero = 0, owner;
 	__u8 state, fail;
 	__u64 now;
-	int ret;
+	int ret, kind;
 
 	s = bpf_map_lookup_elem(&nat_scratch, &zero);
 	if (!s)
 		return DROP_NONE; /* cannot happen: an array */
 	__builtin_memset(&s->l4, 0, sizeof(s->l4));
-	if (!nat_parse_l4(skb, pkt, ICMP_ECHO, ICMPV6_ECHO_REQUEST, &s->l4))
+	kind = nat_parse_l4(skb, pkt, ICMP_ECHO, ICMPV6_ECHO_REQUEST, &s->l4);
+	if (kind == NAT_L4_NONE && !(pkt->flags & PKT_F_FRAG && !(pkt->flags & PKT_F_L4)))
+		/* A header cut short: from_container dropped those of
+		 * containers (malformed), what is left is the node's. */
 		return DROP_NONE;
 	__builtin_memset(&s->nat_addr, 0, sizeof(s->nat_addr));
 	ret = nat_source_policy(pkt, uplink, &s->nat_addr, ep_ifindex);
 	if (ret <= 0)
 		return (__u8)-ret;
+	if (kind == NAT_L4_NONE) {
+		/* A later fragment: as its first went, or not at all. */
+		ret = nat_frag_translate(skb, pkt, FRAG_EGRESS);
+		if (ret > 0)
+			return DROP_NONE;
+		if (ret < 0)
+			return DROP_MALFORMED;
+		return ret == 0 && *ep_ifindex ? DROP_NAT_UNTRACKED : DROP_NONE;
+	}
 	/* The node's own flows are tracked so that no container takes their
 	 * tuple; one that finds no room passes as it is (its address is no
 	 * secret, and the node's traffic is never starved by containers). */
@@ -952,11 +1088,11 @@ static __always_inline __u8 snat_egress(struct __sk_buff *skb, const struct pkt 
 		if (!nat_quota_allows(owner))
 			return DROP_NAT_QUOTA;
 	}
-	ret = nat_create(uplink, state);
+	ret = nat_create(uplink, state, kind == NAT_L4_ADDRESS);
 	if (ret == NAT_FULL) {
 		/* Make room, then try once more. */
 		nat_reclaim(NAT_RECLAIM_ON_FULL);
-		ret = nat_create(uplink, state);
+		ret = nat_create(uplink, state, kind == NAT_L4_ADDRESS);
 	}
 	if (s->reclaimed)
 		nat_usage_forget(s->rot.family, s->rot.src);
@@ -995,6 +1131,7 @@ rewrite:
 		/* The kernel refused a write (a packet shorter than its
 		 * headers, no memory to unclone): it may be half rewritten. */
 		return DROP_MALFORMED;
+	nat_frag_record(pkt, FRAG_EGRESS, s->nat_addr.b);
 	return DROP_NONE;
 }
 
@@ -1011,9 +1148,15 @@ static __always_inline __u8 rnat_ingress(struct __sk_buff *skb, const struct pkt
 	__be16 orig_port;
 	__u8 state;
 	__u64 now;
+	int kind;
 
-	if (!nat_parse_l4(skb, pkt, ICMP_ECHOREPLY, ICMPV6_ECHO_REPLY, &l4))
+	kind = nat_parse_l4(skb, pkt, ICMP_ECHOREPLY, ICMPV6_ECHO_REPLY, &l4);
+	if (kind == NAT_L4_NONE) {
+		if ((pkt->flags & PKT_F_FRAG) && !(pkt->flags & PKT_F_L4) &&
+		    nat_frag_translate(skb, pkt, FRAG_INGRESS) < 0)
+			return DROP_MALFORMED;
 		return DROP_NONE;
+	}
 
 	nat_tuple_init(&it, &pkt->saddr, &pkt->daddr, l4.sport, l4.dport, pkt->ip_proto, pkt->family);
 
@@ -1046,5 +1189,6 @@ static __always_inline __u8 rnat_ingress(struct __sk_buff *skb, const struct pkt
 	if (nat_rewrite(skb, pkt, &l4, nat_daddr_off(pkt), &pkt->daddr, &orig, l4.dport_off,
 			nat_in_port(&it), orig_port))
 		return DROP_MALFORMED;
+	nat_frag_record(pkt, FRAG_INGRESS, orig.b);
 	return DROP_NONE;
 }

@@ -88,7 +88,8 @@ const (
 	BpfbridgeDropReasonDROP_NAT_EXHAUSTED  BpfbridgeDropReason = 12
 	BpfbridgeDropReasonDROP_NAT_NO_ADDRESS BpfbridgeDropReason = 13
 	BpfbridgeDropReasonDROP_NAT_QUOTA      BpfbridgeDropReason = 14
-	BpfbridgeDropReasonDROP_REASONS        BpfbridgeDropReason = 15
+	BpfbridgeDropReasonDROP_NAT_UNTRACKED  BpfbridgeDropReason = 15
+	BpfbridgeDropReasonDROP_REASONS        BpfbridgeDropReason = 16
 )
 
 type BpfbridgeEndpoint struct {
@@ -144,7 +145,7 @@ type BpfbridgeEndpointStats struct {
 	FromBytes   uint64
 	ToPackets   uint64
 	ToBytes     uint64
-	Drops       [15]uint64
+	Drops       [16]uint64
 }
 
 type BpfbridgeEventBudget struct {
@@ -218,6 +219,22 @@ type BpfbridgeNatExcludeKey struct {
 	Family    uint8
 	Pad       [3]uint8
 	Addr      [16]uint8
+}
+
+type BpfbridgeNatFrag struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+}
+
+type BpfbridgeNatFragKey struct {
+	_      structs.HostLayout
+	Src    [16]uint8
+	Dst    [16]uint8
+	Id     uint32
+	Proto  uint8
+	Family uint8
+	Dir    uint8
+	Pad    uint8
 }
 
 type BpfbridgeNatNetwork struct {
@@ -329,6 +346,7 @@ const (
 	BpfbridgeMapIpOwners          = "ip_owners"
 	BpfbridgeMapNatConfig         = "nat_config"
 	BpfbridgeMapNatExclude        = "nat_exclude"
+	BpfbridgeMapNatFrags          = "nat_frags"
 	BpfbridgeMapNatIn             = "nat_in"
 	BpfbridgeMapNatNetworks       = "nat_networks"
 	BpfbridgeMapNatOut            = "nat_out"
@@ -407,6 +425,7 @@ type BpfbridgeMapSpecs struct {
 	IpOwners      *ebpf.MapSpec `ebpf:"ip_owners"`
 	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
 	NatExclude    *ebpf.MapSpec `ebpf:"nat_exclude"`
+	NatFrags      *ebpf.MapSpec `ebpf:"nat_frags"`
 	NatIn         *ebpf.MapSpec `ebpf:"nat_in"`
 	NatNetworks   *ebpf.MapSpec `ebpf:"nat_networks"`
 	NatOut        *ebpf.MapSpec `ebpf:"nat_out"`
@@ -455,6 +474,7 @@ type BpfbridgeMaps struct {
 	IpOwners      *ebpf.Map `ebpf:"ip_owners"`
 	NatConfig     *ebpf.Map `ebpf:"nat_config"`
 	NatExclude    *ebpf.Map `ebpf:"nat_exclude"`
+	NatFrags      *ebpf.Map `ebpf:"nat_frags"`
 	NatIn         *ebpf.Map `ebpf:"nat_in"`
 	NatNetworks   *ebpf.Map `ebpf:"nat_networks"`
 	NatOut        *ebpf.Map `ebpf:"nat_out"`
@@ -477,6 +497,7 @@ func (m *BpfbridgeMaps) Close() error {
 		m.IpOwners,
 		m.NatConfig,
 		m.NatExclude,
+		m.NatFrags,
 		m.NatIn,
 		m.NatNetworks,
 		m.NatOut,

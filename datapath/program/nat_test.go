@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"testing"
@@ -510,7 +512,6 @@ func TestMasqueradeNotTranslated(t *testing.T) {
 		{"limited broadcast", ipv4Frame(a.mac, broadcastMAC, a.v4(), ip("255.255.255.255"), protoUDP, udp(a.v4(), ip("255.255.255.255"), 68, 67, nil))},
 		{"multicast ipv6", ipv6Frame(a.mac, gwMAC, a.v6(), mdns6, protoUDP, udp(a.v6(), mdns6, 5353, 5353, nil))},
 		{"routed traffic", ipv4Frame(uplinkMAC, routerMAC, ip("192.0.2.77"), remote4, protoTCP, tcpFlags(ip("192.0.2.77"), remote4, 40000, 80, tcpSYN))},
-		{"icmp echo reply from a container", ipv4Frame(a.mac, gwMAC, a.v4(), remote4, protoICMP, icmp4EchoMsg(icmp4EchoReply, 7, 1))},
 		{"arp", arpFrame(a.mac, broadcastMAC, arp(1, a.mac, a.v4(), make([]byte, 6), gw4))},
 		// The IP header ends the packet 12 bytes into its TCP header: the
 		// padding that fills the frame up is no TCP header.
@@ -1184,4 +1185,188 @@ func TestMasqueradeFullTable(t *testing.T) {
 	if pairs >= size || pairs < size-10 {
 		t.Errorf("%d pairs after the new flow, want %d minus the few (up to 10) it reclaimed", pairs, size)
 	}
+}
+
+// ipv4Fragment is an IPv4 packet carrying the fragment of payload at
+// offset (a multiple of 8) of a datagram with identification id.
+func ipv4Fragment(src, dst netip.Addr, proto uint8, id uint16, offset int, more bool, payload []byte) []byte {
+	h := []byte{0x45, 0}
+	h = be16(h, uint16(20+len(payload)))
+	h = be16(h, id)
+	fo := uint16(offset / 8)
+	if more {
+		fo |= 0x2000
+	}
+	h = be16(h, fo)
+	h = append(h, 64, proto, 0, 0)
+	h = append(h, src.AsSlice()...)
+	h = append(h, dst.AsSlice()...)
+	binary.BigEndian.PutUint16(h[10:], checksum(h, 0))
+	return append(h, payload...)
+}
+
+// ipv6Fragment is the IPv6 counterpart: a fragment header before payload.
+func ipv6Fragment(src, dst netip.Addr, proto uint8, id uint32, offset int, more bool, payload []byte) []byte {
+	fo := uint16(offset)
+	if more {
+		fo |= 1
+	}
+	fh := append([]byte{proto, 0}, be16(nil, fo)...)
+	fh = be32(fh, id)
+	return ipv6(src, dst, 44, 64, append(fh, payload...))
+}
+
+// fragments splits an IP datagram's payload (its L4 segment) into three
+// fragments, first, middle and last, of a datagram with identification id.
+func fragments(v6 bool, src, dst netip.Addr, proto uint8, id uint32, seg []byte) [][]byte {
+	var out [][]byte
+	for i, cut := range [][2]int{{0, 16}, {16, 32}, {32, len(seg)}} {
+		more := i < 2
+		if v6 {
+			out = append(out, ipv6Fragment(src, dst, proto, id, cut[0], more, seg[cut[0]:cut[1]]))
+		} else {
+			out = append(out, ipv4Fragment(src, dst, proto, uint16(id), cut[0], more, seg[cut[0]:cut[1]]))
+		}
+	}
+	return out
+}
+
+func ethOf(v6 bool, src, dst net.HardwareAddr, ip []byte) []byte {
+	if v6 {
+		return eth(dst, src, 0x86dd, ip)
+	}
+	return eth(dst, src, 0x0800, ip)
+}
+
+// Every fragment of a container's datagram leaves with the translated
+// source, and every fragment of the reply reaches the container; a later
+// fragment whose first was never seen is dropped, not sent as it is.
+func TestMasqueradeFragments(t *testing.T) {
+	n := newNATEnv(t)
+	a := n.a
+	for _, v6 := range []bool{false, true} {
+		src, remote, nat := a.v4(), remote4, uplink4
+		if v6 {
+			src, remote, nat = a.v6(), remote6, uplink6
+		}
+		t.Run(fmt.Sprintf("ipv6=%v", v6), func(t *testing.T) {
+			seg := udp(src, remote, 45000, 53, bytes.Repeat([]byte("x"), 40))
+			whole := ipPacket{v6: v6, src: nat, dst: remote, proto: protoUDP}
+			for i, f := range fragments(v6, src, remote, protoUDP, 77, seg) {
+				frame := ethOf(v6, a.mac, gwMAC, f)
+				v, out := n.egress(t, frame)
+				if v != verdictPass {
+					t.Fatalf("fragment %d: verdict %#x", i, v)
+				}
+				p := decodeFrame(t, out)
+				if p.src != nat || p.dst != remote {
+					t.Errorf("fragment %d left as %v -> %v, want %v -> %v", i, p.src, p.dst, nat, remote)
+				}
+				if v6 {
+					p.seg = p.seg[8:] // the fragment header
+				}
+				whole.seg = append(whole.seg, p.seg...)
+			}
+			// Reassembled, the datagram's checksum fits its new source.
+			checkL4(t, whole, "reassembled datagram")
+			// The reply, fragmented too.
+			rseg := udp(remote, nat, 53, 45000, bytes.Repeat([]byte("y"), 40))
+			for i, f := range fragments(v6, remote, nat, protoUDP, 99, rseg) {
+				v, back := n.ingress(t, ethOf(v6, routerMAC, uplinkMAC, f))
+				if v != verdictPass {
+					t.Fatalf("reply fragment %d: verdict %#x", i, v)
+				}
+				if p := decodeFrame(t, back); p.dst != src {
+					t.Errorf("reply fragment %d to %v, want %v", i, p.dst, src)
+				}
+			}
+			// A later fragment of an unknown datagram: dropped.
+			orphan := fragments(v6, src, remote, protoUDP, 1234, seg)[1]
+			n.expectDrop(t, a, ethOf(v6, a.mac, gwMAC, orphan), program.BpfbridgeDropReasonDROP_NAT_UNTRACKED)
+		})
+	}
+	// The node's own later fragments pass.
+	nodeFrag := fragments(false, uplink4, remote4, protoUDP, 555, udp(uplink4, remote4, 1, 2, make([]byte, 40)))[2]
+	if v, _ := n.egress(t, ethOf(false, uplinkMAC, routerMAC, nodeFrag)); v != verdictPass {
+		t.Errorf("node's fragment: verdict %#x", v)
+	}
+}
+
+// Protocols without ports are translated by address, one flow per
+// (container, remote, protocol): never passed with the container's
+// address.
+func TestMasqueradeOtherProtocols(t *testing.T) {
+	n := newNATEnv(t)
+	a, b := n.a, n.b
+	gre := append([]byte{0, 0, 0x08, 0}, make([]byte, 20)...)
+	for _, tc := range []struct {
+		name   string
+		v6     bool
+		proto  uint8
+		msg    func(src, dst netip.Addr) []byte
+		reply  func(src, dst netip.Addr) []byte
+		l4csum bool
+	}{
+		{name: "gre", proto: 47, msg: func(_, _ netip.Addr) []byte { return gre }},
+		{name: "sctp", proto: 132, msg: func(_, _ netip.Addr) []byte { return make([]byte, 28) }},
+		{name: "unknown protocol", proto: 253, msg: func(_, _ netip.Addr) []byte { return []byte("payload") }},
+		{name: "icmp timestamp", proto: protoICMP,
+			msg:   func(_, _ netip.Addr) []byte { return icmp4Msg(13, make([]byte, 16)) },
+			reply: func(_, _ netip.Addr) []byte { return icmp4Msg(14, make([]byte, 16)) }},
+		{name: "icmp echo reply", proto: protoICMP, msg: func(_, _ netip.Addr) []byte { return icmp4EchoMsg(icmp4EchoReply, 7, 1) },
+			reply: func(_, _ netip.Addr) []byte { return icmp4Msg(14, make([]byte, 16)) }},
+		{name: "gre6", v6: true, proto: 47, msg: func(_, _ netip.Addr) []byte { return gre }},
+		{name: "icmp6 node information", v6: true, proto: protoICMPv6, l4csum: true,
+			msg: func(s, d netip.Addr) []byte { return icmp6(s, d, 139, 0, make([]byte, 12)) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src, remote, nat, other := a.v4(), remote4, uplink4, b.v4()
+			if tc.v6 {
+				src, remote, nat, other = a.v6(), remote6, uplink6, b.v6()
+			}
+			frame := ethOf(tc.v6, a.mac, gwMAC, ipOf(tc.v6, src, remote, tc.proto, tc.msg(src, remote)))
+			v, out := n.egress(t, frame)
+			if v != verdictPass {
+				t.Fatalf("verdict %#x", v)
+			}
+			p := decodeFrame(t, out)
+			if p.src != nat || p.dst != remote {
+				t.Errorf("left as %v -> %v, want %v -> %v", p.src, p.dst, nat, remote)
+			}
+			if tc.l4csum || p.proto == protoICMP {
+				checkL4(t, p, "translated")
+			}
+			reply := tc.msg
+			if tc.reply != nil {
+				reply = tc.reply
+			}
+			back := ethOf(tc.v6, routerMAC, uplinkMAC, ipOf(tc.v6, remote, nat, tc.proto, reply(remote, nat)))
+			if v, in := n.ingress(t, back); v != verdictPass {
+				t.Errorf("reply verdict %#x", v)
+			} else if p := decodeFrame(t, in); p.dst != src {
+				t.Errorf("reply to %v, want %v", p.dst, src)
+			} else if tc.l4csum || p.proto == protoICMP {
+				checkL4(t, p, "restored")
+			}
+			// Another container to the same remote and protocol: the
+			// one address is taken, so it is dropped.
+			bf := ethOf(tc.v6, b.mac, gwMAC, ipOf(tc.v6, other, remote, tc.proto, tc.msg(other, remote)))
+			n.expectDrop(t, b, bf, program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED)
+		})
+	}
+	n.checkPairs(t)
+}
+
+func ipOf(v6 bool, src, dst netip.Addr, proto uint8, msg []byte) []byte {
+	if v6 {
+		return ipv6(src, dst, proto, 64, msg)
+	}
+	return ipv4(src, dst, proto, msg)
+}
+
+// icmp4Msg is an ICMPv4 message of type typ (code 0) with its checksum.
+func icmp4Msg(typ uint8, body []byte) []byte {
+	m := append([]byte{typ, 0, 0, 0}, body...)
+	binary.BigEndian.PutUint16(m[2:], checksum(m, 0))
+	return m
 }
