@@ -62,6 +62,7 @@ struct go_contract {
 	enum nat_network_flags nat_network_flags;
 	enum nat_quota_default nat_quota_default;
 	enum nat_usage_key nat_usage_key;
+	enum nat_limits nat_limits;
 };
 const struct go_contract *const bpfbridge_contract __attribute__((unused)) = 0;
 

@@ -50,9 +50,13 @@ enum nat_port_default {
 #define NAT_SRC_CONTAINER 1
 #define NAT_SRC_NODE 2 /* the node's own flow from the uplink address */
 
-#define NAT_MAX_UPLINKS 64
-#define NAT_MAX_NETWORKS 4096
-#define NAT_MAX_EXCLUDES 4096
+/* Capacities of the maps the control plane fills; the configuration is
+ * checked against them before anything is written. */
+enum nat_limits {
+	NAT_MAX_UPLINKS = 64,
+	NAT_MAX_NETWORKS = 4096,
+	NAT_MAX_EXCLUDES = 4096,
+};
 
 /* ICMP message types we translate (RFC 792, RFC 4443). */
 #define ICMP_ECHOREPLY 0

@@ -44,8 +44,11 @@ type PinnedMap struct {
 	MaxEntries uint32     `json:"max_entries"`
 	Flags      uint32     `json:"flags"`
 	// Entries is the number of keys; nil for a ring buffer, which has none.
-	Entries *int   `json:"entries"`
-	Path    string `json:"pin"`
+	Entries *int `json:"entries"`
+	// Pressure is Entries over MaxEntries: how full the map is, 0 to 1
+	// (hash maps; arrays are always full).
+	Pressure float64 `json:"pressure"`
+	Path     string  `json:"pin"`
 	// Layout is the map layout version it belongs to.
 	Layout int `json:"-"`
 }
@@ -128,6 +131,9 @@ func describeMap(m *ebpf.Map, name, path string) (PinnedMap, error) {
 		return PinnedMap{}, fmt.Errorf("count entries of %s: %w", name, err)
 	}
 	pm.Entries = &n
+	if pm.MaxEntries > 0 {
+		pm.Pressure = float64(n) / float64(pm.MaxEntries)
+	}
 	return pm, nil
 }
 

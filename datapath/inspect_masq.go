@@ -109,3 +109,18 @@ func decodeNAT(t *program.BpfbridgeNatTuple, e *program.BpfbridgeNatEntry) MapEn
 		},
 	}
 }
+
+// natPairs is how many translations the endpoint at ifindex holds, as the
+// programs count them in nat_usage; 0 without masquerade state.
+func (d *Datapath) natPairs(ifindex uint32) int32 {
+	m, err := d.pinnedMap(program.BpfbridgeMapNatUsage)
+	if err != nil {
+		return 0
+	}
+	defer m.Close()
+	var u program.BpfbridgeNatUsage
+	if m.Lookup(ifindex, &u) != nil {
+		return 0
+	}
+	return max(u.Pairs, 0)
+}

@@ -47,6 +47,10 @@ const (
 	DefaultNATPortMax = uint16(program.BpfbridgeNatPortDefaultNAT_PORT_MAX_DEFAULT)
 )
 
+// MaxNATExcludes is how many exclusions (a network's subnets included) the
+// node's nat_exclude map holds, for all masquerading networks together.
+const MaxNATExcludes = int(program.BpfbridgeNatLimitsNAT_MAX_EXCLUDES)
+
 // DefaultNATTimeouts are the programs' defaults (enum ct_timeout_default in
 // bpf/conntrack.h), which follow the kernel's conntrack defaults, rounded.
 var DefaultNATTimeouts = func() NATTimeouts {
@@ -239,4 +243,48 @@ func monotonicNow() uint64 {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return uint64(ts.Nano())
+}
+
+// ReleaseMasquerade removes network's masquerade state, its flag and its
+// exclusions (nat_exclude is keyed by network, so each network's entries
+// are its own), once no endpoint of the network but the attachment
+// (containerID, ifname) going away is left on the node. DEL calls it, and
+// a failed ADD when undoing: the last endpoint of a network takes the
+// network's entries with it. Idempotent.
+func (d *Datapath) ReleaseMasquerade(network, containerID, ifname string) error {
+	id, ok := d.lookupNetworkID(network)
+	if !ok {
+		return nil
+	}
+	var (
+		key  program.BpfbridgeEndpointKey
+		meta program.BpfbridgeEndpointMeta
+	)
+	it := d.maps.meta.Iterate()
+	for it.Next(&key, &meta) {
+		leaving := program.CString(meta.ContainerId[:]) == containerID && program.CString(meta.Ifname[:]) == ifname
+		if meta.Ep.Network == id && !leaving {
+			return nil // still in use
+		}
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	var (
+		ex    program.BpfbridgeNatExcludeKey
+		one   uint8
+		stale []program.BpfbridgeNatExcludeKey
+	)
+	ei := d.maps.natExclude.Iterate()
+	for ei.Next(&ex, &one) {
+		if ex.Network == id {
+			stale = append(stale, ex)
+		}
+	}
+	errs := []error{ei.Err()}
+	for _, k := range stale {
+		errs = append(errs, ignoreMissing(d.maps.natExclude.Delete(&k)))
+	}
+	errs = append(errs, ignoreMissing(d.maps.natNetworks.Delete(id)))
+	return errors.Join(errs...)
 }

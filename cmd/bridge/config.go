@@ -389,6 +389,11 @@ func (c *NetConf) bridgeConfig() topology.BridgeConfig {
 func parseMasquerade(c *NetConf) (datapath.Masquerade, error) {
 	m := c.Masquerade
 	out := datapath.Masquerade{Uplinks: m.Uplinks}
+	// Checked before anything is written: an ADD must not fill the
+	// node's map part way and fail.
+	if len(m.Exclude) >= datapath.MaxNATExcludes {
+		return out, invalidConf("\"masquerade.exclude\": %d entries, more than the node's masquerade exclusion map holds (%d, the network's own subnets included)", len(m.Exclude), datapath.MaxNATExcludes)
+	}
 	for i, cidr := range m.Exclude {
 		p, err := netip.ParsePrefix(cidr)
 		if err != nil {

@@ -237,6 +237,14 @@ type BpfbridgeNatFragKey struct {
 	Pad    uint8
 }
 
+type BpfbridgeNatLimits uint32
+
+const (
+	BpfbridgeNatLimitsNAT_MAX_UPLINKS  BpfbridgeNatLimits = 64
+	BpfbridgeNatLimitsNAT_MAX_NETWORKS BpfbridgeNatLimits = 4096
+	BpfbridgeNatLimitsNAT_MAX_EXCLUDES BpfbridgeNatLimits = 4096
+)
+
 type BpfbridgeNatNetwork struct {
 	_     structs.HostLayout
 	Flags uint32

@@ -58,10 +58,12 @@ func natEntries(t *testing.T, sb *sandbox.Sandbox) (out, in int) {
 }
 
 // newMasqNetwork is an IPv4 masquerading network "masq" in a fresh
-// sandbox, and a whoami server on the outside at Internet4:port.
+// sandbox, and a whoami server on the outside at Internet4:port. The
+// outside is watched for the container subnet's addresses throughout.
 func newMasqNetwork(t *testing.T, port uint16) (*sandbox.Sandbox, *network, netip.AddrPort) {
 	t.Helper()
 	sb := sandbox.ForTest(t)
+	watchLeaks(t, sb, masqSubnet4)
 	n := newNetwork(t, sb, masqConf("masq", "br-masq", t.TempDir(), masqRanges4, ""), bins.PluginDir())
 	server := netip.AddrPortFrom(sb.Internet4, port)
 	serveWhoAmI(t, sb.External, server)
