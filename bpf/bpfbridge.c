@@ -193,12 +193,18 @@ int uplink_egress(struct __sk_buff *skb)
 	struct pkt pkt = {};
 	__u32 ep_ifindex = 0;
 	__u8 reason;
+	int ret;
 
 	/* A packet we cannot parse is none we translate: from_container
 	 * already dropped malformed ones from containers. */
 	if (parse_packet(skb, &pkt) != DROP_NONE || (pkt.flags & PKT_F_TAGGED))
 		return VERDICT_PASS;
-	reason = snat_egress(skb, &pkt, &ep_ifindex);
+	/* An ICMP error a container sends about a translated flow is
+	 * translated with its quote; any other goes on as any ICMP. */
+	ret = icmp_is_error(skb, &pkt) ? icmp_error_translate(skb, &pkt, ICMP_ERR_FROM_CONTAINER) : 0;
+	if (ret > 0)
+		return VERDICT_PASS;
+	reason = ret < 0 ? (__u8)-ret : snat_egress(skb, &pkt, &ep_ifindex);
 	if (reason != DROP_NONE)
 		return drop_packet(skb, ep_ifindex ? stats_get(ep_ifindex) : NULL, &pkt, reason,
 				   DIR_UPLINK_EGRESS);
@@ -212,13 +218,16 @@ int uplink_ingress(struct __sk_buff *skb)
 {
 	struct pkt pkt = {};
 	__u8 reason;
+	int ret;
 
 	if (parse_packet(skb, &pkt) != DROP_NONE || (pkt.flags & PKT_F_TAGGED))
 		return VERDICT_PASS;
-	if (icmp_is_error(skb, &pkt))
-		reason = icmp_error_rnat(skb, &pkt);
-	else
+	if (icmp_is_error(skb, &pkt)) {
+		ret = icmp_error_translate(skb, &pkt, ICMP_ERR_FROM_OUTSIDE);
+		reason = ret < 0 ? (__u8)-ret : DROP_NONE;
+	} else {
 		reason = rnat_ingress(skb, &pkt);
+	}
 	if (reason != DROP_NONE)
 		return drop_packet(skb, NULL, &pkt, reason, DIR_UPLINK_INGRESS);
 	return VERDICT_PASS;

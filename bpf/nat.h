@@ -156,6 +156,7 @@ struct nat_scratch {
 			       * the nat_out key of the holder it reclaimed */
 	struct nat_tuple rit;
 	struct nat_l4 l4;     /* snat_egress's packet */
+	struct nat_entry v;   /* nat_create's: the entry it inserts */
 	__u8 reclaimed;       /* nat_create reclaimed a holder (rot) */
 	__u8 pad[7];
 };
@@ -303,10 +304,9 @@ static __noinline int nat_quota_allows(__u32 ifindex)
 static __always_inline void nat_usage_forget(__u8 family, const __u8 *addr)
 {
 	const struct ip_owner *owner;
-	union addr a;
 
-	__builtin_memcpy(a.b, addr, 16);
-	owner = ip_owner_lookup(family, &a);
+	/* The tuple's and entry's addresses are 4-byte aligned, as union addr. */
+	owner = ip_owner_lookup(family, (const union addr *)addr);
 	if (owner)
 		nat_usage_add(owner->ifindex, -1);
 }
@@ -698,7 +698,6 @@ __noinline int nat_create(__u32 uplink, __u32 state, __u32 addr_only)
 {
 	const struct nat_config *cfg = nat_config_get();
 	struct nat_scratch *s;
-	struct nat_entry v = {};
 	struct nat_entry *in;
 	__u32 pmin = 0, pmax = 0, range, start, tries, offset, own, i, zero = 0;
 	__u64 now = bpf_ktime_get_ns();
@@ -709,6 +708,7 @@ __noinline int nat_create(__u32 uplink, __u32 state, __u32 addr_only)
 	if (!s)
 		return NAT_EXHAUSTED; /* cannot happen: an array */
 	s->reclaimed = 0;
+	__builtin_memset(&s->v, 0, sizeof(s->v));
 	if (cfg) {
 		pmin = cfg->port_min;
 		pmax = cfg->port_max;
@@ -738,12 +738,12 @@ __noinline int nat_create(__u32 uplink, __u32 state, __u32 addr_only)
 		start = nat_hash(&s->ot) % range;
 
 	/* v is the nat_in value while claiming, the nat_out value after. */
-	__builtin_memcpy(v.addr, s->ot.src, 16);
-	v.port = s->ot.sport;
-	v.state = (__u8)state;
-	v.uplink = uplink;
-	v.created_ns = now;
-	v.last_seen_ns = now;
+	__builtin_memcpy(s->v.addr, s->ot.src, 16);
+	s->v.port = s->ot.sport;
+	s->v.state = (__u8)state;
+	s->v.uplink = uplink;
+	s->v.created_ns = now;
+	s->v.last_seen_ns = now;
 
 	for (i = 0; i < NAT_PORT_TRIES; i++) {
 		if (i >= tries)
@@ -758,7 +758,7 @@ __noinline int nat_create(__u32 uplink, __u32 state, __u32 addr_only)
 		offset = (i && range > NAT_PORT_TRIES) ? bpf_get_prandom_u32() : start + i;
 		port = bpf_htons((__u16)(pmin + offset % range));
 		nat_in_key(&s->it, &s->ot, s->nat_addr.b, port);
-		ret = bpf_map_update_elem(&nat_in, &s->it, &v, BPF_NOEXIST);
+		ret = bpf_map_update_elem(&nat_in, &s->it, &s->v, BPF_NOEXIST);
 		if (!ret)
 			goto claimed;
 		if (ret != -EEXIST)
@@ -770,7 +770,7 @@ __noinline int nat_create(__u32 uplink, __u32 state, __u32 addr_only)
 			/* This flow's own nat_in half, orphaned: adopt
 			 * it (refreshed) rather than leak it and take a
 			 * second port. */
-			if (!bpf_map_update_elem(&nat_in, &s->it, &v, BPF_EXIST))
+			if (!bpf_map_update_elem(&nat_in, &s->it, &s->v, BPF_EXIST))
 				goto claimed;
 			continue;
 		}
@@ -786,13 +786,13 @@ __noinline int nat_create(__u32 uplink, __u32 state, __u32 addr_only)
 	if (s->reclaimed)
 		__builtin_memcpy(&s->rot, &s->it, sizeof(s->rot));
 	nat_in_key(&s->it, &s->ot, s->nat_addr.b, port);
-	if (bpf_map_update_elem(&nat_in, &s->it, &v, BPF_NOEXIST))
+	if (bpf_map_update_elem(&nat_in, &s->it, &s->v, BPF_NOEXIST))
 		return NAT_EXHAUSTED; /* another CPU took it */
 
 claimed:
-	__builtin_memcpy(v.addr, s->nat_addr.b, 16);
-	v.port = port;
-	ret = bpf_map_update_elem(&nat_out, &s->ot, &v, BPF_NOEXIST);
+	__builtin_memcpy(s->v.addr, s->nat_addr.b, 16);
+	s->v.port = port;
+	ret = bpf_map_update_elem(&nat_out, &s->ot, &s->v, BPF_NOEXIST);
 	if (!ret)
 		return NAT_CREATED;
 	/* Roll back: never leave half a pair. */
@@ -977,8 +977,8 @@ static __always_inline void nat_frag_key_of(struct nat_frag_key *k, const struct
 }
 
 /* The first fragment of a datagram was translated to addr: remember it for
- * the others. */
-static __always_inline void nat_frag_record(const struct pkt *pkt, __u8 dir, const __u8 *addr)
+ * the others. Not inlined, as nat_frag_translate. */
+static __noinline void nat_frag_record(const struct pkt *pkt, __u8 dir, const __u8 *addr)
 {
 	struct nat_frag_key k;
 	struct nat_frag v;
@@ -1014,9 +1014,11 @@ static __noinline int nat_frag_translate(struct __sk_buff *skb, const struct pkt
 /* Source NAT of a packet leaving on an uplink. Returns DROP_NONE (the packet
  * was translated, or is none of ours) or the reason to drop it;
  * *ep_ifindex is set to the sending container's veth once known, for its
- * drop counters. */
-static __always_inline __u8 snat_egress(struct __sk_buff *skb, const struct pkt *pkt,
-					__u32 *ep_ifindex)
+ * drop counters. Not inlined: the program's own frame (the parsed packet)
+ * and this one's add up to less than inlined, with nat_create's or
+ * icmp_error_nat's behind them. */
+static __noinline __u8 snat_egress(struct __sk_buff *skb, const struct pkt *pkt,
+				   __u32 *ep_ifindex)
 {
 	const struct nat_config *cfg;
 	struct nat_scratch *s;

@@ -161,6 +161,76 @@ const (
 	BpfbridgeEventBudgetLimitEVENTS_PER_WINDOW BpfbridgeEventBudgetLimit = 64
 )
 
+type BpfbridgeIcmpScratch struct {
+	_   structs.HostLayout
+	Pkt struct {
+		_         structs.HostLayout
+		DstMac    [6]uint8
+		SrcMac    [6]uint8
+		EthProto  uint16
+		Family    uint8
+		IpProto   uint8
+		Flags     uint8
+		Icmp6Type uint8
+		Sport     uint16
+		Dport     uint16
+		_         [2]byte
+		L4Off     uint32
+		L3End     uint32
+		FragId    uint32
+		Saddr     struct {
+			_ structs.HostLayout
+			B [16]uint8
+		}
+		Daddr struct {
+			_ structs.HostLayout
+			B [16]uint8
+		}
+		ArpSha [6]uint8
+		ArpOp  uint16
+	}
+	Q struct {
+		_     structs.HostLayout
+		Saddr struct {
+			_ structs.HostLayout
+			B [16]uint8
+		}
+		Daddr struct {
+			_ structs.HostLayout
+			B [16]uint8
+		}
+		SaddrOff uint32
+		DaddrOff uint32
+		CheckOff uint32
+		L4Off    uint32
+		L4       struct {
+			_        structs.HostLayout
+			CsumOff  uint32
+			SportOff uint32
+			DportOff uint32
+			Sport    uint16
+			Dport    uint16
+			TcpFlags uint8
+			TcpDoff  uint8
+			TcpWin   uint16
+			TcpSeq   uint32
+			TcpAck   uint32
+		}
+		Check uint16
+		Proto uint8
+		Pad   uint8
+	}
+	T  BpfbridgeNatTuple
+	To struct {
+		_ structs.HostLayout
+		B [16]uint8
+	}
+	From struct {
+		_ structs.HostLayout
+		B [16]uint8
+	}
+}
+
 type BpfbridgeIpKey struct {
 	_      structs.HostLayout
 	Family uint8
@@ -305,6 +375,8 @@ type BpfbridgeNatScratch struct {
 		TcpSeq   uint32
 		TcpAck   uint32
 	}
+	_         [4]byte
+	V         BpfbridgeNatEntry
 	Reclaimed uint8
 	Pad       [7]uint8
 }
@@ -351,6 +423,7 @@ const (
 	BpfbridgeMapEndpointStats     = "endpoint_stats"
 	BpfbridgeMapEndpoints         = "endpoints"
 	BpfbridgeMapEventBudget       = "event_budget"
+	BpfbridgeMapIcmpScratch       = "icmp_scratch"
 	BpfbridgeMapIpOwners          = "ip_owners"
 	BpfbridgeMapNatConfig         = "nat_config"
 	BpfbridgeMapNatExclude        = "nat_exclude"
@@ -430,6 +503,7 @@ type BpfbridgeMapSpecs struct {
 	EndpointStats *ebpf.MapSpec `ebpf:"endpoint_stats"`
 	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
 	EventBudget   *ebpf.MapSpec `ebpf:"event_budget"`
+	IcmpScratch   *ebpf.MapSpec `ebpf:"icmp_scratch"`
 	IpOwners      *ebpf.MapSpec `ebpf:"ip_owners"`
 	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
 	NatExclude    *ebpf.MapSpec `ebpf:"nat_exclude"`
@@ -479,6 +553,7 @@ type BpfbridgeMaps struct {
 	EndpointStats *ebpf.Map `ebpf:"endpoint_stats"`
 	Endpoints     *ebpf.Map `ebpf:"endpoints"`
 	EventBudget   *ebpf.Map `ebpf:"event_budget"`
+	IcmpScratch   *ebpf.Map `ebpf:"icmp_scratch"`
 	IpOwners      *ebpf.Map `ebpf:"ip_owners"`
 	NatConfig     *ebpf.Map `ebpf:"nat_config"`
 	NatExclude    *ebpf.Map `ebpf:"nat_exclude"`
@@ -502,6 +577,7 @@ func (m *BpfbridgeMaps) Close() error {
 		m.EndpointStats,
 		m.Endpoints,
 		m.EventBudget,
+		m.IcmpScratch,
 		m.IpOwners,
 		m.NatConfig,
 		m.NatExclude,

@@ -888,8 +888,12 @@ func TestVerifierComplexity(t *testing.T) {
 			t.Skip("kernel does not report verified instructions")
 		}
 		t.Logf("%s: %d instructions verified", name, n)
-		if n > 200000 {
-			t.Errorf("%s: verifier walked %d instructions, budget 200000", name, n)
+		// uplink_egress walks about 250,000 (port probing, reclaim,
+		// budget, TCP window, fragments, ICMP errors): loaded once per
+		// node and build, in about a second; 300,000 leaves headroom
+		// while keeping a blow-up (1M is the kernel's limit) in sight.
+		if n > 300000 {
+			t.Errorf("%s: verifier walked %d instructions, budget 300000", name, n)
 		}
 	}
 }
@@ -1369,4 +1373,51 @@ func icmp4Msg(typ uint8, body []byte) []byte {
 	m := append([]byte{typ, 0, 0, 0}, body...)
 	binary.BigEndian.PutUint16(m[2:], checksum(m, 0))
 	return m
+}
+
+// An ICMP error a container sends about a packet of a translated flow it
+// received leaves translated whole: the outer source and the quoted
+// destination become the NAT address and port, every checksum right.
+func TestICMPErrorFromContainer(t *testing.T) {
+	n := newNATEnv(t)
+	a := n.a
+	for _, c := range []natProto{natProtos(a)[1], natProtos(a)[5]} { // udp4, udp6
+		t.Run(c.name, func(t *testing.T) {
+			// Taken by b first: a's flow moves, so the quote must change.
+			n.masquerade(t, natProtos(n.b)[map[bool]int{false: 1, true: 5}[c.src.Is6()]], 46000)
+			_, natPort := n.masquerade(t, c, 46000)
+			if natPort == 46000 {
+				t.Fatal("the flow kept its port: nothing to translate in the quote")
+			}
+			// The reply, as the container received it.
+			_, back := n.ingress(t, c.reply(natPort))
+			rp := decodeFrame(t, back)
+			quote := append(append([]byte{}, rp.hdr...), rp.seg...)
+			var f []byte
+			if c.src.Is6() {
+				body := append(be32(nil, 0), quote...)
+				f = ipv6Frame(a.mac, gwMAC, c.src, c.remote, protoICMPv6, icmp6(c.src, c.remote, 1, 4, body))
+			} else {
+				f = ipv4Frame(a.mac, gwMAC, c.src, c.remote, protoICMP, icmp4Error(icmp4DestUnreach, 3, 0, quote))
+			}
+			v, out := n.egress(t, f)
+			if v != verdictPass {
+				t.Fatalf("verdict %#x", v)
+			}
+			p := decodeFrame(t, out)
+			checkL4(t, p, "ICMP error")
+			if p.src != c.nat || p.dst != c.remote {
+				t.Errorf("error left as %v -> %v, want %v -> %v", p.src, p.dst, c.nat, c.remote)
+			}
+			off := 8
+			q := decodeIP(t, p.seg[off:])
+			checkL4(t, q, "quoted packet")
+			if _, qd := q.ports(); q.src != c.remote || q.dst != c.nat || qd != natPort {
+				t.Errorf("quoted %v -> %v:%d, want %v -> %v:%d", q.src, q.dst, qd, c.remote, c.nat, natPort)
+			}
+		})
+	}
+	if tot := n.totals(t); tot != [program.NumDropReasons]uint64{} {
+		t.Errorf("drops: %v", tot)
+	}
 }
