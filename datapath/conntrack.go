@@ -52,27 +52,25 @@ func (d *Datapath) sweepFlows(drop func(container netip.Addr) bool) (map[netip.A
 	}
 	now := monotonicNow()
 	var (
-		tuple   program.BpfbridgeNatTuple
-		entry   program.BpfbridgeNatEntry
 		errs    []error
 		deleted = map[netip.Addr]int32{}
 	)
 	for _, half := range []struct {
 		m         *ebpf.Map
-		container func() netip.Addr
+		container func(*program.BpfbridgeNatTuple, *program.BpfbridgeNatEntry) netip.Addr
 		counts    bool
 	}{
-		{d.maps.natOut, func() netip.Addr { return tuple.Source().Addr() }, true},
-		{d.maps.natIn, func() netip.Addr { return entry.AddrPort(tuple.Family).Addr() }, false},
+		{d.maps.natOut, func(t *program.BpfbridgeNatTuple, _ *program.BpfbridgeNatEntry) netip.Addr { return t.Source().Addr() }, true},
+		{d.maps.natIn, func(t *program.BpfbridgeNatTuple, e *program.BpfbridgeNatEntry) netip.Addr {
+			return e.AddrPort(t.Family).Addr()
+		}, false},
 	} {
 		var stale []program.BpfbridgeNatTuple
-		it := half.m.Iterate()
-		for it.Next(&tuple, &entry) {
-			if expired(&entry, &cfg, now) || drop(half.container()) {
-				stale = append(stale, tuple)
+		errs = append(errs, eachFlow(half.m, func(t *program.BpfbridgeNatTuple, e *program.BpfbridgeNatEntry) {
+			if expired(e, &cfg, now) || drop(half.container(t, e)) {
+				stale = append(stale, *t)
 			}
-		}
-		errs = append(errs, it.Err())
+		}))
 		for _, k := range stale {
 			err := half.m.Delete(&k)
 			if err == nil && half.counts {
@@ -82,6 +80,41 @@ func (d *Datapath) sweepFlows(drop func(container netip.Addr) bool) (map[netip.A
 		}
 	}
 	return deleted, errors.Join(errs...)
+}
+
+// flowBatch is how many entries eachFlow reads per system call.
+const flowBatch = 4096
+
+// eachFlow calls fn for every entry of nat_out or nat_in, reading them in
+// batches (a full table is 262,144 entries: one lookup per entry would be
+// as many system calls), or one by one where the kernel has no batch
+// lookup.
+func eachFlow(m *ebpf.Map, fn func(*program.BpfbridgeNatTuple, *program.BpfbridgeNatEntry)) error {
+	keys := make([]program.BpfbridgeNatTuple, flowBatch)
+	values := make([]program.BpfbridgeNatEntry, flowBatch)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, values, nil)
+		for i := range n {
+			fn(&keys[i], &values[i])
+		}
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return nil // the end
+		case errors.Is(err, ebpf.ErrNotSupported):
+			var (
+				k program.BpfbridgeNatTuple
+				v program.BpfbridgeNatEntry
+			)
+			it := m.Iterate()
+			for it.Next(&k, &v) {
+				fn(&k, &v)
+			}
+			return it.Err()
+		case err != nil:
+			return err
+		}
+	}
 }
 
 // uncount takes deleted pairs (per container address, as sweepFlows

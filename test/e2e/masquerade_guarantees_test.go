@@ -235,6 +235,13 @@ func TestMasqueradeFloodThenConnect(t *testing.T) {
 			dropTotal(t, sb, program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED), dropTotal(t, sb, program.BpfbridgeDropReasonDROP_NAT_QUOTA))
 	}
 	t.Logf("connected in %v, seen as %v", time.Since(start), seen)
+	// DEL of the calm one beside the flood's translations (timing is only
+	// reported: the machine's load decides it).
+	start = time.Now()
+	if err := n.del(other.ns, other.id, "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("DEL beside %d translations took %v", out, time.Since(start))
 }
 
 // tcpSegment is what the capture learnt of a TCP segment.
