@@ -99,6 +99,12 @@ func TestMasqueradeToExternal(t *testing.T) {
 	if out, in := natEntries(t, sb); out+in != 0 {
 		t.Errorf("translations after DEL: %d out, %d in; want none", out, in)
 	}
+	// The network's last endpoint took its flag, exclusions and usage
+	// counter along (nat_usage keeps the node-wide total).
+	if m := mapEntries(t, sb); m["nat_networks"]+m["nat_exclude"] != 0 || m["nat_usage"] > 1 {
+		t.Errorf("after the last DEL: nat_networks %d, nat_exclude %d, nat_usage %d; want 0, 0, at most the total",
+			m["nat_networks"], m["nat_exclude"], m["nat_usage"])
+	}
 }
 
 // TestMasqueradeManyConnections: 10 containers × 20 concurrent TCP
