@@ -190,23 +190,23 @@ int to_container(struct __sk_buff *skb)
 SEC("tc")
 int uplink_egress(struct __sk_buff *skb)
 {
-	struct pkt pkt = {};
+	struct pkt *pkt = uplink_pkt_fresh();
 	__u32 ep_ifindex = 0;
 	__u8 reason;
 	int ret;
 
 	/* A packet we cannot parse is none we translate: from_container
 	 * already dropped malformed ones from containers. */
-	if (parse_packet(skb, &pkt) != DROP_NONE || (pkt.flags & PKT_F_TAGGED))
+	if (!pkt || parse_packet(skb, pkt) != DROP_NONE || (pkt->flags & PKT_F_TAGGED))
 		return VERDICT_PASS;
 	/* An ICMP error a container sends about a translated flow is
 	 * translated with its quote; any other goes on as any ICMP. */
-	ret = icmp_is_error(skb, &pkt) ? icmp_error_translate(skb, &pkt, ICMP_ERR_FROM_CONTAINER) : 0;
+	ret = icmp_is_error(skb, pkt) ? icmp_error_nat(skb, ICMP_ERR_FROM_CONTAINER) : 0;
 	if (ret > 0)
 		return VERDICT_PASS;
-	reason = ret < 0 ? (__u8)-ret : snat_egress(skb, &pkt, &ep_ifindex);
+	reason = ret < 0 ? (__u8)-ret : snat_egress(skb, pkt, &ep_ifindex);
 	if (reason != DROP_NONE)
-		return drop_packet(skb, ep_ifindex ? stats_get(ep_ifindex) : NULL, &pkt, reason,
+		return drop_packet(skb, ep_ifindex ? stats_get(ep_ifindex) : NULL, pkt, reason,
 				   DIR_UPLINK_EGRESS);
 	return VERDICT_PASS;
 }
@@ -216,19 +216,19 @@ int uplink_egress(struct __sk_buff *skb)
 SEC("tc")
 int uplink_ingress(struct __sk_buff *skb)
 {
-	struct pkt pkt = {};
+	struct pkt *pkt = uplink_pkt_fresh();
 	__u8 reason;
 	int ret;
 
-	if (parse_packet(skb, &pkt) != DROP_NONE || (pkt.flags & PKT_F_TAGGED))
+	if (!pkt || parse_packet(skb, pkt) != DROP_NONE || (pkt->flags & PKT_F_TAGGED))
 		return VERDICT_PASS;
-	if (icmp_is_error(skb, &pkt)) {
-		ret = icmp_error_translate(skb, &pkt, ICMP_ERR_FROM_OUTSIDE);
+	if (icmp_is_error(skb, pkt)) {
+		ret = icmp_error_nat(skb, ICMP_ERR_FROM_OUTSIDE);
 		reason = ret < 0 ? (__u8)-ret : DROP_NONE;
 	} else {
-		reason = rnat_ingress(skb, &pkt);
+		reason = rnat_ingress(skb, pkt);
 	}
 	if (reason != DROP_NONE)
-		return drop_packet(skb, NULL, &pkt, reason, DIR_UPLINK_INGRESS);
+		return drop_packet(skb, NULL, pkt, reason, DIR_UPLINK_INGRESS);
 	return VERDICT_PASS;
 }

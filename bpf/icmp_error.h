@@ -136,7 +136,6 @@ static __always_inline int icmp_quote_l4(struct __sk_buff *skb, const struct pkt
 /* icmp_error_nat's working set, per CPU, off the stack it shares with the
  * program that calls it (as nat_scratch). */
 struct icmp_scratch {
-	struct pkt pkt; /* the packet, as parsed */
 	struct icmp_quote q;
 	struct nat_tuple t;
 	union addr to, from;
@@ -154,8 +153,8 @@ struct {
 #define ICMP_ERR_FROM_CONTAINER 1 /* uplink egress: about a packet a container received */
 
 /* Translate an ICMP error (icmp_is_error) about a masqueraded flow, in the
- * packet whose parse is the CPU's nat_scratch pkt (a global function takes
- * no pointer to the stack). From the outside, the error is about a packet
+ * packet whose parse is the CPU's uplink_pkt() (a global function takes no
+ * pointer to the stack). From the outside, the error is about a packet
  * the container sent: its outer destination and the quoted source (the NAT
  * address and port) go back to the container's. From a container, about a
  * packet it received (port unreachable, say): the outer source and the
@@ -174,9 +173,9 @@ __noinline int icmp_error_nat(struct __sk_buff *skb, __u32 dir)
 	int ret;
 
 	s = bpf_map_lookup_elem(&icmp_scratch, &zero);
-	if (!s)
+	pkt = uplink_pkt();
+	if (!s || !pkt)
 		return 0;
-	pkt = &s->pkt;
 	__builtin_memset(&s->q, 0, sizeof(s->q));
 	__builtin_memset(&s->to, 0, sizeof(s->to));
 	if (pkt->family != 4 && pkt->family != 6)
@@ -288,18 +287,4 @@ __noinline int icmp_error_nat(struct __sk_buff *skb, __u32 dir)
 	if (bpf_l4_csum_replace(skb, icmp_csum_off, 0, acc, 0))
 		return -DROP_MALFORMED;
 	return 1;
-}
-
-/* Run icmp_error_nat in direction dir on the packet parsed as pkt. */
-static __always_inline int icmp_error_translate(struct __sk_buff *skb, const struct pkt *pkt,
-						__u32 dir)
-{
-	struct icmp_scratch *s;
-	__u32 zero = 0;
-
-	s = bpf_map_lookup_elem(&icmp_scratch, &zero);
-	if (!s)
-		return 0;
-	__builtin_memcpy(&s->pkt, pkt, sizeof(*pkt));
-	return icmp_error_nat(skb, dir);
 }

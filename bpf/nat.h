@@ -311,6 +311,35 @@ static __always_inline void nat_usage_forget(__u8 family, const __u8 *addr)
 		nat_usage_add(owner->ifindex, -1);
 }
 
+/* The uplink programs parse a packet here rather than on the stack: the
+ * frames of the NAT's call chains need the room (the BPF stack is 512
+ * bytes for a whole chain). One per CPU, as nat_scratch. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pkt);
+} uplink_pkts SEC(".maps");
+
+/* This CPU's packet slot, zeroed for parse_packet; NULL cannot happen. */
+static __always_inline struct pkt *uplink_pkt_fresh(void)
+{
+	__u32 zero = 0;
+	struct pkt *pkt = bpf_map_lookup_elem(&uplink_pkts, &zero);
+
+	if (pkt)
+		__builtin_memset(pkt, 0, sizeof(*pkt));
+	return pkt;
+}
+
+/* This CPU's packet as parsed by the running program. */
+static __always_inline struct pkt *uplink_pkt(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&uplink_pkts, &zero);
+}
+
 /* Whether a flow of proto is an ICMP echo, identified by one identifier
  * (sport) rather than two ports. */
 static __always_inline int nat_proto_is_echo(__u8 proto)

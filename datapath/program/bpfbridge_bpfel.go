@@ -162,33 +162,7 @@ const (
 )
 
 type BpfbridgeIcmpScratch struct {
-	_   structs.HostLayout
-	Pkt struct {
-		_         structs.HostLayout
-		DstMac    [6]uint8
-		SrcMac    [6]uint8
-		EthProto  uint16
-		Family    uint8
-		IpProto   uint8
-		Flags     uint8
-		Icmp6Type uint8
-		Sport     uint16
-		Dport     uint16
-		_         [2]byte
-		L4Off     uint32
-		L3End     uint32
-		FragId    uint32
-		Saddr     struct {
-			_ structs.HostLayout
-			B [16]uint8
-		}
-		Daddr struct {
-			_ structs.HostLayout
-			B [16]uint8
-		}
-		ArpSha [6]uint8
-		ArpOp  uint16
-	}
+	_ structs.HostLayout
 	Q struct {
 		_     structs.HostLayout
 		Saddr struct {
@@ -413,6 +387,33 @@ const (
 	BpfbridgeNatUsageKeyNAT_USAGE_TOTAL BpfbridgeNatUsageKey = 0
 )
 
+type BpfbridgePkt struct {
+	_         structs.HostLayout
+	DstMac    [6]uint8
+	SrcMac    [6]uint8
+	EthProto  uint16
+	Family    uint8
+	IpProto   uint8
+	Flags     uint8
+	Icmp6Type uint8
+	Sport     uint16
+	Dport     uint16
+	_         [2]byte
+	L4Off     uint32
+	L3End     uint32
+	FragId    uint32
+	Saddr     struct {
+		_ structs.HostLayout
+		B [16]uint8
+	}
+	Daddr struct {
+		_ structs.HostLayout
+		B [16]uint8
+	}
+	ArpSha [6]uint8
+	ArpOp  uint16
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -437,6 +438,7 @@ const (
 	BpfbridgeMapNatScratch        = "nat_scratch"
 	BpfbridgeMapNatUplinks        = "nat_uplinks"
 	BpfbridgeMapNatUsage          = "nat_usage"
+	BpfbridgeMapUplinkPkts        = "uplink_pkts"
 	BpfbridgeProgFromContainer    = "from_container"
 	BpfbridgeProgToContainer      = "to_container"
 	BpfbridgeProgUplinkEgress     = "uplink_egress"
@@ -517,6 +519,7 @@ type BpfbridgeMapSpecs struct {
 	NatScratch    *ebpf.MapSpec `ebpf:"nat_scratch"`
 	NatUplinks    *ebpf.MapSpec `ebpf:"nat_uplinks"`
 	NatUsage      *ebpf.MapSpec `ebpf:"nat_usage"`
+	UplinkPkts    *ebpf.MapSpec `ebpf:"uplink_pkts"`
 }
 
 // BpfbridgeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -567,6 +570,7 @@ type BpfbridgeMaps struct {
 	NatScratch    *ebpf.Map `ebpf:"nat_scratch"`
 	NatUplinks    *ebpf.Map `ebpf:"nat_uplinks"`
 	NatUsage      *ebpf.Map `ebpf:"nat_usage"`
+	UplinkPkts    *ebpf.Map `ebpf:"uplink_pkts"`
 }
 
 func (m *BpfbridgeMaps) Close() error {
@@ -591,6 +595,7 @@ func (m *BpfbridgeMaps) Close() error {
 		m.NatScratch,
 		m.NatUplinks,
 		m.NatUsage,
+		m.UplinkPkts,
 	)
 }
 

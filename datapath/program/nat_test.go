@@ -888,12 +888,8 @@ func TestVerifierComplexity(t *testing.T) {
 			t.Skip("kernel does not report verified instructions")
 		}
 		t.Logf("%s: %d instructions verified", name, n)
-		// uplink_egress walks about 250,000 (port probing, reclaim,
-		// budget, TCP window, fragments, ICMP errors): loaded once per
-		// node and build, in about a second; 300,000 leaves headroom
-		// while keeping a blow-up (1M is the kernel's limit) in sight.
-		if n > 300000 {
-			t.Errorf("%s: verifier walked %d instructions, budget 300000", name, n)
+		if n > 200000 {
+			t.Errorf("%s: verifier walked %d instructions, budget 200000", name, n)
 		}
 	}
 }
