@@ -63,6 +63,7 @@ struct go_contract {
 	enum nat_quota_default nat_quota_default;
 	enum nat_usage_key nat_usage_key;
 	enum nat_limits nat_limits;
+	enum ct_gen ct_gen;
 };
 const struct go_contract *const bpfbridge_contract __attribute__((unused)) = 0;
 

@@ -91,10 +91,21 @@ struct nat_tuple {
 	__u8 pad[2];
 };
 
-/* nat_entry.flags (nat_in half, TCP): what its ct_window holds. Entries
- * of older builds have 0 here, and their created_ns is a time: no window. */
+/* nat_entry.flags, bits 0-1 (nat_in half, TCP): what its ct_window holds.
+ * Entries of older builds have 0 here, and their created_ns is a time: no
+ * window. */
 #define CT_F_WSCALE 0x01 /* wscale is the container's, from its SYN */
 #define CT_F_WINDOW 0x02 /* ack and win are the container's latest */
+
+/* nat_entry.flags, bits 2-7 (both halves): the generation of the
+ * container's address when the flow was created (nat_gen in nat.h). DEL
+ * bumps the address's generation instead of scanning the table: a flow of
+ * another generation is dead, and reclaimed lazily. Older builds' entries
+ * hold 0, the generation of an address never deleted. */
+enum ct_gen {
+	CT_GEN_SHIFT = 2,
+	CT_GEN_MASK = 0x3f,
+};
 
 struct nat_entry {
 	__u8 addr[16];  /* nat_out: the translated source; nat_in: the container's address */
@@ -260,7 +271,7 @@ static __always_inline void ct_window_init(struct nat_entry *in, __u8 wscale)
 	w->win = 0;
 	w->wscale = wscale > CT_WSCALE_UNKNOWN ? CT_WSCALE_UNKNOWN : wscale;
 	w->pad = 0;
-	in->flags = CT_F_WSCALE;
+	in->flags = (in->flags & ~(CT_F_WSCALE | CT_F_WINDOW)) | CT_F_WSCALE;
 }
 
 /* Record the acknowledgment and window of a container's TCP packet. */
@@ -272,7 +283,7 @@ static __always_inline void ct_window_update(struct nat_entry *in, __u32 ack, __
 		/* Picked up mid-stream, or an older build's entry. */
 		w->wscale = CT_WSCALE_UNKNOWN;
 		w->pad = 0;
-		in->flags = CT_F_WSCALE;
+		in->flags = (in->flags & ~(CT_F_WSCALE | CT_F_WINDOW)) | CT_F_WSCALE;
 	}
 	w->ack = ack;
 	w->win = win;

@@ -218,7 +218,8 @@ __noinline int icmp_error_nat(struct __sk_buff *skb, __u32 dir)
 		quoted_off = s->q.daddr_off;
 		port_off = s->q.l4.dport_off;
 	}
-	if (!e || ct_expired(e, nat_config_get(), bpf_ktime_get_ns()))
+	if (!e || ct_expired(e, nat_config_get(), bpf_ktime_get_ns()) ||
+	    nat_stale(e, pkt->family, dir == ICMP_ERR_FROM_OUTSIDE ? e->addr : s->t.src))
 		return 0;
 	/* An error neither refreshes the flow nor changes its state: a
 	 * stream of errors must not keep a dead flow alive. */

@@ -340,6 +340,58 @@ static __always_inline struct pkt *uplink_pkt(void)
 	return bpf_map_lookup_elem(&uplink_pkts, &zero);
 }
 
+/* Generations of container addresses (CT_GEN_* in conntrack.h): DEL bumps
+ * the generation of each address of the container that goes, which makes
+ * all its flows dead at once, in O(its addresses); the programs treat a
+ * flow of another generation as expired (replies are not translated to the
+ * address's next holder) and reclaim it as any expired pair. An address
+ * without entry is of generation 0. */
+struct nat_gen_key {
+	__u8 addr[16]; /* IPv4 in the first 4 bytes */
+	__u8 family;
+	__u8 pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENDPOINTS * (MAX_IPV4 + MAX_IPV6));
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct nat_gen_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_gen SEC(".maps");
+
+/* Per-CPU room for nat_gen_of's key: it is called deep in call chains. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nat_gen_key);
+} nat_gen_scratch SEC(".maps");
+
+/* The generation of container address addr, in CT_GEN_MASK bits. */
+static __always_inline __u8 nat_gen_of(__u8 family, const __u8 *addr)
+{
+	struct nat_gen_key *k;
+	const __u32 *g;
+	__u32 zero = 0;
+
+	k = bpf_map_lookup_elem(&nat_gen_scratch, &zero);
+	if (!k)
+		return 0;
+	__builtin_memcpy(k->addr, addr, 16);
+	k->family = family;
+	g = bpf_map_lookup_elem(&nat_gen, k);
+	return g ? (__u8)(*g & CT_GEN_MASK) : 0;
+}
+
+/* Whether e, a half of a flow of the container address container, is of
+ * an older generation of that address: its container went. */
+static __always_inline int nat_stale(const struct nat_entry *e, __u8 family, const __u8 *container)
+{
+	return (e->flags >> CT_GEN_SHIFT) != nat_gen_of(family, container);
+}
+
 /* Whether a flow of proto is an ICMP echo, identified by one identifier
  * (sport) rather than two ports. */
 static __always_inline int nat_proto_is_echo(__u8 proto)
@@ -597,13 +649,15 @@ static __always_inline __u32 nat_hash(const struct nat_tuple *t)
 }
 
 /* Whether the holder of a taken NAT port may be replaced: its flow expired
- * or is closing and idle (ct_reclaimable), or it is this very flow's nat_in
- * half whose nat_out half went missing (adopted rather than leaked). */
+ * or is closing and idle (ct_reclaimable), its container went (nat_stale),
+ * or it is this very flow's nat_in half whose nat_out half went missing
+ * (adopted rather than leaked). */
 static __always_inline int nat_in_replaceable(const struct nat_entry *in,
 					      const struct nat_tuple *ot,
 					      const struct nat_config *cfg, __u64 now)
 {
-	return ct_reclaimable(in, cfg, now) || nat_in_belongs(in, ot);
+	return ct_reclaimable(in, cfg, now) || nat_in_belongs(in, ot) ||
+	       nat_stale(in, ot->family, in->addr);
 }
 
 /* Free the NAT port of nat_in key it for flow ot, if its holder is
@@ -619,18 +673,21 @@ static __always_inline int nat_port_reclaim(struct nat_tuple *it, const struct n
 					    const struct nat_config *cfg, __u64 now, __u8 *reclaimed)
 {
 	struct nat_entry *in, *out;
+	int counted;
 
 	in = bpf_map_lookup_elem(&nat_in, it);
 	if (!in)
 		return 1; /* deleted meanwhile */
 	if (!nat_in_replaceable(in, ot, cfg, now))
 		return 0;
+	/* A dead container's pair was uncounted by its DEL. */
+	counted = !nat_stale(in, ot->family, in->addr);
 	bpf_map_delete_elem(&nat_in, it);
 	/* in stays readable until the end of the program (RCU). */
 	nat_out_key(it, it, in);
 	out = bpf_map_lookup_elem(&nat_out, it);
 	if (out && out->port == port && addr16_equal(out->addr, nat_addr->b) &&
-	    !bpf_map_delete_elem(&nat_out, it))
+	    !bpf_map_delete_elem(&nat_out, it) && counted)
 		*reclaimed = 1; /* it is the holder's nat_out key: the caller counts it */
 	return 1;
 }
@@ -671,6 +728,7 @@ __noinline int nat_reclaim(__u32 budget)
 	struct nat_entry *out, *in;
 	__u64 now = bpf_ktime_get_ns();
 	__u32 zero = 0, i, n;
+	int stale;
 
 	pos = bpf_map_lookup_elem(&nat_ring_pos, &zero);
 	s = bpf_map_lookup_elem(&nat_scratch, &zero);
@@ -688,7 +746,8 @@ __noinline int nat_reclaim(__u32 budget)
 		out = bpf_map_lookup_elem(&nat_out, &s->rot);
 		if (!out)
 			continue; /* deleted since: the slot is done */
-		if (!ct_reclaimable(out, cfg, now)) {
+		stale = nat_stale(out, s->rot.family, s->rot.src);
+		if (!stale && !ct_reclaimable(out, cfg, now)) {
 			nat_ring_append(&s->rot);
 			continue;
 		}
@@ -696,15 +755,17 @@ __noinline int nat_reclaim(__u32 budget)
 		in = bpf_map_lookup_elem(&nat_in, &s->rit);
 		if (in && nat_in_belongs(in, &s->rot))
 			bpf_map_delete_elem(&nat_in, &s->rit);
-		if (!bpf_map_delete_elem(&nat_out, &s->rot))
+		/* A dead container's pairs were uncounted by its DEL. */
+		if (!bpf_map_delete_elem(&nat_out, &s->rot) && !stale)
 			nat_usage_forget(s->rot.family, s->rot.src);
 	}
 	return 0;
 }
 
 /* Create the pair for the new flow in this CPU's nat_scratch (ot, nat_addr),
- * with state as its first state, on uplink; addr_only for a protocol
- * translated by address alone (port 0). The port is claimed by
+ * with state as its first state, on uplink, of generation gen of the
+ * container's address; addr_only for a protocol translated by address
+ * alone (port 0). The port is claimed by
  * inserting the nat_in half with BPF_NOEXIST, which is atomic against other
  * CPUs; the nat_out half follows, and if it cannot be inserted the claim is
  * rolled back, so a pair exists whole or not at all. A holder it reclaimed
@@ -723,7 +784,7 @@ __noinline int nat_reclaim(__u32 budget)
  * Global functions take scalars only on older kernels, hence the scratch
  * map. Returns NAT_CREATED, NAT_EXISTS, NAT_EXHAUSTED or NAT_FULL; the caller looks
  * the nat_out entry up. */
-__noinline int nat_create(__u32 uplink, __u32 state, __u32 addr_only)
+__noinline int nat_create(__u32 uplink, __u32 state, __u32 addr_only, __u32 gen)
 {
 	const struct nat_config *cfg = nat_config_get();
 	struct nat_scratch *s;
@@ -773,6 +834,7 @@ __noinline int nat_create(__u32 uplink, __u32 state, __u32 addr_only)
 	s->v.uplink = uplink;
 	s->v.created_ns = now;
 	s->v.last_seen_ns = now;
+	s->v.flags = (__u8)((gen & CT_GEN_MASK) << CT_GEN_SHIFT);
 
 	for (i = 0; i < NAT_PORT_TRIES; i++) {
 		if (i >= tries)
@@ -803,7 +865,7 @@ __noinline int nat_create(__u32 uplink, __u32 state, __u32 addr_only)
 				goto claimed;
 			continue;
 		}
-		if (!reclaim && ct_reclaimable(in, cfg, now))
+		if (!reclaim && (ct_reclaimable(in, cfg, now) || nat_stale(in, s->ot.family, in->addr)))
 			reclaim = port;
 	}
 	if (!reclaim)
@@ -1053,9 +1115,9 @@ static __noinline __u8 snat_egress(struct __sk_buff *skb, const struct pkt *pkt,
 	struct nat_scratch *s;
 	struct nat_entry *out, *in;
 	__u32 uplink = skb->ifindex, zero = 0, owner;
-	__u8 state, fail;
+	__u8 state, fail, gen;
 	__u64 now;
-	int ret, kind;
+	int ret, kind, stale;
 
 	s = bpf_map_lookup_elem(&nat_scratch, &zero);
 	if (!s)
@@ -1094,7 +1156,8 @@ static __noinline __u8 snat_egress(struct __sk_buff *skb, const struct pkt *pkt,
 	if (out) {
 		nat_in_key(&s->it, &s->ot, out->addr, out->port);
 		in = bpf_map_lookup_elem(&nat_in, &s->it);
-		if (in && nat_in_belongs(in, &s->ot) && !ct_expired(out, cfg, now) &&
+		stale = nat_stale(out, s->ot.family, s->ot.src);
+		if (in && nat_in_belongs(in, &s->ot) && !ct_expired(out, cfg, now) && !stale &&
 		    addr16_equal(out->addr, s->nat_addr.b)) {
 			state = ct_next_state(out->state, pkt->ip_proto, s->l4.tcp_flags, 1, 0);
 			ct_touch(out, state, now, skb->len);
@@ -1109,7 +1172,7 @@ static __noinline __u8 snat_egress(struct __sk_buff *skb, const struct pkt *pkt,
 		 * theirs now. */
 		if (in && nat_in_belongs(in, &s->ot))
 			bpf_map_delete_elem(&nat_in, &s->it);
-		if (!bpf_map_delete_elem(&nat_out, &s->ot) && ret == NAT_SRC_CONTAINER)
+		if (!bpf_map_delete_elem(&nat_out, &s->ot) && ret == NAT_SRC_CONTAINER && !stale)
 			nat_usage_add(*ep_ifindex, -1);
 	}
 
@@ -1123,11 +1186,12 @@ static __noinline __u8 snat_egress(struct __sk_buff *skb, const struct pkt *pkt,
 		if (!nat_quota_allows(owner))
 			return DROP_NAT_QUOTA;
 	}
-	ret = nat_create(uplink, state, kind == NAT_L4_ADDRESS);
+	gen = nat_gen_of(s->ot.family, s->ot.src);
+	ret = nat_create(uplink, state, kind == NAT_L4_ADDRESS, gen);
 	if (ret == NAT_FULL) {
 		/* Make room, then try once more. */
 		nat_reclaim(NAT_RECLAIM_ON_FULL);
-		ret = nat_create(uplink, state, kind == NAT_L4_ADDRESS);
+		ret = nat_create(uplink, state, kind == NAT_L4_ADDRESS, gen);
 	}
 	if (s->reclaimed)
 		nat_usage_forget(s->rot.family, s->rot.src);
@@ -1200,8 +1264,10 @@ static __always_inline __u8 rnat_ingress(struct __sk_buff *skb, const struct pkt
 		return DROP_NONE;
 	cfg = nat_config_get();
 	now = bpf_ktime_get_ns();
-	if (ct_expired(in, cfg, now))
-		/* Treated as absent: the host gets the packet as sent. */
+	if (ct_expired(in, cfg, now) || nat_stale(in, it.family, in->addr))
+		/* Treated as absent: the host gets the packet as sent (a
+		 * dead container's replies never reach its address's next
+		 * holder). */
 		return DROP_NONE;
 
 	/* A RST or FIN outside the container's window is no business of the

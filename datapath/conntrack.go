@@ -11,27 +11,42 @@ import (
 	"github.com/bpfbridge/bpfbridge/datapath/program"
 )
 
-// ForgetFlows removes every translation of the container addresses ips,
-// both halves, and every expired translation it passes on the way (DEL
-// scans the tables anyway), and the container's usage counter. A
-// container's flows must not outlive it: its address may go to the next
-// container.
+// ForgetFlows ends every translation of the container addresses ips, in
+// O(len(ips)) whatever the size of the table: it bumps each address's
+// generation (nat_gen, bpf/nat.h), which makes every flow of the container
+// dead at once; the programs translate no reply of a dead flow (its
+// address may go to the next container) and reclaim its pair as they meet
+// it, and GC deletes what is left. It also removes the container's usage
+// counter.
 func (d *Datapath) ForgetFlows(ips []netip.Addr) error {
-	mine := map[netip.Addr]bool{}
-	var owners []uint32
+	gens, err := d.writableMap(program.BpfbridgeMapNatGen)
+	if err != nil {
+		return err
+	}
+	defer gens.Close()
+	var (
+		owners []uint32
+		errs   []error
+	)
 	for _, ip := range ips {
-		mine[ip.Unmap()] = true
 		var owner program.BpfbridgeIpOwner
 		if d.maps.ipOwners.Lookup(program.IPKeyOf(ip), &owner) == nil {
 			owners = append(owners, owner.Ifindex)
 		}
+		key := program.NATGenKeyOf(ip)
+		var gen uint32 // no entry: generation 0
+		if err := gens.Lookup(&key, &gen); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		errs = append(errs, gens.Update(&key, gen+1, ebpf.UpdateAny))
 	}
-	deleted, err := d.sweepFlows(func(container netip.Addr) bool { return mine[container] })
-	return errors.Join(err, d.uncount(deleted, owners))
+	return errors.Join(append(errs, d.uncount(nil, owners))...)
 }
 
-// SweepFlows removes translations that expired, or whose container address
-// no endpoint on the node owns any more (its DEL never came). GC calls it.
+// SweepFlows removes translations that expired, are dead (their container's
+// DEL came: ForgetFlows), or whose container address no endpoint on the
+// node owns any more (its DEL never came). GC calls it.
 func (d *Datapath) SweepFlows() error {
 	deleted, err := d.sweepFlows(func(container netip.Addr) bool {
 		var owner program.BpfbridgeIpOwner
@@ -40,17 +55,42 @@ func (d *Datapath) SweepFlows() error {
 	return errors.Join(err, d.uncount(deleted, nil))
 }
 
+// generations reads container addresses' current generations (nat_gen),
+// each once.
+func (d *Datapath) generations() (genOf func(netip.Addr) uint8, closeFn func(), err error) {
+	gens, err := d.pinnedMap(program.BpfbridgeMapNatGen)
+	if err != nil {
+		return nil, nil, err
+	}
+	cache := map[netip.Addr]uint8{}
+	return func(a netip.Addr) uint8 {
+		g, ok := cache[a]
+		if !ok {
+			var v uint32
+			_ = gens.Lookup(program.NATGenKeyOf(a), &v) // no entry: 0
+			g = uint8(v & uint32(program.BpfbridgeCtGenCT_GEN_MASK))
+			cache[a] = g
+		}
+		return g
+	}, func() { gens.Close() }, nil
+}
+
 // sweepFlows deletes the translations for whose container address drop
-// returns true, and the expired ones. nat_out is keyed by the container's
+// returns true, and the expired and dead ones. nat_out is keyed by the container's
 // original tuple, nat_in holds the container address in its value: each
 // half is judged on its own, so orphaned halves go too. It returns how
-// many pairs (nat_out entries) it deleted per container address.
+// many live pairs (nat_out entries) it deleted per container address.
 func (d *Datapath) sweepFlows(drop func(container netip.Addr) bool) (map[netip.Addr]int32, error) {
 	var cfg program.BpfbridgeNatConfig
 	if err := d.maps.natConfig.Lookup(uint32(0), &cfg); err != nil {
 		return nil, err
 	}
 	now := monotonicNow()
+	genOf, closeGens, err := d.generations()
+	if err != nil {
+		return nil, err
+	}
+	defer closeGens()
 	var (
 		errs    []error
 		deleted = map[netip.Addr]int32{}
@@ -66,14 +106,20 @@ func (d *Datapath) sweepFlows(drop func(container netip.Addr) bool) (map[netip.A
 		}, false},
 	} {
 		var stale []program.BpfbridgeNatTuple
+		dead := map[program.BpfbridgeNatTuple]bool{} // uncounted by their DEL already
 		errs = append(errs, eachFlow(half.m, func(t *program.BpfbridgeNatTuple, e *program.BpfbridgeNatEntry) {
-			if expired(e, &cfg, now) || drop(half.container(t, e)) {
+			container := half.container(t, e)
+			isDead := e.Generation() != genOf(container)
+			if expired(e, &cfg, now) || isDead || drop(container) {
 				stale = append(stale, *t)
+				if isDead {
+					dead[*t] = true
+				}
 			}
 		}))
 		for _, k := range stale {
 			err := half.m.Delete(&k)
-			if err == nil && half.counts {
+			if err == nil && half.counts && !dead[k] {
 				deleted[k.Source().Addr()]++
 			}
 			errs = append(errs, ignoreMissing(err))

@@ -49,8 +49,16 @@ func (d *Datapath) Flows() ([]Flow, error) {
 		entry program.BpfbridgeNatEntry
 		flows []Flow
 	)
+	genOf, closeGens, err := d.generations()
+	if err != nil {
+		return nil, err
+	}
+	defer closeGens()
 	it := d.maps.natOut.Iterate()
 	for it.Next(&out, &entry) {
+		if entry.Generation() != genOf(out.Source().Addr()) {
+			continue // dead: its container is gone, the pair awaits reclaim
+		}
 		f := Flow{
 			Proto:      protoNames[out.Proto],
 			Container:  out.Source(),

@@ -20,6 +20,13 @@ const (
 	BpfbridgeAttachModeATTACH_LEGACY BpfbridgeAttachMode = 2
 )
 
+type BpfbridgeCtGen uint32
+
+const (
+	BpfbridgeCtGenCT_GEN_SHIFT BpfbridgeCtGen = 2
+	BpfbridgeCtGenCT_GEN_MASK  BpfbridgeCtGen = 63
+)
+
 type BpfbridgeCtState uint8
 
 const (
@@ -281,6 +288,13 @@ type BpfbridgeNatFragKey struct {
 	Pad    uint8
 }
 
+type BpfbridgeNatGenKey struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Family uint8
+	Pad    [3]uint8
+}
+
 type BpfbridgeNatLimits uint32
 
 const (
@@ -429,6 +443,8 @@ const (
 	BpfbridgeMapNatConfig         = "nat_config"
 	BpfbridgeMapNatExclude        = "nat_exclude"
 	BpfbridgeMapNatFrags          = "nat_frags"
+	BpfbridgeMapNatGen            = "nat_gen"
+	BpfbridgeMapNatGenScratch     = "nat_gen_scratch"
 	BpfbridgeMapNatIn             = "nat_in"
 	BpfbridgeMapNatNetworks       = "nat_networks"
 	BpfbridgeMapNatOut            = "nat_out"
@@ -510,6 +526,8 @@ type BpfbridgeMapSpecs struct {
 	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
 	NatExclude    *ebpf.MapSpec `ebpf:"nat_exclude"`
 	NatFrags      *ebpf.MapSpec `ebpf:"nat_frags"`
+	NatGen        *ebpf.MapSpec `ebpf:"nat_gen"`
+	NatGenScratch *ebpf.MapSpec `ebpf:"nat_gen_scratch"`
 	NatIn         *ebpf.MapSpec `ebpf:"nat_in"`
 	NatNetworks   *ebpf.MapSpec `ebpf:"nat_networks"`
 	NatOut        *ebpf.MapSpec `ebpf:"nat_out"`
@@ -561,6 +579,8 @@ type BpfbridgeMaps struct {
 	NatConfig     *ebpf.Map `ebpf:"nat_config"`
 	NatExclude    *ebpf.Map `ebpf:"nat_exclude"`
 	NatFrags      *ebpf.Map `ebpf:"nat_frags"`
+	NatGen        *ebpf.Map `ebpf:"nat_gen"`
+	NatGenScratch *ebpf.Map `ebpf:"nat_gen_scratch"`
 	NatIn         *ebpf.Map `ebpf:"nat_in"`
 	NatNetworks   *ebpf.Map `ebpf:"nat_networks"`
 	NatOut        *ebpf.Map `ebpf:"nat_out"`
@@ -586,6 +606,8 @@ func (m *BpfbridgeMaps) Close() error {
 		m.NatConfig,
 		m.NatExclude,
 		m.NatFrags,
+		m.NatGen,
+		m.NatGenScratch,
 		m.NatIn,
 		m.NatNetworks,
 		m.NatOut,

@@ -1417,3 +1417,43 @@ func TestICMPErrorFromContainer(t *testing.T) {
 		t.Errorf("drops: %v", tot)
 	}
 }
+
+// A DEL bumps the container address's generation: the container's flows
+// are dead at once. Their replies are not translated (the address may
+// have a new holder), the address's next flows start over, and their
+// ports go to whoever needs them.
+func TestMasqueradeDeadContainer(t *testing.T) {
+	n := newNATEnv(t)
+	a, b := n.a, n.b
+	n.setConfig(t, program.BpfbridgeNatConfig{PortMin: 62000, PortMax: 62000})
+	udp4 := natProtos(a)[1]
+	if _, np := n.masquerade(t, udp4, 47000); np != 62000 {
+		t.Fatalf("NAT port %d", np)
+	}
+	// b cannot have the one port while a's flow lives.
+	n.expectDrop(t, b, natProtos(b)[1].out(47001), program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED)
+
+	// a's DEL.
+	if err := n.objs.NatGen.Put(program.NATGenKeyOf(a.v4()), uint32(1)); err != nil {
+		t.Fatal(err)
+	}
+	reply := udp4.reply(62000)
+	if v, out := n.ingress(t, reply); v != verdictPass || !bytes.Equal(out, reply) {
+		t.Errorf("a reply to a dead flow: verdict %#x, translated %v", v, !bytes.Equal(out, reply))
+	}
+	// The dead flow's port goes to b.
+	if _, np := n.masquerade(t, natProtos(b)[1], 47001); np != 62000 {
+		t.Errorf("b's NAT port %d, want the dead flow's 62000", np)
+	}
+	// The address's next holder starts afresh, in the new generation.
+	n.setConfig(t, program.BpfbridgeNatConfig{})
+	n.masquerade(t, udp4, 47000)
+	var e program.BpfbridgeNatEntry
+	if err := n.objs.NatOut.Lookup(tuple(a.v4(), remote4, 47000, 53, protoUDP), &e); err != nil {
+		t.Fatal(err)
+	}
+	if e.Generation() != 1 || e.Packets != 1 {
+		t.Errorf("the address's new flow: generation %d, %d packets; want 1, 1", e.Generation(), e.Packets)
+	}
+	n.checkPairs(t)
+}
