@@ -29,7 +29,10 @@ type Masquerade struct {
 	Uplinks []string
 	// PortMin and PortMax bound the translated source ports (node-wide).
 	PortMin, PortMax uint16
-	Timeouts         NATTimeouts
+	// FlowsPerContainer is each container's guaranteed share of the NAT
+	// table (node-wide); 0 is DefaultNATFlowsPerContainer.
+	FlowsPerContainer uint32
+	Timeouts          NATTimeouts
 }
 
 // NATTimeouts are how long idle translations live, per state (node-wide).
@@ -45,6 +48,15 @@ type NATTimeouts struct {
 const (
 	DefaultNATPortMin = uint16(program.BpfbridgeNatPortDefaultNAT_PORT_MIN_DEFAULT)
 	DefaultNATPortMax = uint16(program.BpfbridgeNatPortDefaultNAT_PORT_MAX_DEFAULT)
+)
+
+// The per-container budget (enum nat_quota_default in bpf/nat.h): each
+// container is guaranteed DefaultNATFlowsPerContainer translations, and may
+// use more while the table holds fewer than MaxNATFlowsPerContainer, which
+// also bounds the guaranteed share.
+const (
+	DefaultNATFlowsPerContainer = int(program.BpfbridgeNatQuotaDefaultNAT_QUOTA_GUARANTEED_DEFAULT)
+	MaxNATFlowsPerContainer     = int(program.BpfbridgeNatQuotaDefaultNAT_QUOTA_SHARED_DEFAULT)
 )
 
 // MaxNATExcludes is how many exclusions (a network's subnets included) the
@@ -113,6 +125,9 @@ func (d *Datapath) EnableMasquerade(m Masquerade) error {
 	cfg := m.config()
 	if err := d.maps.natConfig.Update(uint32(0), &cfg, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write masquerade config: %w", err)
+	}
+	if err := d.writeQuota(m.FlowsPerContainer); err != nil {
+		return err
 	}
 	flags := program.BpfbridgeNatNetwork{Flags: uint32(program.BpfbridgeNatNetworkFlagsNAT_F_MASQUERADE)}
 	return d.maps.natNetworks.Update(network, &flags, ebpf.UpdateAny)
@@ -287,4 +302,18 @@ func (d *Datapath) ReleaseMasquerade(network, containerID, ifname string) error 
 	}
 	errs = append(errs, ignoreMissing(d.maps.natNetworks.Delete(id)))
 	return errors.Join(errs...)
+}
+
+// writeQuota writes the per-container guaranteed share into nat_quota (0:
+// the programs' default); the shared pool keeps its default.
+func (d *Datapath) writeQuota(guaranteed uint32) error {
+	q, err := d.writableMap(program.BpfbridgeMapNatQuota)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	if err := q.Update(uint32(0), &program.BpfbridgeNatQuota{Guaranteed: guaranteed}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write masquerade budget: %w", err)
+	}
+	return nil
 }

@@ -76,7 +76,10 @@ type NetConf struct {
 		PortRange string   `json:"portRange"` // "1024-65535"
 		// PrivilegedPorts lets portRange reach below 1024.
 		PrivilegedPorts bool `json:"privilegedPorts"`
-		Timeouts        struct {
+		// FlowsPerContainer is each container's guaranteed share of the
+		// node's NAT table (node-wide; 0: the default).
+		FlowsPerContainer int `json:"flowsPerContainer"`
+		Timeouts          struct {
 			TCP        int `json:"tcp"`
 			TCPSyn     int `json:"tcpSyn"`
 			TCPClosing int `json:"tcpClosing"`
@@ -415,6 +418,10 @@ func parseMasquerade(c *NetConf) (datapath.Masquerade, error) {
 		}
 		out.PortMin, out.PortMax = uint16(min), uint16(max)
 	}
+	if v := m.FlowsPerContainer; v < 0 || v > datapath.MaxNATFlowsPerContainer {
+		return out, invalidConf("\"masquerade.flowsPerContainer\": %d is not between 0 (the default, %d) and %d", v, datapath.DefaultNATFlowsPerContainer, datapath.MaxNATFlowsPerContainer)
+	}
+	out.FlowsPerContainer = uint32(m.FlowsPerContainer)
 	t := m.Timeouts
 	for key, v := range map[string]int{"tcp": t.TCP, "tcpSyn": t.TCPSyn, "tcpClosing": t.TCPClosing, "udp": t.UDP, "icmp": t.ICMP} {
 		if v < 0 {

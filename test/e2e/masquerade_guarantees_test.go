@@ -503,8 +503,9 @@ func TestMasqueradeNodeBesideContainer(t *testing.T) {
 }
 
 // TestMasqueradeConfigRefused: a port range reaching into the privileged
-// ports, and more exclusions than the node's map holds, are refused with
-// code 7 before anything changes: not the node's sysctls, not its maps.
+// ports, more exclusions than the node's map holds, and a budget beyond the
+// table's shared half are refused with code 7 before anything changes: not
+// the node's sysctls, not its maps.
 func TestMasqueradeConfigRefused(t *testing.T) {
 	sb, n, _ := newMasqNetwork(t, 8084)
 	n.attach("first")
@@ -527,6 +528,7 @@ func TestMasqueradeConfigRefused(t *testing.T) {
 	for _, tc := range []struct{ name, extra, key string }{
 		{"portRange 1-65535", `"masquerade": {"portRange": "1-65535"}`, "masquerade.portRange"},
 		{"5000 excludes", `"masquerade": {"exclude": [` + strings.Join(excludes, ",") + `]}`, "masquerade.exclude"},
+		{"a share above the shared pool", `"masquerade": {"flowsPerContainer": 200000}`, "masquerade.flowsPerContainer"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			bad := newNetwork(t, sb, masqConf("masq", "br-masq", t.TempDir(), masqRanges4, tc.extra), bins.PluginDir())
