@@ -248,8 +248,37 @@ var mapDecoders = map[string]mapDumper{
 			}{v.WindowStartNs, v.Used, v.Suppressed}
 		},
 		(*program.BpfbridgeEventBudget).Add),
-	program.BpfbridgeMapNatOut: dumpEach(decodeNAT),
-	program.BpfbridgeMapNatIn:  dumpEach(decodeNAT),
+	program.BpfbridgeMapNatRing: dumpEach(func(k *uint32, v *program.BpfbridgeNatTuple) MapEntry {
+		return MapEntry{Key: indexKey{*k}, Value: natTupleOf(v)}
+	}),
+	program.BpfbridgeMapNatRingPos: dumpEach(func(k *uint32, v *program.BpfbridgeNatRingPos) MapEntry {
+		return MapEntry{Key: indexKey{*k}, Value: struct {
+			Head uint64 `json:"head"`
+			Tail uint64 `json:"tail"`
+		}{v.Head, v.Tail}}
+	}),
+	program.BpfbridgeMapNatQuota: dumpEach(func(k *uint32, v *program.BpfbridgeNatQuota) MapEntry {
+		return MapEntry{Key: indexKey{*k}, Value: struct {
+			Guaranteed uint32 `json:"guaranteed"`
+			Shared     uint32 `json:"shared"`
+		}{v.Guaranteed, v.Shared}}
+	}),
+	program.BpfbridgeMapNatUsage: dumpEach(func(k *uint32, v *program.BpfbridgeNatUsage) MapEntry {
+		return MapEntry{Key: ifindexKey{*k}, Value: struct {
+			Pairs int32 `json:"pairs"`
+		}{v.Pairs}}
+	}),
+	program.BpfbridgeMapNatGen: dumpEach(func(k *program.BpfbridgeNatGenKey, v *uint32) MapEntry {
+		return MapEntry{Key: struct {
+			Family uint8      `json:"family"`
+			Addr   netip.Addr `json:"addr"`
+		}{k.Family, program.AddrOf(k.Family, k.Addr)}, Value: struct {
+			Generation uint32 `json:"generation"`
+		}{*v}}
+	}),
+	program.BpfbridgeMapNatFrags: dumpEach(decodeFrag),
+	program.BpfbridgeMapNatOut:   dumpEach(decodeNAT),
+	program.BpfbridgeMapNatIn:    dumpEach(decodeNAT),
 	program.BpfbridgeMapNatUplinks: dumpEach(func(k *uint32, v *program.BpfbridgeNatUplink) MapEntry {
 		// An address the uplink lacks is null.
 		orNull := func(a netip.Addr) *netip.Addr {
