@@ -63,6 +63,10 @@ struct go_contract {
 	enum ct_timeout_default ct_timeout_default;
 	enum nat_port_default nat_port_default;
 	enum nat_network_flags nat_network_flags;
+	enum nat_quota_default nat_quota_default;
+	enum nat_usage_key nat_usage_key;
+	enum nat_limits nat_limits;
+	enum ct_gen ct_gen;
 };
 const struct go_contract *const bpfbridge_contract __attribute__((unused)) = 0;
 
@@ -217,17 +221,23 @@ int to_container(struct __sk_buff *skb)
 SEC("tc")
 int uplink_egress(struct __sk_buff *skb)
 {
-	struct pkt pkt = {};
+	struct pkt *pkt = uplink_pkt_fresh();
 	__u32 ep_ifindex = 0;
 	__u8 reason;
+	int ret;
 
 	/* A packet we cannot parse is none we translate: from_container
 	 * already dropped malformed ones from containers. */
-	if (parse_packet(skb, &pkt) != DROP_NONE || (pkt.flags & PKT_F_TAGGED))
+	if (!pkt || parse_packet(skb, pkt) != DROP_NONE || (pkt->flags & PKT_F_TAGGED))
 		return VERDICT_PASS;
-	reason = snat_egress(skb, &pkt, &ep_ifindex);
+	/* An ICMP error a container sends about a translated flow is
+	 * translated with its quote; any other goes on as any ICMP. */
+	ret = icmp_is_error(skb, pkt) ? icmp_error_nat(skb, ICMP_ERR_FROM_CONTAINER) : 0;
+	if (ret > 0)
+		return VERDICT_PASS;
+	reason = ret < 0 ? (__u8)-ret : snat_egress(skb, pkt, &ep_ifindex);
 	if (reason != DROP_NONE)
-		return drop_packet(skb, ep_ifindex ? stats_get(ep_ifindex) : NULL, &pkt, reason,
+		return drop_packet(skb, ep_ifindex ? stats_get(ep_ifindex) : NULL, pkt, reason,
 				   DIR_UPLINK_EGRESS);
 	return VERDICT_PASS;
 }
@@ -237,16 +247,19 @@ int uplink_egress(struct __sk_buff *skb)
 SEC("tc")
 int uplink_ingress(struct __sk_buff *skb)
 {
-	struct pkt pkt = {};
+	struct pkt *pkt = uplink_pkt_fresh();
 	__u8 reason;
+	int ret;
 
-	if (parse_packet(skb, &pkt) != DROP_NONE || (pkt.flags & PKT_F_TAGGED))
+	if (!pkt || parse_packet(skb, pkt) != DROP_NONE || (pkt->flags & PKT_F_TAGGED))
 		return VERDICT_PASS;
-	if (icmp_is_error(skb, &pkt))
-		reason = icmp_error_rnat(skb, &pkt);
-	else
-		reason = rnat_ingress(skb, &pkt);
+	if (icmp_is_error(skb, pkt)) {
+		ret = icmp_error_nat(skb, ICMP_ERR_FROM_OUTSIDE);
+		reason = ret < 0 ? (__u8)-ret : DROP_NONE;
+	} else {
+		reason = rnat_ingress(skb, pkt);
+	}
 	if (reason != DROP_NONE)
-		return drop_packet(skb, NULL, &pkt, reason, DIR_UPLINK_INGRESS);
+		return drop_packet(skb, NULL, pkt, reason, DIR_UPLINK_INGRESS);
 	return VERDICT_PASS;
 }

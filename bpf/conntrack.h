@@ -91,12 +91,31 @@ struct nat_tuple {
 	__u8 pad[2];
 };
 
+/* nat_entry.flags, bits 0-1 (nat_in half, TCP): what its ct_window holds.
+ * Entries of older builds have 0 here, and their created_ns is a time: no
+ * window. */
+#define CT_F_WSCALE 0x01 /* wscale is the container's, from its SYN */
+#define CT_F_WINDOW 0x02 /* ack and win are the container's latest */
+
+/* nat_entry.flags, bits 2-7 (both halves): the generation of the
+ * container's address when the flow was created (nat_gen in nat.h). DEL
+ * bumps the address's generation instead of scanning the table: a flow of
+ * another generation is dead, and reclaimed lazily. Older builds' entries
+ * hold 0, the generation of an address never deleted. */
+enum ct_gen {
+	CT_GEN_SHIFT = 2,
+	CT_GEN_MASK = 0x3f,
+};
+
 struct nat_entry {
 	__u8 addr[16];  /* nat_out: the translated source; nat_in: the container's address */
 	__be16 port;    /* nat_out: the NAT port/identifier; nat_in: the container's */
 	__u8 state;     /* CT_*, the same in both halves */
-	__u8 pad;
+	__u8 flags;     /* CT_F_*, nat_in only */
 	__u32 uplink;   /* ifindex of the uplink the flow was created on */
+	/* nat_out: when the flow was created. nat_in of a TCP flow: its
+	 * struct ct_window once flags say so (the creation time is the
+	 * nat_out half's). */
 	__u64 created_ns;
 	__u64 last_seen_ns; /* refreshed in both halves by traffic in either direction */
 	__u64 packets;  /* nat_out: container -> remote; nat_in: replies */
@@ -195,10 +214,12 @@ static __always_inline __u8 ct_next_state(__u8 cur, __u8 proto, __u8 tcp_flags, 
 		return CT_CLOSING;
 	if (is_new)
 		/* A flow we first see mid-stream (entries expired, or the
-		 * node rebooted) is picked up as established, as Linux
-		 * conntrack does by default (nf_conntrack_tcp_loose). */
-		return (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN ?
-			       CT_SYN_SENT : CT_ESTABLISHED;
+		 * node rebooted) is picked up, as Linux conntrack does by
+		 * default (nf_conntrack_tcp_loose), but with the short
+		 * timeout of a SYN until the remote answers: a bare ACK
+		 * nobody answers holds its entry for the SYN timeout, not
+		 * for the hours of an established flow. */
+		return CT_SYN_SENT;
 	if (!orig && cur == CT_SYN_SENT)
 		return CT_ESTABLISHED;
 	/* A new SYN on a closing tuple: the container reuses the port for
@@ -219,4 +240,68 @@ static __always_inline void ct_touch(struct nat_entry *e, __u8 state, __u64 now,
 		__sync_fetch_and_add(&e->packets, 1);
 		__sync_fetch_and_add(&e->bytes, len);
 	}
+}
+
+/* What the container last told the remote about its receive window,
+ * overlaid on the nat_in half's created_ns: the sequence numbers the
+ * container accepts, against which a RST or FIN from the remote is judged
+ * (ct_in_window). */
+struct ct_window {
+	__u32 ack;   /* host order: the last acknowledgment number the container sent */
+	__u16 win;   /* its window field, unscaled */
+	__u8 wscale; /* its window scale (CT_F_WSCALE), else CT_WSCALE_UNKNOWN */
+	__u8 pad;
+};
+
+/* The window scale assumed for a flow picked up mid-stream: the largest
+ * RFC 7323 allows, so that a real RST is never judged out of window. */
+#define CT_WSCALE_UNKNOWN 14
+
+static __always_inline struct ct_window *ct_window_of(struct nat_entry *in)
+{
+	return (struct ct_window *)&in->created_ns;
+}
+
+/* Record the window scale of the container's SYN in a new flow's nat_in. */
+static __always_inline void ct_window_init(struct nat_entry *in, __u8 wscale)
+{
+	struct ct_window *w = ct_window_of(in);
+
+	w->ack = 0;
+	w->win = 0;
+	w->wscale = wscale > CT_WSCALE_UNKNOWN ? CT_WSCALE_UNKNOWN : wscale;
+	w->pad = 0;
+	in->flags = (in->flags & ~(CT_F_WSCALE | CT_F_WINDOW)) | CT_F_WSCALE;
+}
+
+/* Record the acknowledgment and window of a container's TCP packet. */
+static __always_inline void ct_window_update(struct nat_entry *in, __u32 ack, __u16 win)
+{
+	struct ct_window *w = ct_window_of(in);
+
+	if (!(in->flags & CT_F_WSCALE)) {
+		/* Picked up mid-stream, or an older build's entry. */
+		w->wscale = CT_WSCALE_UNKNOWN;
+		w->pad = 0;
+		in->flags = (in->flags & ~(CT_F_WSCALE | CT_F_WINDOW)) | CT_F_WSCALE;
+	}
+	w->ack = ack;
+	w->win = win;
+	in->flags |= CT_F_WINDOW;
+}
+
+/* Whether a RST or FIN from the remote with sequence number seq lies in the
+ * container's receive window: from its last acknowledgment to that plus
+ * its window, as Linux conntrack judges a segment (tcp_in_window, loosely:
+ * one window, no per-direction maxima). Until the container acknowledged
+ * anything every segment counts as in window. */
+static __always_inline int ct_in_window(struct nat_entry *in, __u32 seq)
+{
+	const struct ct_window *w = ct_window_of(in);
+	__u32 scale;
+
+	if (!(in->flags & CT_F_WINDOW))
+		return 1;
+	scale = w->wscale > CT_WSCALE_UNKNOWN ? CT_WSCALE_UNKNOWN : w->wscale;
+	return seq - w->ack <= ((__u32)w->win << scale);
 }

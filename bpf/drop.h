@@ -27,7 +27,9 @@ enum __attribute__((packed)) drop_reason {
 	DROP_ETHERTYPE = 11,      /* neither IPv4, IPv6 nor ARP (nor VLAN on a trunk) */
 	DROP_NAT_EXHAUSTED = 12,  /* masquerade: no free NAT port among the tries, or NAT table full */
 	DROP_NAT_NO_ADDRESS = 13, /* masquerade: the uplink has no address of the packet's family */
-	DROP_REASONS = 14,        /* number of reasons */
+	DROP_NAT_QUOTA = 14,      /* masquerade: the container holds its share of the NAT table */
+	DROP_NAT_UNTRACKED = 15,  /* masquerade: a later fragment whose first fragment was not seen */
+	DROP_REASONS = 16,        /* number of reasons */
 };
 
 /* drop_event.direction: which hook dropped the packet. */

@@ -18,8 +18,11 @@
  * it for the endpoints of earlier builds. */
 /* 2: DROP_REASONS 12 -> 14 (masquerade), which resizes endpoint_stats and
  * drop_totals; the NAT maps are new. */
+/* 3: DROP_REASONS 14 -> 16 (nat-quota, nat-untracked) resizes endpoint_stats and
+ * drop_totals; the NAT ring, usage and quota maps are new (a v2 node is
+ * converted: datapath/layout.go). */
 enum layout {
-	LAYOUT_VERSION = 2,
+	LAYOUT_VERSION = 3,
 };
 
 enum endpoint_limits {

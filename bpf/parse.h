@@ -40,8 +40,10 @@
  * at most a hop-by-hop header (MLD) or a fragment header; Cilium uses 4. */
 #define IPV6_MAX_EXT_HEADERS 4
 
-/* The fragment offset bits of iphdr.frag_off (host order); not in UAPI. */
+/* The fragment offset bits and the more-fragments flag of iphdr.frag_off
+ * (host order); not in UAPI. */
 #define IPV4_FRAG_OFFSET 0x1fff
+#define IPV4_MF 0x2000
 
 /* NDP message types (RFC 4861); the kernel keeps these out of UAPI. MLD
  * reports are ICMPV6_MGM_REPORT and ICMPV6_MLD2_REPORT from linux/icmpv6.h. */
@@ -64,6 +66,7 @@ union addr {
 #define PKT_F_L4 (1 << 1)      /* l4_off points at the upper-layer header */
 #define PKT_F_EXT_DEEP (1 << 2) /* IPv6 header chain longer than we walk */
 #define PKT_F_ETH (1 << 3)      /* the Ethernet header was read */
+#define PKT_F_FRAG (1 << 4)     /* a fragment (first or not): frag_id is set */
 
 /* What the parser learnt about a packet. All multi-byte integers are in host
  * byte order except the addresses, which stay in network byte order. */
@@ -79,6 +82,7 @@ struct pkt {
 	__u16 dport;
 	__u32 l4_off;    /* offset of the upper-layer header, if PKT_F_L4 */
 	__u32 l3_end;    /* end of the IP packet, by its header (excludes Ethernet padding) */
+	__u32 frag_id;   /* PKT_F_FRAG: IPv4 identification, or IPv6 fragment header's (network order) */
 	union addr saddr; /* ARP: sender protocol address */
 	union addr daddr; /* ARP: target protocol address */
 	__u8 arp_sha[6];  /* ARP sender hardware address */
@@ -195,6 +199,10 @@ static __always_inline __u8 parse_ipv4(struct __sk_buff *skb, struct pkt *pkt)
 	hlen = ip->ihl * 4;
 	if (ip->version != 4 || hlen < sizeof(*ip) || ETH_HLEN + hlen > skb->len)
 		return DROP_MALFORMED;
+	if (ip->frag_off & bpf_htons(IPV4_MF | IPV4_FRAG_OFFSET)) {
+		pkt->flags |= PKT_F_FRAG;
+		pkt->frag_id = ip->id;
+	}
 	/* Only the first fragment carries the upper-layer header. */
 	if (!(ip->frag_off & bpf_htons(IPV4_FRAG_OFFSET))) {
 		pkt->l4_off = ETH_HLEN + hlen;
@@ -238,6 +246,11 @@ static __always_inline __u8 ipv6_skip_ext(struct __sk_buff *skb, struct pkt *pkt
 			return DROP_MALFORMED;
 
 		if (nexthdr == NEXTHDR_FRAGMENT) {
+			/* The identification follows the first 4 bytes. */
+			if (off + 8 > pkt->l3_end ||
+			    bpf_skb_load_bytes(skb, off + 4, &pkt->frag_id, sizeof(pkt->frag_id)))
+				return DROP_MALFORMED;
+			pkt->flags |= PKT_F_FRAG;
 			/* Fragment offset: the upper 13 bits of bytes 2-3. A
 			 * non-first fragment carries no upper-layer header;
 			 * the first one must carry the whole chain (RFC 7112). */

@@ -33,6 +33,9 @@ type EndpointRecord struct {
 	// ProgTag is the build whose programs it runs (program.Tag).
 	ProgTag string    `json:"prog_tag"`
 	Created time.Time `json:"created"`
+	// NATPairs is how many masquerade translations it holds (nat_usage),
+	// against its budget.
+	NATPairs int32 `json:"nat_pairs"`
 	Counters
 	// StaleReason says why the endpoint's container looks gone,
 	// "veth-gone" or "netns-gone"; empty while its host veth and netns
@@ -101,6 +104,7 @@ func (d *Datapath) record(m *program.BpfbridgeEndpointMeta) (EndpointRecord, err
 	if err != nil {
 		err = fmt.Errorf("counters of %s/%s: %w", rec.ContainerID, rec.IfName, err)
 	}
+	rec.NATPairs = d.natPairs(m.Ifindex)
 	return rec, err
 }
 

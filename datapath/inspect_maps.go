@@ -44,8 +44,11 @@ type PinnedMap struct {
 	MaxEntries uint32     `json:"max_entries"`
 	Flags      uint32     `json:"flags"`
 	// Entries is the number of keys; nil for a ring buffer, which has none.
-	Entries *int   `json:"entries"`
-	Path    string `json:"pin"`
+	Entries *int `json:"entries"`
+	// Pressure is Entries over MaxEntries: how full the map is, 0 to 1
+	// (hash maps; arrays are always full).
+	Pressure float64 `json:"pressure"`
+	Path     string  `json:"pin"`
 	// Layout is the map layout version it belongs to.
 	Layout int `json:"-"`
 }
@@ -128,6 +131,9 @@ func describeMap(m *ebpf.Map, name, path string) (PinnedMap, error) {
 		return PinnedMap{}, fmt.Errorf("count entries of %s: %w", name, err)
 	}
 	pm.Entries = &n
+	if pm.MaxEntries > 0 {
+		pm.Pressure = float64(n) / float64(pm.MaxEntries)
+	}
 	return pm, nil
 }
 
@@ -262,8 +268,37 @@ var mapDecoders = map[string]mapDumper{
 			}{v.WindowStartNs, v.Used, v.Suppressed}
 		},
 		(*program.BpfbridgeEventBudget).Add),
-	program.BpfbridgeMapNatOut: dumpEach(decodeNAT),
-	program.BpfbridgeMapNatIn:  dumpEach(decodeNAT),
+	program.BpfbridgeMapNatRing: dumpEach(func(k *uint32, v *program.BpfbridgeNatTuple) MapEntry {
+		return MapEntry{Key: indexKey{*k}, Value: natTupleOf(v)}
+	}),
+	program.BpfbridgeMapNatRingPos: dumpEach(func(k *uint32, v *program.BpfbridgeNatRingPos) MapEntry {
+		return MapEntry{Key: indexKey{*k}, Value: struct {
+			Head uint64 `json:"head"`
+			Tail uint64 `json:"tail"`
+		}{v.Head, v.Tail}}
+	}),
+	program.BpfbridgeMapNatQuota: dumpEach(func(k *uint32, v *program.BpfbridgeNatQuota) MapEntry {
+		return MapEntry{Key: indexKey{*k}, Value: struct {
+			Guaranteed uint32 `json:"guaranteed"`
+			Shared     uint32 `json:"shared"`
+		}{v.Guaranteed, v.Shared}}
+	}),
+	program.BpfbridgeMapNatUsage: dumpEach(func(k *uint32, v *program.BpfbridgeNatUsage) MapEntry {
+		return MapEntry{Key: ifindexKey{*k}, Value: struct {
+			Pairs int32 `json:"pairs"`
+		}{v.Pairs}}
+	}),
+	program.BpfbridgeMapNatGen: dumpEach(func(k *program.BpfbridgeNatGenKey, v *uint32) MapEntry {
+		return MapEntry{Key: struct {
+			Family uint8      `json:"family"`
+			Addr   netip.Addr `json:"addr"`
+		}{k.Family, program.AddrOf(k.Family, k.Addr)}, Value: struct {
+			Generation uint32 `json:"generation"`
+		}{*v}}
+	}),
+	program.BpfbridgeMapNatFrags: dumpEach(decodeFrag),
+	program.BpfbridgeMapNatOut:   dumpEach(decodeNAT),
+	program.BpfbridgeMapNatIn:    dumpEach(decodeNAT),
 	program.BpfbridgeMapNatUplinks: dumpEach(func(k *uint32, v *program.BpfbridgeNatUplink) MapEntry {
 		// An address the uplink lacks is null.
 		orNull := func(a netip.Addr) *netip.Addr {

@@ -60,8 +60,16 @@ func (d *Datapath) Flows() ([]Flow, error) {
 		entry program.BpfbridgeNatEntry
 		flows []Flow
 	)
+	genOf, closeGens, err := d.generations()
+	if err != nil {
+		return nil, err
+	}
+	defer closeGens()
 	it := d.maps.natOut.Iterate()
 	for it.Next(&out, &entry) {
+		if entry.Generation() != genOf(out.Source().Addr()) {
+			continue // dead: its container is gone, the pair awaits reclaim
+		}
 		f := Flow{
 			Proto:      protoNames[out.Proto],
 			Container:  out.Source(),
@@ -126,13 +134,49 @@ type natEntry struct {
 	Bytes      uint64         `json:"bytes"`
 }
 
+// natTupleOf decodes a nat_tuple.
+func natTupleOf(t *program.BpfbridgeNatTuple) natTuple {
+	return natTuple{Proto: protoNames[t.Proto], Src: t.Source(), Dst: t.Dest()}
+}
+
+// decodeFrag decodes an entry of nat_frags for `map dump`.
+func decodeFrag(k *program.BpfbridgeNatFragKey, v *program.BpfbridgeNatFrag) MapEntry {
+	return MapEntry{
+		Key: struct {
+			Src   netip.Addr `json:"src"`
+			Dst   netip.Addr `json:"dst"`
+			ID    uint32     `json:"id"`
+			Proto uint8      `json:"proto"`
+			Dir   uint8      `json:"dir"`
+		}{program.AddrOf(k.Family, k.Src), program.AddrOf(k.Family, k.Dst), k.Id, k.Proto, k.Dir},
+		Value: struct {
+			Addr netip.Addr `json:"addr"`
+		}{program.AddrOf(k.Family, v.Addr)},
+	}
+}
+
 // decodeNAT decodes an entry of nat_out or nat_in for `map dump`.
 func decodeNAT(t *program.BpfbridgeNatTuple, e *program.BpfbridgeNatEntry) MapEntry {
 	return MapEntry{
-		Key: natTuple{Proto: protoNames[t.Proto], Src: t.Source(), Dst: t.Dest()},
+		Key: natTupleOf(t),
 		Value: natEntry{
 			Addr: e.AddrPort(t.Family), State: program.BpfbridgeCtState(e.State).String(), Uplink: e.Uplink,
 			CreatedNs: e.CreatedNs, LastSeenNs: e.LastSeenNs, Packets: e.Packets, Bytes: e.Bytes,
 		},
 	}
+}
+
+// natPairs is how many translations the endpoint at ifindex holds, as the
+// programs count them in nat_usage; 0 without masquerade state.
+func (d *Datapath) natPairs(ifindex uint32) int32 {
+	m, err := d.pinnedMap(program.BpfbridgeMapNatUsage)
+	if err != nil {
+		return 0
+	}
+	defer m.Close()
+	var u program.BpfbridgeNatUsage
+	if m.Lookup(ifindex, &u) != nil {
+		return 0
+	}
+	return max(u.Pairs, 0)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -48,6 +49,13 @@ func currentLayout() int {
 // test bump skipped over; a real layout change must add the conversion of
 // the layouts before it here, or the node's state is refused, not lost.
 func sameRecords(v int) bool { return v >= layoutVersion && v < currentLayout() }
+
+// convertible reports whether maps of the older layout v convert into this
+// build's. Layout 2 differs from 3 in the number of drop reasons
+// endpoint_stats and drop_totals count (copyStats, copyDropTotals copy them
+// by reason) and in the NAT ring, usage and quota maps, which are new
+// (indexFlows rebuilds the first two from the flows moved over).
+func convertible(v int) bool { return v == 2 && layoutVersion == 3 }
 
 // programSetTag names this build's program set: the programs bind their
 // maps at load, so the set of one build differs per layout as well.
@@ -93,7 +101,7 @@ func (d *Datapath) migrateLayouts() ([]int, error) {
 		if v > currentLayout() {
 			return moved, fmt.Errorf("maps of layout v%d, newer than this build's v%d, are pinned in %s: a newer bpfbridge runs this node; downgrading is not supported", v, currentLayout(), d.state.layoutDir(v))
 		}
-		if !sameRecords(v) {
+		if !sameRecords(v) && !convertible(v) {
 			return moved, fmt.Errorf("maps of layout v%d are pinned in %s: this build (layout v%d) has no conversion from it", v, d.state.layoutDir(v), currentLayout())
 		}
 		old, err := openMaps(d.state.layoutDir(v), true)
@@ -130,10 +138,7 @@ func (d *Datapath) copyState(old *maps, dir string) error {
 			errs = append(errs, err)
 			continue
 		}
-		var stats []program.BpfbridgeEndpointStats
-		if old.stats != nil && old.stats.Lookup(meta.Ifindex, &stats) == nil {
-			errs = append(errs, d.maps.stats.Update(meta.Ifindex, stats, ebpf.UpdateAny))
-		}
+		errs = append(errs, copyStats(old.stats, d.maps.stats, meta.Ifindex))
 		errs = append(errs, d.writeEntries(&meta, bridgeOf(meta.Ifindex)))
 	}
 	errs = append(errs, it.Err())
@@ -175,6 +180,29 @@ func copyEntries(from, to *ebpf.Map) error {
 		}
 	}
 	return errors.Join(append(errs, it.Err())...)
+}
+
+// copyStats copies an endpoint's per-CPU counters from an endpoint_stats
+// of any layout: the packet and byte counters, then the drops by reason, as
+// many as both count (a layout with fewer reasons leaves the new ones 0).
+func copyStats(from, to *ebpf.Map, ifindex uint32) error {
+	const counters = 4 // from/to packets and bytes, before the drops
+	width := int(from.ValueSize()) / 8
+	perCPU := reflect.New(reflect.SliceOf(reflect.ArrayOf(width, reflect.TypeFor[uint64]())))
+	if err := from.Lookup(ifindex, perCPU.Interface()); err != nil {
+		return ignoreMissing(err)
+	}
+	old := perCPU.Elem()
+	stats := make([]program.BpfbridgeEndpointStats, old.Len())
+	for cpu := range stats {
+		v, st := old.Index(cpu), &stats[cpu]
+		st.FromPackets, st.FromBytes = v.Index(0).Uint(), v.Index(1).Uint()
+		st.ToPackets, st.ToBytes = v.Index(2).Uint(), v.Index(3).Uint()
+		for r := range min(width-counters, len(st.Drops)) {
+			st.Drops[r] = v.Index(counters + r).Uint()
+		}
+	}
+	return to.Update(ifindex, stats, ebpf.UpdateAny)
 }
 
 // copyDropTotals adds the old layout's drop totals to the new ones, per CPU,
@@ -221,6 +249,9 @@ func (d *Datapath) finishLayouts(moved []int) error {
 			old.close()
 		}
 		errs = append(errs, os.RemoveAll(d.state.layoutDir(v)))
+	}
+	if len(moved) > 0 {
+		errs = append(errs, d.indexFlows())
 	}
 	return errors.Join(errs...)
 }

@@ -4,10 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -34,7 +31,10 @@ type Masquerade struct {
 	Address []netip.Addr
 	// PortMin and PortMax bound the translated source ports (node-wide).
 	PortMin, PortMax uint16
-	Timeouts         NATTimeouts
+	// FlowsPerContainer is each container's guaranteed share of the NAT
+	// table (node-wide); 0 is DefaultNATFlowsPerContainer.
+	FlowsPerContainer uint32
+	Timeouts          NATTimeouts
 }
 
 // NATTimeouts are how long idle translations live, per state (node-wide).
@@ -42,14 +42,28 @@ type NATTimeouts struct {
 	TCP, TCPSyn, TCPClosing, UDP, ICMP time.Duration
 }
 
-// Defaults of the masquerade options: enum nat_port_default in bpf/nat.h.
-// The port range lies above Linux's ephemeral range (32768-60999) and is
-// reserved with net.ipv4.ip_local_reserved_ports, so the node's own
-// connections never pick a port a translation uses.
+// Defaults of the masquerade options: enum nat_port_default in bpf/nat.h,
+// every unprivileged port. Nothing is reserved in the node's sysctls: the
+// uplink programs track the node's own flows from the uplink address in the
+// same table as the containers', so a translation never takes a tuple the
+// node uses, nor the node one a translation uses.
 const (
 	DefaultNATPortMin = uint16(program.BpfbridgeNatPortDefaultNAT_PORT_MIN_DEFAULT)
 	DefaultNATPortMax = uint16(program.BpfbridgeNatPortDefaultNAT_PORT_MAX_DEFAULT)
 )
+
+// The per-container budget (enum nat_quota_default in bpf/nat.h): each
+// container is guaranteed DefaultNATFlowsPerContainer translations, and may
+// use more while the table holds fewer than MaxNATFlowsPerContainer, which
+// also bounds the guaranteed share.
+const (
+	DefaultNATFlowsPerContainer = int(program.BpfbridgeNatQuotaDefaultNAT_QUOTA_GUARANTEED_DEFAULT)
+	MaxNATFlowsPerContainer     = int(program.BpfbridgeNatQuotaDefaultNAT_QUOTA_SHARED_DEFAULT)
+)
+
+// MaxNATExcludes is how many exclusions (a network's subnets included) the
+// node's nat_exclude map holds, for all masquerading networks together.
+const MaxNATExcludes = int(program.BpfbridgeNatLimitsNAT_MAX_EXCLUDES)
 
 // DefaultNATTimeouts are the programs' defaults (enum ct_timeout_default in
 // bpf/conntrack.h), which follow the kernel's conntrack defaults, rounded.
@@ -106,7 +120,7 @@ func (d *Datapath) EnableMasquerade(m Masquerade) error {
 	if err := d.maps.natConfig.Update(uint32(0), &cfg, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write masquerade config: %w", err)
 	}
-	if err := reservePorts(cfg.PortMin, cfg.PortMax); err != nil {
+	if err := d.writeQuota(m.FlowsPerContainer); err != nil {
 		return err
 	}
 	flags := program.BpfbridgeNatNetwork{Flags: uint32(program.BpfbridgeNatNetworkFlagsNAT_F_MASQUERADE)}
@@ -174,36 +188,67 @@ func (d *Datapath) upgradeUplinks() error {
 	return errors.Join(append(errs, it.Err())...)
 }
 
-// reservePorts adds [min, max] to net.ipv4.ip_local_reserved_ports (which
-// covers IPv6 too) in the node's namespace, keeping what is there.
-func reservePorts(min, max uint16) error {
-	const path = "/proc/sys/net/ipv4/ip_local_reserved_ports"
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
-	}
-	current := strings.TrimSpace(string(data))
-	want := fmt.Sprintf("%d-%d", min, max)
-	for _, r := range strings.Split(current, ",") {
-		lo, hi, _ := strings.Cut(r, "-")
-		l, err1 := strconv.Atoi(lo)
-		h, err2 := strconv.Atoi(hi)
-		if err1 == nil && err2 == nil && l <= int(min) && h >= int(max) {
-			return nil
-		}
-	}
-	if current != "" {
-		want = current + "," + want
-	}
-	if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
-		return fmt.Errorf("reserve masquerade ports %d-%d: %w", min, max, err)
-	}
-	return nil
-}
-
 // monotonicNow is the time of bpf_ktime_get_ns: CLOCK_MONOTONIC.
 func monotonicNow() uint64 {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return uint64(ts.Nano())
+}
+
+// ReleaseMasquerade removes network's masquerade state, its flag and its
+// exclusions (nat_exclude is keyed by network, so each network's entries
+// are its own), once no endpoint of the network but the attachment
+// (containerID, ifname) going away is left on the node. DEL calls it, and
+// a failed ADD when undoing: the last endpoint of a network takes the
+// network's entries with it. Idempotent.
+func (d *Datapath) ReleaseMasquerade(network, containerID, ifname string) error {
+	id, ok := d.lookupNetworkID(network)
+	if !ok {
+		return nil
+	}
+	var (
+		key  program.BpfbridgeEndpointKey
+		meta program.BpfbridgeEndpointMeta
+	)
+	it := d.maps.meta.Iterate()
+	for it.Next(&key, &meta) {
+		leaving := program.CString(meta.ContainerId[:]) == containerID && program.CString(meta.Ifname[:]) == ifname
+		if meta.Ep.Network == id && !leaving {
+			return nil // still in use
+		}
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	var (
+		ex    program.BpfbridgeNatExcludeKey
+		one   uint8
+		stale []program.BpfbridgeNatExcludeKey
+	)
+	ei := d.maps.natExclude.Iterate()
+	for ei.Next(&ex, &one) {
+		if ex.Network == id {
+			stale = append(stale, ex)
+		}
+	}
+	errs := []error{ei.Err()}
+	for _, k := range stale {
+		errs = append(errs, ignoreMissing(d.maps.natExclude.Delete(&k)))
+	}
+	errs = append(errs, ignoreMissing(d.maps.natNetworks.Delete(id)))
+	return errors.Join(errs...)
+}
+
+// writeQuota writes the per-container guaranteed share into nat_quota (0:
+// the programs' default); the shared pool keeps its default.
+func (d *Datapath) writeQuota(guaranteed uint32) error {
+	q, err := d.writableMap(program.BpfbridgeMapNatQuota)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	if err := q.Update(uint32(0), &program.BpfbridgeNatQuota{Guaranteed: guaranteed}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write masquerade budget: %w", err)
+	}
+	return nil
 }

@@ -133,6 +133,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if conf.IPMasq {
 		m := conf.masq
 		m.Network, m.Subnets = conf.Name, subnets(result.IPs)
+		undo.push("release masquerade", func() error { return dp.ReleaseMasquerade(conf.Name, args.ContainerID, args.IfName) })
 		if err := dp.EnableMasquerade(m); err != nil {
 			return datapathError(err)
 		}

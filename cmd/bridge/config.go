@@ -76,8 +76,13 @@ type NetConf struct {
 		// Address chooses the source address among the uplinks': one
 		// address, or a list of at most one per family.
 		Address   stringOrList `json:"address"`
-		PortRange string       `json:"portRange"` // "61000-65535"
-		Timeouts  struct {
+		PortRange string       `json:"portRange"` // "1024-65535"
+		// PrivilegedPorts lets portRange reach below 1024.
+		PrivilegedPorts bool `json:"privilegedPorts"`
+		// FlowsPerContainer is each container's guaranteed share of the
+		// node's NAT table (node-wide; 0: the default).
+		FlowsPerContainer int `json:"flowsPerContainer"`
+		Timeouts          struct {
 			TCP        int `json:"tcp"`
 			TCPSyn     int `json:"tcpSyn"`
 			TCPClosing int `json:"tcpClosing"`
@@ -427,6 +432,11 @@ func (c *NetConf) bridgeConfig() topology.BridgeConfig {
 func parseMasquerade(c *NetConf) (datapath.Masquerade, error) {
 	m := c.Masquerade
 	out := datapath.Masquerade{Uplinks: m.Uplinks}
+	// Checked before anything is written: an ADD must not fill the
+	// node's map part way and fail.
+	if len(m.Exclude) >= datapath.MaxNATExcludes {
+		return out, invalidConf("\"masquerade.exclude\": %d entries, more than the node's masquerade exclusion map holds (%d, the network's own subnets included)", len(m.Exclude), datapath.MaxNATExcludes)
+	}
 	for i, cidr := range m.Exclude {
 		p, err := netip.ParsePrefix(cidr)
 		if err != nil {
@@ -439,10 +449,19 @@ func parseMasquerade(c *NetConf) (datapath.Masquerade, error) {
 		min, err1 := strconv.ParseUint(lo, 10, 16)
 		max, err2 := strconv.ParseUint(hi, 10, 16)
 		if err1 != nil || err2 != nil || min == 0 || min > max {
-			return out, invalidConf("\"masquerade.portRange\": %q is not a port range like \"61000-65535\"", m.PortRange)
+			return out, invalidConf("\"masquerade.portRange\": %q is not a port range like \"1024-65535\"", m.PortRange)
+		}
+		// A translated source port below 1024 looks to the remote like
+		// a privileged (root) client: only on request.
+		if min < 1024 && !m.PrivilegedPorts {
+			return out, invalidConf("\"masquerade.portRange\": %q includes privileged ports (below 1024); set \"masquerade.privilegedPorts\": true to allow them", m.PortRange)
 		}
 		out.PortMin, out.PortMax = uint16(min), uint16(max)
 	}
+	if v := m.FlowsPerContainer; v < 0 || v > datapath.MaxNATFlowsPerContainer {
+		return out, invalidConf("\"masquerade.flowsPerContainer\": %d is not between 0 (the default, %d) and %d", v, datapath.DefaultNATFlowsPerContainer, datapath.MaxNATFlowsPerContainer)
+	}
+	out.FlowsPerContainer = uint32(m.FlowsPerContainer)
 	t := m.Timeouts
 	for key, v := range map[string]int{"tcp": t.TCP, "tcpSyn": t.TCPSyn, "tcpClosing": t.TCPClosing, "udp": t.UDP, "icmp": t.ICMP} {
 		if v < 0 {

@@ -145,6 +145,9 @@ func detachDatapath(conf *NetConf, args *skel.CmdArgs) error {
 		errs = append(errs, dp.ForgetFlows(dp.Addresses(args.ContainerID, args.IfName)))
 	}
 	errs = append(errs, dp.Detach(args.ContainerID, args.IfName))
+	if conf.IPMasq {
+		errs = append(errs, dp.ReleaseMasquerade(conf.Name, args.ContainerID, args.IfName))
+	}
 	return errors.Join(errs...)
 }
 

@@ -11,7 +11,8 @@ import (
 
 // cmdGC releases the state of every attachment of this network that is not
 // in cni.dev/valid-attachments: datapath entries, masquerade translations
-// (and expired ones) and addresses. Links need
+// (and expired ones), the network's masquerade state once no endpoint is
+// left, and addresses. Links need
 // no collection: a veth disappears with its container's namespace.
 func cmdGC(args *skel.CmdArgs) error {
 	conf, err := loadConf(args.StdinData)
@@ -30,7 +31,7 @@ func cmdGC(args *skel.CmdArgs) error {
 	default:
 		err = dp.GC(conf.Name, valid)
 		if err == nil && conf.IPMasq {
-			err = dp.SweepFlows()
+			err = errors.Join(dp.SweepFlows(), dp.ReleaseMasquerade(conf.Name, "", ""))
 		}
 		dp.Close()
 		if err != nil {

@@ -57,6 +57,7 @@ func (in *inspector) endpointShow(args []string) error {
 				{"created", v.Created.Format(time.RFC3339)},
 				{"from container", fmt.Sprintf("%d packets, %d bytes", v.FromContainer.Packets, v.FromContainer.Bytes)},
 				{"to container", fmt.Sprintf("%d packets, %d bytes", v.ToContainer.Packets, v.ToContainer.Bytes)},
+				{"nat pairs", v.NATPairs},
 				{"drops", v.DropsTotal}, {"stale", dash(v.StaleReason)},
 			} {
 				row(w, kv[0].(string)+":", kv[1])

@@ -20,14 +20,14 @@ func (in *inspector) mapList([]string) error {
 		return err
 	}
 	return in.emit(maps, func(w io.Writer) {
-		row(w, "NAME", "ID", "TYPE", "KEY", "VALUE", "MAX_ENTRIES", "ENTRIES", "FLAGS")
+		row(w, "NAME", "ID", "TYPE", "KEY", "VALUE", "MAX_ENTRIES", "ENTRIES", "PRESSURE", "FLAGS")
 		for _, m := range maps {
-			entries := "-"
+			entries, pressure := "-", "-"
 			if m.Entries != nil {
-				entries = fmt.Sprint(*m.Entries)
+				entries, pressure = fmt.Sprint(*m.Entries), fmt.Sprintf("%.1f%%", 100*m.Pressure)
 			}
 			row(w, m.Name, m.ID, m.Type, fmt.Sprintf("%dB", m.KeySize), fmt.Sprintf("%dB", m.ValueSize),
-				m.MaxEntries, entries, fmt.Sprintf("%#x", m.Flags))
+				m.MaxEntries, entries, pressure, fmt.Sprintf("%#x", m.Flags))
 		}
 	})
 }

@@ -20,6 +20,13 @@ const (
 	BpfbridgeAttachModeATTACH_LEGACY BpfbridgeAttachMode = 2
 )
 
+type BpfbridgeCtGen uint32
+
+const (
+	BpfbridgeCtGenCT_GEN_SHIFT BpfbridgeCtGen = 2
+	BpfbridgeCtGenCT_GEN_MASK  BpfbridgeCtGen = 63
+)
+
 type BpfbridgeCtState uint8
 
 const (
@@ -87,7 +94,9 @@ const (
 	BpfbridgeDropReasonDROP_ETHERTYPE      BpfbridgeDropReason = 11
 	BpfbridgeDropReasonDROP_NAT_EXHAUSTED  BpfbridgeDropReason = 12
 	BpfbridgeDropReasonDROP_NAT_NO_ADDRESS BpfbridgeDropReason = 13
-	BpfbridgeDropReasonDROP_REASONS        BpfbridgeDropReason = 14
+	BpfbridgeDropReasonDROP_NAT_QUOTA      BpfbridgeDropReason = 14
+	BpfbridgeDropReasonDROP_NAT_UNTRACKED  BpfbridgeDropReason = 15
+	BpfbridgeDropReasonDROP_REASONS        BpfbridgeDropReason = 16
 )
 
 type BpfbridgeEndpoint struct {
@@ -144,7 +153,7 @@ type BpfbridgeEndpointStats struct {
 	FromBytes   uint64
 	ToPackets   uint64
 	ToBytes     uint64
-	Drops       [14]uint64
+	Drops       [16]uint64
 }
 
 type BpfbridgeEventBudget struct {
@@ -159,6 +168,50 @@ type BpfbridgeEventBudgetLimit uint32
 const (
 	BpfbridgeEventBudgetLimitEVENTS_PER_WINDOW BpfbridgeEventBudgetLimit = 64
 )
+
+type BpfbridgeIcmpScratch struct {
+	_ structs.HostLayout
+	Q struct {
+		_     structs.HostLayout
+		Saddr struct {
+			_ structs.HostLayout
+			B [16]uint8
+		}
+		Daddr struct {
+			_ structs.HostLayout
+			B [16]uint8
+		}
+		SaddrOff uint32
+		DaddrOff uint32
+		CheckOff uint32
+		L4Off    uint32
+		L4       struct {
+			_        structs.HostLayout
+			CsumOff  uint32
+			SportOff uint32
+			DportOff uint32
+			Sport    uint16
+			Dport    uint16
+			TcpFlags uint8
+			TcpDoff  uint8
+			TcpWin   uint16
+			TcpSeq   uint32
+			TcpAck   uint32
+		}
+		Check uint16
+		Proto uint8
+		Pad   uint8
+	}
+	T  BpfbridgeNatTuple
+	To struct {
+		_ structs.HostLayout
+		B [16]uint8
+	}
+	From struct {
+		_ structs.HostLayout
+		B [16]uint8
+	}
+}
 
 type BpfbridgeIpKey struct {
 	_      structs.HostLayout
@@ -184,7 +237,7 @@ const (
 type BpfbridgeLayout uint32
 
 const (
-	BpfbridgeLayoutLAYOUT_VERSION BpfbridgeLayout = 2
+	BpfbridgeLayoutLAYOUT_VERSION BpfbridgeLayout = 3
 )
 
 type BpfbridgeMacKey struct {
@@ -218,7 +271,7 @@ type BpfbridgeNatEntry struct {
 	Addr       [16]uint8
 	Port       uint16
 	State      uint8
-	Pad        uint8
+	Flags      uint8
 	Uplink     uint32
 	CreatedNs  uint64
 	LastSeenNs uint64
@@ -235,6 +288,37 @@ type BpfbridgeNatExcludeKey struct {
 	Addr      [16]uint8
 }
 
+type BpfbridgeNatFrag struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+}
+
+type BpfbridgeNatFragKey struct {
+	_      structs.HostLayout
+	Src    [16]uint8
+	Dst    [16]uint8
+	Id     uint32
+	Proto  uint8
+	Family uint8
+	Dir    uint8
+	Pad    uint8
+}
+
+type BpfbridgeNatGenKey struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Family uint8
+	Pad    [3]uint8
+}
+
+type BpfbridgeNatLimits uint32
+
+const (
+	BpfbridgeNatLimitsNAT_MAX_UPLINKS  BpfbridgeNatLimits = 64
+	BpfbridgeNatLimitsNAT_MAX_NETWORKS BpfbridgeNatLimits = 4096
+	BpfbridgeNatLimitsNAT_MAX_EXCLUDES BpfbridgeNatLimits = 4096
+)
+
 type BpfbridgeNatNetwork struct {
 	_     structs.HostLayout
 	Flags uint32
@@ -249,9 +333,28 @@ const (
 type BpfbridgeNatPortDefault uint32
 
 const (
-	BpfbridgeNatPortDefaultNAT_PORT_MIN_DEFAULT BpfbridgeNatPortDefault = 61000
+	BpfbridgeNatPortDefaultNAT_PORT_MIN_DEFAULT BpfbridgeNatPortDefault = 1024
 	BpfbridgeNatPortDefaultNAT_PORT_MAX_DEFAULT BpfbridgeNatPortDefault = 65535
 )
+
+type BpfbridgeNatQuota struct {
+	_          structs.HostLayout
+	Guaranteed uint32
+	Shared     uint32
+}
+
+type BpfbridgeNatQuotaDefault uint32
+
+const (
+	BpfbridgeNatQuotaDefaultNAT_QUOTA_GUARANTEED_DEFAULT BpfbridgeNatQuotaDefault = 1310
+	BpfbridgeNatQuotaDefaultNAT_QUOTA_SHARED_DEFAULT     BpfbridgeNatQuotaDefault = 131072
+)
+
+type BpfbridgeNatRingPos struct {
+	_    structs.HostLayout
+	Head uint64
+	Tail uint64
+}
 
 type BpfbridgeNatScratch struct {
 	_       structs.HostLayout
@@ -261,6 +364,25 @@ type BpfbridgeNatScratch struct {
 		_ structs.HostLayout
 		B [16]uint8
 	}
+	Rot BpfbridgeNatTuple
+	Rit BpfbridgeNatTuple
+	L4  struct {
+		_        structs.HostLayout
+		CsumOff  uint32
+		SportOff uint32
+		DportOff uint32
+		Sport    uint16
+		Dport    uint16
+		TcpFlags uint8
+		TcpDoff  uint8
+		TcpWin   uint16
+		TcpSeq   uint32
+		TcpAck   uint32
+	}
+	_         [4]byte
+	V         BpfbridgeNatEntry
+	Reclaimed uint8
+	Pad       [7]uint8
 }
 
 type BpfbridgeNatTuple struct {
@@ -283,6 +405,45 @@ type BpfbridgeNatUplink struct {
 	Ipv6    [16]uint8
 }
 
+type BpfbridgeNatUsage struct {
+	_     structs.HostLayout
+	Pairs int32
+	Pad   uint32
+}
+
+type BpfbridgeNatUsageKey uint32
+
+const (
+	BpfbridgeNatUsageKeyNAT_USAGE_TOTAL BpfbridgeNatUsageKey = 0
+)
+
+type BpfbridgePkt struct {
+	_         structs.HostLayout
+	DstMac    [6]uint8
+	SrcMac    [6]uint8
+	EthProto  uint16
+	Family    uint8
+	IpProto   uint8
+	Flags     uint8
+	Icmp6Type uint8
+	Sport     uint16
+	Dport     uint16
+	_         [2]byte
+	L4Off     uint32
+	L3End     uint32
+	FragId    uint32
+	Saddr     struct {
+		_ structs.HostLayout
+		B [16]uint8
+	}
+	Daddr struct {
+		_ structs.HostLayout
+		B [16]uint8
+	}
+	ArpSha [6]uint8
+	ArpOp  uint16
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -294,15 +455,24 @@ const (
 	BpfbridgeMapEndpoints         = "endpoints"
 	BpfbridgeMapEventBudget       = "event_budget"
 	BpfbridgeMapFastPathStats     = "fast_path_stats"
+	BpfbridgeMapIcmpScratch       = "icmp_scratch"
 	BpfbridgeMapIpOwners          = "ip_owners"
 	BpfbridgeMapMacOwners         = "mac_owners"
 	BpfbridgeMapNatConfig         = "nat_config"
 	BpfbridgeMapNatExclude        = "nat_exclude"
+	BpfbridgeMapNatFrags          = "nat_frags"
+	BpfbridgeMapNatGen            = "nat_gen"
+	BpfbridgeMapNatGenScratch     = "nat_gen_scratch"
 	BpfbridgeMapNatIn             = "nat_in"
 	BpfbridgeMapNatNetworks       = "nat_networks"
 	BpfbridgeMapNatOut            = "nat_out"
+	BpfbridgeMapNatQuota          = "nat_quota"
+	BpfbridgeMapNatRing           = "nat_ring"
+	BpfbridgeMapNatRingPos        = "nat_ring_pos"
 	BpfbridgeMapNatScratch        = "nat_scratch"
 	BpfbridgeMapNatUplinks        = "nat_uplinks"
+	BpfbridgeMapNatUsage          = "nat_usage"
+	BpfbridgeMapUplinkPkts        = "uplink_pkts"
 	BpfbridgeProgFromContainer    = "from_container"
 	BpfbridgeProgToContainer      = "to_container"
 	BpfbridgeProgUplinkEgress     = "uplink_egress"
@@ -370,15 +540,24 @@ type BpfbridgeMapSpecs struct {
 	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
 	EventBudget   *ebpf.MapSpec `ebpf:"event_budget"`
 	FastPathStats *ebpf.MapSpec `ebpf:"fast_path_stats"`
+	IcmpScratch   *ebpf.MapSpec `ebpf:"icmp_scratch"`
 	IpOwners      *ebpf.MapSpec `ebpf:"ip_owners"`
 	MacOwners     *ebpf.MapSpec `ebpf:"mac_owners"`
 	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
 	NatExclude    *ebpf.MapSpec `ebpf:"nat_exclude"`
+	NatFrags      *ebpf.MapSpec `ebpf:"nat_frags"`
+	NatGen        *ebpf.MapSpec `ebpf:"nat_gen"`
+	NatGenScratch *ebpf.MapSpec `ebpf:"nat_gen_scratch"`
 	NatIn         *ebpf.MapSpec `ebpf:"nat_in"`
 	NatNetworks   *ebpf.MapSpec `ebpf:"nat_networks"`
 	NatOut        *ebpf.MapSpec `ebpf:"nat_out"`
+	NatQuota      *ebpf.MapSpec `ebpf:"nat_quota"`
+	NatRing       *ebpf.MapSpec `ebpf:"nat_ring"`
+	NatRingPos    *ebpf.MapSpec `ebpf:"nat_ring_pos"`
 	NatScratch    *ebpf.MapSpec `ebpf:"nat_scratch"`
 	NatUplinks    *ebpf.MapSpec `ebpf:"nat_uplinks"`
+	NatUsage      *ebpf.MapSpec `ebpf:"nat_usage"`
+	UplinkPkts    *ebpf.MapSpec `ebpf:"uplink_pkts"`
 }
 
 // BpfbridgeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -416,15 +595,24 @@ type BpfbridgeMaps struct {
 	Endpoints     *ebpf.Map `ebpf:"endpoints"`
 	EventBudget   *ebpf.Map `ebpf:"event_budget"`
 	FastPathStats *ebpf.Map `ebpf:"fast_path_stats"`
+	IcmpScratch   *ebpf.Map `ebpf:"icmp_scratch"`
 	IpOwners      *ebpf.Map `ebpf:"ip_owners"`
 	MacOwners     *ebpf.Map `ebpf:"mac_owners"`
 	NatConfig     *ebpf.Map `ebpf:"nat_config"`
 	NatExclude    *ebpf.Map `ebpf:"nat_exclude"`
+	NatFrags      *ebpf.Map `ebpf:"nat_frags"`
+	NatGen        *ebpf.Map `ebpf:"nat_gen"`
+	NatGenScratch *ebpf.Map `ebpf:"nat_gen_scratch"`
 	NatIn         *ebpf.Map `ebpf:"nat_in"`
 	NatNetworks   *ebpf.Map `ebpf:"nat_networks"`
 	NatOut        *ebpf.Map `ebpf:"nat_out"`
+	NatQuota      *ebpf.Map `ebpf:"nat_quota"`
+	NatRing       *ebpf.Map `ebpf:"nat_ring"`
+	NatRingPos    *ebpf.Map `ebpf:"nat_ring_pos"`
 	NatScratch    *ebpf.Map `ebpf:"nat_scratch"`
 	NatUplinks    *ebpf.Map `ebpf:"nat_uplinks"`
+	NatUsage      *ebpf.Map `ebpf:"nat_usage"`
+	UplinkPkts    *ebpf.Map `ebpf:"uplink_pkts"`
 }
 
 func (m *BpfbridgeMaps) Close() error {
@@ -436,15 +624,24 @@ func (m *BpfbridgeMaps) Close() error {
 		m.Endpoints,
 		m.EventBudget,
 		m.FastPathStats,
+		m.IcmpScratch,
 		m.IpOwners,
 		m.MacOwners,
 		m.NatConfig,
 		m.NatExclude,
+		m.NatFrags,
+		m.NatGen,
+		m.NatGenScratch,
 		m.NatIn,
 		m.NatNetworks,
 		m.NatOut,
+		m.NatQuota,
+		m.NatRing,
+		m.NatRingPos,
 		m.NatScratch,
 		m.NatUplinks,
+		m.NatUsage,
+		m.UplinkPkts,
 	)
 }
 

@@ -226,6 +226,16 @@ func NATTupleOf(proto uint8, src, dst netip.AddrPort) BpfbridgeNatTuple {
 		Proto: proto, Family: familyOf(s)}
 }
 
+// NATGenKeyOf is the nat_gen key of container address a.
+func NATGenKeyOf(a netip.Addr) BpfbridgeNatGenKey {
+	a = a.Unmap()
+	return BpfbridgeNatGenKey{Addr: addr16(a), Family: familyOf(a)}
+}
+
+// Generation is the container address generation an entry was created in
+// (nat_gen, CT_GEN_* in bpf/conntrack.h).
+func (e *BpfbridgeNatEntry) Generation() uint8 { return e.Flags >> uint8(BpfbridgeCtGenCT_GEN_SHIFT) }
+
 // Source is the tuple's source address and port.
 func (t *BpfbridgeNatTuple) Source() netip.AddrPort {
 	return netip.AddrPortFrom(AddrOf(t.Family, t.Src), FromBe16(t.Sport))

@@ -29,6 +29,8 @@ var dropReasonNames = [...]string{
 	BpfbridgeDropReasonDROP_ETHERTYPE:      "ethertype",
 	BpfbridgeDropReasonDROP_NAT_EXHAUSTED:  "nat-exhausted",
 	BpfbridgeDropReasonDROP_NAT_NO_ADDRESS: "nat-no-address",
+	BpfbridgeDropReasonDROP_NAT_QUOTA:      "nat-quota",
+	BpfbridgeDropReasonDROP_NAT_UNTRACKED:  "nat-untracked",
 }
 
 // Both fail to compile unless len(dropReasonNames) == NumDropReasons.

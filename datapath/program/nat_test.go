@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"testing"
@@ -474,9 +476,9 @@ func TestMasqueradeTCPStates(t *testing.T) {
 		}
 		return program.BpfbridgeCtState(e.State)
 	}
-	send(tcpACK) // picked up mid-stream
-	if s := state(); s != program.BpfbridgeCtStateCT_ESTABLISHED {
-		t.Errorf("mid-stream: state %d", s)
+	send(tcpACK) // picked up mid-stream, with the short timeout of a SYN
+	if s := state(); s != program.BpfbridgeCtStateCT_SYN_SENT {
+		t.Errorf("bare ACK: state %d, want syn-sent (not established)", s)
 	}
 	send(tcpFIN | tcpACK)
 	if s := state(); s != program.BpfbridgeCtStateCT_CLOSING {
@@ -509,8 +511,7 @@ func TestMasqueradeNotTranslated(t *testing.T) {
 		{"multicast", ipv4Frame(a.mac, gwMAC, a.v4(), mdns4, protoUDP, udp(a.v4(), mdns4, 5353, 5353, nil))},
 		{"limited broadcast", ipv4Frame(a.mac, broadcastMAC, a.v4(), ip("255.255.255.255"), protoUDP, udp(a.v4(), ip("255.255.255.255"), 68, 67, nil))},
 		{"multicast ipv6", ipv6Frame(a.mac, gwMAC, a.v6(), mdns6, protoUDP, udp(a.v6(), mdns6, 5353, 5353, nil))},
-		{"the node's own traffic", ipv4Frame(uplinkMAC, routerMAC, uplink4, remote4, protoTCP, tcpFlags(uplink4, remote4, 40000, 80, tcpSYN))},
-		{"icmp echo reply from a container", ipv4Frame(a.mac, gwMAC, a.v4(), remote4, protoICMP, icmp4EchoMsg(icmp4EchoReply, 7, 1))},
+		{"routed traffic", ipv4Frame(uplinkMAC, routerMAC, ip("192.0.2.77"), remote4, protoTCP, tcpFlags(ip("192.0.2.77"), remote4, 40000, 80, tcpSYN))},
 		{"arp", arpFrame(a.mac, broadcastMAC, arp(1, a.mac, a.v4(), make([]byte, 6), gw4))},
 		// The IP header ends the packet 12 bytes into its TCP header: the
 		// padding that fills the frame up is no TCP header.
@@ -891,4 +892,568 @@ func TestVerifierComplexity(t *testing.T) {
 			t.Errorf("%s: verifier walked %d instructions, budget 200000", name, n)
 		}
 	}
+}
+
+// The container's source port is kept when the translated tuple is free,
+// and moved when another flow holds it.
+func TestMasqueradePortPreservation(t *testing.T) {
+	n := newNATEnv(t)
+	a, b := n.a, n.b
+	for _, i := range []int{0, 1, 3, 4} { // tcp4, udp4, icmp4 echo, tcp6
+		c, other := natProtos(a)[i], natProtos(b)[i]
+		t.Run(c.name, func(t *testing.T) {
+			if _, np := n.masquerade(t, c, 45000); np != 45000 {
+				t.Errorf("free tuple: NAT port %d, want the container's own 45000", np)
+			}
+			// Container b sends from the same port to the same remote:
+			// the tuple is a's, so b's flow moves.
+			if _, np := n.masquerade(t, other, 45000); np == 45000 {
+				t.Errorf("taken tuple: NAT port %d kept", np)
+			}
+		})
+	}
+	// Outside the range the port moves into it.
+	n.setConfig(t, program.BpfbridgeNatConfig{PortMin: 50000, PortMax: 50100})
+	_, np := n.masquerade(t, natProtos(a)[1], 2000)
+	if np < 50000 || np > 50100 {
+		t.Errorf("port outside the range: NAT port %d", np)
+	}
+	n.checkPairs(t)
+}
+
+// The node's own flows from the uplink address share the table: a
+// container never takes their tuple, and a node flow that finds its tuple
+// taken moves to another port, its replies restored.
+func TestMasqueradeNodeFlows(t *testing.T) {
+	n := newNATEnv(t)
+	a := n.a
+	node := func(sp uint16) []byte {
+		return ipv4Frame(uplinkMAC, routerMAC, uplink4, remote4, protoTCP, tcpFlags(uplink4, remote4, sp, 80, tcpSYN))
+	}
+	f := node(40000)
+	if v, out := n.egress(t, f); v != verdictPass || !bytes.Equal(out, f) {
+		t.Fatalf("node flow: verdict %#x, changed %v", v, !bytes.Equal(out, f))
+	}
+	if pairs := n.checkPairs(t); pairs != 1 {
+		t.Fatalf("node flow: %d pairs, want 1 (tracked)", pairs)
+	}
+	// Its reply passes as it is.
+	reply := ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoTCP, tcpFlags(remote4, uplink4, 80, 40000, tcpSYN|tcpACK))
+	if v, out := n.ingress(t, reply); v != verdictPass || !bytes.Equal(out, reply) {
+		t.Errorf("node flow's reply: verdict %#x, changed %v", v, !bytes.Equal(out, reply))
+	}
+	// A container from the same port to the same remote:port moves.
+	if _, np := n.masquerade(t, natProtos(a)[0], 40000); np == 40000 {
+		t.Errorf("container flow took the node's tuple")
+	}
+	// The container holds 41000 first: the node's flow from 41000 moves.
+	if _, np := n.masquerade(t, natProtos(a)[0], 41000); np != 41000 {
+		t.Fatalf("container flow: NAT port %d, want 41000", np)
+	}
+	v, out := n.egress(t, node(41000))
+	if v != verdictPass {
+		t.Fatalf("verdict %#x", v)
+	}
+	p := decodeFrame(t, out)
+	checkL4(t, p, "moved node flow")
+	moved, _ := p.ports()
+	if p.src != uplink4 || moved == 41000 {
+		t.Fatalf("node flow over a taken tuple left as %v:%d", p.src, moved)
+	}
+	reply = ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoTCP, tcpFlags(remote4, uplink4, 80, moved, tcpSYN|tcpACK))
+	_, back := n.ingress(t, reply)
+	bp := decodeFrame(t, back)
+	checkL4(t, bp, "restored node reply")
+	if _, d := bp.ports(); bp.dst != uplink4 || d != 41000 {
+		t.Errorf("node reply restored to %v:%d, want %v:41000", bp.dst, d, uplink4)
+	}
+	if pairs := n.checkPairs(t); pairs != 4 {
+		t.Errorf("%d pairs, want 4", pairs)
+	}
+	if tot := n.totals(t); tot != [program.NumDropReasons]uint64{} {
+		t.Errorf("drops: %v", tot)
+	}
+}
+
+// tcpSeg is a payload-free TCP segment with the given numbers, window and
+// options (padded to 4 bytes with end-of-options).
+func tcpSeg(src, dst netip.Addr, sport, dport uint16, flags uint8, seq, ack uint32, win uint16, opts []byte) []byte {
+	for len(opts)%4 != 0 {
+		opts = append(opts, 0)
+	}
+	seg := be16(nil, sport)
+	seg = be16(seg, dport)
+	seg = be32(seg, seq)
+	seg = be32(seg, ack)
+	seg = append(seg, byte((20+len(opts))/4)<<4, flags)
+	seg = be16(seg, win)
+	seg = append(seg, 0, 0, 0, 0)
+	seg = append(seg, opts...)
+	return l4(src, dst, protoTCP, seg, 16)
+}
+
+// A RST or FIN from the remote changes a flow's state only when its
+// sequence number lies in the window the container last advertised
+// (scaled as its SYN said); blind ones neither close nor refresh it.
+func TestMasqueradeTCPWindow(t *testing.T) {
+	// Linux's SYN options: MSS, SACK permitted, timestamps, NOP, window scale 7.
+	linuxOpts := []byte{2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7}
+	for _, tc := range []struct {
+		name  string
+		opts  []byte
+		scale uint
+	}{
+		{"window scale 7", linuxOpts, 7},
+		{"no window scale", []byte{2, 4, 0x05, 0xb4}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newNATEnv(t)
+			a := n.a
+			const sport, cseq, rseq, win = 42000, 1000, 5000, 100
+			out := func(flags uint8, seq, ack uint32, opts []byte) {
+				t.Helper()
+				f := ipv4Frame(a.mac, gwMAC, a.v4(), remote4, protoTCP, tcpSeg(a.v4(), remote4, sport, 80, flags, seq, ack, win, opts))
+				if v, _ := n.egress(t, f); v != verdictPass {
+					t.Fatalf("egress verdict %#x", v)
+				}
+			}
+			in := func(flags uint8, seq uint32) {
+				t.Helper()
+				f := ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoTCP, tcpSeg(remote4, uplink4, 80, sport, flags, seq, cseq+1, 1000, nil))
+				v, back := n.ingress(t, f)
+				if v != verdictPass {
+					t.Fatalf("ingress verdict %#x", v)
+				}
+				// Translated all the same: the container's TCP judges it too.
+				if p := decodeFrame(t, back); p.dst != a.v4() {
+					t.Errorf("segment from the remote not translated: to %v", p.dst)
+				}
+			}
+			okey := tuple(a.v4(), remote4, sport, 80, protoTCP)
+			entry := func() program.BpfbridgeNatEntry {
+				t.Helper()
+				var e program.BpfbridgeNatEntry
+				if err := n.objs.NatOut.Lookup(okey, &e); err != nil {
+					t.Fatal(err)
+				}
+				return e
+			}
+			out(tcpSYN, cseq, 0, tc.opts)
+			in(tcpSYN|tcpACK, rseq)
+			out(tcpACK, cseq+1, rseq+1, nil)
+			if s := program.BpfbridgeCtState(entry().State); s != program.BpfbridgeCtStateCT_ESTABLISHED {
+				t.Fatalf("state %v, want established", s)
+			}
+			span := uint32(win) << tc.scale
+			seen := entry().LastSeenNs
+			// Blind: every sequence number outside the window.
+			for i := range uint32(5000) {
+				flags := uint8(tcpRST)
+				if i%2 == 1 {
+					flags = tcpFIN | tcpACK
+				}
+				in(flags, rseq+1+span+1+i*811_000)
+			}
+			if e := entry(); program.BpfbridgeCtState(e.State) != program.BpfbridgeCtStateCT_ESTABLISHED || e.LastSeenNs != seen {
+				t.Errorf("after 5000 out-of-window RST/FIN: state %v, refreshed %v", program.BpfbridgeCtState(e.State), e.LastSeenNs != seen)
+			}
+			// Before the last acknowledgment: out of window too.
+			in(tcpRST, rseq)
+			if s := program.BpfbridgeCtState(entry().State); s != program.BpfbridgeCtStateCT_ESTABLISHED {
+				t.Errorf("RST before the window: state %v", s)
+			}
+			// At the window's far edge: in.
+			in(tcpRST, rseq+1+span)
+			if s := program.BpfbridgeCtState(entry().State); s != program.BpfbridgeCtStateCT_CLOSING {
+				t.Errorf("RST in window: state %v, want closing", s)
+			}
+			n.checkPairs(t)
+		})
+	}
+}
+
+// usage reads a container's (or NAT_USAGE_TOTAL's) pair count.
+func (n *natEnv) usage(t *testing.T, key uint32) int32 {
+	t.Helper()
+	var u program.BpfbridgeNatUsage
+	if err := n.objs.NatUsage.Lookup(key, &u); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatal(err)
+	}
+	return u.Pairs
+}
+
+// udpTo is container ep's UDP datagram from sport to remote:53.
+func udpTo(ep *testEndpoint, remote netip.Addr, sport uint16) []byte {
+	return ipv4Frame(ep.mac, gwMAC, ep.v4(), remote, protoUDP, udp(ep.v4(), remote, sport, 53, []byte("q")))
+}
+
+// A container over its budget is dropped as nat-quota; others, and the
+// node, are not; expired pairs of its own give it room again.
+func TestMasqueradeQuota(t *testing.T) {
+	n := newNATEnv(t)
+	a, b := n.a, n.b
+	if err := n.objs.NatQuota.Put(uint32(0), program.BpfbridgeNatQuota{Guaranteed: 2, Shared: 3}); err != nil {
+		t.Fatal(err)
+	}
+	for sp := uint16(1); sp <= 3; sp++ { // 2 guaranteed, then 1 from the shared pool
+		if v, _ := n.egress(t, udpTo(a, remote4, 40000+sp)); v != verdictPass {
+			t.Fatalf("flow %d within the budget: verdict %#x", sp, v)
+		}
+	}
+	n.expectDrop(t, a, udpTo(a, remote4, 40004), program.BpfbridgeDropReasonDROP_NAT_QUOTA)
+	// b still has its guaranteed share; the node has no budget.
+	if v, _ := n.egress(t, udpTo(b, remote4, 40000)); v != verdictPass {
+		t.Errorf("another container: verdict %#x", v)
+	}
+	node := ipv4Frame(uplinkMAC, routerMAC, uplink4, remote4, protoUDP, udp(uplink4, remote4, 40000, 53, nil))
+	if v, _ := n.egress(t, node); v != verdictPass {
+		t.Errorf("the node: verdict %#x", v)
+	}
+	if ua, ub, all := n.usage(t, a.ifindex), n.usage(t, b.ifindex), n.usage(t, 0); ua != 3 || ub != 1 || all != 4 {
+		t.Errorf("usage a %d, b %d, total %d; want 3, 1, 4", ua, ub, all)
+	}
+	// Existing flows of a are untouched by the quota.
+	if v, _ := n.egress(t, udpTo(a, remote4, 40001)); v != verdictPass {
+		t.Errorf("existing flow over the budget: verdict %#x", v)
+	}
+	// a's flows expire: the next flow reclaims them from the ring, on the spot.
+	for _, m := range []*ebpf.Map{n.objs.NatOut, n.objs.NatIn} {
+		for k, v := range table(t, m) {
+			if program.AddrOf(k.Family, k.Src) == a.v4() || program.AddrOf(k.Family, v.Addr) == a.v4() {
+				v.LastSeenNs = monotonicNow(t) - 100e9
+				if err := m.Put(k, v); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if v, _ := n.egress(t, udpTo(a, remote4, 40005)); v != verdictPass {
+		t.Errorf("after a's flows expired: verdict %#x", v)
+	}
+	if ua := n.usage(t, a.ifindex); ua >= 3 {
+		t.Errorf("usage of a %d after reclaim", ua)
+	}
+	n.checkPairs(t)
+}
+
+// A full table whose pairs expired admits a new flow at once: the new
+// flow reclaims expired pairs itself, both halves, with no sweep.
+func TestMasqueradeFullTable(t *testing.T) {
+	n := newNATEnv(t)
+	a, b := n.a, n.b
+	size := int(n.objs.NatIn.MaxEntries())
+	past := monotonicNow(t) - 1000e9
+	outs := make([]program.BpfbridgeNatTuple, size)
+	ins := make([]program.BpfbridgeNatTuple, size)
+	outV := make([]program.BpfbridgeNatEntry, size)
+	inV := make([]program.BpfbridgeNatEntry, size)
+	slots := make([]uint32, size)
+	for i := range size {
+		remote := netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})
+		sport := uint16(1024 + i>>16)
+		outs[i] = tuple(a.v4(), remote, sport, 53, protoUDP)
+		outV[i] = program.BpfbridgeNatEntry{Port: program.Be16(sport), State: uint8(program.BpfbridgeCtStateCT_UDP), Uplink: n.uplink, CreatedNs: past, LastSeenNs: past}
+		outV[i].Addr = tuple(uplink4, remote, 0, 0, protoUDP).Src
+		ins[i] = outs[i].Reply(&outV[i])
+		inV[i] = outV[i]
+		inV[i].Addr, inV[i].Port = outs[i].Src, outs[i].Sport
+		slots[i] = uint32(i)
+	}
+	for _, w := range []struct {
+		m    *ebpf.Map
+		k, v any
+	}{{n.objs.NatOut, outs, outV}, {n.objs.NatIn, ins, inV}, {n.objs.NatRing, slots, outs}} {
+		if _, err := w.m.BatchUpdate(w.k, w.v, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.objs.NatRingPos.Put(uint32(0), program.BpfbridgeNatRingPos{Head: uint64(size)}); err != nil {
+		t.Fatal(err)
+	}
+	// Full: a plain insert fails.
+	extra := tuple(b.v4(), remote4, 1, 1, protoUDP)
+	if err := n.objs.NatIn.Update(extra, inV[0], ebpf.UpdateNoExist); err == nil {
+		t.Fatal("nat_in is not full")
+	} else if err := n.objs.NatIn.Delete(extra); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatal(err)
+	}
+	if _, np := n.masquerade(t, natProtos(b)[1], 40000); np != 40000 {
+		t.Errorf("new flow in a full table: NAT port %d", np)
+	}
+	pairs := n.checkPairs(t)
+	// At most NAT_RECLAIM_PER_CREATE + NAT_RECLAIM_ON_FULL (2 + 8) reclaimed.
+	if pairs >= size || pairs < size-10 {
+		t.Errorf("%d pairs after the new flow, want %d minus the few (up to 10) it reclaimed", pairs, size)
+	}
+}
+
+// ipv4Fragment is an IPv4 packet carrying the fragment of payload at
+// offset (a multiple of 8) of a datagram with identification id.
+func ipv4Fragment(src, dst netip.Addr, proto uint8, id uint16, offset int, more bool, payload []byte) []byte {
+	h := []byte{0x45, 0}
+	h = be16(h, uint16(20+len(payload)))
+	h = be16(h, id)
+	fo := uint16(offset / 8)
+	if more {
+		fo |= 0x2000
+	}
+	h = be16(h, fo)
+	h = append(h, 64, proto, 0, 0)
+	h = append(h, src.AsSlice()...)
+	h = append(h, dst.AsSlice()...)
+	binary.BigEndian.PutUint16(h[10:], checksum(h, 0))
+	return append(h, payload...)
+}
+
+// ipv6Fragment is the IPv6 counterpart: a fragment header before payload.
+func ipv6Fragment(src, dst netip.Addr, proto uint8, id uint32, offset int, more bool, payload []byte) []byte {
+	fo := uint16(offset)
+	if more {
+		fo |= 1
+	}
+	fh := append([]byte{proto, 0}, be16(nil, fo)...)
+	fh = be32(fh, id)
+	return ipv6(src, dst, 44, 64, append(fh, payload...))
+}
+
+// fragments splits an IP datagram's payload (its L4 segment) into three
+// fragments, first, middle and last, of a datagram with identification id.
+func fragments(v6 bool, src, dst netip.Addr, proto uint8, id uint32, seg []byte) [][]byte {
+	var out [][]byte
+	for i, cut := range [][2]int{{0, 16}, {16, 32}, {32, len(seg)}} {
+		more := i < 2
+		if v6 {
+			out = append(out, ipv6Fragment(src, dst, proto, id, cut[0], more, seg[cut[0]:cut[1]]))
+		} else {
+			out = append(out, ipv4Fragment(src, dst, proto, uint16(id), cut[0], more, seg[cut[0]:cut[1]]))
+		}
+	}
+	return out
+}
+
+func ethOf(v6 bool, src, dst net.HardwareAddr, ip []byte) []byte {
+	if v6 {
+		return eth(dst, src, 0x86dd, ip)
+	}
+	return eth(dst, src, 0x0800, ip)
+}
+
+// Every fragment of a container's datagram leaves with the translated
+// source, and every fragment of the reply reaches the container; a later
+// fragment whose first was never seen is dropped, not sent as it is.
+func TestMasqueradeFragments(t *testing.T) {
+	n := newNATEnv(t)
+	a := n.a
+	for _, v6 := range []bool{false, true} {
+		src, remote, nat := a.v4(), remote4, uplink4
+		if v6 {
+			src, remote, nat = a.v6(), remote6, uplink6
+		}
+		t.Run(fmt.Sprintf("ipv6=%v", v6), func(t *testing.T) {
+			seg := udp(src, remote, 45000, 53, bytes.Repeat([]byte("x"), 40))
+			whole := ipPacket{v6: v6, src: nat, dst: remote, proto: protoUDP}
+			for i, f := range fragments(v6, src, remote, protoUDP, 77, seg) {
+				frame := ethOf(v6, a.mac, gwMAC, f)
+				v, out := n.egress(t, frame)
+				if v != verdictPass {
+					t.Fatalf("fragment %d: verdict %#x", i, v)
+				}
+				p := decodeFrame(t, out)
+				if p.src != nat || p.dst != remote {
+					t.Errorf("fragment %d left as %v -> %v, want %v -> %v", i, p.src, p.dst, nat, remote)
+				}
+				if v6 {
+					p.seg = p.seg[8:] // the fragment header
+				}
+				whole.seg = append(whole.seg, p.seg...)
+			}
+			// Reassembled, the datagram's checksum fits its new source.
+			checkL4(t, whole, "reassembled datagram")
+			// The reply, fragmented too.
+			rseg := udp(remote, nat, 53, 45000, bytes.Repeat([]byte("y"), 40))
+			for i, f := range fragments(v6, remote, nat, protoUDP, 99, rseg) {
+				v, back := n.ingress(t, ethOf(v6, routerMAC, uplinkMAC, f))
+				if v != verdictPass {
+					t.Fatalf("reply fragment %d: verdict %#x", i, v)
+				}
+				if p := decodeFrame(t, back); p.dst != src {
+					t.Errorf("reply fragment %d to %v, want %v", i, p.dst, src)
+				}
+			}
+			// A later fragment of an unknown datagram: dropped.
+			orphan := fragments(v6, src, remote, protoUDP, 1234, seg)[1]
+			n.expectDrop(t, a, ethOf(v6, a.mac, gwMAC, orphan), program.BpfbridgeDropReasonDROP_NAT_UNTRACKED)
+		})
+	}
+	// The node's own later fragments pass.
+	nodeFrag := fragments(false, uplink4, remote4, protoUDP, 555, udp(uplink4, remote4, 1, 2, make([]byte, 40)))[2]
+	if v, _ := n.egress(t, ethOf(false, uplinkMAC, routerMAC, nodeFrag)); v != verdictPass {
+		t.Errorf("node's fragment: verdict %#x", v)
+	}
+}
+
+// Protocols without ports are translated by address, one flow per
+// (container, remote, protocol): never passed with the container's
+// address.
+func TestMasqueradeOtherProtocols(t *testing.T) {
+	n := newNATEnv(t)
+	a, b := n.a, n.b
+	gre := append([]byte{0, 0, 0x08, 0}, make([]byte, 20)...)
+	for _, tc := range []struct {
+		name   string
+		v6     bool
+		proto  uint8
+		msg    func(src, dst netip.Addr) []byte
+		reply  func(src, dst netip.Addr) []byte
+		l4csum bool
+	}{
+		{name: "gre", proto: 47, msg: func(_, _ netip.Addr) []byte { return gre }},
+		{name: "sctp", proto: 132, msg: func(_, _ netip.Addr) []byte { return make([]byte, 28) }},
+		{name: "unknown protocol", proto: 253, msg: func(_, _ netip.Addr) []byte { return []byte("payload") }},
+		{name: "icmp timestamp", proto: protoICMP,
+			msg:   func(_, _ netip.Addr) []byte { return icmp4Msg(13, make([]byte, 16)) },
+			reply: func(_, _ netip.Addr) []byte { return icmp4Msg(14, make([]byte, 16)) }},
+		{name: "icmp echo reply", proto: protoICMP, msg: func(_, _ netip.Addr) []byte { return icmp4EchoMsg(icmp4EchoReply, 7, 1) },
+			reply: func(_, _ netip.Addr) []byte { return icmp4Msg(14, make([]byte, 16)) }},
+		{name: "gre6", v6: true, proto: 47, msg: func(_, _ netip.Addr) []byte { return gre }},
+		{name: "icmp6 node information", v6: true, proto: protoICMPv6, l4csum: true,
+			msg: func(s, d netip.Addr) []byte { return icmp6(s, d, 139, 0, make([]byte, 12)) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src, remote, nat, other := a.v4(), remote4, uplink4, b.v4()
+			if tc.v6 {
+				src, remote, nat, other = a.v6(), remote6, uplink6, b.v6()
+			}
+			frame := ethOf(tc.v6, a.mac, gwMAC, ipOf(tc.v6, src, remote, tc.proto, tc.msg(src, remote)))
+			v, out := n.egress(t, frame)
+			if v != verdictPass {
+				t.Fatalf("verdict %#x", v)
+			}
+			p := decodeFrame(t, out)
+			if p.src != nat || p.dst != remote {
+				t.Errorf("left as %v -> %v, want %v -> %v", p.src, p.dst, nat, remote)
+			}
+			if tc.l4csum || p.proto == protoICMP {
+				checkL4(t, p, "translated")
+			}
+			reply := tc.msg
+			if tc.reply != nil {
+				reply = tc.reply
+			}
+			back := ethOf(tc.v6, routerMAC, uplinkMAC, ipOf(tc.v6, remote, nat, tc.proto, reply(remote, nat)))
+			if v, in := n.ingress(t, back); v != verdictPass {
+				t.Errorf("reply verdict %#x", v)
+			} else if p := decodeFrame(t, in); p.dst != src {
+				t.Errorf("reply to %v, want %v", p.dst, src)
+			} else if tc.l4csum || p.proto == protoICMP {
+				checkL4(t, p, "restored")
+			}
+			// Another container to the same remote and protocol: the
+			// one address is taken, so it is dropped.
+			bf := ethOf(tc.v6, b.mac, gwMAC, ipOf(tc.v6, other, remote, tc.proto, tc.msg(other, remote)))
+			n.expectDrop(t, b, bf, program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED)
+		})
+	}
+	n.checkPairs(t)
+}
+
+func ipOf(v6 bool, src, dst netip.Addr, proto uint8, msg []byte) []byte {
+	if v6 {
+		return ipv6(src, dst, proto, 64, msg)
+	}
+	return ipv4(src, dst, proto, msg)
+}
+
+// icmp4Msg is an ICMPv4 message of type typ (code 0) with its checksum.
+func icmp4Msg(typ uint8, body []byte) []byte {
+	m := append([]byte{typ, 0, 0, 0}, body...)
+	binary.BigEndian.PutUint16(m[2:], checksum(m, 0))
+	return m
+}
+
+// An ICMP error a container sends about a packet of a translated flow it
+// received leaves translated whole: the outer source and the quoted
+// destination become the NAT address and port, every checksum right.
+func TestICMPErrorFromContainer(t *testing.T) {
+	n := newNATEnv(t)
+	a := n.a
+	for _, c := range []natProto{natProtos(a)[1], natProtos(a)[5]} { // udp4, udp6
+		t.Run(c.name, func(t *testing.T) {
+			// Taken by b first: a's flow moves, so the quote must change.
+			n.masquerade(t, natProtos(n.b)[map[bool]int{false: 1, true: 5}[c.src.Is6()]], 46000)
+			_, natPort := n.masquerade(t, c, 46000)
+			if natPort == 46000 {
+				t.Fatal("the flow kept its port: nothing to translate in the quote")
+			}
+			// The reply, as the container received it.
+			_, back := n.ingress(t, c.reply(natPort))
+			rp := decodeFrame(t, back)
+			quote := append(append([]byte{}, rp.hdr...), rp.seg...)
+			var f []byte
+			if c.src.Is6() {
+				body := append(be32(nil, 0), quote...)
+				f = ipv6Frame(a.mac, gwMAC, c.src, c.remote, protoICMPv6, icmp6(c.src, c.remote, 1, 4, body))
+			} else {
+				f = ipv4Frame(a.mac, gwMAC, c.src, c.remote, protoICMP, icmp4Error(icmp4DestUnreach, 3, 0, quote))
+			}
+			v, out := n.egress(t, f)
+			if v != verdictPass {
+				t.Fatalf("verdict %#x", v)
+			}
+			p := decodeFrame(t, out)
+			checkL4(t, p, "ICMP error")
+			if p.src != c.nat || p.dst != c.remote {
+				t.Errorf("error left as %v -> %v, want %v -> %v", p.src, p.dst, c.nat, c.remote)
+			}
+			off := 8
+			q := decodeIP(t, p.seg[off:])
+			checkL4(t, q, "quoted packet")
+			if _, qd := q.ports(); q.src != c.remote || q.dst != c.nat || qd != natPort {
+				t.Errorf("quoted %v -> %v:%d, want %v -> %v:%d", q.src, q.dst, qd, c.remote, c.nat, natPort)
+			}
+		})
+	}
+	if tot := n.totals(t); tot != [program.NumDropReasons]uint64{} {
+		t.Errorf("drops: %v", tot)
+	}
+}
+
+// A DEL bumps the container address's generation: the container's flows
+// are dead at once. Their replies are not translated (the address may
+// have a new holder), the address's next flows start over, and their
+// ports go to whoever needs them.
+func TestMasqueradeDeadContainer(t *testing.T) {
+	n := newNATEnv(t)
+	a, b := n.a, n.b
+	n.setConfig(t, program.BpfbridgeNatConfig{PortMin: 62000, PortMax: 62000})
+	udp4 := natProtos(a)[1]
+	if _, np := n.masquerade(t, udp4, 47000); np != 62000 {
+		t.Fatalf("NAT port %d", np)
+	}
+	// b cannot have the one port while a's flow lives.
+	n.expectDrop(t, b, natProtos(b)[1].out(47001), program.BpfbridgeDropReasonDROP_NAT_EXHAUSTED)
+
+	// a's DEL.
+	if err := n.objs.NatGen.Put(program.NATGenKeyOf(a.v4()), uint32(1)); err != nil {
+		t.Fatal(err)
+	}
+	reply := udp4.reply(62000)
+	if v, out := n.ingress(t, reply); v != verdictPass || !bytes.Equal(out, reply) {
+		t.Errorf("a reply to a dead flow: verdict %#x, translated %v", v, !bytes.Equal(out, reply))
+	}
+	// The dead flow's port goes to b.
+	if _, np := n.masquerade(t, natProtos(b)[1], 47001); np != 62000 {
+		t.Errorf("b's NAT port %d, want the dead flow's 62000", np)
+	}
+	// The address's next holder starts afresh, in the new generation.
+	n.setConfig(t, program.BpfbridgeNatConfig{})
+	n.masquerade(t, udp4, 47000)
+	var e program.BpfbridgeNatEntry
+	if err := n.objs.NatOut.Lookup(tuple(a.v4(), remote4, 47000, 53, protoUDP), &e); err != nil {
+		t.Fatal(err)
+	}
+	if e.Generation() != 1 || e.Packets != 1 {
+		t.Errorf("the address's new flow: generation %d, %d packets; want 1, 1", e.Generation(), e.Packets)
+	}
+	n.checkPairs(t)
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -119,52 +118,15 @@ func trafficOf(t *testing.T, dp *datapath.Datapath, c container) endpointTraffic
 // ifname sends or receives while fn runs.
 func captureTCP(t *testing.T, sb *sandbox.Sandbox, ifname string, a, b netip.Addr, fn func()) int {
 	t.Helper()
-	var fd int
-	err := sb.InNode(func() error {
-		l, err := netlink.LinkByName(ifname)
-		if err != nil {
-			return err
+	var seen atomic.Int64
+	startCapture(t, sb.Node, ifname, func(f []byte) {
+		if len(f) < 14+20 || binary.BigEndian.Uint16(f[12:14]) != unix.ETH_P_IP || f[14+9] != unix.IPPROTO_TCP {
+			return
 		}
-		proto := int(htons(unix.ETH_P_ALL))
-		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto); err != nil {
-			return err
-		}
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: l.Attrs().Index})
-	})
-	if err != nil {
-		t.Fatalf("capture on %s: %v", ifname, err)
-	}
-	tv := unix.Timeval{Usec: 100000}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		t.Fatal(err)
-	}
-	var (
-		seen atomic.Int64
-		done atomic.Bool
-		wg   sync.WaitGroup
-	)
-	wg.Go(func() {
-		buf := make([]byte, 65536)
-		for !done.Load() {
-			n, _, err := unix.Recvfrom(fd, buf, 0)
-			if err != nil || n < 14+20 {
-				continue
-			}
-			ip := buf[14:n]
-			if binary.BigEndian.Uint16(buf[12:14]) != unix.ETH_P_IP || ip[9] != unix.IPPROTO_TCP {
-				continue
-			}
-			src, dst := netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20]))
-			if src == a && dst == b {
-				seen.Add(1)
-			}
+		if netip.AddrFrom4([4]byte(f[14+12:14+16])) == a && netip.AddrFrom4([4]byte(f[14+16:14+20])) == b {
+			seen.Add(1)
 		}
 	})
 	fn()
-	done.Store(true)
-	wg.Wait()
-	unix.Close(fd)
 	return int(seen.Load())
 }
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -50,18 +51,32 @@ func whoAmI(t *testing.T, c container, network string, dst netip.AddrPort) (neti
 	return sandbox.WhoAmI(c.ns, network, dst, 3*time.Second)
 }
 
-// natEntries counts the translations pinned on the node (both halves).
+// natEntries counts the node's live translations: out, and those of them
+// whose reply half is there too. A DEL makes its container's translations
+// dead at once (their pairs are reclaimed later, as the datapath meets
+// them, or by GC): they do not count.
 func natEntries(t *testing.T, sb *sandbox.Sandbox) (out, in int) {
 	t.Helper()
-	counts := mapEntries(t, sb)
-	return counts["nat_out"], counts["nat_in"]
+	flows, err := openDatapath(t, sb).Flows()
+	if err != nil && !errors.Is(err, datapath.ErrNoMasquerade) {
+		t.Fatal(err)
+	}
+	for _, f := range flows {
+		out++
+		if !f.HalfOnly {
+			in++
+		}
+	}
+	return out, in
 }
 
 // newMasqNetwork is an IPv4 masquerading network "masq" in a fresh
-// sandbox, and a whoami server on the outside at Internet4:port.
+// sandbox, and a whoami server on the outside at Internet4:port. The
+// outside is watched for the container subnet's addresses throughout.
 func newMasqNetwork(t *testing.T, port uint16) (*sandbox.Sandbox, *network, netip.AddrPort) {
 	t.Helper()
 	sb := sandbox.ForTest(t)
+	watchLeaks(t, sb, masqSubnet4)
 	n := newNetwork(t, sb, masqConf("masq", "br-masq", t.TempDir(), masqRanges4, ""), bins.PluginDir())
 	server := netip.AddrPortFrom(sb.Internet4, port)
 	serveWhoAmI(t, sb.External, server)
@@ -96,6 +111,12 @@ func TestMasqueradeToExternal(t *testing.T) {
 	}
 	if out, in := natEntries(t, sb); out+in != 0 {
 		t.Errorf("translations after DEL: %d out, %d in; want none", out, in)
+	}
+	// The network's last endpoint took its flag, exclusions and usage
+	// counter along (nat_usage keeps the node-wide total).
+	if m := mapEntries(t, sb); m["nat_networks"]+m["nat_exclude"] != 0 || m["nat_usage"] > 1 {
+		t.Errorf("after the last DEL: nat_networks %d, nat_exclude %d, nat_usage %d; want 0, 0, at most the total",
+			m["nat_networks"], m["nat_exclude"], m["nat_usage"])
 	}
 }
 
