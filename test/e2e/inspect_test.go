@@ -540,9 +540,10 @@ func TestInspectMasquerade(t *testing.T) {
 	if err := n.del(c.ns, c.id, "eth0"); err != nil {
 		t.Fatal(err)
 	}
+	// The network's last endpoint took its masquerade state along.
 	for _, obj := range []string{"ct", "nat"} {
 		stdout, _, code := runInspect(t, sb, obj, "list")
-		if code != 0 || !strings.HasPrefix(stdout, "no masquerade translations yet") {
+		if code != 0 || !strings.HasPrefix(stdout, "no masquerade state on this node") {
 			t.Errorf("%s list after DEL: exit %d, %q", obj, code, stdout)
 		}
 	}
