@@ -18,6 +18,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/bpfbridge/bpfbridge/datapath/program"
+	"github.com/bpfbridge/bpfbridge/trace"
 )
 
 // DefaultBPFFS is where the node's bpffs is mounted (and mounted if missing).
@@ -75,6 +76,8 @@ type Options struct {
 	// namespace other than the initial one has a directory of its own.
 	BPFFS  string
 	Attach AttachMode // default AttachLegacy
+	// Trace, when on, times the datapath's phases of the call.
+	Trace *trace.Tracer
 
 	// defaultBPFFS: BPFFS was not configured.
 	defaultBPFFS bool
@@ -162,9 +165,11 @@ func Open(opts Options) (*Datapath, error) {
 	if err := os.MkdirAll(d.state.root, 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", d.state.root, err)
 	}
+	opts.Trace.Mark("bpffs")
 	if d.newPrograms, err = d.loadPrograms(); err != nil {
 		return nil, err
 	}
+	opts.Trace.Mark("programs")
 	if d.maps, err = openMapSet(d.state.mapsDir()); err != nil {
 		d.Close()
 		return nil, err
@@ -173,6 +178,7 @@ func Open(opts Options) (*Datapath, error) {
 		d.Close()
 		return nil, err
 	}
+	opts.Trace.Mark("open-maps")
 	return d, nil
 }
 
