@@ -87,7 +87,9 @@ func (t *Tracer) Finish(err error) {
 	_, _ = io.WriteString(t.w, b.String())
 }
 
-func msString(d time.Duration) string { return fmt.Sprintf("%.3fms", float64(d)/float64(time.Millisecond)) }
+func msString(d time.Duration) string {
+	return fmt.Sprintf("%.3fms", float64(d)/float64(time.Millisecond))
+}
 
 // Parse reads the trace line of a call out of a plugin's stderr: its verb,
 // total and phases (a phase repeated within a call is summed). ok is false
