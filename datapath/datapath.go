@@ -112,6 +112,27 @@ type Datapath struct {
 	networkIDs *ebpf.Map
 	// newPrograms: this build's programs were not on the node before Open.
 	newPrograms bool
+	// lockDepth counts the holds of the state lock by this Datapath (see
+	// lock), which nest: Upgrade loads the uplink programs under it.
+	lockDepth int
+}
+
+// lock takes the node's state lock unless this Datapath holds it already.
+func (d *Datapath) lock() (unlock func(), err error) {
+	if d.lockDepth > 0 {
+		d.lockDepth++
+		return func() { d.lockDepth-- }, nil
+	}
+	release, err := lock(d.state.root)
+	if err != nil {
+		return nil, err
+	}
+	d.lockDepth = 1
+	return func() {
+		if d.lockDepth--; d.lockDepth == 0 {
+			release()
+		}
+	}, nil
 }
 
 // maps are the pinned maps the control plane writes or reads.

@@ -205,6 +205,9 @@ func findUplinks(override []string) ([]uplink, error) {
 // are attached once per node, not on the ADD path, and a filter replace
 // upgrades them atomically.
 func (d *Datapath) attachUplink(ifindex int) error {
+	if err := d.loadUplinkPrograms(); err != nil {
+		return err
+	}
 	attached := true
 	for _, h := range uplinkHooks {
 		want, err := programID(h.prog(d.progs))
@@ -233,6 +236,9 @@ func (d *Datapath) upgradeUplinks() error {
 	for it.Next(&ifindex, &v) {
 		if _, err := netlink.LinkByIndex(int(ifindex)); err != nil {
 			continue // gone; EnableMasquerade re-checks the uplinks
+		}
+		if err := d.loadUplinkPrograms(); err != nil {
+			return err
 		}
 		errs = append(errs, replaceLegacy(int(ifindex), d.progs, uplinkHooks))
 	}
