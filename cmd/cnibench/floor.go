@@ -74,14 +74,16 @@ func addFloorBridge(sb *sandbox.Sandbox) error {
 }
 
 // addFloorVeth gives container ctr a veth pair as a bridge plugin would:
-// eth0 inside, up, its peer a port of the node's bridge. It is not timed.
+// eth0 inside, up (with its IPv6 link-local address, like any container's
+// interface, so that deleting it costs what a plugin's DEL pays), its peer
+// an up port of the node's bridge. It is not timed.
 func addFloorVeth(sb *sandbox.Sandbox, ctr *sandbox.NetNS, i int) error {
 	f, err := os.Open(ctr.Path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	return sb.InNode(func() error {
+	err = sb.InNode(func() error {
 		br, err := netlink.LinkByName(floorBridge)
 		if err != nil {
 			return err
@@ -92,6 +94,16 @@ func addFloorVeth(sb *sandbox.Sandbox, ctr *sandbox.NetNS, i int) error {
 			PeerNamespace: netlink.NsFd(int(f.Fd())),
 		}
 		return netlink.LinkAdd(veth)
+	})
+	if err != nil {
+		return err
+	}
+	return ctr.Do(func() error {
+		l, err := netlink.LinkByName("eth0")
+		if err == nil {
+			err = netlink.LinkSetUp(l)
+		}
+		return err
 	})
 }
 

@@ -53,6 +53,7 @@ type options struct {
 	masquerade           []bool // ipMasq of the scale config, one scale run each
 	floor                bool   // measure the floor beside the plugins
 	traffic              bool   // run the traffic phases
+	preload              bool   // run `bridge datapath load` before the first ADD of the --plugins set
 	phase                time.Duration
 	outDir               string
 	iperf3               bool
@@ -71,6 +72,7 @@ func parseFlags(args []string) (options, error) {
 	masqList := fs.String("ipmasq", "false", "comma-separated ipMasq values of the scale config (false,true): the scale phase runs once per value")
 	fs.BoolVar(&o.floor, "floor", true, "measure the floor beside each figure: libcni running an empty plugin (built with go into a temporary directory), and for DEL deleting a veth pair")
 	fs.BoolVar(&o.traffic, "traffic", true, "run the traffic phases after the scale phase")
+	fs.BoolVar(&o.preload, "preload", false, "run `bridge datapath load` of the --plugins set on each fresh node before its first ADD, as an install would: cold_add_ms is then the first ADD of an installed node")
 	fs.DurationVar(&o.phase, "duration", 5*time.Second, "length of each traffic phase")
 	fs.StringVar(&o.outDir, "o", "test/results", "output directory for cnibench.{md,json,svg}")
 	fs.BoolVar(&o.iperf3, "iperf3", false, "cross-check the container-to-container TCP stream with iperf3")

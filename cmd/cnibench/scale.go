@@ -128,6 +128,12 @@ func (b *bench) scaleRun(index int, p *plugin, c scaleCase) (*scaleResult, error
 	}
 	m := map[string]float64{}
 	res := &scaleResult{Metrics: m}
+	if b.opts.preload && index == 0 {
+		cmd := sb.Node.Command(b.ctx, filepath.Join(p.Dir, "bridge"), "datapath", "load", "--bpffs", sb.BPFFS)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("bridge datapath load: %v: %s", err, out)
+		}
+	}
 
 	// The first ADD on a node sets it up (the bridge; for bpfbridge, loading
 	// and pinning the programs). It is reported on its own, and the
