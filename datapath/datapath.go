@@ -78,6 +78,10 @@ type Options struct {
 	Attach AttachMode // default AttachLegacy
 	// Trace, when on, times the datapath's phases of the call.
 	Trace *trace.Tracer
+	// Masquerade says that the caller will enable masquerade: Open loads
+	// the uplink programs too, up front. Without it a node never verifies
+	// them until a masquerading network comes (they load on demand then).
+	Masquerade bool
 
 	// defaultBPFFS: BPFFS was not configured.
 	defaultBPFFS bool
@@ -189,6 +193,12 @@ func Open(opts Options) (*Datapath, error) {
 	opts.Trace.Mark("bpffs")
 	if d.newPrograms, err = d.loadPrograms(); err != nil {
 		return nil, err
+	}
+	if opts.Masquerade {
+		if err := d.loadUplinkPrograms(); err != nil {
+			d.Close()
+			return nil, err
+		}
 	}
 	opts.Trace.Mark("programs")
 	if d.maps, err = openMapSet(d.state.mapsDir()); err != nil {

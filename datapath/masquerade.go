@@ -208,21 +208,38 @@ func (d *Datapath) attachUplink(ifindex int) error {
 	if err := d.loadUplinkPrograms(); err != nil {
 		return err
 	}
-	attached := true
-	for _, h := range uplinkHooks {
-		want, err := programID(h.prog(d.progs))
-		if err != nil {
-			return err
-		}
-		have, err := legacyProgramIDs(ifindex, h)
-		if err != nil || !slices.Contains(have, want) {
-			attached = false
-		}
+	if d.uplinkAttached(ifindex) {
+		return nil
 	}
-	if attached {
+	// Concurrent ADDs of a node's first masquerading networks all find the
+	// uplink bare: one attaches, under the state lock, and the others find
+	// it done (two replacing the clsact qdisc and its filters at once fail
+	// with EINVAL).
+	unlock, err := d.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if d.uplinkAttached(ifindex) {
 		return nil
 	}
 	return d.attachLegacy(ifindex, uplinkHooks)
+}
+
+// uplinkAttached reports whether this build's uplink programs are attached
+// to ifindex in both directions.
+func (d *Datapath) uplinkAttached(ifindex int) bool {
+	for _, h := range uplinkHooks {
+		want, err := programID(h.prog(d.progs))
+		if err != nil {
+			return false
+		}
+		have, err := legacyProgramIDs(ifindex, h)
+		if err != nil || !slices.Contains(have, want) {
+			return false
+		}
+	}
+	return true
 }
 
 // upgradeUplinks moves the masquerading uplinks onto this build's programs.

@@ -51,7 +51,7 @@ func (c *NetConf) attachName() string {
 // is how a plugin upgrade reaches running containers.
 func openDatapath(c *NetConf, tr *trace.Tracer) (*datapath.Datapath, error) {
 	opts := c.datapathOptions()
-	opts.Trace = tr
+	opts.Trace, opts.Masquerade = tr, c.IPMasq
 	dp, err := datapath.Open(opts)
 	if err != nil {
 		return nil, datapathError(err)
