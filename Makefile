@@ -12,7 +12,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 CLANG       := clang-19
 TEST_FLAGS  ?= -count=1 -timeout 15m
 
-.PHONY: build tools deps runtimes test demo bench install lint generate check-generated clean require-root
+.PHONY: build tools deps runtimes test demo bench bench-scale install lint generate check-generated clean require-root
 
 ## build: the plugins into bin/ (no clang or cgo needed)
 build:
@@ -58,11 +58,20 @@ check-generated: generate
 demo: require-root deps build tools
 	$(GO) run ./test/demo
 
-## bench: cnibench, bpfbridge against the reference plugins side by side on throwaway namespaces:
-## ADD/DEL at N up to 500, datapath state, traffic with and without masquerade, iperf3 cross-check;
-## writes test/results/cnibench.{md,json,svg}
+## bench: cnibench, bpfbridge against the reference plugins and the floor (an empty plugin) side by
+## side on throwaway namespaces: ADD/DEL at N up to 200 with ipMasq false and true, one at a time and
+## 16 at a time (a boot storm), where bpfbridge's time goes (its phase trace), datapath state,
+## traffic with and without masquerade, iperf3 cross-check; writes test/results/cnibench.{md,json,svg}
+## (about 6 minutes on 2 cores)
 bench: require-root deps build tools
-	$(BIN)/cnibench --plugins $(BIN) --compare $(BIN)/reference -n 1,50,200,500 --iperf3 -o test/results
+	$(BIN)/cnibench --plugins $(BIN) --compare $(BIN)/reference -n 1,50,200 --ipmasq false,true \
+	  --concurrency 1,16 --duration 2s --iperf3 -o test/results
+
+## bench-scale: the scale phase alone up to N = 1,000, with ipMasq false and true (about 25 minutes
+## on 2 cores); writes test/results/scale/cnibench.{md,json,svg}
+bench-scale: require-root deps build tools
+	$(BIN)/cnibench --plugins $(BIN) --compare $(BIN)/reference -n 1,50,200,500,1000 --ipmasq false,true \
+	  --traffic=false -o test/results/scale
 
 ## install: the plugins into $(DESTDIR)$(CNI_BIN_DIR)
 install: build

@@ -18,6 +18,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/bpfbridge/bpfbridge/datapath/program"
+	"github.com/bpfbridge/bpfbridge/trace"
 )
 
 // DefaultBPFFS is where the node's bpffs is mounted (and mounted if missing).
@@ -75,6 +76,12 @@ type Options struct {
 	// namespace other than the initial one has a directory of its own.
 	BPFFS  string
 	Attach AttachMode // default AttachLegacy
+	// Trace, when on, times the datapath's phases of the call.
+	Trace *trace.Tracer
+	// Masquerade says that the caller will enable masquerade: Open loads
+	// the uplink programs too, up front. Without it a node never verifies
+	// them until a masquerading network comes (they load on demand then).
+	Masquerade bool
 
 	// defaultBPFFS: BPFFS was not configured.
 	defaultBPFFS bool
@@ -109,6 +116,27 @@ type Datapath struct {
 	networkIDs *ebpf.Map
 	// newPrograms: this build's programs were not on the node before Open.
 	newPrograms bool
+	// lockDepth counts the holds of the state lock by this Datapath (see
+	// lock), which nest: Upgrade loads the uplink programs under it.
+	lockDepth int
+}
+
+// lock takes the node's state lock unless this Datapath holds it already.
+func (d *Datapath) lock() (unlock func(), err error) {
+	if d.lockDepth > 0 {
+		d.lockDepth++
+		return func() { d.lockDepth-- }, nil
+	}
+	release, err := lock(d.state.root)
+	if err != nil {
+		return nil, err
+	}
+	d.lockDepth = 1
+	return func() {
+		if d.lockDepth--; d.lockDepth == 0 {
+			release()
+		}
+	}, nil
 }
 
 // maps are the pinned maps the control plane writes or reads.
@@ -164,9 +192,17 @@ func Open(opts Options) (*Datapath, error) {
 	if err := os.MkdirAll(d.state.root, 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", d.state.root, err)
 	}
+	opts.Trace.Mark("bpffs")
 	if d.newPrograms, err = d.loadPrograms(); err != nil {
 		return nil, err
 	}
+	if opts.Masquerade {
+		if err := d.loadUplinkPrograms(); err != nil {
+			d.Close()
+			return nil, err
+		}
+	}
+	opts.Trace.Mark("programs")
 	if d.maps, err = openMapSet(d.state.mapsDir()); err != nil {
 		d.Close()
 		return nil, err
@@ -175,6 +211,7 @@ func Open(opts Options) (*Datapath, error) {
 		d.Close()
 		return nil, err
 	}
+	opts.Trace.Mark("open-maps")
 	return d, nil
 }
 

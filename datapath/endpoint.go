@@ -132,10 +132,12 @@ func (d *Datapath) Attach(ep Endpoint) (err error) {
 	if err := d.writeEntries(&meta, ep.Bridge); err != nil {
 		return err
 	}
+	d.opts.Trace.Mark("maps")
 	mode, err := d.attach(key, ep.HostIfindex)
 	if err != nil {
 		return err
 	}
+	d.opts.Trace.Mark("tc")
 	meta.Attach = uint32(mode)
 	if err := d.markVeth(&meta); err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 
@@ -57,13 +58,17 @@ func sameRecords(v int) bool { return v >= layoutVersion && v < currentLayout() 
 // (indexFlows rebuilds the first two from the flows moved over).
 func convertible(v int) bool { return v == 2 && layoutVersion == 3 }
 
+// buildTag is program.Tag, computed once: it hashes the embedded object,
+// and an ADD asks for it several times.
+var buildTag = sync.OnceValue(program.Tag)
+
 // programSetTag names this build's program set: the programs bind their
 // maps at load, so the set of one build differs per layout as well.
 func programSetTag() string {
 	if currentLayout() == layoutVersion {
-		return program.Tag()
+		return buildTag()
 	}
-	sum := sha256.Sum256([]byte(program.Tag() + "/v" + strconv.Itoa(currentLayout())))
+	sum := sha256.Sum256([]byte(buildTag() + "/v" + strconv.Itoa(currentLayout())))
 	return hex.EncodeToString(sum[:6])
 }
 

@@ -154,21 +154,41 @@ func (m Masquerade) config() program.BpfbridgeNatConfig {
 // are attached once per node, not on the ADD path, and a filter replace
 // upgrades them atomically.
 func (d *Datapath) attachUplink(ifindex int) error {
-	attached := true
-	for _, h := range uplinkHooks {
-		want, err := programID(h.prog(d.progs))
-		if err != nil {
-			return err
-		}
-		have, err := legacyProgramIDs(ifindex, h)
-		if err != nil || !slices.Contains(have, want) {
-			attached = false
-		}
+	if err := d.loadUplinkPrograms(); err != nil {
+		return err
 	}
-	if attached {
+	if d.uplinkAttached(ifindex) {
+		return nil
+	}
+	// Concurrent ADDs of a node's first masquerading networks all find the
+	// uplink bare: one attaches, under the state lock, and the others find
+	// it done (two replacing the clsact qdisc and its filters at once fail
+	// with EINVAL).
+	unlock, err := d.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if d.uplinkAttached(ifindex) {
 		return nil
 	}
 	return d.attachLegacy(ifindex, uplinkHooks)
+}
+
+// uplinkAttached reports whether this build's uplink programs are attached
+// to ifindex in both directions.
+func (d *Datapath) uplinkAttached(ifindex int) bool {
+	for _, h := range uplinkHooks {
+		want, err := programID(h.prog(d.progs))
+		if err != nil {
+			return false
+		}
+		have, err := legacyProgramIDs(ifindex, h)
+		if err != nil || !slices.Contains(have, want) {
+			return false
+		}
+	}
+	return true
 }
 
 // upgradeUplinks moves the masquerading uplinks onto this build's programs.
@@ -182,6 +202,9 @@ func (d *Datapath) upgradeUplinks() error {
 	for it.Next(&ifindex, &v) {
 		if _, err := netlink.LinkByIndex(int(ifindex)); err != nil {
 			continue // gone; EnableMasquerade re-checks the uplinks
+		}
+		if err := d.loadUplinkPrograms(); err != nil {
+			return err
 		}
 		errs = append(errs, replaceLegacy(int(ifindex), d.progs, uplinkHooks))
 	}

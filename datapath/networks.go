@@ -89,7 +89,7 @@ func (d *Datapath) networkID(name string) (uint32, error) {
 	if d.networkIDs == nil {
 		return 0, errors.New("network registry not open")
 	}
-	unlock, err := lock(d.state.root)
+	unlock, err := d.lock()
 	if err != nil {
 		return 0, err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/bpfbridge/bpfbridge/datapath"
 	"github.com/bpfbridge/bpfbridge/datapath/topology"
 	"github.com/bpfbridge/bpfbridge/ipam"
+	"github.com/bpfbridge/bpfbridge/trace"
 )
 
 // portUpTimeout bounds the wait for the new bridge port to come up.
@@ -33,10 +34,13 @@ const containerIfIndex = 2
 // gateway on the bridge. Everything it can check is checked before it
 // creates anything; whatever it did is undone when a later step fails.
 func cmdAdd(args *skel.CmdArgs) (err error) {
+	tr := trace.Start("ADD")
+	defer func() { tr.Finish(err) }()
 	conf, err := loadConf(args.StdinData)
 	if err != nil {
 		return err
 	}
+	tr.Enable(conf.Trace)
 	if err := conf.validateForAdd(); err != nil {
 		return err
 	}
@@ -79,10 +83,12 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		}
 	}()
 
+	tr.Mark("config")
 	br, err := topology.EnsureBridge(conf.bridgeConfig())
 	if err != nil {
 		return conf.bridgeError(err)
 	}
+	tr.Mark("bridge")
 	// The veth comes first: it fails when CNI_IFNAME exists, before any
 	// address is allocated.
 	hostVeth, err := topology.CreateVeth(netns, args.IfName, conf.MTU, mac, br, conf.portConfig())
@@ -97,6 +103,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err := failAfter("veth"); err != nil {
 		return err
 	}
+	tr.Mark("veth")
 
 	result := &current.Result{CNIVersion: current.ImplementedSpecVersion}
 	if conf.IPAM.Type != "" {
@@ -115,11 +122,12 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		if err := failAfter("ipam"); err != nil {
 			return err
 		}
+		tr.Mark("ipam")
 	}
 
 	// The programs are attached while the container's interface is still
 	// down: it never sends a packet they have not seen.
-	if dp, err = openDatapath(conf); err != nil {
+	if dp, err = openDatapath(conf, tr); err != nil {
 		return err
 	}
 	ep := endpointOf(conf, args, hostVeth, mac, result.IPs)
@@ -130,6 +138,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err := failAfter("attach"); err != nil {
 		return err
 	}
+	tr.Mark("record")
 	if conf.IPMasq {
 		m := conf.masq
 		m.Network, m.Subnets = conf.Name, subnets(result.IPs)
@@ -140,6 +149,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		if err := failAfter("masquerade"); err != nil {
 			return err
 		}
+		tr.Mark("masquerade")
 	}
 
 	gateways := completeRoutes(conf, result)
@@ -156,6 +166,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err := failAfter("container"); err != nil {
 		return err
 	}
+	tr.Mark("container")
 	for _, ipc := range result.IPs {
 		ipc.Interface = current.Int(containerIfIndex)
 	}
@@ -165,6 +176,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err := failAfter("gateway"); err != nil {
 		return err
 	}
+	tr.Mark("gateway")
 	if !conf.DisableContainerInterface {
 		if err := topology.WaitOperUp(hostVeth.Attrs().Index, portUpTimeout); err != nil {
 			return err
@@ -173,6 +185,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err := failAfter("wait"); err != nil {
 		return err
 	}
+	tr.Mark("wait")
 	// The bridge's MAC is final only once it has a port.
 	if br, err = topology.LookupBridge(conf.Bridge); err != nil {
 		return err

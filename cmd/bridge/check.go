@@ -58,7 +58,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 			ips = append(ips, ipc)
 		}
 	}
-	dp, err := openDatapath(conf)
+	dp, err := openDatapath(conf, nil)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 )
 
 const usage = `Usage: bridge [--version | --help]
+       bridge datapath load [--bpffs DIR]
        bridge datapath upgrade [--bpffs DIR]
        bridge inspect <object> [verb] [flags]
 
@@ -20,6 +21,10 @@ bridge is bpfbridge's CNI plugin. Container runtimes run it with CNI_COMMAND
 set (ADD, DEL, CHECK, GC, STATUS, VERSION) and the network config on stdin.
 
 Commands:
+  datapath load      load, verify and pin this binary's eBPF programs and the
+                     node's maps now, at install time, so that the first
+                     container does not wait for them; endpoints of an older
+                     build move onto them as with upgrade (idempotent)
   datapath upgrade   move every endpoint on this node onto this binary's eBPF
                      programs now (ADD and CHECK do it on their own when they
                      find programs of an older build)
@@ -57,14 +62,14 @@ func printVersion(w io.Writer) {
 	fmt.Fprintf(w, "CNI protocol versions supported: %s\n", strings.Join(version.All.SupportedVersions(), ", "))
 }
 
-// runDatapath serves `bridge datapath upgrade`.
+// runDatapath serves `bridge datapath load` and `bridge datapath upgrade`.
 func runDatapath(args []string) int {
-	fs := flag.NewFlagSet("bridge datapath upgrade", flag.ContinueOnError)
-	bpffs := fs.String("bpffs", envOr(envBPFFS, datapath.DefaultBPFFS), "mount point of the bpffs holding the node's state")
-	if len(args) == 0 || args[0] != "upgrade" {
-		fmt.Fprintf(os.Stderr, "bridge: usage: bridge datapath upgrade [--bpffs DIR]\n")
+	if len(args) == 0 || (args[0] != "upgrade" && args[0] != "load") {
+		fmt.Fprintf(os.Stderr, "bridge: usage: bridge datapath {load|upgrade} [--bpffs DIR]\n")
 		return 2
 	}
+	fs := flag.NewFlagSet("bridge datapath "+args[0], flag.ContinueOnError)
+	bpffs := fs.String("bpffs", envOr(envBPFFS, datapath.DefaultBPFFS), "mount point of the bpffs holding the node's state")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -74,8 +79,19 @@ func runDatapath(args []string) int {
 		return 1
 	}
 	defer dp.Close()
-	moved, err := dp.Upgrade()
-	fmt.Printf("moved %d endpoint(s) onto programs of %s\n", moved, about())
+	if args[0] == "load" {
+		err = dp.LoadAllPrograms()
+		if err == nil {
+			fmt.Printf("programs of %s loaded in %s\n", about(), dp.Dir())
+		}
+	}
+	// Programs new on the node are where its endpoints must move: load
+	// does what the first ADD after an install would have done.
+	if err == nil && (args[0] == "upgrade" || dp.NeedsUpgrade()) {
+		var moved int
+		moved, err = dp.Upgrade()
+		fmt.Printf("moved %d endpoint(s) onto programs of %s\n", moved, about())
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bridge: %v\n", err)
 		return 1

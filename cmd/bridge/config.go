@@ -93,6 +93,9 @@ type NetConf struct {
 
 	// Isolation is bpfbridge's: "network" (default), "container" or "none".
 	Isolation string `json:"isolation"`
+	// Trace writes the time of each phase of ADD and DEL to stderr, as
+	// BPFBRIDGE_TRACE=1 does (package trace).
+	Trace bool `json:"trace"`
 	// Datapath says where the node's eBPF state lives and how programs
 	// are attached; the defaults suit a node.
 	Datapath struct {

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/bpfbridge/bpfbridge/datapath"
+	"github.com/bpfbridge/bpfbridge/trace"
 )
 
 // Environment variables that set the datapath options a config leaves
@@ -82,8 +83,10 @@ func (c *NetConf) attachName() string {
 // openDatapath opens the node's datapath for ADD and CHECK. When this build's
 // programs are new on the node, existing endpoints move onto them now: this
 // is how a plugin upgrade reaches running containers.
-func openDatapath(c *NetConf) (*datapath.Datapath, error) {
-	dp, err := datapath.Open(c.datapathOptions())
+func openDatapath(c *NetConf, tr *trace.Tracer) (*datapath.Datapath, error) {
+	opts := c.datapathOptions()
+	opts.Trace, opts.Masquerade = tr, c.IPMasq
+	dp, err := datapath.Open(opts)
 	if err != nil {
 		return nil, datapathError(err)
 	}
@@ -92,6 +95,7 @@ func openDatapath(c *NetConf) (*datapath.Datapath, error) {
 			dp.Close()
 			return nil, datapathError(err)
 		}
+		tr.Mark("upgrade")
 	}
 	return dp, nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/bpfbridge/bpfbridge/datapath"
 	"github.com/bpfbridge/bpfbridge/datapath/topology"
 	"github.com/bpfbridge/bpfbridge/ipam"
+	"github.com/bpfbridge/bpfbridge/trace"
 )
 
 // cmdDel detaches a container. It is idempotent and best effort: the
@@ -22,11 +23,15 @@ import (
 // every step runs whatever the steps before it answered, "already gone"
 // counts as done, and DEL fails only for something still present that a step
 // could not remove; the runtime then retries it.
-func cmdDel(args *skel.CmdArgs) error {
+func cmdDel(args *skel.CmdArgs) (err error) {
+	tr := trace.Start("DEL")
+	defer func() { tr.Finish(err) }()
 	conf, err := loadConf(args.StdinData)
 	if err != nil {
 		return err
 	}
+	tr.Enable(conf.Trace)
+	tr.Mark("config")
 	var errs []error
 	if args.Netns != "" {
 		err := ns.WithNetNSPath(args.Netns, func(ns.NetNS) error {
@@ -35,16 +40,19 @@ func cmdDel(args *skel.CmdArgs) error {
 		if !alreadyGone(err) {
 			errs = append(errs, err)
 		}
+		tr.Mark("veth")
 	}
 	// The interface goes first and the addresses last, so that a DEL that
 	// succeeds never hands them to a new container while the old one may
 	// still use them.
 	detachErr := detachDatapath(conf, args)
 	errs = append(errs, datapathError(detachErr))
+	tr.Mark("datapath")
 	// An endpoint whose veth could not be deleted still holds its
 	// addresses: releasing them would give them to a second container.
 	if conf.IPAM.Type != "" && !errors.Is(detachErr, datapath.ErrVethInUse) {
 		errs = append(errs, ipam.Del(conf.IPAM.Type, args))
+		tr.Mark("ipam")
 	}
 	return joinDelErrors(errs)
 }

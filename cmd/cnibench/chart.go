@@ -45,25 +45,41 @@ func (r *report) svg() string {
 	return b.String()
 }
 
+// chartPoints are the scale points the latency chart draws: those of the
+// first ipMasq and concurrency of the run.
+func (r *report) chartPoints() []scalePoint {
+	var pts []scalePoint
+	if len(r.Scale) == 0 {
+		return nil
+	}
+	for _, pt := range r.Scale {
+		if pt.Masquerade == r.Scale[0].Masquerade && pt.Concurrency == r.Scale[0].Concurrency {
+			pts = append(pts, pt)
+		}
+	}
+	return pts
+}
+
 func (r *report) latencyChart(b *strings.Builder) {
+	scale := r.chartPoints()
 	fmt.Fprintf(b, `<text x="%d" y="%d" font-weight="bold">ADD latency (ms) vs containers N — solid p50, dashed p99</text>`+"\n", lineLeft-40, chartTop-12)
 	top := 0.0
-	for _, pt := range r.Scale {
+	for _, pt := range scale {
 		for _, res := range pt.Plugins {
 			top = max(top, res.Metrics["add_p99_ms"])
 		}
 	}
-	if top == 0 || len(r.Scale) == 0 {
+	if top == 0 || len(scale) == 0 {
 		return
 	}
 	top *= 1.1
 	// N is placed at even steps: the default counts (1, 50, 200, 500) would
 	// crowd the left of a linear axis.
 	x := func(i int) float64 {
-		if len(r.Scale) == 1 {
+		if len(scale) == 1 {
 			return (lineLeft + lineRight) / 2
 		}
-		return lineLeft + 20 + float64(i)*float64(lineRight-lineLeft-40)/float64(len(r.Scale)-1)
+		return lineLeft + 20 + float64(i)*float64(lineRight-lineLeft-40)/float64(len(scale)-1)
 	}
 	y := func(v float64) float64 { return lineBottom - v/top*(lineBottom-chartTop) }
 	fmt.Fprintf(b, `<path d="M%d %d V%d H%d" fill="none" stroke="#444"/>`+"\n", lineLeft, chartTop, lineBottom, lineRight)
@@ -72,14 +88,14 @@ func (r *report) latencyChart(b *strings.Builder) {
 		fmt.Fprintf(b, `<text x="%d" y="%.1f" text-anchor="end">%s</text><line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n",
 			lineLeft-4, y(v)+4, num(v), lineLeft, lineRight, y(v), y(v))
 	}
-	for i, pt := range r.Scale {
+	for i, pt := range scale {
 		fmt.Fprintf(b, `<text x="%.1f" y="%d" text-anchor="middle">%d</text>`+"\n", x(i), lineBottom+15, pt.N)
 	}
 	fmt.Fprintf(b, `<text x="%d" y="%d" text-anchor="middle">N</text>`+"\n", (lineLeft+lineRight)/2, lineBottom+30)
 	for pi, label := range r.labels() {
 		for _, s := range []struct{ metric, dash string }{{"add_p50_ms", ""}, {"add_p99_ms", "6 4"}} {
 			var pts []string
-			for i, pt := range r.Scale {
+			for i, pt := range scale {
 				if v, ok := pt.Plugins[label].Metrics[s.metric]; ok {
 					pts = append(pts, fmt.Sprintf("%.1f,%.1f", x(i), y(v)))
 				}

@@ -20,7 +20,11 @@
 //
 // Usage:
 //
-//	cnibench --plugins bin --compare bin/reference [-n 1,50,200,500] [-o test/results]
+//	cnibench --plugins bin --compare bin/reference [-n 1,50,200,500] [--ipmasq false,true] [--concurrency 1,16] [-o test/results]
+//
+// Every plugin call runs with BPFBRIDGE_TRACE=1: bpfbridge's phase trace
+// (package trace) tells where its time goes, reported per N. The floor
+// (--floor) is measured in the same run and printed beside the figures.
 package main
 
 import (
@@ -45,7 +49,11 @@ type options struct {
 	plugins, compare     string // plugin directories (CNI_PATH)
 	label, compareLabel  string // their names in the output
 	ns                   []int  // container counts, ascending
-	concurrency          int    // concurrent ADDs (and DELs)
+	concurrency          []int  // concurrent ADDs (and DELs), one scale run each
+	masquerade           []bool // ipMasq of the scale config, one scale run each
+	floor                bool   // measure the floor beside the plugins
+	traffic              bool   // run the traffic phases
+	preload              bool   // run `bridge datapath load` before the first ADD of the --plugins set
 	phase                time.Duration
 	outDir               string
 	iperf3               bool
@@ -60,7 +68,11 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.label, "label", "bpfbridge", "name of the --plugins set in the output")
 	fs.StringVar(&o.compareLabel, "compare-label", "reference", "name of the --compare set in the output")
 	nList := fs.String("n", "1,50,200,500", "comma-separated container counts")
-	fs.IntVar(&o.concurrency, "concurrency", 1, "ADDs (and DELs) in flight at once, as a runtime starting pods in parallel")
+	concList := fs.String("concurrency", "1", "comma-separated ADDs (and DELs) in flight at once, as a runtime starting pods in parallel; the scale phase runs once per value")
+	masqList := fs.String("ipmasq", "false", "comma-separated ipMasq values of the scale config (false,true): the scale phase runs once per value")
+	fs.BoolVar(&o.floor, "floor", true, "measure the floor beside each figure: libcni running an empty plugin (built with go into a temporary directory), and for DEL deleting a veth pair")
+	fs.BoolVar(&o.traffic, "traffic", true, "run the traffic phases after the scale phase")
+	fs.BoolVar(&o.preload, "preload", false, "run `bridge datapath load` of the --plugins set on each fresh node before its first ADD, as an install would: cold_add_ms is then the first ADD of an installed node")
 	fs.DurationVar(&o.phase, "duration", 5*time.Second, "length of each traffic phase")
 	fs.StringVar(&o.outDir, "o", "test/results", "output directory for cnibench.{md,json,svg}")
 	fs.BoolVar(&o.iperf3, "iperf3", false, "cross-check the container-to-container TCP stream with iperf3")
@@ -83,8 +95,22 @@ func parseFlags(args []string) (options, error) {
 		}
 		o.ns = append(o.ns, n)
 	}
-	if o.concurrency < 1 || o.phase <= 0 || o.callTimeout <= 0 || o.maxTime <= 0 {
-		return o, errors.New("-concurrency, -duration, -call-timeout and -max-time must be positive")
+	for f := range strings.SplitSeq(*concList, ",") {
+		c, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || c < 1 {
+			return o, fmt.Errorf("-concurrency: %q is not a positive count", f)
+		}
+		o.concurrency = append(o.concurrency, c)
+	}
+	for f := range strings.SplitSeq(*masqList, ",") {
+		m, err := strconv.ParseBool(strings.TrimSpace(f))
+		if err != nil {
+			return o, fmt.Errorf("-ipmasq: %q is not true or false", f)
+		}
+		o.masquerade = append(o.masquerade, m)
+	}
+	if o.phase <= 0 || o.callTimeout <= 0 || o.maxTime <= 0 {
+		return o, errors.New("-duration, -call-timeout and -max-time must be positive")
 	}
 	if o.compare != "" && o.label == o.compareLabel {
 		return o, errors.New("-label and -compare-label must differ")
@@ -138,13 +164,20 @@ func run(o options) (err error) {
 	}()
 
 	b := &bench{opts: o, ctx: ctx, prefix: prefix, tmp: tmp, plugins: plugins, progress: newProgress(os.Stderr)}
+	if o.floor {
+		if b.floor, err = buildFloor(ctx, tmp); err != nil {
+			return err
+		}
+	}
 	rep := newReport(o, plugins, prefix)
 	started := time.Now()
 	if rep.Scale, err = b.scale(); err != nil {
 		return err
 	}
-	if rep.Traffic, rep.Iperf3, err = b.traffic(); err != nil {
-		return err
+	if o.traffic {
+		if rep.Traffic, rep.Iperf3, err = b.traffic(); err != nil {
+			return err
+		}
 	}
 	rep.WallSeconds = time.Since(started).Seconds()
 	files, err := rep.write(o.outDir)

@@ -21,6 +21,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/bpfbridge/bpfbridge/test/sandbox"
+	"github.com/bpfbridge/bpfbridge/trace"
 )
 
 // plugin is one set of plugins under test: a CNI_PATH directory with a
@@ -70,6 +71,9 @@ type call struct {
 	Wall   time.Duration
 	CPU    time.Duration // user+system time of the plugin and the children it waited for (IPAM, iptables)
 	MaxRSS int64         // peak resident set in KiB of the largest of those processes
+	// Phases are the plugin's own phase trace, for a plugin that writes
+	// one (bpfbridge: package trace).
+	Phases []trace.Phase
 }
 
 // add attaches the container netns ctr as id/eth0 and returns the
@@ -113,7 +117,7 @@ func (n *network) invoke(ctx context.Context, op func(*libcni.CNIConfig, context
 	start := time.Now()
 	err := n.sb.InNode(func() error { return op(cni, ctx) })
 	c := call{Wall: time.Since(start)}
-	c.CPU, c.MaxRSS = ex.usage()
+	c.CPU, c.MaxRSS, c.Phases = ex.usage()
 	return c, err
 }
 
@@ -128,6 +132,7 @@ type meteredExec struct {
 	mu     sync.Mutex
 	cpu    time.Duration
 	maxRSS int64
+	phases []trace.Phase
 }
 
 var _ invoke.Exec = (*meteredExec)(nil)
@@ -136,6 +141,8 @@ var _ invoke.Exec = (*meteredExec)(nil)
 func (e *meteredExec) ExecPlugin(ctx context.Context, pluginPath string, stdin []byte, environ []string) ([]byte, error) {
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, pluginPath)
+	// Other plugins ignore the variable.
+	environ = append(environ, trace.EnvVar+"=1")
 	cmd.Env, cmd.Stdin, cmd.Stdout, cmd.Stderr = environ, bytes.NewReader(stdin), &stdout, &stderr
 	err := cmd.Run()
 	if cmd.ProcessState != nil {
@@ -145,6 +152,11 @@ func (e *meteredExec) ExecPlugin(ctx context.Context, pluginPath string, stdin [
 			e.maxRSS = max(e.maxRSS, ru.Maxrss) // KiB on Linux
 			e.mu.Unlock()
 		}
+	}
+	if _, _, phases, ok := trace.Parse(stderr.String()); ok {
+		e.mu.Lock()
+		e.phases = append(e.phases, phases...)
+		e.mu.Unlock()
 	}
 	if err != nil {
 		return nil, pluginError(err, stdout.Bytes(), stderr.Bytes())
@@ -157,10 +169,10 @@ func (e *meteredExec) FindInPath(plugin string, paths []string) (string, error) 
 	return invoke.FindInPath(plugin, paths)
 }
 
-func (e *meteredExec) usage() (time.Duration, int64) {
+func (e *meteredExec) usage() (time.Duration, int64, []trace.Phase) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.cpu, e.maxRSS
+	return e.cpu, e.maxRSS, e.phases
 }
 
 // pluginError turns a failed run into the CNI error the plugin printed, as

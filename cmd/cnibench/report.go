@@ -2,12 +2,15 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -36,6 +39,7 @@ var scaleMetrics = []metricInfo{
 	{"del_max_ms", "ms", "lower", "DEL latency, slowest"},
 	{"cold_add_ms", "ms", "lower", "the first ADD on a fresh node (not in the percentiles)"},
 	{"add_rate_per_s", "1/s", "higher", "ADDs completed per second at the run's concurrency"},
+	{"add_wall_ms", "ms", "lower", "wall time of the N ADDs at the run's concurrency (a boot storm at concurrency > 1)"},
 	{"add_growth", "ratio", "lower", "median ADD latency of the last 10% of containers over that of the first 10%"},
 	{"add_cpu_ms", "ms", "lower", "user+system CPU per ADD, plugin and the children it waited for"},
 	{"del_cpu_ms", "ms", "lower", "user+system CPU per DEL"},
@@ -79,7 +83,8 @@ type report struct {
 
 type settings struct {
 	N               []int   `json:"n"`
-	Concurrency     int     `json:"concurrency"`
+	Concurrency     []int   `json:"concurrency"`
+	IPMasq          []bool  `json:"ipmasq"`
 	PhaseSeconds    float64 `json:"phase_seconds"`
 	UDPPayloadBytes int     `json:"udp_payload_bytes"`
 	SandboxPrefix   string  `json:"sandbox_prefix"`
@@ -87,17 +92,26 @@ type settings struct {
 	TrafficSubnet   string  `json:"traffic_subnet"`
 }
 
-// scalePoint is one N: each plugin set's figures and ours/reference ratios.
+// scalePoint is one N at one ipMasq and concurrency: each plugin set's
+// figures, ours/reference ratios, and the floor's figures.
 type scalePoint struct {
-	N       int                     `json:"n"`
-	Plugins map[string]*scaleResult `json:"plugins"`
-	Ratios  map[string]*float64     `json:"ratios,omitempty"` // null where a side has no figure
+	N           int                     `json:"n"`
+	Masquerade  bool                    `json:"ipmasq"`
+	Concurrency int                     `json:"concurrency"`
+	Plugins     map[string]*scaleResult `json:"plugins"`
+	Ratios      map[string]*float64     `json:"ratios,omitempty"` // null where a side has no figure
+	Floor       *scaleResult            `json:"floor,omitempty"`
 }
 
 type scaleResult struct {
 	Metrics map[string]float64 `json:"metrics,omitempty"`
 	BPFMaps map[string]int     `json:"bpf_maps,omitempty"` // entries per pinned hash map
-	Error   string             `json:"error,omitempty"`
+	// AddPhases and DelPhases are the median ms of each phase of the
+	// plugin's trace (bpfbridge only), ColdAddPhases those of the first ADD.
+	AddPhases     map[string]float64 `json:"add_phases_ms,omitempty"`
+	DelPhases     map[string]float64 `json:"del_phases_ms,omitempty"`
+	ColdAddPhases map[string]float64 `json:"cold_add_phases_ms,omitempty"`
+	Error         string             `json:"error,omitempty"`
 }
 
 // trafficPoint is one traffic run, without or with masquerade.
@@ -226,7 +240,7 @@ func newReport(o options, plugins []*plugin, prefix string) *report {
 		Started: time.Now().UTC().Truncate(time.Second),
 		Machine: thisMachine(),
 		Settings: settings{
-			N: o.ns, Concurrency: o.concurrency, PhaseSeconds: o.phase.Seconds(), UDPPayloadBytes: udpPayload,
+			N: o.ns, Concurrency: o.concurrency, IPMasq: o.masquerade, PhaseSeconds: o.phase.Seconds(), UDPPayloadBytes: udpPayload,
 			SandboxPrefix: prefix, ScaleSubnet: scaleSubnet, TrafficSubnet: trafficSubnet,
 		},
 		Plugins: plugins,
@@ -303,25 +317,80 @@ func (r *report) labels() []string {
 	return l
 }
 
+// floorMetrics are the figures the floor has a meaning for.
+var floorMetrics = map[string]bool{"add_p50_ms": true, "add_p99_ms": true, "del_p50_ms": true, "del_p99_ms": true,
+	"add_wall_ms": true, "cold_add_ms": true}
+
+// metric is the result's figure name, if it has one.
+func (res *scaleResult) metric(name string) (float64, bool) {
+	if res == nil {
+		return 0, false
+	}
+	v, ok := res.Metrics[name]
+	return v, ok
+}
+
+// phaseTable shows where the first plugin set's ADD and DEL time goes, by
+// the medians of its trace's phases.
+func (r *report) phaseTable(b *strings.Builder) {
+	label := r.Plugins[0].Label
+	traced := false
+	for _, pt := range r.Scale {
+		traced = traced || pt.Plugins[label].AddPhases != nil
+	}
+	if !traced {
+		return
+	}
+	fmt.Fprintf(b, "**Where %s's time goes** (median ms per phase of its trace, BPFBRIDGE_TRACE=1; the rest of a call's "+
+		"latency is process start-up and libcni)\n\n| N | ipMasq | concurrency | first ADD | ADD | DEL |\n|---:|---|---:|---|---|---|\n", label)
+	for _, pt := range r.Scale {
+		res := pt.Plugins[label]
+		fmt.Fprintf(b, "| %d | %t | %d | %s | %s | %s |\n", pt.N, pt.Masquerade, pt.Concurrency,
+			phaseList(res.ColdAddPhases), phaseList(res.AddPhases), phaseList(res.DelPhases))
+	}
+	b.WriteString("\n")
+}
+
+// phaseList writes phases as "total 7.4: veth 1.5, ipam 0.8, …", in
+// decreasing order of time.
+func phaseList(phases map[string]float64) string {
+	if phases == nil {
+		return "–"
+	}
+	names := slices.Collect(maps.Keys(phases))
+	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(phases[b], phases[a]) })
+	parts := make([]string, 0, len(names))
+	for _, n := range names {
+		if phases[n] >= 0.05 {
+			parts = append(parts, fmt.Sprintf("%s %s", n, num(phases[n])))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
 // markdown renders the tables the README shows.
 func (r *report) markdown() string {
 	var b strings.Builder
 	m := r.Machine
-	fmt.Fprintf(&b, "Measured %s on %s: %s, %d CPUs, %.1f GiB, Linux %s, %s; %s; ADD/DEL concurrency %d, traffic phases of %gs.\n\n",
+	fmt.Fprintf(&b, "Measured %s on %s: %s, %d CPUs, %.1f GiB, Linux %s, %s; %s; ADD/DEL concurrency %s, traffic phases of %gs.\n\n",
 		r.Started.Format("2006-01-02"), m.Hostname, m.CPUModel, m.CPUs, m.MemoryGiB, m.Kernel, m.Go,
-		strings.Join(r.labels(), " vs "), r.Settings.Concurrency, r.Settings.PhaseSeconds)
+		strings.Join(r.labels(), " vs "), strings.Trim(fmt.Sprint(r.Settings.Concurrency), "[]"), r.Settings.PhaseSeconds)
 	if r.RatioMeaning != "" {
 		fmt.Fprintf(&b, "Cells are %s (**ratio**). Ratio = %s\n\n", strings.Join(r.labels(), " / "), r.RatioMeaning)
 	}
+	if len(r.Scale) > 0 && r.Scale[0].Floor != nil {
+		fmt.Fprintf(&b, "⌊floor⌋: the same call through libcni to a plugin that does nothing, and for DEL that plus deleting "+
+			"the container's veth pair, measured in the same run.\n\n")
+	}
 
 	scaleTable := func(title string, cols []string) {
-		fmt.Fprintf(&b, "%s\n\n| N |", title)
+		fmt.Fprintf(&b, "%s\n\n| N | ipMasq | concurrency |", title)
 		for _, c := range cols {
 			fmt.Fprintf(&b, " %s (%s) |", c, r.Metrics[c].Unit)
 		}
-		b.WriteString("\n|---:|" + strings.Repeat("---:|", len(cols)) + "\n")
+		b.WriteString("\n|---:|---|---:|" + strings.Repeat("---:|", len(cols)) + "\n")
 		for _, pt := range r.Scale {
-			fmt.Fprintf(&b, "| %d |", pt.N)
+			fmt.Fprintf(&b, "| %d | %t | %d |", pt.N, pt.Masquerade, pt.Concurrency)
 			for _, c := range cols {
 				var figs []string
 				for _, l := range r.labels() {
@@ -332,17 +401,25 @@ func (r *report) markdown() string {
 						figs = append(figs, "error")
 					}
 				}
-				fmt.Fprintf(&b, " %s |", cell(figs, pt.Ratios[c]))
+				s := cell(figs, pt.Ratios[c])
+				if v, ok := pt.Floor.metric(c); ok && floorMetrics[c] {
+					s += fmt.Sprintf(" ⌊%s⌋", num(v))
+				}
+				fmt.Fprintf(&b, " %s |", s)
 			}
 			b.WriteString("\n")
 		}
 		b.WriteString("\n")
 	}
 	scaleTable("**ADD and DEL latency by number of containers N** (lower is better)",
-		[]string{"add_p50_ms", "add_p99_ms", "del_p50_ms", "del_p99_ms", "add_growth"})
+		[]string{"add_p50_ms", "add_p99_ms", "del_p50_ms", "del_p99_ms", "add_growth", "add_wall_ms"})
 	scaleTable("**Cost per call and node state after N ADDs**",
 		[]string{"add_cpu_ms", "add_maxrss_kib", "cold_add_ms", "iptables_rules", "nft_rules", "bpf_map_entries"})
+	r.phaseTable(&b)
 
+	if len(r.Traffic) == 0 {
+		return b.String()
+	}
 	fmt.Fprintf(&b, "**Traffic** (2 containers on the node; external = a namespace beyond the node's uplink)\n\n| figure | better |")
 	for _, pt := range r.Traffic {
 		fmt.Fprintf(&b, " %s |", map[bool]string{false: "ipMasq false", true: "ipMasq true"}[pt.Masquerade])

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,46 +29,111 @@ type bench struct {
 	prefix   string // of every namespace of the run
 	tmp      string // IPAM stores and result caches
 	plugins  []*plugin
+	floor    *plugin // the empty plugin, or nil without --floor
 	progress *progress
 }
 
-// scale measures each N for each plugin set in turn.
+// scaleCase is one measurement of the scale phase.
+type scaleCase struct {
+	n           int
+	masq        bool
+	concurrency int
+}
+
+func (c scaleCase) String() string {
+	return fmt.Sprintf("N=%d ipMasq=%t c=%d", c.n, c.masq, c.concurrency)
+}
+
+// scale measures each N, for each ipMasq and concurrency, for each plugin
+// set in turn and then the floor.
 func (b *bench) scale() ([]scalePoint, error) {
 	var points []scalePoint
-	for _, n := range b.opts.ns {
-		pt := scalePoint{N: n, Plugins: map[string]*scaleResult{}}
-		for i, p := range b.plugins {
-			r, err := b.scaleRun(i, p, n)
-			if b.ctx.Err() != nil {
-				return nil, b.ctx.Err()
+	for _, masq := range b.opts.masquerade {
+		for _, conc := range b.opts.concurrency {
+			for _, n := range b.opts.ns {
+				c := scaleCase{n: n, masq: masq, concurrency: conc}
+				pt, err := b.scalePoint(c)
+				if err != nil {
+					return nil, err
+				}
+				points = append(points, pt)
 			}
-			if err != nil {
-				// Recorded, not fatal: the other set and the other N still
-				// tell something.
-				b.progress.logf("%s N=%d: %v", p.Label, n, err)
-				r = &scaleResult{Error: err.Error()}
-			}
-			pt.Plugins[p.Label] = r
 		}
-		pt.Ratios = ratios(scaleMetrics, b.plugins, func(label string) map[string]float64 { return pt.Plugins[label].Metrics })
-		points = append(points, pt)
 	}
 	return points, nil
 }
 
-// scaleRun attaches n containers to a fresh node with plugin set p, records
-// the datapath state, and detaches them.
-func (b *bench) scaleRun(index int, p *plugin, n int) (*scaleResult, error) {
-	sb, err := sandbox.New(fmt.Sprintf("%sp%dn%d-", b.prefix, index, n))
+func (b *bench) scalePoint(c scaleCase) (scalePoint, error) {
+	pt := scalePoint{N: c.n, Masquerade: c.masq, Concurrency: c.concurrency, Plugins: map[string]*scaleResult{}}
+	sets := b.plugins
+	if b.floor != nil {
+		sets = append(slices.Clone(sets), b.floor)
+	}
+	for i, p := range sets {
+		r, err := b.scaleRun(i, p, c)
+		if b.ctx.Err() != nil {
+			return pt, b.ctx.Err()
+		}
+		if err != nil {
+			// Recorded, not fatal: the other set and the other N still
+			// tell something.
+			b.progress.logf("%s %s: %v", p.Label, c, err)
+			r = &scaleResult{Error: err.Error()}
+		}
+		if p == b.floor {
+			pt.Floor = r
+		} else {
+			pt.Plugins[p.Label] = r
+		}
+	}
+	pt.Ratios = ratios(scaleMetrics, b.plugins, func(label string) map[string]float64 { return pt.Plugins[label].Metrics })
+	return pt, nil
+}
+
+// scaleRun attaches c.n containers to a fresh node with plugin set p, records
+// the datapath state, and detaches them. The floor's containers get a veth
+// pair each after their ADD (not timed), which their DEL deletes (timed).
+func (b *bench) scaleRun(index int, p *plugin, c scaleCase) (*scaleResult, error) {
+	n, floor := c.n, p == b.floor
+	masqTag := map[bool]string{false: "", true: "m"}[c.masq]
+	sb, err := sandbox.New(fmt.Sprintf("%sp%dn%d%sc%d-", b.prefix, index, n, masqTag, c.concurrency))
 	if err != nil {
 		return nil, err
 	}
 	defer sb.Close()
-	net, err := newNetwork(sb, p, b.tmp, "scale", scaleSubnet, false, b.opts.callTimeout)
+	if floor {
+		if err := addFloorBridge(sb); err != nil {
+			return nil, err
+		}
+	}
+	net, err := newNetwork(sb, p, b.tmp, "scale", scaleSubnet, c.masq, b.opts.callTimeout)
 	if err != nil {
 		return nil, err
 	}
+	add := func(ctr *sandbox.NetNS, i int, id string) (call, error) {
+		_, cl, err := net.add(b.ctx, ctr, id)
+		if err == nil && floor {
+			err = addFloorVeth(sb, ctr, i)
+		}
+		return cl, err
+	}
+	del := func(ctr *sandbox.NetNS, id string) (call, error) {
+		cl, err := net.del(b.ctx, ctr, id)
+		if err == nil && floor {
+			var d time.Duration
+			d, err = delFloorVeth(ctr)
+			cl.Wall += d
+		}
+		return cl, err
+	}
 	m := map[string]float64{}
+	res := &scaleResult{Metrics: m}
+	if b.opts.preload && index == 0 {
+		cmd := sb.Node.Command(b.ctx, filepath.Join(p.Dir, "bridge"), "datapath", "load", "--bpffs", sb.BPFFS)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("bridge datapath load: %v: %s", err, out)
+		}
+	}
 
 	// The first ADD on a node sets it up (the bridge; for bpfbridge, loading
 	// and pinning the programs). It is reported on its own, and the
@@ -76,17 +142,18 @@ func (b *bench) scaleRun(index int, p *plugin, n int) (*scaleResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, cold, err := net.add(b.ctx, warm, "cnibench-warm")
+	cold, err := add(warm, -1, "cnibench-warm")
 	if err != nil {
 		return nil, fmt.Errorf("first ADD: %w", err)
 	}
-	if _, err := net.del(b.ctx, warm, "cnibench-warm"); err != nil {
+	if _, err := del(warm, "cnibench-warm"); err != nil {
 		return nil, fmt.Errorf("first DEL: %w", err)
 	}
 	m["cold_add_ms"] = ms(cold.Wall)
+	res.ColdAddPhases = phaseMedians([]call{cold})
 
 	ctrs := make([]*sandbox.NetNS, n)
-	label := fmt.Sprintf("N=%d %s", n, p.Label)
+	label := fmt.Sprintf("%s %s", c, p.Label)
 	err = b.progress.count(label+": netns", n, func(i int) (err error) {
 		ctrs[i], err = sb.NewContainer(fmt.Sprintf("c%d", i))
 		return err
@@ -97,20 +164,27 @@ func (b *bench) scaleRun(index int, p *plugin, n int) (*scaleResult, error) {
 
 	id := func(i int) string { return fmt.Sprintf("cnibench-%d", i) }
 	start := time.Now()
-	adds, err := b.parallel(label+": ADD", n, func(i int) (call, error) {
-		_, c, err := net.add(b.ctx, ctrs[i], id(i))
-		return c, err
+	adds, err := b.parallel(label+": ADD", n, c.concurrency, func(i int) (call, error) {
+		return add(ctrs[i], i, id(i))
 	})
 	if err != nil {
 		return nil, err
 	}
-	m["add_rate_per_s"] = float64(n) / time.Since(start).Seconds()
-	state, err := nodeState(b.ctx, sb)
-	if err != nil {
-		return nil, err
+	wall := time.Since(start)
+	m["add_rate_per_s"] = float64(n) / wall.Seconds()
+	m["add_wall_ms"] = ms(wall)
+	if !floor {
+		state, err := nodeState(b.ctx, sb)
+		if err != nil {
+			return nil, err
+		}
+		for k, v := range state.counts() {
+			m[k] = float64(v)
+		}
+		res.BPFMaps = state.BPFMaps
 	}
-	dels, err := b.parallel(label+": DEL", n, func(i int) (call, error) {
-		return net.del(b.ctx, ctrs[i], id(i))
+	dels, err := b.parallel(label+": DEL", n, c.concurrency, func(i int) (call, error) {
+		return del(ctrs[i], id(i))
 	})
 	if err != nil {
 		return nil, err
@@ -124,11 +198,35 @@ func (b *bench) scaleRun(index int, p *plugin, n int) (*scaleResult, error) {
 	latencies(m, "del", dels)
 	tenth := max(n/10, 1)
 	m["add_growth"] = ms(sandbox.Percentile(walls(adds[n-tenth:]), 50)) / ms(sandbox.Percentile(walls(adds[:tenth]), 50))
-	for k, v := range state.counts() {
-		m[k] = float64(v)
-	}
 	m["leftover_allocations"] = float64(left)
-	return &scaleResult{Metrics: m, BPFMaps: state.BPFMaps}, nil
+	res.AddPhases, res.DelPhases = phaseMedians(adds), phaseMedians(dels)
+	return res, nil
+}
+
+// phaseMedians is the median time of each traced phase over the calls, in
+// ms, nil when no call was traced. A phase a call did not run counts as 0.
+func phaseMedians(calls []call) map[string]float64 {
+	byPhase := map[string][]time.Duration{}
+	traced := 0
+	for _, c := range calls {
+		if len(c.Phases) > 0 {
+			traced++
+		}
+		for _, p := range c.Phases {
+			byPhase[p.Name] = append(byPhase[p.Name], p.Duration)
+		}
+	}
+	if traced == 0 {
+		return nil
+	}
+	out := map[string]float64{}
+	for name, ds := range byPhase {
+		for len(ds) < traced {
+			ds = append(ds, 0)
+		}
+		out[name] = ms(sandbox.Percentile(ds, 50))
+	}
+	return out
 }
 
 // latencies records the percentiles of the calls' wall time and their mean
@@ -159,10 +257,10 @@ func walls(calls []call) []time.Duration {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// parallel runs fn for 0…n-1 on opts.concurrency workers, as a runtime
+// parallel runs fn for 0…n-1 on concurrency workers, as a runtime
 // starting that many pods at once would, and returns the calls in index
 // order. It stops at the first error.
-func (b *bench) parallel(label string, n int, fn func(i int) (call, error)) ([]call, error) {
+func (b *bench) parallel(label string, n, concurrency int, fn func(i int) (call, error)) ([]call, error) {
 	calls := make([]call, n)
 	ctx, cancel := context.WithCancelCause(b.ctx)
 	defer cancel(nil)
@@ -170,7 +268,7 @@ func (b *bench) parallel(label string, n int, fn func(i int) (call, error)) ([]c
 	var wg sync.WaitGroup
 	var done atomic.Int64
 	stop := b.progress.start(label, func() float64 { return float64(done.Load()) / float64(n) })
-	for range min(b.opts.concurrency, n) {
+	for range min(concurrency, n) {
 		wg.Go(func() {
 			for i := range next {
 				c, err := fn(i)
