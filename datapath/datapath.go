@@ -18,7 +18,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/bpfbridge/bpfbridge/datapath/program"
-	"github.com/bpfbridge/bpfbridge/trace"
+	"github.com/bpfbridge/bpfbridge/datapath/trace"
 )
 
 // DefaultBPFFS is where the node's bpffs is mounted (and mounted if missing).

@@ -18,8 +18,8 @@ import (
 
 	"github.com/bpfbridge/bpfbridge/datapath"
 	"github.com/bpfbridge/bpfbridge/datapath/topology"
+	"github.com/bpfbridge/bpfbridge/datapath/trace"
 	"github.com/bpfbridge/bpfbridge/ipam"
-	"github.com/bpfbridge/bpfbridge/trace"
 )
 
 // portUpTimeout bounds the wait for the new bridge port to come up.

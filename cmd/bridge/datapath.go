@@ -14,7 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/bpfbridge/bpfbridge/datapath"
-	"github.com/bpfbridge/bpfbridge/trace"
+	"github.com/bpfbridge/bpfbridge/datapath/trace"
 )
 
 // Environment variables that set the datapath options a config leaves

@@ -12,8 +12,8 @@ import (
 
 	"github.com/bpfbridge/bpfbridge/datapath"
 	"github.com/bpfbridge/bpfbridge/datapath/topology"
+	"github.com/bpfbridge/bpfbridge/datapath/trace"
 	"github.com/bpfbridge/bpfbridge/ipam"
-	"github.com/bpfbridge/bpfbridge/trace"
 )
 
 // cmdDel detaches a container. It is idempotent and best effort: the

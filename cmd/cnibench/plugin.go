@@ -20,8 +20,8 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/bpfbridge/bpfbridge/datapath/trace"
 	"github.com/bpfbridge/bpfbridge/test/sandbox"
-	"github.com/bpfbridge/bpfbridge/trace"
 )
 
 // plugin is one set of plugins under test: a CNI_PATH directory with a
