@@ -44,7 +44,7 @@ func TestFastPathSkipsTheBridge(t *testing.T) {
 			dp := openDatapath(t, sb)
 			before := map[string]endpointTraffic{}
 			for _, c := range []container{client, server} {
-				before[c.id] = trafficOf(t, dp, c)
+				before[c.id] = settledTraffic(t, dp, c)
 			}
 
 			seen := captureTCP(t, sb, hostVeth(t, sb, server), client.ip, server.ip, func() {
@@ -61,7 +61,7 @@ func TestFastPathSkipsTheBridge(t *testing.T) {
 			}
 
 			for _, c := range []container{client, server} {
-				d := trafficOf(t, dp, c).minus(before[c.id])
+				d := settledTraffic(t, dp, c).minus(before[c.id])
 				if d.sent != d.txEth0 || d.delivered != d.rxEth0 {
 					t.Errorf("%s: counted %d sent and %d delivered, its eth0 sent %d and received %d",
 						c.id, d.sent, d.delivered, d.txEth0, d.rxEth0)
@@ -93,6 +93,23 @@ type endpointTraffic struct {
 
 func (a endpointTraffic) minus(b endpointTraffic) endpointTraffic {
 	return endpointTraffic{a.sent - b.sent, a.delivered - b.delivered, a.fastPath - b.fastPath, a.txEth0 - b.txEth0, a.rxEth0 - b.rxEth0}
+}
+
+// settledTraffic is trafficOf once two readings 100 ms apart agree (at
+// most 3 s): the datapath's and eth0's counters cannot be read at one
+// instant, and the flow's last segments may still be on their way.
+func settledTraffic(t *testing.T, dp *datapath.Datapath, c container) endpointTraffic {
+	t.Helper()
+	last := trafficOf(t, dp, c)
+	for range 30 {
+		time.Sleep(100 * time.Millisecond)
+		now := trafficOf(t, dp, c)
+		if now == last {
+			break
+		}
+		last = now
+	}
+	return last
 }
 
 func trafficOf(t *testing.T, dp *datapath.Datapath, c container) endpointTraffic {
