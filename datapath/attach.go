@@ -223,11 +223,9 @@ func legacyProgramIDs(ifindex int, h hook) ([]ebpf.ProgramID, error) {
 
 // markVeth sets the endpoint's host veth's alias to VethAlias, the mark by
 // which the kernel tells the endpoints of the node (discover.go). Only a
-// veth whose endpoint is recorded carries it.
+// veth whose endpoint is recorded carries it. The caller knows the veth is
+// the endpoint's (Attach just created it; Upgrade checks).
 func (d *Datapath) markVeth(m *program.BpfbridgeEndpointMeta) error {
-	if !d.vethExists(m) {
-		return nil
-	}
 	l := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: int(m.Ifindex)}}
 	if err := netlink.LinkSetAlias(l, VethAlias); err != nil {
 		return fmt.Errorf("mark host veth %s: %w", program.CString(m.HostIfname[:]), err)

@@ -259,9 +259,13 @@ func (d *Datapath) Upgrade() (int, error) {
 			errs = append(errs, fmt.Errorf("endpoint %s/%s: %w", program.CString(m.ContainerId[:]), program.CString(m.Ifname[:]), err))
 			return
 		}
-		if err := d.markVeth(m); err != nil {
-			errs = append(errs, err)
-			return
+		// Endpoints of builds that did not mark their veths get the mark;
+		// a veth gone with its container needs none.
+		if d.vethExists(m) {
+			if err := d.markVeth(m); err != nil {
+				errs = append(errs, err)
+				return
+			}
 		}
 		program.SetCString(m.ProgTag[:], tag)
 		if err := d.maps.meta.Update(key, m, ebpf.UpdateExist); err != nil {
