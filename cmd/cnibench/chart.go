@@ -15,20 +15,50 @@ const (
 	barRight   = 930
 	chartTop   = 50
 	lineBottom = 330
-	barRow     = 24 // height of one traffic figure (its bars and gap)
+	barRow     = 27 // height of one traffic figure (its bars and gap)
 )
 
 // colors of the plugin sets, in order; the first is ours.
 var colors = []string{"#1565c0", "#e65100"}
+
+// bareColor is the bare veth pair's.
+const bareColor = "#757575"
+
+// barRun is one traffic run's figures of metrics, as the bars draw them.
+type barRun struct {
+	pt      trafficPoint
+	metrics []metricInfo
+}
+
+// barRuns are the traffic runs the bars draw, in order.
+func (r *report) barRuns() []barRun {
+	var runs []barRun
+	for _, pt := range r.Traffic {
+		runs = append(runs, barRun{pt, trafficMetrics})
+	}
+	if r.Published != nil {
+		runs = append(runs, barRun{*r.Published, publishedMetrics})
+	}
+	return runs
+}
+
+// barSeries are the sets each figure has a bar for: the plugin sets, then
+// the bare veth pair.
+func (r *report) barSeries(pt trafficPoint) (labels, colours []string, figs []map[string]figure) {
+	for i, l := range r.labels() {
+		labels, colours, figs = append(labels, l), append(colours, colors[i]), append(figs, pt.Plugins[l])
+	}
+	return append(labels, bareLabel), append(colours, bareColor), append(figs, pt.Bare)
+}
 
 // svg draws ADD latency (median and 99th percentile) against N for each
 // plugin set, and the traffic figures as bars scaled per figure, so that
 // figures of different units share one chart.
 func (r *report) svg() string {
 	rows := 0
-	for _, pt := range r.Traffic {
-		for _, m := range trafficMetrics {
-			if _, ok := pt.Plugins[r.Plugins[0].Label][m.Name]; ok {
+	for _, run := range r.barRuns() {
+		for _, m := range run.metrics {
+			if _, ok := run.pt.Plugins[r.Plugins[0].Label][m.Name]; ok && m.Better != "" {
 				rows++
 			}
 		}
@@ -109,37 +139,37 @@ func (r *report) latencyChart(b *strings.Builder) {
 }
 
 func (r *report) trafficBars(b *strings.Builder) {
-	fmt.Fprintf(b, `<text x="%d" y="%d" font-weight="bold">Traffic (each figure scaled to the larger of the two)</text>`+"\n", lineRight+50, chartTop-12)
+	fmt.Fprintf(b, `<text x="%d" y="%d" font-weight="bold">Traffic (each figure scaled to the largest; grey: %s)</text>`+"\n", lineRight+50, chartTop-12, bareLabel)
 	row := 0
-	for _, pt := range r.Traffic {
-		for _, m := range trafficMetrics {
-			if _, ok := pt.Plugins[r.Plugins[0].Label][m.Name]; !ok {
+	for _, run := range r.barRuns() {
+		labels, colours, figs := r.barSeries(run.pt)
+		for _, m := range run.metrics {
+			if _, ok := run.pt.Plugins[r.Plugins[0].Label][m.Name]; !ok || m.Better == "" {
 				continue
 			}
 			top := 0.0
-			for _, l := range r.labels() {
-				if f := pt.Plugins[l][m.Name]; f.Value != nil {
-					top = max(top, *f.Value)
+			for _, f := range figs {
+				if v := f[m.Name].Value; v != nil {
+					top = max(top, *v)
 				}
 			}
 			y0 := chartTop + row*barRow
-			masq := ""
-			if pt.Masquerade {
-				masq = ", ipMasq"
-			}
-			fmt.Fprintf(b, `<text x="%d" y="%d" text-anchor="end">%s (%s%s, %s is better)</text>`+"\n",
-				barLeft-6, y0+13, m.Name, html.EscapeString(m.Unit), masq, m.Better)
-			bar := (barRow - 4) / len(r.Plugins)
-			for pi, l := range r.labels() {
-				f := pt.Plugins[l][m.Name]
-				yb := y0 + pi*bar
+			fmt.Fprintf(b, `<text x="%d" y="%d" text-anchor="end">%s (%s, %s, %s is better)</text>`+"\n",
+				barLeft-6, y0+13, m.Name, html.EscapeString(m.Unit), html.EscapeString(run.pt.Run), m.Better)
+			bar := (barRow - 4) / len(labels)
+			for i := range labels {
+				f, ok := figs[i][m.Name]
+				if !ok {
+					continue // a figure the bare pair has no meaning for
+				}
+				yb := y0 + i*bar
 				if f.Value == nil || top == 0 {
-					fmt.Fprintf(b, `<text x="%d" y="%d" fill="%s">%s</text>`+"\n", barLeft+2, yb+bar-1, colors[pi], f.String())
+					fmt.Fprintf(b, `<text x="%d" y="%d" font-size="8" fill="%s">%s</text>`+"\n", barLeft+2, yb+bar-1, colours[i], f.String())
 					continue
 				}
 				w := *f.Value / top * (barRight - barLeft - 40)
-				fmt.Fprintf(b, `<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"/><text x="%.1f" y="%d" font-size="9">%s</text>`+"\n",
-					barLeft, yb, w, bar-1, colors[pi], float64(barLeft)+w+3, yb+bar-2, num(*f.Value))
+				fmt.Fprintf(b, `<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"/><text x="%.1f" y="%d" font-size="8">%s</text>`+"\n",
+					barLeft, yb, w, bar-1, colours[i], float64(barLeft)+w+3, yb+bar-1, num(*f.Value))
 			}
 			row++
 		}

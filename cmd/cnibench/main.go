@@ -10,8 +10,12 @@
 // nftables rules, BPF map entries). It then measures traffic between
 // containers and to the outside world (TCP stream throughput, TCP
 // request/response latency, TCP connection rate, small-packet UDP rate),
-// without and with masquerade. The two plugins take turns at every N and
-// every traffic phase, so that drift on the machine hits both alike.
+// without and with masquerade, and from the outside to a container's
+// published port (with ADD's cost for 10 port mappings). Beside the plugins
+// every traffic phase also runs on a bare veth pair between two namespaces,
+// the physical limit, and each figure is divided by the pair's too. The
+// plugin sets and the pair take turns at every N and every traffic phase,
+// so that drift on the machine hits all alike.
 //
 // Results go to <out>/cnibench.md, cnibench.json and cnibench.svg. It needs
 // root; everything it creates lives in namespaces named bpfb-cb…, a sandbox
@@ -57,6 +61,7 @@ type options struct {
 	phase                time.Duration
 	outDir               string
 	iperf3               bool
+	publishedAdds        int // ADDs with port mappings and without, each, in the published-ports run
 	callTimeout, maxTime time.Duration
 }
 
@@ -76,6 +81,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.phase, "duration", 5*time.Second, "length of each traffic phase")
 	fs.StringVar(&o.outDir, "o", "test/results", "output directory for cnibench.{md,json,svg}")
 	fs.BoolVar(&o.iperf3, "iperf3", false, "cross-check the container-to-container TCP stream with iperf3")
+	fs.IntVar(&o.publishedAdds, "published-adds", 20, fmt.Sprintf("ADDs with %d port mappings, and as many without, timed in the published-ports run", publishedMappings))
 	fs.DurationVar(&o.callTimeout, "call-timeout", 30*time.Second, "limit for one plugin call")
 	fs.DurationVar(&o.maxTime, "max-time", 30*time.Minute, "limit for the whole run")
 	if err := fs.Parse(args); err != nil {
@@ -109,8 +115,8 @@ func parseFlags(args []string) (options, error) {
 		}
 		o.masquerade = append(o.masquerade, m)
 	}
-	if o.phase <= 0 || o.callTimeout <= 0 || o.maxTime <= 0 {
-		return o, errors.New("-duration, -call-timeout and -max-time must be positive")
+	if o.phase <= 0 || o.callTimeout <= 0 || o.maxTime <= 0 || o.publishedAdds <= 0 {
+		return o, errors.New("-duration, -call-timeout, -max-time and -published-adds must be positive")
 	}
 	if o.compare != "" && o.label == o.compareLabel {
 		return o, errors.New("-label and -compare-label must differ")
@@ -175,7 +181,7 @@ func run(o options) (err error) {
 		return err
 	}
 	if o.traffic {
-		if rep.Traffic, rep.Iperf3, err = b.traffic(); err != nil {
+		if rep.Traffic, rep.Published, rep.Iperf3, err = b.traffic(); err != nil {
 			return err
 		}
 	}

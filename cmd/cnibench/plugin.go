@@ -31,6 +31,15 @@ type plugin struct {
 	Dir   string `json:"dir"`
 }
 
+// chainsPortmap tells whether the set has a portmap plugin: such a set
+// (the reference) publishes ports by chaining it after its bridge, as a
+// runtime's conflist does; a set without one (bpfbridge) is asked to map
+// them itself.
+func (p *plugin) chainsPortmap() bool {
+	_, err := os.Stat(filepath.Join(p.Dir, "portmap"))
+	return err == nil
+}
+
 // network is one plugin's network on one sandbox node, driven through libcni
 // as a runtime drives it.
 type network struct {
@@ -41,28 +50,46 @@ type network struct {
 	dataDir string // the IPAM store root
 	name    string
 	timeout time.Duration
+	// caps are the capability arguments (libcni's CAP_ARGS) each
+	// container was added with, by id, which its DEL passes again.
+	caps map[string]map[string]any
 }
 
 // netconf is the network both plugin sets get: the same JSON, since the
 // reference ignores the keys it does not know (datapath). Like the DC/OS
-// config it names a gateway and a default route.
-func netconf(name, subnet, dataDir, bpffs string, masq bool) string {
+// config it names a gateway and a default route. With ports, the network
+// publishes ports the standard way: the portMappings capability, declared
+// by a chained portmap plugin when chained, by the bridge plugin otherwise.
+func netconf(name, subnet, dataDir, bpffs string, masq, ports, chained bool) string {
+	var bridgeCaps, portmap string
+	switch {
+	case ports && chained:
+		portmap = `, {"type": "portmap", "capabilities": {"portMappings": true}}`
+	case ports:
+		bridgeCaps = `"capabilities": {"portMappings": true},`
+	}
 	return fmt.Sprintf(`{"cniVersion": "1.1.0", "name": %q, "plugins": [{
-		"type": "bridge", "bridge": "cb0", "isGateway": true, "ipMasq": %t, "mtu": 1500,
+		"type": "bridge", "bridge": "cb0", "isGateway": true, "ipMasq": %t, "mtu": %d, %s
 		"datapath": {"bpffs": %q},
-		"ipam": {"type": "host-local", "subnet": %q, "dataDir": %q, "routes": [{"dst": "0.0.0.0/0"}]}}]}`,
-		name, masq, bpffs, subnet, dataDir)
+		"ipam": {"type": "host-local", "subnet": %q, "dataDir": %q, "routes": [{"dst": "0.0.0.0/0"}]}}%s]}`,
+		name, masq, networkMTU, bridgeCaps, bpffs, subnet, dataDir, portmap)
 }
 
+// networkMTU is the MTU of every network under test, and of the bare veth
+// pair they are compared with.
+const networkMTU = 1500
+
 // newNetwork prepares p's network on sb, with its IPAM store and result
-// cache in fresh directories under tmp, never under /var/lib/cni.
-func newNetwork(sb *sandbox.Sandbox, p *plugin, tmp, name, subnet string, masq bool, timeout time.Duration) (*network, error) {
+// cache in fresh directories under tmp, never under /var/lib/cni. With
+// ports, it can publish containers' ports (see netconf).
+func newNetwork(sb *sandbox.Sandbox, p *plugin, tmp, name, subnet string, masq, ports bool, timeout time.Duration) (*network, error) {
 	dir, err := os.MkdirTemp(tmp, p.Label+"-")
 	if err != nil {
 		return nil, err
 	}
-	n := &network{sb: sb, plugin: p, cache: filepath.Join(dir, "cache"), dataDir: filepath.Join(dir, "ipam"), name: name, timeout: timeout}
-	n.list, err = libcni.NetworkConfFromBytes([]byte(netconf(name, subnet, n.dataDir, sb.BPFFS, masq)))
+	n := &network{sb: sb, plugin: p, cache: filepath.Join(dir, "cache"), dataDir: filepath.Join(dir, "ipam"), name: name,
+		timeout: timeout, caps: map[string]map[string]any{}}
+	n.list, err = libcni.NetworkConfFromBytes([]byte(netconf(name, subnet, n.dataDir, sb.BPFFS, masq, ports, p.chainsPortmap())))
 	return n, err
 }
 
@@ -79,6 +106,16 @@ type call struct {
 // add attaches the container netns ctr as id/eth0 and returns the
 // container's IPv4 address.
 func (n *network) add(ctx context.Context, ctr *sandbox.NetNS, id string) (netip.Addr, call, error) {
+	return n.addWith(ctx, ctr, id, nil)
+}
+
+// addWith is add with capability arguments, as a runtime passes them
+// (libcni's RuntimeConf.CapabilityArgs, cnitool's CAP_ARGS): libcni hands
+// each to the plugins that declare the capability, in runtimeConfig.
+func (n *network) addWith(ctx context.Context, ctr *sandbox.NetNS, id string, caps map[string]any) (netip.Addr, call, error) {
+	if caps != nil {
+		n.caps[id] = caps
+	}
 	var res types.Result
 	c, err := n.invoke(ctx, func(cni *libcni.CNIConfig, ctx context.Context) (err error) {
 		res, err = cni.AddNetworkList(ctx, n.list, n.runtimeConf(ctr, id))
@@ -95,15 +132,20 @@ func (n *network) add(ctx context.Context, ctr *sandbox.NetNS, id string) (netip
 	return ip.Unmap(), c, nil
 }
 
-// del detaches id/eth0 from the container netns ctr.
+// del detaches id/eth0 from the container netns ctr, with the capability
+// arguments it was added with.
 func (n *network) del(ctx context.Context, ctr *sandbox.NetNS, id string) (call, error) {
-	return n.invoke(ctx, func(cni *libcni.CNIConfig, ctx context.Context) error {
+	c, err := n.invoke(ctx, func(cni *libcni.CNIConfig, ctx context.Context) error {
 		return cni.DelNetworkList(ctx, n.list, n.runtimeConf(ctr, id))
 	})
+	if err == nil {
+		delete(n.caps, id)
+	}
+	return c, err
 }
 
 func (n *network) runtimeConf(ctr *sandbox.NetNS, id string) *libcni.RuntimeConf {
-	return &libcni.RuntimeConf{ContainerID: id, NetNS: ctr.Path, IfName: "eth0"}
+	return &libcni.RuntimeConf{ContainerID: id, NetNS: ctr.Path, IfName: "eth0", CapabilityArgs: n.caps[id]}
 }
 
 // invoke runs one libcni operation from inside the node, so that the plugin

@@ -62,8 +62,21 @@ var trafficMetrics = []metricInfo{
 	{"tcp_rr_c2c_p99_us", "µs", "lower", "the same, 99th percentile"},
 	{"tcp_rr_ext_p50_us", "µs", "lower", "1-byte TCP request/response round trip, median, container to external"},
 	{"tcp_rr_ext_p99_us", "µs", "lower", "the same, 99th percentile"},
+	{"tcp_crr_c2c_per_s", "1/s", "higher", "TCP connect+close per second, container to container"},
 	{"tcp_crr_ext_per_s", "1/s", "higher", "TCP connect+close per second, container to external"},
 	{"udp_c2c_pps", "packets/s", "higher", "64-byte UDP datagrams received per second, one sender, container to container"},
+}
+
+// publishedMetrics are the figures of one plugin set in the published-ports
+// run: the path from the outside to a container's published port, and ADD
+// with port mappings.
+var publishedMetrics = []metricInfo{
+	{"tcp_rr_pub_p50_us", "µs", "lower", "1-byte TCP request/response round trip, median, external to a container's published port (the node's address, host port)"},
+	{"tcp_rr_pub_p99_us", "µs", "lower", "the same, 99th percentile"},
+	{"tcp_crr_pub_per_s", "1/s", "higher", "TCP connect+close per second, external to the published port"},
+	{"add_pub0_p50_ms", "ms", "lower", "ADD latency, median, on the published-ports network, without port mappings"},
+	{"add_pub10_p50_ms", "ms", "lower", "the same with 10 port mappings"},
+	{"add_pub10_extra_ms", "ms", "", "ADD median with 10 port mappings minus without"},
 }
 
 // report is the JSON file, and the source of the Markdown and the SVG.
@@ -78,6 +91,7 @@ type report struct {
 	Metrics      map[string]metricInfo   `json:"metrics"`
 	Scale        []scalePoint            `json:"scale"`
 	Traffic      []trafficPoint          `json:"traffic"`
+	Published    *trafficPoint           `json:"published_ports,omitempty"`
 	Iperf3       map[string]*iperf3Check `json:"iperf3,omitempty"`
 }
 
@@ -90,6 +104,12 @@ type settings struct {
 	SandboxPrefix   string  `json:"sandbox_prefix"`
 	ScaleSubnet     string  `json:"scale_subnet"`
 	TrafficSubnet   string  `json:"traffic_subnet"`
+	// PublishedAdds is how many ADDs of each kind (with and without port
+	// mappings) the published-ports run times.
+	PublishedAdds int `json:"published_adds"`
+	// BareVeth describes the physical-limit path measured beside the
+	// plugins.
+	BareVeth string `json:"bare_veth"`
 }
 
 // scalePoint is one N at one ipMasq and concurrency: each plugin set's
@@ -114,11 +134,17 @@ type scaleResult struct {
 	Error         string             `json:"error,omitempty"`
 }
 
-// trafficPoint is one traffic run, without or with masquerade.
+// trafficPoint is one traffic run: without or with masquerade, or the
+// published-ports run.
 type trafficPoint struct {
+	Run        string                       `json:"run"` // "ipMasq false", "ipMasq true" or "published ports"
 	Masquerade bool                         `json:"masquerade"`
 	Plugins    map[string]map[string]figure `json:"plugins"`
 	Ratios     map[string]*float64          `json:"ratios,omitempty"`
+	// Bare are the figures of the bare veth pair in the same run, and
+	// BareRatios each plugin set's figures divided by them.
+	Bare       map[string]figure              `json:"bare_veth"`
+	BareRatios map[string]map[string]*float64 `json:"bare_ratios"`
 }
 
 // figure is a measured value, or why there is none: Unsupported when the
@@ -160,9 +186,10 @@ func values(figs map[string]figure) map[string]float64 {
 	return v
 }
 
-// unsupported returns the reason given for the first unsupported figure, or "".
-func unsupported(figs map[string]figure) string {
-	for _, m := range trafficMetrics {
+// unsupported returns the reason given for the first unsupported figure of
+// metrics, or "".
+func unsupported(figs map[string]figure, metrics []metricInfo) string {
+	for _, m := range metrics {
 		if f := figs[m.Name]; f.Unsupported {
 			return f.Error
 		}
@@ -175,22 +202,7 @@ func ratios(metrics []metricInfo, plugins []*plugin, get func(label string) map[
 	if len(plugins) < 2 {
 		return nil
 	}
-	a, b := get(plugins[0].Label), get(plugins[1].Label)
-	r := map[string]*float64{}
-	for _, m := range metrics {
-		if m.Better == "" {
-			continue
-		}
-		va, okA := a[m.Name]
-		vb, okB := b[m.Name]
-		if !okA || !okB || vb == 0 {
-			r[m.Name] = nil
-			continue
-		}
-		q := va / vb
-		r[m.Name] = &q
-	}
-	return r
+	return divide(metrics, get(plugins[0].Label), get(plugins[1].Label))
 }
 
 type machine struct {
@@ -241,7 +253,8 @@ func newReport(o options, plugins []*plugin, prefix string) *report {
 		Machine: thisMachine(),
 		Settings: settings{
 			N: o.ns, Concurrency: o.concurrency, IPMasq: o.masquerade, PhaseSeconds: o.phase.Seconds(), UDPPayloadBytes: udpPayload,
-			SandboxPrefix: prefix, ScaleSubnet: scaleSubnet, TrafficSubnet: trafficSubnet,
+			SandboxPrefix: prefix, ScaleSubnet: scaleSubnet, TrafficSubnet: trafficSubnet, PublishedAdds: o.publishedAdds,
+			BareVeth: fmt.Sprintf("two namespaces joined by one veth pair, MTU %d, no plugin: the physical limit, measured in every traffic run", networkMTU),
 		},
 		Plugins: plugins,
 		Metrics: map[string]metricInfo{},
@@ -250,7 +263,7 @@ func newReport(o options, plugins []*plugin, prefix string) *report {
 		r.RatioMeaning = fmt.Sprintf("%s / %s. For metrics whose better is \"lower\" (latency, CPU, memory) a ratio below 1 means %[1]s is better; "+
 			"for \"higher\" (throughput, rates) a ratio above 1 means %[1]s is better.", plugins[0].Label, plugins[1].Label)
 	}
-	for _, ms := range [][]metricInfo{scaleMetrics, trafficMetrics} {
+	for _, ms := range [][]metricInfo{scaleMetrics, trafficMetrics, publishedMetrics} {
 		for _, m := range ms {
 			r.Metrics[m.Name] = m
 		}
@@ -300,13 +313,17 @@ func num(v float64) string {
 func cell(figs []string, ratio *float64) string {
 	s := strings.Join(figs, " / ")
 	if len(figs) > 1 {
-		if ratio != nil {
-			s += fmt.Sprintf(" (**%.2f**)", *ratio)
-		} else {
-			s += " (–)"
-		}
+		s += ratioSuffix(ratio)
 	}
 	return s
+}
+
+// ratioSuffix shows a ratio after the figures, in bold.
+func ratioSuffix(ratio *float64) string {
+	if ratio == nil {
+		return " (–)"
+	}
+	return fmt.Sprintf(" (**%.2f**)", *ratio)
 }
 
 func (r *report) labels() []string {
@@ -417,20 +434,49 @@ func (r *report) markdown() string {
 		[]string{"add_cpu_ms", "add_maxrss_kib", "cold_add_ms", "iptables_rules", "nft_rules", "bpf_map_entries"})
 	r.phaseTable(&b)
 
-	if len(r.Traffic) == 0 {
-		return b.String()
+	if len(r.Traffic) > 0 {
+		r.trafficTable(&b, "**Traffic** (2 containers on the node; external = a namespace beyond the node's uplink)",
+			r.Traffic, trafficMetrics)
 	}
-	fmt.Fprintf(&b, "**Traffic** (2 containers on the node; external = a namespace beyond the node's uplink)\n\n| figure | better |")
-	for _, pt := range r.Traffic {
-		fmt.Fprintf(&b, " %s |", map[bool]string{false: "ipMasq false", true: "ipMasq true"}[pt.Masquerade])
+	if r.Published != nil {
+		r.trafficTable(&b, fmt.Sprintf("**Published ports** (external → the node's uplink address, host port → a container; ipMasq %t; "+
+			"a set with a portmap plugin chains it, others get `\"capabilities\": {\"portMappings\": true}`; mappings passed as libcni capability "+
+			"arguments, %d ADDs of each kind)", r.Published.Masquerade, r.Settings.PublishedAdds),
+			[]trafficPoint{*r.Published}, publishedMetrics)
 	}
-	b.WriteString("\n|---|---|" + strings.Repeat("---:|", len(r.Traffic)) + "\n")
-	for _, m := range trafficMetrics {
-		if _, ok := r.Traffic[0].Plugins[r.Plugins[0].Label][m.Name]; !ok {
+	r.bareTable(&b)
+	for _, l := range r.labels() {
+		if c := r.Iperf3[l]; c != nil {
+			fmt.Fprintf(&b, "\nCross-check, %s, container to container: cnibench %.2f Gbit/s, iperf3 %.2f Gbit/s (%+.1f%%).\n",
+				l, c.CnibenchGbps, c.Iperf3Gbps, c.DifferencePct)
+		}
+	}
+	return b.String()
+}
+
+// trafficTable writes one column per run of points and one row per figure
+// of metrics that the runs have: cells are each plugin set's figure, then
+// the bare veth pair's where it has one, and the ratio of the first two.
+func (r *report) trafficTable(b *strings.Builder, title string, points []trafficPoint, metrics []metricInfo) {
+	bare := false
+	for _, pt := range points {
+		bare = bare || len(pt.Bare) > 0
+	}
+	labels := strings.Join(r.labels(), " / ")
+	if bare {
+		labels += " / " + bareLabel
+	}
+	fmt.Fprintf(b, "%s; cells are %s\n\n| figure | better |", title, labels)
+	for _, pt := range points {
+		fmt.Fprintf(b, " %s |", pt.Run)
+	}
+	b.WriteString("\n|---|---|" + strings.Repeat("---:|", len(points)) + "\n")
+	for _, m := range metrics {
+		if _, ok := points[0].Plugins[r.Plugins[0].Label][m.Name]; !ok {
 			continue // a phase not run (iperf3 without --iperf3)
 		}
-		fmt.Fprintf(&b, "| %s (%s) | %s |", m.What, m.Unit, m.Better)
-		for _, pt := range r.Traffic {
+		fmt.Fprintf(b, "| %s (%s) | %s |", m.What, m.Unit, cmp.Or(m.Better, "–"))
+		for _, pt := range points {
 			var figs []string
 			for _, l := range r.labels() {
 				f, ok := pt.Plugins[l][m.Name]
@@ -440,22 +486,71 @@ func (r *report) markdown() string {
 				}
 				figs = append(figs, f.String())
 			}
-			fmt.Fprintf(&b, " %s |", cell(figs, pt.Ratios[m.Name]))
+			s := strings.Join(figs, " / ")
+			if f, ok := pt.Bare[m.Name]; ok {
+				s += " / " + f.String()
+			}
+			if len(figs) > 1 {
+				s += ratioSuffix(pt.Ratios[m.Name])
+			}
+			fmt.Fprintf(b, " %s |", s)
 		}
 		b.WriteString("\n")
 	}
-	for _, pt := range r.Traffic {
+	for _, pt := range points {
 		for _, l := range r.labels() {
-			if why := unsupported(pt.Plugins[l]); why != "" {
-				fmt.Fprintf(&b, "\nn/a: %s with ipMasq %t: unsupported: %s\n", l, pt.Masquerade, why)
+			if why := unsupported(pt.Plugins[l], metrics); why != "" {
+				fmt.Fprintf(b, "\nn/a: %s, %s: unsupported: %s\n", l, pt.Run, why)
 			}
 		}
 	}
-	for _, l := range r.labels() {
-		if c := r.Iperf3[l]; c != nil {
-			fmt.Fprintf(&b, "\nCross-check, %s, container to container: cnibench %.2f Gbit/s, iperf3 %.2f Gbit/s (%+.1f%%).\n",
-				l, c.CnibenchGbps, c.Iperf3Gbps, c.DifferencePct)
-		}
+	b.WriteString("\n")
+}
+
+// bareTable writes each plugin set's traffic figures divided by the bare
+// veth pair's in the same run, one row per figure the pair has, one column
+// per run: the distance to the physical limit.
+func (r *report) bareTable(b *strings.Builder) {
+	points := slices.Clone(r.Traffic)
+	if r.Published != nil {
+		points = append(points, *r.Published)
 	}
-	return b.String()
+	if len(points) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "**Against the physical limit**: each figure ÷ the %s pair's in the same run (%s); cells are %s. "+
+		"For \"higher\" figures 1.0 is the limit, for \"lower\" ones (latency) the ratio is how many times the pair's.\n\n| figure | better |",
+		bareLabel, r.Settings.BareVeth, strings.Join(r.labels(), " / "))
+	for _, pt := range points {
+		fmt.Fprintf(b, " %s |", pt.Run)
+	}
+	b.WriteString("\n|---|---|" + strings.Repeat("---:|", len(points)) + "\n")
+	for _, m := range append(slices.Clone(trafficMetrics), publishedMetrics...) {
+		measured := false
+		for _, pt := range points {
+			_, ok := pt.Bare[m.Name]
+			measured = measured || ok
+		}
+		if !measured || m.Better == "" {
+			continue
+		}
+		fmt.Fprintf(b, "| %s (%s) | %s |", m.What, m.Unit, m.Better)
+		for _, pt := range points {
+			if _, ok := pt.Bare[m.Name]; !ok {
+				b.WriteString(" – |")
+				continue
+			}
+			var cells []string
+			for _, l := range r.labels() {
+				if q := pt.BareRatios[l][m.Name]; q != nil {
+					cells = append(cells, fmt.Sprintf("%.2f", *q))
+				} else {
+					cells = append(cells, "–")
+				}
+			}
+			fmt.Fprintf(b, " %s |", strings.Join(cells, " / "))
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\n")
 }

@@ -106,7 +106,7 @@ func (b *bench) scaleRun(index int, p *plugin, c scaleCase) (*scaleResult, error
 			return nil, err
 		}
 	}
-	net, err := newNetwork(sb, p, b.tmp, "scale", scaleSubnet, c.masq, b.opts.callTimeout)
+	net, err := newNetwork(sb, p, b.tmp, "scale", scaleSubnet, c.masq, false, b.opts.callTimeout)
 	if err != nil {
 		return nil, err
 	}

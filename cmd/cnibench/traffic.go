@@ -31,18 +31,40 @@ const (
 	crossCheckRounds = 3
 )
 
-// trafficEnv is one plugin set's traffic node: two containers, c0 and c1,
-// on one network, and the External namespace beyond the node's uplink.
+// target is one path a phase measures: from client to a server inside
+// server listening at listen (port 0: any free port), which the client
+// reaches at dial; a zero dial is the listener's own address, another one a
+// translation on the way (a published port).
+type target struct {
+	client, server *sandbox.NetNS
+	listen, dial   netip.AddrPort
+}
+
+// to is the target of a server listening at addr inside server, reached
+// directly from client.
+func to(client, server *sandbox.NetNS, addr netip.Addr) target {
+	return target{client: client, server: server, listen: netip.AddrPortFrom(addr, 0)}
+}
+
+// trafficEnv is one set of endpoints the phases measure: a plugin set's
+// traffic node (two containers, c0 and c1, on one network, and the External
+// namespace beyond the node's uplink), or the bare veth pair.
 type trafficEnv struct {
-	plugin *plugin
-	sb     *sandbox.Sandbox
-	net    *network
-	ctrs   [2]*sandbox.NetNS
-	ips    [2]netip.Addr
+	label  string
+	plugin *plugin // nil for the bare pair
+	// c2c is container to container, ext container to the outside, pub
+	// the outside to a container's published port (the published-ports
+	// run); for the bare pair each is the pair itself.
+	c2c, ext, pub target
 	// failed is a figure for every phase when the containers could not be
 	// attached: unsupported when the plugin rejects the config as such
-	// (CNI error 2, bpfbridge's answer to ipMasq until masquerade lands).
+	// (CNI error 2), or ignores the port mappings it was given.
 	failed *figure
+	close  func(ctx context.Context) error
+	// net and sb are the plugin set's network and node (nil for the bare
+	// pair), for the phases that call the plugin.
+	net *network
+	sb  *sandbox.Sandbox
 }
 
 // phase is one traffic measurement; it fills the figures it names.
@@ -52,105 +74,145 @@ type phase struct {
 	run     func(ctx context.Context, e *trafficEnv, d time.Duration) (map[string]float64, error)
 	// span is how long run takes for a phase length d, if not d.
 	span func(d time.Duration) time.Duration
+	// pluginsOnly phases measure the plugin, not a path: the bare pair
+	// skips them.
+	pluginsOnly bool
 }
 
 func (b *bench) phases(masq bool) []phase {
-	ps := []phase{
-		{"TCP stream container→container", []string{"tcp_stream_c2c_gbps"}, func(ctx context.Context, e *trafficEnv, d time.Duration) (map[string]float64, error) {
-			bps, err := sandbox.TCPStream(ctx, e.ctrs[0], e.ctrs[1], e.ips[1], d)
-			return map[string]float64{"tcp_stream_c2c_gbps": bps / 1e9}, err
-		}, nil},
-	}
+	c2c := func(e *trafficEnv) target { return e.c2c }
+	ext := func(e *trafficEnv) target { return e.ext }
+	ps := []phase{streamPhase("TCP stream container→container", "tcp_stream_c2c_gbps", c2c)}
 	if b.opts.iperf3 && !masq {
 		// Right after the stream phase, on the same containers.
-		ps = append(ps, phase{"iperf3 cross-check container→container", []string{"iperf3_stream_c2c_gbps", "paired_stream_c2c_gbps"}, func(ctx context.Context, e *trafficEnv, d time.Duration) (map[string]float64, error) {
-			ours, theirs, err := crossCheck(ctx, e.ctrs[0], e.ctrs[1], e.ips[1], d)
-			return map[string]float64{"iperf3_stream_c2c_gbps": theirs / 1e9, "paired_stream_c2c_gbps": ours / 1e9}, err
-		}, func(d time.Duration) time.Duration {
-			rounds, round := crossCheckPlan(d)
-			return 2 * time.Duration(rounds) * round
-		}})
+		ps = append(ps, phase{name: "iperf3 cross-check container→container", figures: []string{"iperf3_stream_c2c_gbps", "paired_stream_c2c_gbps"},
+			run: func(ctx context.Context, e *trafficEnv, d time.Duration) (map[string]float64, error) {
+				t := e.c2c
+				ours, theirs, err := crossCheck(ctx, t.client, t.server, t.listen.Addr(), d)
+				return map[string]float64{"iperf3_stream_c2c_gbps": theirs / 1e9, "paired_stream_c2c_gbps": ours / 1e9}, err
+			}, span: func(d time.Duration) time.Duration {
+				rounds, round := crossCheckPlan(d)
+				return 2 * time.Duration(rounds) * round
+			}})
 	}
 	return append(ps,
-		phase{"TCP stream container→external", []string{"tcp_stream_ext_gbps"}, func(ctx context.Context, e *trafficEnv, d time.Duration) (map[string]float64, error) {
-			bps, err := sandbox.TCPStream(ctx, e.ctrs[0], e.sb.External, e.sb.Internet4, d)
-			return map[string]float64{"tcp_stream_ext_gbps": bps / 1e9}, err
-		}, nil},
-		rrPhase("TCP request/response container→container", "tcp_rr_c2c", func(e *trafficEnv) (*sandbox.NetNS, netip.Addr) {
-			return e.ctrs[1], e.ips[1]
-		}),
-		rrPhase("TCP request/response container→external", "tcp_rr_ext", func(e *trafficEnv) (*sandbox.NetNS, netip.Addr) {
-			return e.sb.External, e.sb.Internet4
-		}),
-		phase{"TCP connections container→external", []string{"tcp_crr_ext_per_s"}, func(ctx context.Context, e *trafficEnv, d time.Duration) (map[string]float64, error) {
-			rate, err := sandbox.TCPConnectRate(ctx, e.ctrs[0], e.sb.External, e.sb.Internet4, d)
-			return map[string]float64{"tcp_crr_ext_per_s": rate}, err
-		}, nil},
-		phase{"UDP 64-byte container→container", []string{"udp_c2c_pps"}, func(ctx context.Context, e *trafficEnv, d time.Duration) (map[string]float64, error) {
-			pps, _, err := sandbox.UDPRate(ctx, e.ctrs[0], e.ctrs[1], e.ips[1], udpPayload, d)
-			return map[string]float64{"udp_c2c_pps": pps}, err
-		}, nil},
+		streamPhase("TCP stream container→external", "tcp_stream_ext_gbps", ext),
+		rrPhase("TCP request/response container→container", "tcp_rr_c2c", c2c),
+		rrPhase("TCP request/response container→external", "tcp_rr_ext", ext),
+		crrPhase("TCP connections container→container", "tcp_crr_c2c_per_s", c2c),
+		crrPhase("TCP connections container→external", "tcp_crr_ext_per_s", ext),
+		phase{name: "UDP 64-byte container→container", figures: []string{"udp_c2c_pps"},
+			run: func(ctx context.Context, e *trafficEnv, d time.Duration) (map[string]float64, error) {
+				t := e.c2c
+				pps, _, err := sandbox.UDPRate(ctx, t.client, t.server, t.listen.Addr(), udpPayload, d)
+				return map[string]float64{"udp_c2c_pps": pps}, err
+			}},
 	)
 }
 
-// rrPhase measures 1-byte TCP request/response round trips from the first
-// container to the server dst picks, as metrics <key>_p50_us and _p99_us.
-func rrPhase(name, key string, dst func(*trafficEnv) (*sandbox.NetNS, netip.Addr)) phase {
-	return phase{name, []string{key + "_p50_us", key + "_p99_us"}, func(ctx context.Context, e *trafficEnv, d time.Duration) (map[string]float64, error) {
-		ns, ip := dst(e)
-		rtts, err := sandbox.TCPRequestResponse(ctx, e.ctrs[0], ns, ip, d, maxExchanges)
+// streamPhase measures one TCP stream to the target pick chooses, as metric
+// key.
+func streamPhase(name, key string, pick func(*trafficEnv) target) phase {
+	return phase{name: name, figures: []string{key}, run: func(ctx context.Context, e *trafficEnv, d time.Duration) (map[string]float64, error) {
+		t := pick(e)
+		bps, err := sandbox.TCPStream(ctx, t.client, t.server, t.listen.Addr(), d)
+		return map[string]float64{key: bps / 1e9}, err
+	}}
+}
+
+// rrPhase measures 1-byte TCP request/response round trips to the target
+// pick chooses, as metrics <key>_p50_us and _p99_us.
+func rrPhase(name, key string, pick func(*trafficEnv) target) phase {
+	return phase{name: name, figures: []string{key + "_p50_us", key + "_p99_us"}, run: func(ctx context.Context, e *trafficEnv, d time.Duration) (map[string]float64, error) {
+		t := pick(e)
+		rtts, err := sandbox.TCPRequestResponseAt(ctx, t.client, t.server, t.listen, t.dial, d, maxExchanges)
 		if err == nil && len(rtts) == 0 {
 			err = errors.New("no exchange completed")
 		}
 		us := func(p float64) float64 { return float64(sandbox.Percentile(rtts, p)) / float64(time.Microsecond) }
 		return map[string]float64{key + "_p50_us": us(50), key + "_p99_us": us(99)}, err
-	}, nil}
+	}}
 }
 
-// traffic runs every phase without and with masquerade, the plugin sets
-// taking turns at each phase.
-func (b *bench) traffic() ([]trafficPoint, map[string]*iperf3Check, error) {
-	var points []trafficPoint
+// crrPhase measures TCP connect+close per second to the target pick
+// chooses, as metric key.
+func crrPhase(name, key string, pick func(*trafficEnv) target) phase {
+	return phase{name: name, figures: []string{key}, run: func(ctx context.Context, e *trafficEnv, d time.Duration) (map[string]float64, error) {
+		t := pick(e)
+		rate, err := sandbox.TCPConnectRateAt(ctx, t.client, t.server, t.listen, t.dial, d)
+		return map[string]float64{key: rate}, err
+	}}
+}
+
+// traffic runs every phase without and with masquerade, then the published
+// ports phases, the plugin sets and the bare veth pair taking turns at each
+// phase.
+func (b *bench) traffic() (points []trafficPoint, published *trafficPoint, checks map[string]*iperf3Check, err error) {
 	for _, masq := range []bool{false, true} {
-		pt, err := b.trafficRun(masq)
+		pt, err := b.trafficRun(masq, false, b.phases(masq), trafficMetrics)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		points = append(points, pt)
 	}
-	if !b.opts.iperf3 {
-		return points, nil, nil
+	pub, err := b.trafficRun(publishedMasquerade, true, b.publishedPhases(), publishedMetrics)
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	checks := map[string]*iperf3Check{}
+	if !b.opts.iperf3 {
+		return points, &pub, nil, nil
+	}
+	checks = map[string]*iperf3Check{}
 	for label, figs := range points[0].Plugins {
 		ours, theirs := figs["paired_stream_c2c_gbps"].Value, figs["iperf3_stream_c2c_gbps"].Value
 		if ours != nil && theirs != nil {
 			checks[label] = &iperf3Check{CnibenchGbps: *ours, Iperf3Gbps: *theirs, DifferencePct: 100 * (*ours - *theirs) / *theirs}
 		}
 	}
-	return points, checks, nil
+	return points, &pub, checks, nil
 }
 
-func (b *bench) trafficRun(masq bool) (pt trafficPoint, err error) {
-	pt = trafficPoint{Masquerade: masq, Plugins: map[string]map[string]figure{}}
+// trafficRun builds each plugin set's node (with published ports if
+// published) and the bare pair, runs the phases on each in turn, and
+// divides the figures of metrics.
+func (b *bench) trafficRun(masq, published bool, phases []phase, metrics []metricInfo) (pt trafficPoint, err error) {
+	pt = trafficPoint{Masquerade: masq, Plugins: map[string]map[string]figure{}, Bare: map[string]figure{}}
 	var envs []*trafficEnv
 	defer func() {
 		for _, e := range envs {
 			err = errors.Join(err, e.close(b.ctx))
 		}
 	}()
+	tag := fmt.Sprintf("t%t", masq)
+	if published {
+		tag = "pub"
+	}
 	for i, p := range b.plugins {
-		e, err := b.newTrafficEnv(i, p, masq)
+		e, err := b.newTrafficEnv(i, p, tag, masq, published)
 		if err != nil {
 			return pt, err
 		}
 		envs = append(envs, e)
 		pt.Plugins[p.Label] = map[string]figure{}
 	}
-	mode := map[bool]string{false: "no masquerade", true: "masquerade"}[masq]
-	for _, ph := range b.phases(masq) {
+	bare, err := newBareEnv(b.prefix + "bare" + tag + "-")
+	if err != nil {
+		return pt, err
+	}
+	envs = append(envs, bare)
+	mode := map[bool]string{false: "ipMasq false", true: "ipMasq true"}[masq]
+	if published {
+		mode = "published ports"
+	}
+	pt.Run = mode
+	for _, ph := range phases {
 		for _, e := range envs {
-			figs := pt.Plugins[e.plugin.Label]
+			figs := pt.Bare
+			if e.plugin != nil {
+				figs = pt.Plugins[e.plugin.Label]
+			} else if ph.pluginsOnly {
+				continue
+			}
 			if e.failed != nil {
 				// Still run no phase, but name every figure it would have
 				// had, so that the JSON has the same shape for both sets.
@@ -163,7 +225,7 @@ func (b *bench) trafficRun(masq bool) (pt trafficPoint, err error) {
 			if ph.span != nil {
 				span = ph.span(span)
 			}
-			stop := b.progress.timed(fmt.Sprintf("%s, %s: %s", e.plugin.Label, mode, ph.name), span)
+			stop := b.progress.timed(fmt.Sprintf("%s, %s: %s", e.label, mode, ph.name), span)
 			values, err := ph.run(b.ctx, e, b.opts.phase)
 			stop()
 			if b.ctx.Err() != nil {
@@ -177,37 +239,70 @@ func (b *bench) trafficRun(masq bool) (pt trafficPoint, err error) {
 				}
 			}
 			if err != nil {
-				b.progress.logf("%s, %s: %s: %v", e.plugin.Label, mode, ph.name, err)
+				b.progress.logf("%s, %s: %s: %v", e.label, mode, ph.name, err)
 			}
 		}
 	}
-	pt.Ratios = ratios(trafficMetrics, b.plugins, func(label string) map[string]float64 { return values(pt.Plugins[label]) })
+	pt.Ratios = ratios(metrics, b.plugins, func(label string) map[string]float64 { return values(pt.Plugins[label]) })
+	pt.BareRatios = map[string]map[string]*float64{}
+	for _, p := range b.plugins {
+		pt.BareRatios[p.Label] = divide(metrics, values(pt.Plugins[p.Label]), values(pt.Bare))
+	}
 	return pt, nil
 }
 
-// newTrafficEnv builds plugin set p's traffic node and attaches c0 and c1.
-// A plugin's refusal is recorded in the env; only a broken sandbox is an error.
-func (b *bench) newTrafficEnv(index int, p *plugin, masq bool) (*trafficEnv, error) {
-	sb, err := sandbox.New(fmt.Sprintf("%sp%dt%t-", b.prefix, index, masq))
+// newTrafficEnv builds plugin set p's traffic node and attaches c0 and c1
+// (with published, c0 alone, publishing a port). A plugin's refusal is
+// recorded in the env; only a broken sandbox is an error.
+func (b *bench) newTrafficEnv(index int, p *plugin, tag string, masq, published bool) (*trafficEnv, error) {
+	sb, err := sandbox.New(fmt.Sprintf("%sp%d%s-", b.prefix, index, tag))
 	if err != nil {
 		return nil, err
 	}
-	e := &trafficEnv{plugin: p, sb: sb}
-	if e.net, err = newNetwork(sb, p, b.tmp, "traffic", trafficSubnet, masq, b.opts.callTimeout); err != nil {
+	e := &trafficEnv{label: p.Label, plugin: p, sb: sb}
+	var ctrs [2]*sandbox.NetNS
+	var ips [2]netip.Addr
+	e.close = func(ctx context.Context) error {
+		var errs []error
+		for i, c := range ctrs {
+			if c != nil && ips[i].IsValid() {
+				_, err := e.net.del(ctx, c, fmt.Sprintf("cnibench-t%d", i))
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(append(errs, sb.Close())...)
+	}
+	if e.net, err = newNetwork(sb, p, b.tmp, "traffic", trafficSubnet, masq, published, b.opts.callTimeout); err != nil {
 		return e, errors.Join(err, sb.Close())
 	}
-	for i := range e.ctrs {
-		if e.ctrs[i], err = sb.NewContainer(fmt.Sprintf("c%d", i)); err != nil {
+	count := len(ctrs)
+	if published {
+		count = 1
+	}
+	for i := range count {
+		if ctrs[i], err = sb.NewContainer(fmt.Sprintf("c%d", i)); err != nil {
 			return e, errors.Join(err, sb.Close())
 		}
 	}
-	for i := range e.ctrs {
-		if e.ips[i], _, err = e.net.add(b.ctx, e.ctrs[i], fmt.Sprintf("cnibench-t%d", i)); err != nil {
+	for i := range count {
+		var caps map[string]any
+		if published {
+			caps = portMappings(publishedHostPort, publishedContainerPort, 1)
+		}
+		if ips[i], _, err = e.net.addWith(b.ctx, ctrs[i], fmt.Sprintf("cnibench-t%d", i), caps); err != nil {
 			e.failed = &figure{Unsupported: cniCode(err) == 2, Error: err.Error()}
-			b.progress.logf("%s, ipMasq %t: ADD failed, phases skipped: %v", p.Label, masq, err)
+			b.progress.logf("%s, %s: ADD failed, phases skipped: %v", p.Label, tag, err)
 			return e, nil
 		}
 	}
+	if published {
+		e.pub = target{client: sb.External, server: ctrs[0], listen: netip.AddrPortFrom(ips[0], publishedContainerPort),
+			dial: netip.AddrPortFrom(sb.NodeUplink4.Addr(), publishedHostPort)}
+		e.failed = b.checkPublished(e)
+		return e, nil
+	}
+	e.c2c = to(ctrs[0], ctrs[1], ips[1])
+	e.ext = to(ctrs[0], sb.External, sb.Internet4)
 	if !masq {
 		// Without NAT, External must route the containers' subnet back.
 		err = sb.AddExternalRoute(netip.MustParsePrefix(trafficSubnet))
@@ -215,16 +310,15 @@ func (b *bench) newTrafficEnv(index int, p *plugin, masq bool) (*trafficEnv, err
 	return e, err
 }
 
-// close detaches the containers and removes the node.
-func (e *trafficEnv) close(ctx context.Context) error {
-	var errs []error
-	for i, c := range e.ctrs {
-		if c != nil && e.ips[i].IsValid() {
-			_, err := e.net.del(ctx, c, fmt.Sprintf("cnibench-t%d", i))
-			errs = append(errs, err)
-		}
+// newBareEnv builds the bare veth pair: every path of it goes from one end
+// to the other.
+func newBareEnv(prefix string) (*trafficEnv, error) {
+	pair, err := sandbox.NewVethPair(prefix, networkMTU)
+	if err != nil {
+		return nil, err
 	}
-	return errors.Join(append(errs, e.sb.Close())...)
+	t := to(pair.A, pair.B, pair.AddrB)
+	return &trafficEnv{label: bareLabel, c2c: t, ext: t, pub: t, close: func(context.Context) error { return pair.Close() }}, nil
 }
 
 // crossCheck measures the TCP stream from client to addr inside server with

@@ -36,7 +36,7 @@ const (
 // addr inside server, as fast as it can for d, and returns the throughput
 // the sink received, in bits per second.
 func TCPStream(ctx context.Context, client, server *NetNS, addr netip.Addr, d time.Duration) (bitsPerSecond float64, err error) {
-	c, s, err := tcpPair(client, server, addr)
+	c, s, err := tcpPair(client, server, netip.AddrPortFrom(addr, 0), netip.AddrPort{})
 	if err != nil {
 		return 0, err
 	}
@@ -81,7 +81,15 @@ func TCPStream(ctx context.Context, client, server *NetNS, addr netip.Addr, d ti
 // after the other, for d and at most max exchanges, and returns each
 // round trip.
 func TCPRequestResponse(ctx context.Context, client, server *NetNS, addr netip.Addr, d time.Duration, max int) ([]time.Duration, error) {
-	c, s, err := tcpPair(client, server, addr)
+	return TCPRequestResponseAt(ctx, client, server, netip.AddrPortFrom(addr, 0), netip.AddrPort{}, d, max)
+}
+
+// TCPRequestResponseAt is [TCPRequestResponse] with the echo server
+// listening at listen inside server (port 0: any free port) and the client
+// connecting to dial, which a translation on the way (a published port)
+// takes to listen; a zero dial is the listener's own address.
+func TCPRequestResponseAt(ctx context.Context, client, server *NetNS, listen, dial netip.AddrPort, d time.Duration, max int) ([]time.Duration, error) {
+	c, s, err := tcpPair(client, server, listen, dial)
 	if err != nil {
 		return nil, err
 	}
@@ -106,10 +114,10 @@ func TCPRequestResponse(ctx context.Context, client, server *NetNS, addr netip.A
 	for len(rtts) < max && ctx.Err() == nil && time.Now().Before(deadline) {
 		start := time.Now()
 		if _, err := c.Write(buf); err != nil {
-			return rtts, fmt.Errorf("sandbox: TCP request to %s from %s: %w", addr, client.Name, err)
+			return rtts, fmt.Errorf("sandbox: TCP request to %s from %s: %w", c.RemoteAddr(), client.Name, err)
 		}
 		if _, err := io.ReadFull(c, buf); err != nil {
-			return rtts, fmt.Errorf("sandbox: TCP response from %s to %s: %w", addr, client.Name, err)
+			return rtts, fmt.Errorf("sandbox: TCP response from %s to %s: %w", c.RemoteAddr(), client.Name, err)
 		}
 		rtts = append(rtts, time.Since(start))
 	}
@@ -123,7 +131,13 @@ func TCPRequestResponse(ctx context.Context, client, server *NetNS, addr netip.A
 // what is measured is the handshake through the datapath, connection
 // tracking and NAT included.
 func TCPConnectRate(ctx context.Context, client, server *NetNS, addr netip.Addr, d time.Duration) (perSecond float64, err error) {
-	ln, err := listenTCP(server, addr)
+	return TCPConnectRateAt(ctx, client, server, netip.AddrPortFrom(addr, 0), netip.AddrPort{}, d)
+}
+
+// TCPConnectRateAt is [TCPConnectRate] with the server listening at listen
+// and the client connecting to dial, as for [TCPRequestResponseAt].
+func TCPConnectRateAt(ctx context.Context, client, server *NetNS, listen, dial netip.AddrPort, d time.Duration) (perSecond float64, err error) {
+	ln, err := listenTCP(server, listen)
 	if err != nil {
 		return 0, err
 	}
@@ -145,7 +159,7 @@ func TCPConnectRate(ctx context.Context, client, server *NetNS, addr netip.Addr,
 			})
 		}
 	})
-	dst := ln.Addr().String()
+	dst := dialAddr(ln, dial)
 	count := 0
 	start := time.Now()
 	deadline := start.Add(d)
@@ -234,11 +248,11 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 	return s[min(max(rank, 0), len(s)-1)]
 }
 
-// listenTCP listens on addr, port 0, inside n.
-func listenTCP(n *NetNS, addr netip.Addr) (*net.TCPListener, error) {
+// listenTCP listens on addr inside n.
+func listenTCP(n *NetNS, addr netip.AddrPort) (*net.TCPListener, error) {
 	var ln *net.TCPListener
 	err := n.Do(func() (err error) {
-		ln, err = net.ListenTCP(network("tcp", addr), net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
+		ln, err = net.ListenTCP(network("tcp", addr.Addr()), net.TCPAddrFromAddrPort(addr))
 		return err
 	})
 	if err != nil {
@@ -247,20 +261,31 @@ func listenTCP(n *NetNS, addr netip.Addr) (*net.TCPListener, error) {
 	return ln, nil
 }
 
-// tcpPair connects client to a listener at addr inside server and returns
-// both ends of the connection.
-func tcpPair(client, server *NetNS, addr netip.Addr) (c, s net.Conn, err error) {
-	ln, err := listenTCP(server, addr)
+// dialAddr is where a client reaches ln: dial, or without one ln's own
+// address.
+func dialAddr(ln *net.TCPListener, dial netip.AddrPort) string {
+	if dial.IsValid() {
+		return dial.String()
+	}
+	return ln.Addr().String()
+}
+
+// tcpPair connects client to dial (see dialAddr), which leads to a
+// listener at listen inside server, and returns both ends of the
+// connection.
+func tcpPair(client, server *NetNS, listen, dial netip.AddrPort) (c, s net.Conn, err error) {
+	ln, err := listenTCP(server, listen)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer ln.Close()
+	dst := dialAddr(ln, dial)
 	err = client.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp", ln.Addr().String(), dialTimeout)
+		c, err = net.DialTimeout("tcp", dst, dialTimeout)
 		return err
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("sandbox: TCP connect to %s from %s: %w", ln.Addr(), client.Name, err)
+		return nil, nil, fmt.Errorf("sandbox: TCP connect to %s from %s: %w", dst, client.Name, err)
 	}
 	ln.SetDeadline(time.Now().Add(dialTimeout))
 	if s, err = ln.Accept(); err != nil {
