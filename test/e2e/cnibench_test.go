@@ -3,9 +3,11 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,8 +17,9 @@ import (
 
 // TestCnibench runs the load tool at a small N with one-second phases
 // against bpfbridge and the reference plugins, and checks that its JSON
-// holds every figure for both sets, and the ratios, and that it left no
-// namespace or bpffs behind.
+// holds every figure for both sets and for the bare veth pair, the ratios
+// to each other and to the pair, the published-ports run, and that it left
+// no namespace or bpffs behind.
 func TestCnibench(t *testing.T) {
 	bin := filepath.Join(bins.PluginDir(), "cnibench")
 	if _, err := os.Stat(bin); err != nil {
@@ -24,12 +27,12 @@ func TestCnibench(t *testing.T) {
 	}
 	out, tmp := t.TempDir(), t.TempDir()
 	args := []string{"--plugins", bins.PluginDir(), "--compare", bins.ReferencePluginDir(),
-		"-n", "1,5", "--concurrency", "2", "--duration", "1s", "-o", out}
+		"-n", "1,5", "--concurrency", "2", "--duration", "1s", "--published-adds", "3", "-o", out}
 	_, iperfErr := exec.LookPath("iperf3")
 	if iperfErr == nil {
 		args = append(args, "--iperf3")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	// Its IPAM stores and result caches go under TMPDIR: checked below.
@@ -53,16 +56,9 @@ func TestCnibench(t *testing.T) {
 			} `json:"plugins"`
 			Ratios map[string]*float64 `json:"ratios"`
 		} `json:"scale"`
-		Traffic []struct {
-			Masquerade bool `json:"masquerade"`
-			Plugins    map[string]map[string]struct {
-				Value       *float64 `json:"value"`
-				Unsupported bool     `json:"unsupported"`
-				Error       string   `json:"error"`
-			} `json:"plugins"`
-			Ratios map[string]*float64 `json:"ratios"`
-		} `json:"traffic"`
-		Iperf3 map[string]struct {
+		Traffic   []cnibenchRun `json:"traffic"`
+		Published *cnibenchRun  `json:"published_ports"`
+		Iperf3    map[string]struct {
 			CnibenchGbps float64 `json:"cnibench_gbps"`
 			Iperf3Gbps   float64 `json:"iperf3_gbps"`
 		} `json:"iperf3"`
@@ -117,7 +113,7 @@ func TestCnibench(t *testing.T) {
 
 	trafficFigures := []string{"tcp_stream_c2c_gbps", "tcp_stream_ext_gbps", "tcp_rr_c2c_p50_us", "tcp_rr_c2c_p99_us",
 		"tcp_rr_ext_p50_us", "tcp_rr_ext_p99_us",
-		"tcp_crr_ext_per_s", "udp_c2c_pps"}
+		"tcp_crr_c2c_per_s", "tcp_crr_ext_per_s", "udp_c2c_pps"}
 	if len(rep.Traffic) != 2 || rep.Traffic[0].Masquerade || !rep.Traffic[1].Masquerade {
 		t.Fatalf("traffic runs: want without and with masquerade, got %d", len(rep.Traffic))
 	}
@@ -149,6 +145,45 @@ func TestCnibench(t *testing.T) {
 				}
 			}
 		}
+		pt.checkBare(t, plugins, trafficFigures)
+	}
+
+	// Published ports: the reference (bridge + chained portmap) reaches the
+	// container from outside, and ADD with 10 mappings is measured beside
+	// ADD without; bpfbridge either does the same or, while it ignores
+	// port mappings, is marked unsupported with the reason.
+	pub := rep.Published
+	if pub == nil || pub.Run != "published ports" {
+		t.Fatalf("no published-ports run: %+v", pub)
+	}
+	pathFigures := []string{"tcp_rr_pub_p50_us", "tcp_rr_pub_p99_us", "tcp_crr_pub_per_s"}
+	addFigures := []string{"add_pub0_p50_ms", "add_pub10_p50_ms"}
+	for _, p := range plugins {
+		for _, f := range append(slices.Clone(pathFigures), addFigures...) {
+			fig, ok := pub.Plugins[p][f]
+			switch {
+			case !ok:
+				t.Errorf("published ports %s: no %s", p, f)
+			case p == "bpfbridge" && fig.Unsupported:
+				if !strings.Contains(fig.Error, "not reachable from outside") {
+					t.Errorf("unsupported %s without the reason: %q", f, fig.Error)
+				}
+			case fig.Value == nil || *fig.Value <= 0:
+				t.Errorf("published ports %s: %s = %+v", p, f, fig)
+			}
+		}
+		if _, ok := pub.Plugins[p]["add_pub10_extra_ms"]; !ok {
+			t.Errorf("published ports %s: no add_pub10_extra_ms", p)
+		}
+	}
+	pub.checkBare(t, plugins, pathFigures)
+	for _, f := range addFigures {
+		if _, ok := pub.Bare[f]; ok {
+			t.Errorf("the bare pair has an ADD figure %s", f)
+		}
+	}
+	if r := pub.Ratios["tcp_rr_pub_p50_us"]; pub.Plugins["bpfbridge"]["tcp_rr_pub_p50_us"].Value != nil && (r == nil || *r <= 0) {
+		t.Errorf("published ports: ratio tcp_rr_pub_p50_us = %v", r)
 	}
 	if iperfErr == nil {
 		for _, p := range plugins {
@@ -172,6 +207,48 @@ func TestCnibench(t *testing.T) {
 		for _, e := range entries {
 			if strings.HasPrefix(e.Name(), prefix) {
 				t.Errorf("left behind: %s", filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+}
+
+// cnibenchRun is a traffic run of cnibench.json.
+type cnibenchRun struct {
+	Run        string                               `json:"run"`
+	Masquerade bool                                 `json:"masquerade"`
+	Plugins    map[string]map[string]cnibenchFigure `json:"plugins"`
+	Ratios     map[string]*float64                  `json:"ratios"`
+	Bare       map[string]cnibenchFigure            `json:"bare_veth"`
+	BareRatios map[string]map[string]*float64       `json:"bare_ratios"`
+}
+
+type cnibenchFigure struct {
+	Value       *float64 `json:"value"`
+	Unsupported bool     `json:"unsupported"`
+	Error       string   `json:"error"`
+}
+
+// checkBare checks that the bare veth pair has every figure of the run,
+// and that each plugin set's measured figures are divided by it: the ratio
+// is the plugin's value over the pair's.
+func (r *cnibenchRun) checkBare(t *testing.T, plugins, figures []string) {
+	t.Helper()
+	for _, f := range figures {
+		bare := r.Bare[f]
+		if bare.Value == nil || *bare.Value <= 0 {
+			t.Errorf("%s: bare veth %s = %+v", r.Run, f, bare)
+			continue
+		}
+		for _, p := range plugins {
+			v := r.Plugins[p][f].Value
+			q, ok := r.BareRatios[p][f]
+			switch {
+			case !ok:
+				t.Errorf("%s: no bare-veth ratio of %s for %s", r.Run, f, p)
+			case v == nil && q != nil:
+				t.Errorf("%s: bare-veth ratio of %s for %s without a figure: %v", r.Run, f, p, *q)
+			case v != nil && (q == nil || math.Abs(*q - *v / *bare.Value) > 1e-9*math.Abs(*q)):
+				t.Errorf("%s: bare-veth ratio of %s for %s = %v, want %v / %v", r.Run, f, p, q, *v, *bare.Value)
 			}
 		}
 	}
