@@ -60,7 +60,7 @@ func reaches(from *sandbox.NetNS, to netip.Addr) bool {
 }
 
 // openDatapath opens the sandbox node's datapath state read-only.
-func openDatapath(t *testing.T, sb *sandbox.Sandbox) *datapath.Datapath {
+func openDatapath(t testing.TB, sb *sandbox.Sandbox) *datapath.Datapath {
 	t.Helper()
 	dp, err := datapath.OpenExisting(datapath.Options{BPFFS: sb.BPFFS})
 	if err != nil {

@@ -274,7 +274,7 @@ func nodeVeths(t *testing.T, sb *sandbox.Sandbox) []string {
 }
 
 // linkIn returns the link named name inside n, failing the test if absent.
-func linkIn(t *testing.T, n *sandbox.NetNS, name string) netlink.Link {
+func linkIn(t testing.TB, n *sandbox.NetNS, name string) netlink.Link {
 	t.Helper()
 	var link netlink.Link
 	if err := n.Do(func() (err error) { link, err = netlink.LinkByName(name); return err }); err != nil {
