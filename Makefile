@@ -61,7 +61,8 @@ demo: require-root deps build tools
 ## bench: cnibench, bpfbridge against the reference plugins and the floor (an empty plugin) side by
 ## side on throwaway namespaces: ADD/DEL at N up to 200 with ipMasq false and true, one at a time and
 ## 16 at a time (a boot storm), where bpfbridge's time goes (its phase trace), datapath state,
-## traffic with and without masquerade, iperf3 cross-check; writes test/results/cnibench.{md,json,svg}
+## traffic with and without masquerade and to a published port, each beside a bare veth pair (the
+## physical limit), iperf3 cross-check; writes test/results/cnibench.{md,json,svg}
 ## (about 6 minutes on 2 cores)
 bench: require-root deps build tools
 	$(BIN)/cnibench --plugins $(BIN) --compare $(BIN)/reference -n 1,50,200 --ipmasq false,true \
