@@ -169,6 +169,12 @@ const (
 	BpfbridgeEventBudgetLimitEVENTS_PER_WINDOW BpfbridgeEventBudgetLimit = 64
 )
 
+type BpfbridgeGatewayMac struct {
+	_   structs.HostLayout
+	Mac [6]uint8
+	Pad [2]uint8
+}
+
 type BpfbridgeIcmpScratch struct {
 	_ structs.HostLayout
 	Q struct {
@@ -455,6 +461,7 @@ const (
 	BpfbridgeMapEndpoints         = "endpoints"
 	BpfbridgeMapEventBudget       = "event_budget"
 	BpfbridgeMapFastPathStats     = "fast_path_stats"
+	BpfbridgeMapGatewayMacs       = "gateway_macs"
 	BpfbridgeMapIcmpScratch       = "icmp_scratch"
 	BpfbridgeMapIpOwners          = "ip_owners"
 	BpfbridgeMapMacOwners         = "mac_owners"
@@ -540,6 +547,7 @@ type BpfbridgeMapSpecs struct {
 	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
 	EventBudget   *ebpf.MapSpec `ebpf:"event_budget"`
 	FastPathStats *ebpf.MapSpec `ebpf:"fast_path_stats"`
+	GatewayMacs   *ebpf.MapSpec `ebpf:"gateway_macs"`
 	IcmpScratch   *ebpf.MapSpec `ebpf:"icmp_scratch"`
 	IpOwners      *ebpf.MapSpec `ebpf:"ip_owners"`
 	MacOwners     *ebpf.MapSpec `ebpf:"mac_owners"`
@@ -595,6 +603,7 @@ type BpfbridgeMaps struct {
 	Endpoints     *ebpf.Map `ebpf:"endpoints"`
 	EventBudget   *ebpf.Map `ebpf:"event_budget"`
 	FastPathStats *ebpf.Map `ebpf:"fast_path_stats"`
+	GatewayMacs   *ebpf.Map `ebpf:"gateway_macs"`
 	IcmpScratch   *ebpf.Map `ebpf:"icmp_scratch"`
 	IpOwners      *ebpf.Map `ebpf:"ip_owners"`
 	MacOwners     *ebpf.Map `ebpf:"mac_owners"`
@@ -624,6 +633,7 @@ func (m *BpfbridgeMaps) Close() error {
 		m.Endpoints,
 		m.EventBudget,
 		m.FastPathStats,
+		m.GatewayMacs,
 		m.IcmpScratch,
 		m.IpOwners,
 		m.MacOwners,
