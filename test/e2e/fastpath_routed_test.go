@@ -181,3 +181,47 @@ func udpTTLError(dst netip.AddrPort, ttl int) (netip.Addr, uint8, error) {
 	}
 	return netip.Addr{}, 0, fmt.Errorf("no ICMP error within 3 s")
 }
+
+// TestFastPathPortmap: the reference portmap plugin chained after ours
+// (its iptables DNAT of a hostPort, which the node's conntrack tracks)
+// keeps working with the fast path on. A large exchange from the external
+// namespace to the hostPort echoes whole, and none of the container's
+// answers took the fast path: its flow is conntrack's (bpf_skb_ct_lookup
+// finds it), so all of it stays in the stack, whose conntrack undoes the
+// DNAT. Sent by the fast path, the answers would leave with the container's
+// port instead of the hostPort and the connection would stall.
+func TestFastPathPortmap(t *testing.T) {
+	sb := sandbox.ForTest(t)
+	const hostPort = 18080
+	list := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "pm", "plugins": [
+		{"type": "bridge", "bridge": "br-pm", "isGateway": true, "isDefaultGateway": true, "ipMasq": true,
+		 "datapath": {"bpffs": %q, "fastPath": true},
+		 "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": "10.151.0.0/24"}]]}},
+		{"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}]}`, sb.BPFFS, t.TempDir())
+	n := newChainedNetwork(t, sb, list, t.TempDir())
+	ns, err := sb.NewContainer("pm0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports := map[string]any{"portMappings": []map[string]any{{"hostPort": hostPort, "containerPort": 8080, "protocol": "tcp"}}}
+	if _, err := n.addWith(ns, "pm0", ports); err != nil {
+		t.Fatalf("ADD with a port mapping: %v", err)
+	}
+	t.Cleanup(func() { _ = n.delWith(ns, "pm0", ports) })
+	_, stop, err := sandbox.ServeTCPEcho(ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 8080))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	dp := openDatapath(t, sb)
+	c := container{id: "pm0", ns: ns}
+	before := settledTraffic(t, dp, c)
+	payload := []byte(strings.Repeat("through the host port ", 20000))
+	if err := sandbox.TCPEcho(sb.External, netip.AddrPortFrom(sb.NodeUplink4.Addr(), hostPort), payload, 10*time.Second); err != nil {
+		t.Fatalf("hostPort from the outside with the fast path on: %v", err)
+	}
+	d := settledTraffic(t, dp, c).minus(before)
+	if d.sent == 0 || d.fastPath != 0 {
+		t.Errorf("the container sent %d packets, %d of them by the fast path; want all by the stack (conntrack's flow)", d.sent, d.fastPath)
+	}
+}
