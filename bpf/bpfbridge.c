@@ -154,7 +154,7 @@ static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 di
 	if (dir == DIR_TO_CONTAINER)
 		stats_count_to(st, len);
 	else if ((peer = fast_path_peer(ep, &pkt, ifindex)))
-		return fast_path_deliver(skb, peer, &pkt, len);
+		return fast_path_deliver(skb, ep, peer, &pkt, len);
 	else if ((bridge = fast_path_gateway(ep, &pkt)))
 		return fast_path_route_out(skb, &pkt, bridge, len);
 	return VERDICT_PASS;

@@ -9,7 +9,9 @@
  * Everything else takes the bridge: broadcast and multicast, ARP, frames to
  * the gateway or to an unknown MAC, VLAN-tagged frames, and endpoints whose
  * control plane did not set EP_F_FAST_PATH (ports with VLANs or port
- * isolation, `datapath.fastPath: false`, endpoints of earlier builds). */
+ * isolation, `datapath.fastPath: false`, endpoints of earlier builds).
+ * Where br_netfilter hands bridged frames to netfilter, only flows it does
+ * not track skip the bridge (EP_F_BRIDGE_NF, below). */
 #pragma once
 
 #include <linux/types.h>
@@ -392,12 +394,19 @@ static __always_inline int fast_path_verdict(int admitted)
 	return admitted < 0 ? VERDICT_DROP : VERDICT_PASS;
 }
 
-/* Deliver a frame by the fast path to the container behind the host veth
- * peer on the sender's bridge (fast_path_peer), straight into it. */
-static __always_inline int fast_path_deliver(struct __sk_buff *skb, __u32 peer, const struct pkt *pkt,
-					     __u32 len)
+/* Deliver a frame from ep by the fast path to the container behind the
+ * host veth peer on the sender's bridge (fast_path_peer), straight into
+ * it. Where the node's netfilter sees bridged frames (EP_F_BRIDGE_NF),
+ * only the later packets of flows it does not track skip the bridge, by
+ * the rule of the routed fast path (fast_path_flow_ok). */
+static __always_inline int fast_path_deliver(struct __sk_buff *skb, const struct endpoint *ep, __u32 peer,
+					     const struct pkt *pkt, __u32 len)
 {
-	int admitted = fast_path_admit(peer, pkt, len);
+	int admitted;
+
+	if ((ep->flags & EP_F_BRIDGE_NF) && !fast_path_flow_ok(skb, pkt, 0))
+		return VERDICT_PASS;
+	admitted = fast_path_admit(peer, pkt, len);
 
 	if (admitted <= 0)
 		return fast_path_verdict(admitted);

@@ -66,6 +66,10 @@ type Endpoint struct {
 	// (bpf/fastpath.h); Bridge is the bridge's ifindex.
 	FastPath bool `json:"fast_path"`
 	Bridge   int  `json:"-"`
+	// BridgeNetfilter: the node's netfilter sees bridged frames
+	// (br_netfilter), so the fast path between endpoints of the bridge
+	// carries only flows it does not track (bpf/fastpath.h).
+	BridgeNetfilter bool `json:"-"`
 }
 
 // entry is the endpoint's struct endpoint, in the network with id network.
@@ -76,6 +80,9 @@ func (ep *Endpoint) entry(network uint32) (program.BpfbridgeEndpoint, error) {
 	}
 	if ep.FastPath {
 		e.Flags |= uint8(program.BpfbridgeEndpointFlagsEP_F_FAST_PATH)
+	}
+	if ep.FastPath && ep.BridgeNetfilter {
+		e.Flags |= uint8(program.BpfbridgeEndpointFlagsEP_F_BRIDGE_NF)
 	}
 	return e, e.SetAddrs(net.HardwareAddr(ep.MAC), ep.IPs)
 }

@@ -118,6 +118,7 @@ type BpfbridgeEndpointFlags uint8
 const (
 	BpfbridgeEndpointFlagsEP_F_TAGGED_OK BpfbridgeEndpointFlags = 1
 	BpfbridgeEndpointFlagsEP_F_FAST_PATH BpfbridgeEndpointFlags = 2
+	BpfbridgeEndpointFlagsEP_F_BRIDGE_NF BpfbridgeEndpointFlags = 4
 )
 
 type BpfbridgeEndpointKey struct {
