@@ -6,7 +6,8 @@
  *   from_container  tc ingress of the host veth: what the container sends.
  *                   Anti-spoofing (MAC, IPv4, IPv6, ARP, NDP), then
  *                   isolation by destination; unicast to an endpoint on
- *                   the same bridge is delivered past the bridge
+ *                   the same bridge is delivered past the bridge, and
+ *                   what its gateway routes may be routed here
  *                   (fastpath.h).
  *   to_container    tc egress of the host veth: what is delivered to the
  *                   container. Isolation by source, in the receiver's mode.
@@ -14,7 +15,8 @@
  *                   containers send out (nat.h).
  *   uplink_ingress  tc ingress of an uplink: reverse NAT of the replies and
  *                   of ICMP errors about translated flows (nat.h,
- *                   icmp_error.h).
+ *                   icmp_error.h); replies may go straight into their
+ *                   container (fastpath.h).
  *
  * skb->ifindex is the host veth in the first two, and keys the endpoint; the
  * uplink in the others. Packets pass with TC_ACT_UNSPEC and drop with
@@ -119,52 +121,6 @@ static __always_inline __u8 from_container_policy(struct __sk_buff *skb, const s
 	}
 }
 
-/* The policy for a frame delivered to the container of the host veth
- * ifindex. Only isolation: what reaches the bridge was already checked on
- * its way in, by from_container for containers and by the host for
- * everything else. */
-static __always_inline __u8 to_container_policy(__u32 ifindex, const struct endpoint *ep,
-						const struct pkt *pkt, __u8 parsed)
-{
-	if (pkt->flags & PKT_F_TAGGED)
-		return DROP_NONE;
-	switch (pkt->eth_proto) {
-	case ETH_P_IP:
-	case ETH_P_IPV6:
-		/* Without the addresses there is no isolation decision;
-		 * the receiving stack would discard the packet anyway. */
-		if (parsed != DROP_NONE)
-			return parsed;
-		return isolation_check(ep, pkt, pkt->src_mac, &pkt->saddr, ifindex, DIR_TO_CONTAINER);
-	default:
-		/* ARP and everything else: never isolated. */
-		return DROP_NONE;
-	}
-}
-
-/* Deliver a frame by the fast path to the container behind the host veth
- * peer: what that veth's to_container would have done, its policy and
- * counters, then straight into the container (fastpath.h). A receiver
- * without an endpoint entry (being removed) takes the bridge instead. */
-static __always_inline int fast_path_deliver(struct __sk_buff *skb, __u32 peer, const struct pkt *pkt,
-					     __u32 len)
-{
-	struct endpoint_stats *st;
-	struct endpoint *rcv;
-	__u8 reason;
-
-	rcv = bpf_map_lookup_elem(&endpoints, &peer);
-	if (!rcv || !(rcv->flags & EP_F_FAST_PATH))
-		return VERDICT_PASS;
-	st = stats_get(peer);
-	reason = to_container_policy(peer, rcv, pkt, DROP_NONE);
-	if (reason != DROP_NONE)
-		return drop_packet_for(peer, st, pkt, reason, DIR_TO_CONTAINER);
-	stats_count_to(st, len);
-	fast_path_count(skb->ifindex);
-	return bpf_redirect_peer(peer, 0);
-}
-
 /* The verdict for a frame on a host veth, in direction dir: the endpoint
  * of the veth, its counters, then the direction's policy. Inlined into
  * each program with dir constant, so each keeps only its own branch. */
@@ -175,7 +131,7 @@ static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 di
 	struct endpoint *ep;
 	struct pkt pkt = {};
 	__u8 parsed, reason;
-	__u32 peer;
+	__u32 peer, bridge;
 
 	/* Parse first so that even a no-endpoint drop reports the packet. */
 	parsed = parse_packet(skb, &pkt);
@@ -198,7 +154,9 @@ static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 di
 	if (dir == DIR_TO_CONTAINER)
 		stats_count_to(st, len);
 	else if ((peer = fast_path_peer(ep, &pkt, ifindex)))
-		return fast_path_deliver(skb, peer, &pkt, len);
+		return fast_path_deliver(skb, ep, peer, &pkt, len);
+	else if ((bridge = fast_path_gateway(ep, &pkt)))
+		return fast_path_route_out(skb, &pkt, bridge, len);
 	return VERDICT_PASS;
 }
 
@@ -248,8 +206,8 @@ SEC("tc")
 int uplink_ingress(struct __sk_buff *skb)
 {
 	struct pkt *pkt = uplink_pkt_fresh();
+	int ret, translated = 0;
 	__u8 reason;
-	int ret;
 
 	if (!pkt || parse_packet(skb, pkt) != DROP_NONE || (pkt->flags & PKT_F_TAGGED))
 		return VERDICT_PASS;
@@ -257,9 +215,13 @@ int uplink_ingress(struct __sk_buff *skb)
 		ret = icmp_error_nat(skb, ICMP_ERR_FROM_OUTSIDE);
 		reason = ret < 0 ? (__u8)-ret : DROP_NONE;
 	} else {
-		reason = rnat_ingress(skb, pkt);
+		reason = rnat_ingress(skb, pkt, &translated);
 	}
 	if (reason != DROP_NONE)
 		return drop_packet(skb, NULL, pkt, reason, DIR_UPLINK_INGRESS);
+	/* A reply the masquerade gave back its container's address may go
+	 * straight into the container (fastpath.h), as parsed anew. */
+	if (translated && (pkt = uplink_pkt_fresh()) && parse_packet(skb, pkt) == DROP_NONE)
+		return fast_path_route_in(skb, pkt);
 	return VERDICT_PASS;
 }

@@ -49,6 +49,9 @@ enum __attribute__((packed)) isolation_mode {
 enum __attribute__((packed)) endpoint_flags {
 	EP_F_TAGGED_OK = 1 << 0, /* VLAN trunk port: 802.1Q/802.1ad frames pass */
 	EP_F_FAST_PATH = 1 << 1, /* frames to endpoints on its bridge may skip it (fastpath.h) */
+	EP_F_BRIDGE_NF = 1 << 2, /* the node's netfilter sees bridged frames (br_netfilter): the fast
+				  * path between endpoints of a bridge carries only what it does
+				  * not track, as routed traffic (fastpath.h) */
 };
 
 /* What a container may send as, and how it is isolated. */

@@ -96,3 +96,26 @@ static __always_inline __u8 isolation_check(const struct endpoint *ep, const str
 		return DROP_NONE;
 	return isolation_rule(mode, ep, l3->network);
 }
+
+/* The policy for a frame delivered to the container of the host veth
+ * ifindex. Only isolation: what reaches the bridge was already checked on
+ * its way in, by from_container for containers and by the host for
+ * everything else. */
+static __always_inline __u8 to_container_policy(__u32 ifindex, const struct endpoint *ep,
+						const struct pkt *pkt, __u8 parsed)
+{
+	if (pkt->flags & PKT_F_TAGGED)
+		return DROP_NONE;
+	switch (pkt->eth_proto) {
+	case ETH_P_IP:
+	case ETH_P_IPV6:
+		/* Without the addresses there is no isolation decision;
+		 * the receiving stack would discard the packet anyway. */
+		if (parsed != DROP_NONE)
+			return parsed;
+		return isolation_check(ep, pkt, pkt->src_mac, &pkt->saddr, ifindex, DIR_TO_CONTAINER);
+	default:
+		/* ARP and everything else: never isolated. */
+		return DROP_NONE;
+	}
+}

@@ -1235,9 +1235,10 @@ rewrite:
 }
 
 /* Reverse NAT of a reply arriving on an uplink: a packet matching a live
- * nat_in entry goes on to the container's address and port. Returns
- * DROP_NONE, or DROP_MALFORMED when the kernel refused a rewrite. */
-static __always_inline __u8 rnat_ingress(struct __sk_buff *skb, const struct pkt *pkt)
+ * nat_in entry goes on to the container's address and port (*translated
+ * set). Returns DROP_NONE, or DROP_MALFORMED when the kernel refused a
+ * rewrite. */
+static __always_inline __u8 rnat_ingress(struct __sk_buff *skb, const struct pkt *pkt, int *translated)
 {
 	const struct nat_config *cfg;
 	struct nat_entry *in, *out;
@@ -1291,5 +1292,6 @@ static __always_inline __u8 rnat_ingress(struct __sk_buff *skb, const struct pkt
 			nat_in_port(&it), orig_port))
 		return DROP_MALFORMED;
 	nat_frag_record(pkt, FRAG_INGRESS, orig.b);
+	*translated = 1;
 	return DROP_NONE;
 }

@@ -147,6 +147,7 @@ type maps struct {
 	meta      *ebpf.Map // endpoint key → control-plane record
 	stats     *ebpf.Map // ifindex → per-CPU counters
 	fastPath  *ebpf.Map // ifindex → per-CPU packets sent by the fast path
+	gateways  *ebpf.Map // bridge ifindex → its MAC, the gateway the fast path routes for
 
 	// Masquerade (see masquerade.go).
 	natConfig   *ebpf.Map // [0] → ports and timeouts
@@ -169,6 +170,7 @@ func (m *maps) all() []pin[ebpf.Map] {
 	return []pin[ebpf.Map]{
 		{"endpoints", &m.endpoints}, {"ip_owners", &m.ipOwners}, {"mac_owners", &m.macOwners},
 		{"endpoint_meta", &m.meta}, {"endpoint_stats", &m.stats}, {"fast_path_stats", &m.fastPath},
+		{"gateway_macs", &m.gateways},
 		{"nat_config", &m.natConfig}, {"nat_uplinks", &m.natUplinks},
 		{"nat_networks", &m.natNetworks}, {"nat_exclude", &m.natExclude},
 		{"nat_out", &m.natOut}, {"nat_in", &m.natIn},

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 
 	"github.com/bpfbridge/bpfbridge/datapath/program"
 )
@@ -65,6 +66,10 @@ type Endpoint struct {
 	// (bpf/fastpath.h); Bridge is the bridge's ifindex.
 	FastPath bool `json:"fast_path"`
 	Bridge   int  `json:"-"`
+	// BridgeNetfilter: the node's netfilter sees bridged frames
+	// (br_netfilter), so the fast path between endpoints of the bridge
+	// carries only flows it does not track (bpf/fastpath.h).
+	BridgeNetfilter bool `json:"-"`
 }
 
 // entry is the endpoint's struct endpoint, in the network with id network.
@@ -75,6 +80,9 @@ func (ep *Endpoint) entry(network uint32) (program.BpfbridgeEndpoint, error) {
 	}
 	if ep.FastPath {
 		e.Flags |= uint8(program.BpfbridgeEndpointFlagsEP_F_FAST_PATH)
+	}
+	if ep.FastPath && ep.BridgeNetfilter {
+		e.Flags |= uint8(program.BpfbridgeEndpointFlagsEP_F_BRIDGE_NF)
 	}
 	return e, e.SetAddrs(net.HardwareAddr(ep.MAC), ep.IPs)
 }
@@ -159,8 +167,32 @@ func (d *Datapath) writeEntries(meta *program.BpfbridgeEndpointMeta, bridge int)
 	if err := d.maps.macOwners.Update(macKey(&meta.Ep), &l2, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("record owner of MAC %s: %w", net.HardwareAddr(meta.Ep.Mac[:]), err)
 	}
+	if err := d.writeGateway(bridge); err != nil {
+		return err
+	}
 	if err := d.maps.endpoints.Update(meta.Ifindex, &meta.Ep, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write endpoint: %w", err)
+	}
+	return nil
+}
+
+// writeGateway records the MAC of the bridge (by ifindex) in gateway_macs:
+// frames to it are what the node routes, which the fast path may route
+// itself (bpf/fastpath.h). Read at every ADD: a bridge's MAC follows its
+// ports until the gateway pins it. A bridge that vanished meanwhile is no
+// error here (the veth's own checks catch that); without its entry routed
+// frames simply take the stack.
+func (d *Datapath) writeGateway(bridge int) error {
+	if bridge == 0 {
+		return nil
+	}
+	l, err := netlink.LinkByIndex(bridge)
+	if err != nil || len(l.Attrs().HardwareAddr) != 6 {
+		return nil
+	}
+	gw := program.BpfbridgeGatewayMac{Mac: [6]uint8(l.Attrs().HardwareAddr)}
+	if err := d.maps.gateways.Update(uint32(bridge), &gw, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("record the MAC of bridge %d: %w", bridge, err)
 	}
 	return nil
 }

@@ -258,6 +258,11 @@ var mapDecoders = map[string]mapDumper{
 			}{*v}
 		},
 		func(sum *uint64, v *uint64) { *sum += *v }),
+	program.BpfbridgeMapGatewayMacs: dumpEach(func(k *uint32, v *program.BpfbridgeGatewayMac) MapEntry {
+		return MapEntry{Key: ifindexKey{*k}, Value: struct {
+			MAC MAC `json:"mac"`
+		}{macOf(v.Mac)}}
+	}),
 	program.BpfbridgeMapEventBudget: dumpEachPerCPU(
 		func(k *uint32) any { return indexKey{*k} },
 		func(v *program.BpfbridgeEventBudget) any {

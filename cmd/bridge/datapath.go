@@ -27,24 +27,28 @@ const (
 )
 
 // fastPath reports whether the network's endpoints take the fast path
-// between them (bpf/fastpath.h): as the config key, else the environment
-// ("true" or "false"), says; left unsaid, on unless the node's netfilter
-// filters bridged traffic (br_netfilter's bridge-nf-call-iptables, as
-// Docker and Kubernetes nodes set it), since frames that skip the bridge
-// skip those rules. Never for ports the bridge must see: VLANs, port
-// isolation.
-func (c *NetConf) fastPath() bool {
-	on := !bridgeNetfilter()
+// (bpf/fastpath.h), and whether it must leave what the node's netfilter
+// tracks on the bridge: as the config key, else the environment ("true" or
+// "false"), says; left unsaid, on. Said explicitly, "true" means no rule
+// looks at bridged traffic between containers; left unsaid on a node whose
+// netfilter sees bridged frames (br_netfilter's bridge-nf-call-iptables, as
+// Docker and Kubernetes nodes set it), frames between containers of the
+// bridge skip it only for flows netfilter does not track, past their
+// start, as routed traffic always does. Never for ports the bridge must
+// see: VLANs, port isolation.
+func (c *NetConf) fastPath() (on, bridgeNF bool) {
+	on, said := true, false
 	switch os.Getenv(envFastPath) {
 	case "true":
-		on = true
+		on, said = true, true
 	case "false":
-		on = false
+		on, said = false, true
 	}
 	if c.Datapath.FastPath != nil {
-		on = *c.Datapath.FastPath
+		on, said = *c.Datapath.FastPath, true
 	}
-	return on && c.Vlan == 0 && len(c.trunk) == 0 && !c.PortIsolation
+	on = on && c.Vlan == 0 && len(c.trunk) == 0 && !c.PortIsolation
+	return on, on && !said && bridgeNetfilter()
 }
 
 // bridgeNetfilter reports whether the node's netfilter sees bridged
@@ -119,9 +123,9 @@ func endpointOf(conf *NetConf, args *skel.CmdArgs, hostVeth netlink.Link, mac st
 		MAC:         datapath.MAC(hw),
 		Isolation:   conf.isolation(),
 		TaggedOK:    len(conf.trunk) > 0,
-		FastPath:    conf.fastPath(),
 		Bridge:      hostVeth.Attrs().MasterIndex,
 	}
+	ep.FastPath, ep.BridgeNetfilter = conf.fastPath()
 	for _, ipc := range ips {
 		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok {
 			ep.IPs = append(ep.IPs, a.Unmap())

@@ -118,6 +118,7 @@ type BpfbridgeEndpointFlags uint8
 const (
 	BpfbridgeEndpointFlagsEP_F_TAGGED_OK BpfbridgeEndpointFlags = 1
 	BpfbridgeEndpointFlagsEP_F_FAST_PATH BpfbridgeEndpointFlags = 2
+	BpfbridgeEndpointFlagsEP_F_BRIDGE_NF BpfbridgeEndpointFlags = 4
 )
 
 type BpfbridgeEndpointKey struct {
@@ -168,6 +169,12 @@ type BpfbridgeEventBudgetLimit uint32
 const (
 	BpfbridgeEventBudgetLimitEVENTS_PER_WINDOW BpfbridgeEventBudgetLimit = 64
 )
+
+type BpfbridgeGatewayMac struct {
+	_   structs.HostLayout
+	Mac [6]uint8
+	Pad [2]uint8
+}
 
 type BpfbridgeIcmpScratch struct {
 	_ structs.HostLayout
@@ -455,6 +462,7 @@ const (
 	BpfbridgeMapEndpoints         = "endpoints"
 	BpfbridgeMapEventBudget       = "event_budget"
 	BpfbridgeMapFastPathStats     = "fast_path_stats"
+	BpfbridgeMapGatewayMacs       = "gateway_macs"
 	BpfbridgeMapIcmpScratch       = "icmp_scratch"
 	BpfbridgeMapIpOwners          = "ip_owners"
 	BpfbridgeMapMacOwners         = "mac_owners"
@@ -540,6 +548,7 @@ type BpfbridgeMapSpecs struct {
 	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
 	EventBudget   *ebpf.MapSpec `ebpf:"event_budget"`
 	FastPathStats *ebpf.MapSpec `ebpf:"fast_path_stats"`
+	GatewayMacs   *ebpf.MapSpec `ebpf:"gateway_macs"`
 	IcmpScratch   *ebpf.MapSpec `ebpf:"icmp_scratch"`
 	IpOwners      *ebpf.MapSpec `ebpf:"ip_owners"`
 	MacOwners     *ebpf.MapSpec `ebpf:"mac_owners"`
@@ -595,6 +604,7 @@ type BpfbridgeMaps struct {
 	Endpoints     *ebpf.Map `ebpf:"endpoints"`
 	EventBudget   *ebpf.Map `ebpf:"event_budget"`
 	FastPathStats *ebpf.Map `ebpf:"fast_path_stats"`
+	GatewayMacs   *ebpf.Map `ebpf:"gateway_macs"`
 	IcmpScratch   *ebpf.Map `ebpf:"icmp_scratch"`
 	IpOwners      *ebpf.Map `ebpf:"ip_owners"`
 	MacOwners     *ebpf.Map `ebpf:"mac_owners"`
@@ -624,6 +634,7 @@ func (m *BpfbridgeMaps) Close() error {
 		m.Endpoints,
 		m.EventBudget,
 		m.FastPathStats,
+		m.GatewayMacs,
 		m.IcmpScratch,
 		m.IpOwners,
 		m.MacOwners,

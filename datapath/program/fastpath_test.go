@@ -51,6 +51,12 @@ func TestFastPath(t *testing.T) {
 			func(e *env) []byte {
 				return eth(e.b.mac, e.a.mac, 0x0806, arp(2, e.a.mac, e.a.v4(), e.b.mac, e.b.v4()))
 			}, verdictPass, nil, pass},
+		{"br_netfilter: a TCP segment past the SYN, no flow of conntrack", bridgeNF,
+			func(e *env) []byte { return tcp4To(e.a, e.b, 0x10) }, verdictRedirect, nil, pass},
+		{"br_netfilter: a SYN takes the bridge (netfilter sees every new connection)", bridgeNF,
+			func(e *env) []byte { return tcp4To(e.a, e.b, 0x02) }, verdictPass, nil, pass},
+		{"br_netfilter: UDP takes the bridge (no state says where its flow started)", bridgeNF,
+			func(e *env) []byte { return udp4To(e.a.mac, e.b.mac, e.a.v4(), e.b.v4()) }, verdictPass, nil, pass},
 		{"a receiver without the fast path", func(e *env) { e.b.flags &^= fast; e.putEndpoint(t, e.b) },
 			func(e *env) []byte { return udp4To(e.a.mac, e.b.mac, e.a.v4(), e.b.v4()) }, verdictPass, nil, pass},
 		{"a sender without the fast path", func(e *env) { e.a.flags &^= fast; e.putEndpoint(t, e.a) },
@@ -101,6 +107,20 @@ func TestFastPath(t *testing.T) {
 			}
 		})
 	}
+}
+
+// bridgeNF marks endpoint a as on a node whose netfilter sees bridged
+// frames (EP_F_BRIDGE_NF).
+func bridgeNF(e *env) {
+	e.a.flags |= program.BpfbridgeEndpointFlagsEP_F_BRIDGE_NF
+	if err := e.objs.Endpoints.Put(e.a.ifindex, e.a.entry()); err != nil {
+		panic(err)
+	}
+}
+
+// tcp4To is a TCP segment with flags from endpoint a to b, on the bridge.
+func tcp4To(a, b *testEndpoint, flags uint8) []byte {
+	return ipv4Frame(a.mac, b.mac, a.v4(), b.v4(), protoTCP, tcpSeg(a.v4(), b.v4(), 40000, 80, flags, 1, 1, 1000, nil))
 }
 
 func (e *env) fastPathPackets(t *testing.T, ifindex uint32) uint64 {
