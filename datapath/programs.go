@@ -166,7 +166,7 @@ func (d *Datapath) newCollection(spec *ebpf.CollectionSpec) (*ebpf.Collection, e
 // none of them open.
 func loadPinnedPrograms(dir string, pins []pin[ebpf.Program]) error {
 	for _, p := range pins {
-		prog, err := ebpf.LoadPinnedProgram(filepath.Join(dir, p.name), nil)
+		prog, err := openPinnedProgram(filepath.Join(dir, p.name))
 		if err != nil {
 			closePins(pins)
 			return err
