@@ -117,6 +117,9 @@ func addVeth(name string, mtu, master int, peerName string, peerMAC net.Hardware
 	}
 	for _, m := range msgs {
 		if l, err := netlink.LinkDeserialize(nil, m); err == nil && l.Attrs().Name == name {
+			// The kernel echoes the link as it brought it up, before
+			// enslaving it; the request succeeded, so it is a port now.
+			l.Attrs().MasterIndex = master
 			return l, nil
 		}
 	}
