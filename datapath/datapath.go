@@ -196,13 +196,8 @@ func Open(opts Options) (*Datapath, error) {
 	}
 	opts.Trace.Mark("bpffs")
 	if d.newPrograms, err = d.loadPrograms(); err != nil {
+		d.Close()
 		return nil, err
-	}
-	if opts.Masquerade {
-		if err := d.loadUplinkPrograms(); err != nil {
-			d.Close()
-			return nil, err
-		}
 	}
 	opts.Trace.Mark("programs")
 	if d.maps, err = openMapSet(d.state.mapsDir()); err != nil {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -89,7 +90,7 @@ func findUplinks(q uplinkQuery) ([]uplink, error) {
 			return nil, fmt.Errorf("masquerade uplink ifindex %d: %w", i, err)
 		}
 		u.name = l.Attrs().Name
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+		addrs, err := netlinksafe.AddrList(l, netlink.FAMILY_ALL)
 		if err != nil {
 			return nil, fmt.Errorf("addresses of masquerade uplink %s: %w", u.name, err)
 		}
@@ -126,7 +127,7 @@ func chooseAddresses(uplinks []uplink, want []netip.Addr) error {
 			if err != nil {
 				return err
 			}
-			addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+			addrs, err := netlinksafe.AddrList(l, netlink.FAMILY_ALL)
 			if err != nil {
 				return err
 			}

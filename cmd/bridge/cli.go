@@ -73,7 +73,7 @@ func runDatapath(args []string) int {
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
-	dp, err := datapath.Open(datapath.Options{BPFFS: *bpffs})
+	dp, err := datapath.Open(datapath.Options{BPFFS: *bpffs, Masquerade: args[0] == "load"})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bridge: %v\n", err)
 		return 1

@@ -5,11 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 )
 
 // PortConfig is how a host-side veth joins the bridge.
@@ -53,15 +57,7 @@ func CreateVeth(netns ns.NetNS, ifName string, mtu int, mac string, br *netlink.
 	}
 	for range maxNameAttempts {
 		name := randomVethName()
-		attrs := netlink.NewLinkAttrs()
-		attrs.Name, attrs.MTU, attrs.MasterIndex, attrs.Flags = name, mtu, br.Index, net.FlagUp
-		veth := &netlink.Veth{
-			LinkAttrs:        attrs,
-			PeerName:         ifName,
-			PeerNamespace:    netlink.NsFd(int(netns.Fd())),
-			PeerHardwareAddr: peerMAC,
-		}
-		err := netlink.LinkAdd(veth)
+		host, err := addVeth(name, mtu, br.Index, ifName, peerMAC, int(netns.Fd()))
 		if errors.Is(err, syscall.EEXIST) {
 			if _, lookupErr := netlinksafe.LinkByName(name); lookupErr == nil {
 				continue // the random host name is taken: draw another
@@ -71,12 +67,8 @@ func CreateVeth(netns ns.NetNS, ifName string, mtu int, mac string, br *netlink.
 		if err != nil {
 			return nil, fmt.Errorf("create veth %q in %s: %w", ifName, netns.Path(), err)
 		}
-		// Read back what the kernel chose (index, MAC of the host end).
-		host, err := netlinksafe.LinkByName(name)
-		if err == nil {
-			if err = configurePort(host, port); err != nil {
-				_ = netlink.LinkDel(host)
-			}
+		if err = configurePort(host, port); err != nil {
+			_ = netlink.LinkDel(host)
 		}
 		if err != nil {
 			return nil, err
@@ -86,11 +78,60 @@ func CreateVeth(netns ns.NetNS, ifName string, mtu int, mac string, br *netlink.
 	return nil, fmt.Errorf("no free host-side veth name after %d attempts", maxNameAttempts)
 }
 
+// addVeth creates a veth pair in one RTM_NEWLINK: the host end name, up,
+// with mtu (0: the kernel's default), already a port of the bridge master,
+// and its peer peerName inside the namespace peerNS with mtu and, when not
+// nil, peerMAC. It returns the host end as the kernel made it (index, MAC).
+// vishvananda/netlink's LinkAdd takes three more netlink requests for this,
+// each under the RTNL lock every ADD of the node queues on: it looks the new
+// link up by name, then enslaves it with a second request (the kernel takes
+// IFLA_MASTER at creation), and then the caller looked it up again. Here
+// the kernel's answer to NLM_F_ECHO is the new link; a kernel that does not
+// echo new links (before 6.3) gets it looked up.
+func addVeth(name string, mtu, master int, peerName string, peerMAC net.HardwareAddr, peerNS int) (netlink.Link, error) {
+	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK|unix.NLM_F_ECHO)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+	if mtu > 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(mtu))))
+	}
+	req.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(master))))
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("veth"))
+	peer := info.AddRtAttr(nl.IFLA_INFO_DATA, nil).AddRtAttr(nl.VETH_INFO_PEER, nil)
+	nl.NewIfInfomsgChild(peer, unix.AF_UNSPEC)
+	peer.AddRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(peerName))
+	if mtu > 0 {
+		peer.AddRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(mtu)))
+	}
+	if peerMAC != nil {
+		peer.AddRtAttr(unix.IFLA_ADDRESS, []byte(peerMAC))
+	}
+	peer.AddRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(peerNS)))
+	req.AddData(info)
+	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range msgs {
+		if l, err := netlink.LinkDeserialize(nil, m); err == nil && l.Attrs().Name == name {
+			// The kernel echoes the link as it brought it up, before
+			// enslaving it; the request succeeded, so it is a port now.
+			l.Attrs().MasterIndex = master
+			return l, nil
+		}
+	}
+	return netlinksafe.LinkByName(name)
+}
+
 // configurePort applies the port settings to a new bridge port. Settings
 // that equal a new port's defaults are skipped: each costs a netlink round
 // trip on the ADD path.
 func configurePort(port netlink.Link, cfg PortConfig) error {
 	name := port.Attrs().Name
+	disableIPv6(name)
 	if cfg.Hairpin {
 		if err := netlink.LinkSetHairpin(port, true); err != nil {
 			return fmt.Errorf("set hairpin mode on %q: %w", name, err)
@@ -102,6 +143,22 @@ func configurePort(port netlink.Link, cfg PortConfig) error {
 		}
 	}
 	return setPortVlans(port, cfg)
+}
+
+// disableIPv6 turns IPv6 off on a bridge port. A port carries frames for
+// the bridge and holds no address of its own (the gateway is on the
+// bridge), but left on, every host veth gets a link-local address, sends
+// duplicate address detection, MLD reports and router solicitations into
+// its container, and adds three routes to the node's IPv6 tables. Those
+// routes made the node's work per ADD grow with its containers: the kernel
+// walks the whole IPv6 table on every state change of a port without
+// carrier (the veth's alias, a link lookup that syncs its state), 3,000
+// routes at 1,000 containers. Bridged IPv6 between containers is
+// untouched: a port's frames go to the bridge before its own IPv6 sees
+// them. Best effort: a node without IPv6 has no such setting, and a port
+// that keeps IPv6 only costs time.
+func disableIPv6(port string) {
+	_ = os.WriteFile(filepath.Join("/proc/sys/net/ipv6/conf", port, "disable_ipv6"), []byte("1"), 0)
 }
 
 // setPortVlans mirrors the reference plugin's VLAN handling: the PVID is
