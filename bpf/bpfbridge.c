@@ -12,9 +12,12 @@
  *                   container. Isolation by source, in the receiver's mode.
  *   uplink_egress   tc egress of an uplink: source NAT of what masqueraded
  *                   containers send out (nat.h).
- *   uplink_ingress  tc ingress of an uplink: reverse NAT of the replies and
- *                   of ICMP errors about translated flows (nat.h,
+ *   uplink_ingress  tc ingress of an uplink: destination NAT to published
+ *                   ports (portmap.h), reverse NAT of the replies and of
+ *                   ICMP errors about translated flows (nat.h,
  *                   icmp_error.h).
+ *   portmap_*       cgroup sock_addr programs: the node's own sockets to
+ *                   a published port (portmap.h).
  *
  * skb->ifindex is the host veth in the first two, and keys the endpoint; the
  * uplink in the others. Packets pass with TC_ACT_UNSPEC and drop with
@@ -36,6 +39,7 @@
 #include "isolation.h"
 #include "nat.h"
 #include "parse.h"
+#include "portmap.h"
 #include "stats.h"
 #include "verdict.h"
 
@@ -67,15 +71,34 @@ struct go_contract {
 	enum nat_usage_key nat_usage_key;
 	enum nat_limits nat_limits;
 	enum ct_gen ct_gen;
+	enum portmap_limits portmap_limits;
+	enum portmap_flow_flags portmap_flow_flags;
 };
 const struct go_contract *const bpfbridge_contract __attribute__((unused)) = 0;
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
+/* Port mapping of what a container sends, past anti-spoofing: a packet it
+ * translated (PKT_F_XLATED) is of a published-port flow, which passes
+ * isolation (portmap.h) and takes the bridge, not the fast path (pkt
+ * describes it as it was). Returns 0 when the packet goes on to the
+ * isolation check, else 1 with the verdict's reason in *reason (DROP_NONE:
+ * it passes). */
+static __always_inline int from_container_portmap(struct __sk_buff *skb, struct pkt *pkt, __u8 *reason)
+{
+	int ret = portmap_from_container(skb, pkt);
+
+	if (ret == PORTMAP_NONE)
+		return 0;
+	*reason = ret < 0 ? (__u8)-ret : DROP_NONE;
+	pkt->flags |= PKT_F_XLATED;
+	return 1;
+}
+
 /* The policy for a frame a container sends; parsed is what parse_packet()
  * returned. Returns DROP_NONE or the reason to drop. */
 static __always_inline __u8 from_container_policy(struct __sk_buff *skb, const struct endpoint *ep,
-						  const struct pkt *pkt, __u8 parsed)
+						  struct pkt *pkt, __u8 parsed)
 {
 	__u8 reason;
 
@@ -97,7 +120,7 @@ static __always_inline __u8 from_container_policy(struct __sk_buff *skb, const s
 		if (parsed != DROP_NONE)
 			return parsed;
 		reason = antispoof_ipv4(ep, pkt);
-		if (reason != DROP_NONE)
+		if (reason != DROP_NONE || from_container_portmap(skb, pkt, &reason))
 			return reason;
 		return isolation_check(ep, pkt, pkt->dst_mac, &pkt->daddr, skb->ifindex, DIR_FROM_CONTAINER);
 	case ETH_P_IPV6:
@@ -111,7 +134,7 @@ static __always_inline __u8 from_container_policy(struct __sk_buff *skb, const s
 		if (reason != DROP_NONE)
 			return reason;
 		reason = antispoof_ndp(skb, ep, pkt);
-		if (reason != DROP_NONE)
+		if (reason != DROP_NONE || from_container_portmap(skb, pkt, &reason))
 			return reason;
 		return isolation_check(ep, pkt, pkt->dst_mac, &pkt->daddr, skb->ifindex, DIR_FROM_CONTAINER);
 	default:
@@ -126,6 +149,8 @@ static __always_inline __u8 from_container_policy(struct __sk_buff *skb, const s
 static __always_inline __u8 to_container_policy(__u32 ifindex, const struct endpoint *ep,
 						const struct pkt *pkt, __u8 parsed)
 {
+	__u8 reason;
+
 	if (pkt->flags & PKT_F_TAGGED)
 		return DROP_NONE;
 	switch (pkt->eth_proto) {
@@ -135,7 +160,11 @@ static __always_inline __u8 to_container_policy(__u32 ifindex, const struct endp
 		 * the receiving stack would discard the packet anyway. */
 		if (parsed != DROP_NONE)
 			return parsed;
-		return isolation_check(ep, pkt, pkt->src_mac, &pkt->saddr, ifindex, DIR_TO_CONTAINER);
+		reason = isolation_check(ep, pkt, pkt->src_mac, &pkt->saddr, ifindex, DIR_TO_CONTAINER);
+		/* A published port is public (portmap.h). */
+		if ((reason == DROP_CROSS_NETWORK || reason == DROP_SAME_NETWORK) && portmap_flow_exempt(pkt))
+			return DROP_NONE;
+		return reason;
 	default:
 		/* ARP and everything else: never isolated. */
 		return DROP_NONE;
@@ -197,7 +226,7 @@ static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 di
 		return drop_packet(skb, st, &pkt, reason, dir);
 	if (dir == DIR_TO_CONTAINER)
 		stats_count_to(st, len);
-	else if ((peer = fast_path_peer(ep, &pkt, ifindex)))
+	else if (!(pkt.flags & PKT_F_XLATED) && (peer = fast_path_peer(ep, &pkt, ifindex)))
 		return fast_path_deliver(skb, peer, &pkt, len);
 	return VERDICT_PASS;
 }
@@ -230,6 +259,10 @@ int uplink_egress(struct __sk_buff *skb)
 	 * already dropped malformed ones from containers. */
 	if (!pkt || parse_packet(skb, pkt) != DROP_NONE || (pkt->flags & PKT_F_TAGGED))
 		return VERDICT_PASS;
+	/* A published container's reply, translated on its veth already: its
+	 * tuple is its pair's, not a node flow to track (portmap.h). */
+	if (portmap_flow_exempt(pkt))
+		return VERDICT_PASS;
 	/* An ICMP error a container sends about a translated flow is
 	 * translated with its quote; any other goes on as any ICMP. */
 	ret = icmp_is_error(skb, pkt) ? icmp_error_nat(skb, ICMP_ERR_FROM_CONTAINER) : 0;
@@ -257,9 +290,57 @@ int uplink_ingress(struct __sk_buff *skb)
 		ret = icmp_error_nat(skb, ICMP_ERR_FROM_OUTSIDE);
 		reason = ret < 0 ? (__u8)-ret : DROP_NONE;
 	} else {
-		reason = rnat_ingress(skb, pkt);
+		/* A published port first; a masqueraded flow's reply owns its
+		 * tuple, and portmap_dnat leaves it to rnat_ingress. */
+		ret = portmap_from_outside(skb, pkt);
+		reason = ret < 0 ? (__u8)-ret : ret == PORTMAP_DONE ? DROP_NONE : rnat_ingress(skb, pkt);
 	}
 	if (reason != DROP_NONE)
 		return drop_packet(skb, NULL, pkt, reason, DIR_UPLINK_INGRESS);
 	return VERDICT_PASS;
+}
+
+/* The node's own sockets to a published port (portmap.h): connect() and
+ * sendmsg() go to the container instead, recvmsg() reports UDP replies
+ * from where the application sent. They always allow the call (1). */
+SEC("cgroup/connect4")
+int portmap_connect4(struct bpf_sock_addr *ctx)
+{
+	portmap_sock_connect(ctx, 4);
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int portmap_connect6(struct bpf_sock_addr *ctx)
+{
+	portmap_sock_connect(ctx, 6);
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int portmap_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	portmap_sock_connect(ctx, 4);
+	return 1;
+}
+
+SEC("cgroup/sendmsg6")
+int portmap_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	portmap_sock_connect(ctx, 6);
+	return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int portmap_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	portmap_sock_recvmsg(ctx, 4);
+	return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int portmap_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	portmap_sock_recvmsg(ctx, 6);
+	return 1;
 }
