@@ -91,7 +91,7 @@ static __always_inline int from_container_portmap(struct __sk_buff *skb, struct 
 	if (ret == PORTMAP_NONE)
 		return 0;
 	*reason = ret < 0 ? (__u8)-ret : DROP_NONE;
-	pkt->flags |= PKT_F_XLATED;
+	pkt->flags |= PKT_F_XLATED | (ret == PORTMAP_REDIRECT ? PKT_F_REDIRECT : 0);
 	return 1;
 }
 
@@ -224,6 +224,8 @@ static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 di
 	}
 	if (reason != DROP_NONE)
 		return drop_packet(skb, st, &pkt, reason, dir);
+	if (pkt.flags & PKT_F_REDIRECT)
+		return TC_ACT_REDIRECT; /* portmap_route sent it */
 	if (dir == DIR_TO_CONTAINER)
 		stats_count_to(st, len);
 	else if (!(pkt.flags & PKT_F_XLATED) && (peer = fast_path_peer(ep, &pkt, ifindex)))
@@ -303,44 +305,19 @@ int uplink_ingress(struct __sk_buff *skb)
 /* The node's own sockets to a published port (portmap.h): connect() and
  * sendmsg() go to the container instead, recvmsg() reports UDP replies
  * from where the application sent. They always allow the call (1). */
-SEC("cgroup/connect4")
-int portmap_connect4(struct bpf_sock_addr *ctx)
-{
-	portmap_sock_connect(ctx, 4);
-	return 1;
-}
+#define PORTMAP_SOCK_PROG(hook, fn, family)            \
+	SEC("cgroup/" #hook)                            \
+	int portmap_##hook(struct bpf_sock_addr *ctx)   \
+	{                                               \
+		fn(ctx, family);                        \
+		return 1;                               \
+	}
 
-SEC("cgroup/connect6")
-int portmap_connect6(struct bpf_sock_addr *ctx)
-{
-	portmap_sock_connect(ctx, 6);
-	return 1;
-}
-
-SEC("cgroup/sendmsg4")
-int portmap_sendmsg4(struct bpf_sock_addr *ctx)
-{
-	portmap_sock_connect(ctx, 4);
-	return 1;
-}
-
-SEC("cgroup/sendmsg6")
-int portmap_sendmsg6(struct bpf_sock_addr *ctx)
-{
-	portmap_sock_connect(ctx, 6);
-	return 1;
-}
-
-SEC("cgroup/recvmsg4")
-int portmap_recvmsg4(struct bpf_sock_addr *ctx)
-{
-	portmap_sock_recvmsg(ctx, 4);
-	return 1;
-}
-
-SEC("cgroup/recvmsg6")
-int portmap_recvmsg6(struct bpf_sock_addr *ctx)
-{
-	portmap_sock_recvmsg(ctx, 6);
-	return 1;
-}
+PORTMAP_SOCK_PROG(connect4, portmap_sock_connect, 4)
+PORTMAP_SOCK_PROG(connect6, portmap_sock_connect, 6)
+PORTMAP_SOCK_PROG(sendmsg4, portmap_sock_connect, 4)
+PORTMAP_SOCK_PROG(sendmsg6, portmap_sock_connect, 6)
+PORTMAP_SOCK_PROG(recvmsg4, portmap_sock_peer, 4)
+PORTMAP_SOCK_PROG(recvmsg6, portmap_sock_peer, 6)
+PORTMAP_SOCK_PROG(getpeername4, portmap_sock_peer, 4)
+PORTMAP_SOCK_PROG(getpeername6, portmap_sock_peer, 6)

@@ -13,7 +13,7 @@
  *   uplink_egress    the translated replies leave untouched
  *                    (portmap_reply_leaving).
  *   cgroup sock_addr the node's own sockets (to a node address, 127.0.0.1,
- *                    ::1): portmap_sock_connect, portmap_sock_recvmsg.
+ *                    ::1): portmap_sock_connect, portmap_sock_peer.
  *
  * Connection tracking is the masquerade's (conntrack.h): a published-port
  * flow is a pair in nat_in/nat_out shaped exactly like a masqueraded flow
@@ -145,8 +145,9 @@ static __always_inline int portmap_enabled(void)
 	return c && c->enabled;
 }
 
-/* What a node socket sent to, by the container address it went to, so that
- * recvmsg reports a UDP reply as coming from where the application sent.
+/* What a node socket sent or connected to, by the container address it went
+ * to, so that recvmsg and getpeername report the address the application
+ * used.
  * An LRU: a lost entry costs the presentation of a source address, not a
  * translation. */
 struct portmap_sock_key {
@@ -193,6 +194,8 @@ struct {
 /* Results of portmap_dnat and portmap_reverse besides -reason. */
 #define PORTMAP_NONE 0 /* none of ours: the packet goes on as it was */
 #define PORTMAP_DONE 1 /* translated */
+#define PORTMAP_REDIRECT 2 /* translated and redirected (portmap_route): return TC_ACT_REDIRECT */
+#define PORTMAP_HAIRPIN 3  /* translated, back to the container it came from (portmap_hairpin) */
 
 static __always_inline int portmap_is_node_addr(__u8 family, const union addr *a)
 {
@@ -251,6 +254,17 @@ static __always_inline int portmap_pair_current(const struct nat_entry *in, cons
 	return in->uplink == mark && in->port == m->port && addr16_equal(in->addr, m->addr);
 }
 
+/* This CPU's scratch for a packet port mapping may translate (TCP or UDP
+ * with its header), else NULL. */
+static __always_inline struct portmap_scratch *portmap_scratch_for(const struct pkt *pkt)
+{
+	__u32 zero = 0;
+
+	if ((pkt->ip_proto != IPPROTO_TCP && pkt->ip_proto != IPPROTO_UDP) || !(pkt->flags & PKT_F_L4))
+		return NULL;
+	return bpf_map_lookup_elem(&portmap_scratch, &zero);
+}
+
 /* Write the pair of a new published-port flow from s (it, ot, v filled but
  * for the halves' own address and port): nat_in first, then nat_out; a
  * pair is whole or absent. Replaces what the keys held (dead pairs, or a
@@ -276,7 +290,8 @@ static __noinline __u8 portmap_pair_create(struct portmap_scratch *s, const stru
 
 /* Destination NAT of a TCP or UDP packet to a published port, on the uplink
  * (from_ifindex 0) or from the container at from_ifindex. Returns
- * PORTMAP_DONE, PORTMAP_NONE (no mapping, or the tuple is a masqueraded
+ * PORTMAP_DONE, PORTMAP_HAIRPIN (translated, to be sent back by
+ * portmap_hairpin), PORTMAP_NONE (no mapping, or the tuple is a masqueraded
  * flow's reply, which conntrack owns first, as in netfilter) or -reason. */
 static __noinline int portmap_dnat(struct __sk_buff *skb, const struct pkt *pkt, __u32 from_ifindex)
 {
@@ -284,14 +299,12 @@ static __noinline int portmap_dnat(struct __sk_buff *skb, const struct pkt *pkt,
 	struct portmap_scratch *s;
 	struct portmap_value *m;
 	struct nat_entry *in, *out;
-	__u32 zero = 0, mark;
+	__u32 mark;
 	__u8 state, reason;
 	__u64 now;
 	int hairpin;
 
-	if ((pkt->ip_proto != IPPROTO_TCP && pkt->ip_proto != IPPROTO_UDP) || !(pkt->flags & PKT_F_L4))
-		return PORTMAP_NONE;
-	s = bpf_map_lookup_elem(&portmap_scratch, &zero);
+	s = portmap_scratch_for(pkt);
 	if (!s)
 		return PORTMAP_NONE;
 	m = portmap_find(&s->k, pkt->family, pkt->ip_proto, bpf_htons(pkt->dport), &pkt->daddr, 0);
@@ -320,6 +333,14 @@ static __noinline int portmap_dnat(struct __sk_buff *skb, const struct pkt *pkt,
 		if (out && nat_out_belongs(out, &s->it))
 			ct_touch(out, state, now, 0);
 	} else {
+		/* What the tuple held goes whole: its nat_out half too. */
+		if (in) {
+			nat_out_key(&s->ot, &s->it, in);
+			out = bpf_map_lookup_elem(&nat_out, &s->ot);
+			if (out && nat_out_belongs(out, &s->it) && !bpf_map_delete_elem(&nat_out, &s->ot) &&
+			    !nat_stale(in, pkt->family, in->addr))
+				nat_usage_forget(pkt->family, in->addr);
+		}
 		__builtin_memset(&s->v, 0, sizeof(s->v));
 		s->v.state = ct_next_state(0, pkt->ip_proto, s->l4.tcp_flags, 1, 1);
 		s->v.uplink = mark;
@@ -340,27 +361,26 @@ static __noinline int portmap_dnat(struct __sk_buff *skb, const struct pkt *pkt,
 	if (nat_rewrite(skb, pkt, &s->l4, nat_daddr_off(pkt), &pkt->daddr, &s->to, s->l4.dport_off,
 			s->l4.dport, m->port))
 		return -DROP_MALFORMED;
-	if (hairpin && nat_rewrite(skb, pkt, &s->l4, nat_saddr_off(pkt), &pkt->saddr, &s->src, 0, 0, 0))
+	if (!hairpin)
+		return PORTMAP_DONE;
+	if (nat_rewrite(skb, pkt, &s->l4, nat_saddr_off(pkt), &pkt->saddr, &s->src, 0, 0, 0))
 		return -DROP_MALFORMED;
-	return PORTMAP_DONE;
+	return PORTMAP_HAIRPIN;
 }
 
 /* Reverse NAT of what a published container sends on a live published-port
  * flow: the source becomes the host address and port the request went to
  * (and, for hairpin, the destination the container itself). Returns
- * PORTMAP_DONE, PORTMAP_NONE or -reason. */
+ * PORTMAP_DONE, PORTMAP_HAIRPIN, PORTMAP_NONE or -reason. */
 static __noinline int portmap_reverse(struct __sk_buff *skb, const struct pkt *pkt)
 {
 	const struct nat_config *cfg;
 	struct portmap_scratch *s;
 	struct nat_entry *out, *in;
-	__u32 zero = 0;
 	__u8 state;
 	__u64 now;
 
-	if ((pkt->ip_proto != IPPROTO_TCP && pkt->ip_proto != IPPROTO_UDP) || !(pkt->flags & PKT_F_L4))
-		return PORTMAP_NONE;
-	s = bpf_map_lookup_elem(&portmap_scratch, &zero);
+	s = portmap_scratch_for(pkt);
 	if (!s)
 		return PORTMAP_NONE;
 	nat_tuple_init(&s->ot, &pkt->saddr, &pkt->daddr, bpf_htons(pkt->sport), bpf_htons(pkt->dport),
@@ -387,17 +407,102 @@ static __noinline int portmap_reverse(struct __sk_buff *skb, const struct pkt *p
 	if (nat_rewrite(skb, pkt, &s->l4, nat_saddr_off(pkt), &pkt->saddr, &s->to, s->l4.sport_off,
 			s->l4.sport, out->port))
 		return -DROP_MALFORMED;
-	if (out->uplink & PORTMAP_HAIRPIN_F) {
-		__builtin_memcpy(s->to.b, s->ot.src, 16);
-		if (nat_rewrite(skb, pkt, &s->l4, nat_daddr_off(pkt), &pkt->daddr, &s->to, 0, 0, 0))
-			return -DROP_MALFORMED;
+	if (!(out->uplink & PORTMAP_HAIRPIN_F))
+		return PORTMAP_DONE;
+	__builtin_memcpy(s->to.b, s->ot.src, 16);
+	if (nat_rewrite(skb, pkt, &s->l4, nat_daddr_off(pkt), &pkt->daddr, &s->to, 0, 0, 0))
+		return -DROP_MALFORMED;
+	return PORTMAP_HAIRPIN;
+}
+
+#ifndef AF_INET
+#define AF_INET 2
+#define AF_INET6 10
+#endif
+
+/* Route a translated packet from a container here, and send it on with
+ * bpf_redirect_neigh, when its source became a node address (a reply's host
+ * address, hairpin's gateway): the node's stack would drop it as a martian,
+ * a local source arriving from outside. The reference's netfilter SNAT
+ * runs after routing and never meets this; ours runs before it, at the
+ * veth's tc ingress. Returns PORTMAP_REDIRECT, or PORTMAP_DONE to let the
+ * stack route it when no route is found here. Not inlined: the lookup's
+ * parameters get a frame of their own. */
+static __noinline int portmap_route(struct __sk_buff *skb, __u8 family)
+{
+	struct bpf_fib_lookup fib;
+	int rc;
+
+	__builtin_memset(&fib, 0, sizeof(fib));
+	if (family == 4) {
+		fib.family = AF_INET;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, saddr), &fib.ipv4_src, 8))
+			return PORTMAP_DONE;
+	} else {
+		fib.family = AF_INET6;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, saddr), fib.ipv6_src, 32))
+			return PORTMAP_DONE;
 	}
-	return PORTMAP_DONE;
+	/* As forwarded from the veth: the lookup does not judge sources (an
+	 * output lookup would bind the route to the veth). */
+	fib.ifindex = skb->ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || !fib.ifindex)
+		return PORTMAP_DONE;
+	bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+	return PORTMAP_REDIRECT;
+}
+
+/* Send a hairpin packet, translated, back into the container it came from:
+ * out of its own veth (whose to_container sees it), from the gateway's MAC
+ * (the frame's destination) to the container's (its source). The node's
+ * stack would take it for a martian (a node address as source). */
+static __always_inline int portmap_hairpin(struct __sk_buff *skb, const struct pkt *pkt)
+{
+	__u8 macs[12];
+
+	__builtin_memcpy(macs, pkt->src_mac, 6);
+	__builtin_memcpy(macs + 6, pkt->dst_mac, 6);
+	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0))
+		return -DROP_MALFORMED;
+	bpf_redirect(skb->ifindex, 0);
+	return PORTMAP_REDIRECT;
+}
+
+/* Deliver a translated reply to the container that holds its destination,
+ * straight out of that container's veth (whose to_container sees it), from
+ * the MAC the frame was sent to. Neither the bridge nor the node's stack
+ * sees a packet whose source is a node address: the stack would drop it as
+ * a martian, and a bridge whose frames netfilter inspects
+ * (br_netfilter) loses it too (measured: IPv4 replies never arrived).
+ * Returns PORTMAP_REDIRECT, or PORTMAP_NONE when no endpoint holds the
+ * destination. */
+static __noinline int portmap_to_endpoint(struct __sk_buff *skb, const struct pkt *pkt)
+{
+	const struct ip_owner *owner = ip_owner_lookup(pkt->family, &pkt->daddr);
+	const struct endpoint *ep;
+	__u32 ifindex;
+	__u8 macs[12];
+
+	if (!owner)
+		return PORTMAP_NONE;
+	ifindex = owner->ifindex;
+	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	if (!ep)
+		return PORTMAP_NONE;
+	__builtin_memcpy(macs, ep->mac, 6);
+	__builtin_memcpy(macs + 6, pkt->dst_mac, 6);
+	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0))
+		return -DROP_MALFORMED;
+	bpf_redirect(ifindex, 0);
+	return PORTMAP_REDIRECT;
 }
 
 /* Port mapping for what a container sends, after anti-spoofing: its
  * replies on a published-port flow, then requests to a published port.
- * Returns PORTMAP_NONE, PORTMAP_DONE or -reason. */
+ * Hairpin goes back by portmap_hairpin, a reply to a container by
+ * portmap_to_endpoint, any other reply by portmap_route. Returns
+ * PORTMAP_NONE, PORTMAP_DONE, PORTMAP_REDIRECT or -reason. */
 static __always_inline int portmap_from_container(struct __sk_buff *skb, const struct pkt *pkt)
 {
 	int ret;
@@ -405,9 +510,13 @@ static __always_inline int portmap_from_container(struct __sk_buff *skb, const s
 	if (!portmap_enabled())
 		return PORTMAP_NONE;
 	ret = portmap_reverse(skb, pkt);
-	if (ret != PORTMAP_NONE)
-		return ret;
-	return portmap_dnat(skb, pkt, skb->ifindex);
+	if (ret == PORTMAP_DONE) {
+		ret = portmap_to_endpoint(skb, pkt);
+		return ret == PORTMAP_NONE ? portmap_route(skb, pkt->family) : ret;
+	}
+	if (ret == PORTMAP_NONE)
+		ret = portmap_dnat(skb, pkt, skb->ifindex);
+	return ret == PORTMAP_HAIRPIN ? portmap_hairpin(skb, pkt) : ret;
 }
 
 /* Port mapping for what arrives on an uplink (portmap_dnat). */
@@ -499,21 +608,20 @@ static __always_inline void portmap_sock_connect(struct bpf_sock_addr *ctx, __u8
 	m = portmap_find(&k, family, proto, port, &dst, portmap_is_loopback(family, &dst));
 	if (!m)
 		return;
-	if (proto == IPPROTO_UDP) {
-		rk.cookie = bpf_get_socket_cookie(ctx);
-		__builtin_memcpy(rk.addr, m->addr, 16);
-		rk.port = m->port;
-		rk.family = family;
-		__builtin_memcpy(orig.addr, dst.b, 16);
-		orig.port = port;
-		bpf_map_update_elem(&portmap_sock_rev, &rk, &orig, BPF_ANY);
-	}
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	__builtin_memcpy(rk.addr, m->addr, 16);
+	rk.port = m->port;
+	rk.family = family;
+	__builtin_memcpy(orig.addr, dst.b, 16);
+	orig.port = port;
+	bpf_map_update_elem(&portmap_sock_rev, &rk, &orig, BPF_ANY);
 	portmap_sock_write(ctx, family, m->addr, m->port);
 }
 
-/* recvmsg of a UDP socket: a datagram from a container a portmap_sock_connect
- * sent to is reported as coming from where the application sent. */
-static __always_inline void portmap_sock_recvmsg(struct bpf_sock_addr *ctx, __u8 family)
+/* recvmsg of a UDP socket, and getpeername: a peer that
+ * portmap_sock_connect translated is reported as where the application
+ * sent or connected to. */
+static __always_inline void portmap_sock_peer(struct bpf_sock_addr *ctx, __u8 family)
 {
 	struct portmap_sock_key rk = {};
 	const struct portmap_sock_orig *orig;

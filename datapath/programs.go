@@ -277,7 +277,7 @@ func (d *Datapath) Upgrade() (int, error) {
 	if err != nil {
 		return moved, err
 	}
-	errs = append(errs, d.upgradeUplinks())
+	errs = append(errs, d.upgradeUplinks(), d.upgradeSockLinks())
 	if errors.Join(errs...) == nil {
 		errs = append(errs, d.finishLayouts(migrated), d.unpinOldPrograms(tag))
 	}

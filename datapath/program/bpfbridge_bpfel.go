@@ -535,48 +535,50 @@ type BpfbridgePortmapValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	BpfbridgeMapDropEvents        = "drop_events"
-	BpfbridgeMapDropTotals        = "drop_totals"
-	BpfbridgeMapEndpointMeta      = "endpoint_meta"
-	BpfbridgeMapEndpointStats     = "endpoint_stats"
-	BpfbridgeMapEndpoints         = "endpoints"
-	BpfbridgeMapEventBudget       = "event_budget"
-	BpfbridgeMapFastPathStats     = "fast_path_stats"
-	BpfbridgeMapIcmpScratch       = "icmp_scratch"
-	BpfbridgeMapIpOwners          = "ip_owners"
-	BpfbridgeMapMacOwners         = "mac_owners"
-	BpfbridgeMapNatConfig         = "nat_config"
-	BpfbridgeMapNatExclude        = "nat_exclude"
-	BpfbridgeMapNatFrags          = "nat_frags"
-	BpfbridgeMapNatGen            = "nat_gen"
-	BpfbridgeMapNatGenScratch     = "nat_gen_scratch"
-	BpfbridgeMapNatIn             = "nat_in"
-	BpfbridgeMapNatNetworks       = "nat_networks"
-	BpfbridgeMapNatOut            = "nat_out"
-	BpfbridgeMapNatQuota          = "nat_quota"
-	BpfbridgeMapNatRing           = "nat_ring"
-	BpfbridgeMapNatRingPos        = "nat_ring_pos"
-	BpfbridgeMapNatScratch        = "nat_scratch"
-	BpfbridgeMapNatUplinks        = "nat_uplinks"
-	BpfbridgeMapNatUsage          = "nat_usage"
-	BpfbridgeMapPortMaps          = "port_maps"
-	BpfbridgeMapPortmapConfig     = "portmap_config"
-	BpfbridgeMapPortmapNodeAddrs  = "portmap_node_addrs"
-	BpfbridgeMapPortmapScratch    = "portmap_scratch"
-	BpfbridgeMapPortmapSockRev    = "portmap_sock_rev"
-	BpfbridgeMapUplinkPkts        = "uplink_pkts"
-	BpfbridgeProgFromContainer    = "from_container"
-	BpfbridgeProgPortmapConnect4  = "portmap_connect4"
-	BpfbridgeProgPortmapConnect6  = "portmap_connect6"
-	BpfbridgeProgPortmapRecvmsg4  = "portmap_recvmsg4"
-	BpfbridgeProgPortmapRecvmsg6  = "portmap_recvmsg6"
-	BpfbridgeProgPortmapSendmsg4  = "portmap_sendmsg4"
-	BpfbridgeProgPortmapSendmsg6  = "portmap_sendmsg6"
-	BpfbridgeProgToContainer      = "to_container"
-	BpfbridgeProgUplinkEgress     = "uplink_egress"
-	BpfbridgeProgUplinkIngress    = "uplink_ingress"
-	BpfbridgeVarBpfbridgeContract = "bpfbridge_contract"
-	BpfbridgeVarBpfbridgeVariant  = "bpfbridge_variant"
+	BpfbridgeMapDropEvents           = "drop_events"
+	BpfbridgeMapDropTotals           = "drop_totals"
+	BpfbridgeMapEndpointMeta         = "endpoint_meta"
+	BpfbridgeMapEndpointStats        = "endpoint_stats"
+	BpfbridgeMapEndpoints            = "endpoints"
+	BpfbridgeMapEventBudget          = "event_budget"
+	BpfbridgeMapFastPathStats        = "fast_path_stats"
+	BpfbridgeMapIcmpScratch          = "icmp_scratch"
+	BpfbridgeMapIpOwners             = "ip_owners"
+	BpfbridgeMapMacOwners            = "mac_owners"
+	BpfbridgeMapNatConfig            = "nat_config"
+	BpfbridgeMapNatExclude           = "nat_exclude"
+	BpfbridgeMapNatFrags             = "nat_frags"
+	BpfbridgeMapNatGen               = "nat_gen"
+	BpfbridgeMapNatGenScratch        = "nat_gen_scratch"
+	BpfbridgeMapNatIn                = "nat_in"
+	BpfbridgeMapNatNetworks          = "nat_networks"
+	BpfbridgeMapNatOut               = "nat_out"
+	BpfbridgeMapNatQuota             = "nat_quota"
+	BpfbridgeMapNatRing              = "nat_ring"
+	BpfbridgeMapNatRingPos           = "nat_ring_pos"
+	BpfbridgeMapNatScratch           = "nat_scratch"
+	BpfbridgeMapNatUplinks           = "nat_uplinks"
+	BpfbridgeMapNatUsage             = "nat_usage"
+	BpfbridgeMapPortMaps             = "port_maps"
+	BpfbridgeMapPortmapConfig        = "portmap_config"
+	BpfbridgeMapPortmapNodeAddrs     = "portmap_node_addrs"
+	BpfbridgeMapPortmapScratch       = "portmap_scratch"
+	BpfbridgeMapPortmapSockRev       = "portmap_sock_rev"
+	BpfbridgeMapUplinkPkts           = "uplink_pkts"
+	BpfbridgeProgFromContainer       = "from_container"
+	BpfbridgeProgPortmapConnect4     = "portmap_connect4"
+	BpfbridgeProgPortmapConnect6     = "portmap_connect6"
+	BpfbridgeProgPortmapGetpeername4 = "portmap_getpeername4"
+	BpfbridgeProgPortmapGetpeername6 = "portmap_getpeername6"
+	BpfbridgeProgPortmapRecvmsg4     = "portmap_recvmsg4"
+	BpfbridgeProgPortmapRecvmsg6     = "portmap_recvmsg6"
+	BpfbridgeProgPortmapSendmsg4     = "portmap_sendmsg4"
+	BpfbridgeProgPortmapSendmsg6     = "portmap_sendmsg6"
+	BpfbridgeProgToContainer         = "to_container"
+	BpfbridgeProgUplinkEgress        = "uplink_egress"
+	BpfbridgeProgUplinkIngress       = "uplink_ingress"
+	BpfbridgeVarBpfbridgeContract    = "bpfbridge_contract"
+	BpfbridgeVarBpfbridgeVariant     = "bpfbridge_variant"
 )
 
 // LoadBpfbridge returns the embedded CollectionSpec for Bpfbridge.
@@ -621,16 +623,18 @@ type BpfbridgeSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BpfbridgeProgramSpecs struct {
-	FromContainer   *ebpf.ProgramSpec `ebpf:"from_container"`
-	PortmapConnect4 *ebpf.ProgramSpec `ebpf:"portmap_connect4"`
-	PortmapConnect6 *ebpf.ProgramSpec `ebpf:"portmap_connect6"`
-	PortmapRecvmsg4 *ebpf.ProgramSpec `ebpf:"portmap_recvmsg4"`
-	PortmapRecvmsg6 *ebpf.ProgramSpec `ebpf:"portmap_recvmsg6"`
-	PortmapSendmsg4 *ebpf.ProgramSpec `ebpf:"portmap_sendmsg4"`
-	PortmapSendmsg6 *ebpf.ProgramSpec `ebpf:"portmap_sendmsg6"`
-	ToContainer     *ebpf.ProgramSpec `ebpf:"to_container"`
-	UplinkEgress    *ebpf.ProgramSpec `ebpf:"uplink_egress"`
-	UplinkIngress   *ebpf.ProgramSpec `ebpf:"uplink_ingress"`
+	FromContainer       *ebpf.ProgramSpec `ebpf:"from_container"`
+	PortmapConnect4     *ebpf.ProgramSpec `ebpf:"portmap_connect4"`
+	PortmapConnect6     *ebpf.ProgramSpec `ebpf:"portmap_connect6"`
+	PortmapGetpeername4 *ebpf.ProgramSpec `ebpf:"portmap_getpeername4"`
+	PortmapGetpeername6 *ebpf.ProgramSpec `ebpf:"portmap_getpeername6"`
+	PortmapRecvmsg4     *ebpf.ProgramSpec `ebpf:"portmap_recvmsg4"`
+	PortmapRecvmsg6     *ebpf.ProgramSpec `ebpf:"portmap_recvmsg6"`
+	PortmapSendmsg4     *ebpf.ProgramSpec `ebpf:"portmap_sendmsg4"`
+	PortmapSendmsg6     *ebpf.ProgramSpec `ebpf:"portmap_sendmsg6"`
+	ToContainer         *ebpf.ProgramSpec `ebpf:"to_container"`
+	UplinkEgress        *ebpf.ProgramSpec `ebpf:"uplink_egress"`
+	UplinkIngress       *ebpf.ProgramSpec `ebpf:"uplink_ingress"`
 }
 
 // BpfbridgeMapSpecs contains maps before they are loaded into the kernel.
@@ -776,16 +780,18 @@ type BpfbridgeVariables struct {
 //
 // It can be passed to LoadBpfbridgeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BpfbridgePrograms struct {
-	FromContainer   *ebpf.Program `ebpf:"from_container"`
-	PortmapConnect4 *ebpf.Program `ebpf:"portmap_connect4"`
-	PortmapConnect6 *ebpf.Program `ebpf:"portmap_connect6"`
-	PortmapRecvmsg4 *ebpf.Program `ebpf:"portmap_recvmsg4"`
-	PortmapRecvmsg6 *ebpf.Program `ebpf:"portmap_recvmsg6"`
-	PortmapSendmsg4 *ebpf.Program `ebpf:"portmap_sendmsg4"`
-	PortmapSendmsg6 *ebpf.Program `ebpf:"portmap_sendmsg6"`
-	ToContainer     *ebpf.Program `ebpf:"to_container"`
-	UplinkEgress    *ebpf.Program `ebpf:"uplink_egress"`
-	UplinkIngress   *ebpf.Program `ebpf:"uplink_ingress"`
+	FromContainer       *ebpf.Program `ebpf:"from_container"`
+	PortmapConnect4     *ebpf.Program `ebpf:"portmap_connect4"`
+	PortmapConnect6     *ebpf.Program `ebpf:"portmap_connect6"`
+	PortmapGetpeername4 *ebpf.Program `ebpf:"portmap_getpeername4"`
+	PortmapGetpeername6 *ebpf.Program `ebpf:"portmap_getpeername6"`
+	PortmapRecvmsg4     *ebpf.Program `ebpf:"portmap_recvmsg4"`
+	PortmapRecvmsg6     *ebpf.Program `ebpf:"portmap_recvmsg6"`
+	PortmapSendmsg4     *ebpf.Program `ebpf:"portmap_sendmsg4"`
+	PortmapSendmsg6     *ebpf.Program `ebpf:"portmap_sendmsg6"`
+	ToContainer         *ebpf.Program `ebpf:"to_container"`
+	UplinkEgress        *ebpf.Program `ebpf:"uplink_egress"`
+	UplinkIngress       *ebpf.Program `ebpf:"uplink_ingress"`
 }
 
 func (p *BpfbridgePrograms) Close() error {
@@ -793,6 +799,8 @@ func (p *BpfbridgePrograms) Close() error {
 		p.FromContainer,
 		p.PortmapConnect4,
 		p.PortmapConnect6,
+		p.PortmapGetpeername4,
+		p.PortmapGetpeername6,
 		p.PortmapRecvmsg4,
 		p.PortmapRecvmsg6,
 		p.PortmapSendmsg4,
