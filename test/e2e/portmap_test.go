@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
+
 	"github.com/bpfbridge/bpfbridge/datapath"
 	"github.com/bpfbridge/bpfbridge/test/sandbox"
 )
@@ -283,12 +285,25 @@ func TestPortMapping(t *testing.T) {
 	if err := p.run("check", srv, mappings(mapping(8080, 80, "tcp", ""), mapping(8080, 80, "udp", ""))); err != nil {
 		t.Errorf("CHECK: %v", err)
 	}
-	ports, err := openDatapath(t, sb).PublishedPorts()
-	if err != nil {
-		t.Fatal(err)
-	}
+	// `bridge inspect portmap list`, JSON and table.
+	var ports []datapath.PublishedPort
+	inspectJSON(t, sb, &ports, "portmap", "list")
 	if len(ports) != 6 { // 8080 tcp+udp on both families, 9090 tcp+udp on IPv4
 		t.Errorf("published ports: %+v, want 6", ports)
+	}
+	want := datapath.PublishedPort{Host: "*:8080", Container: ap(srv4, 80), Protocol: "tcp"}
+	found := false
+	for _, pp := range ports {
+		if pp.Host == want.Host && pp.Container == want.Container && pp.Protocol == want.Protocol {
+			found = pp.Packets > 0 && strings.HasPrefix(pp.Owner, "cnitool-") && strings.HasSuffix(pp.Owner, "/eth0")
+		}
+	}
+	if !found {
+		t.Errorf("published ports %+v lack %+v with packets and its owner", ports, want)
+	}
+	table, _, code := runInspect(t, sb, "portmap", "list")
+	if code != 0 || !strings.Contains(table, "*:8080") || !strings.Contains(table, up4.String()+":9090") || !strings.Contains(table, ap(srv4, 80).String()) {
+		t.Errorf("portmap list (exit %d):\n%s", code, table)
 	}
 
 	// A conflicting mapping is refused, naming the holder; nothing stays.
@@ -378,4 +393,31 @@ func TestPortMappingMesos(t *testing.T) {
 		t.Errorf("published ports after DEL: %+v, %v", ports, err)
 	}
 	assertNoFirewallRules(t, sb)
+}
+
+// TestPortMappingGC: GC removes the published ports of attachments not in
+// its valid list (libcni's capability args, as a runtime passes them).
+func TestPortMappingGC(t *testing.T) {
+	sb := sandbox.ForTest(t)
+	cg := testCgroup(t)
+	conf := strings.Replace(pmConf("pmgc", "br-pmgc", t.TempDir(), "network", sb, cg), `"cniVersion": "1.0.0"`, `"cniVersion": "1.1.0"`, 1)
+	n := newNetwork(t, sb, conf, bins.PluginDir())
+	ctr := newContainers(t, sb, "pmgc", 1)[0]
+	rt := runtimeConf(ctr, "gc-1", "eth0")
+	rt.CapabilityArgs = map[string]any{"portMappings": []map[string]any{
+		{"hostPort": 8282, "containerPort": 80, "protocol": "tcp"}, {"hostPort": 8282, "containerPort": 80, "protocol": "udp"}}}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	if err := sb.InNode(func() error { _, err := n.cni.AddNetworkList(ctx, n.list, rt); return err }); err != nil {
+		t.Fatal(err)
+	}
+	serveTag(t, ctr, 80, "gc")
+	expectServed(t, "before GC", sb.External, ap(sb.NodeUplink4.Addr(), 8282), "gc", sb.External4.Addr())
+	if err := sb.InNode(func() error { return n.cni.GCNetworkList(ctx, n.list, &libcni.GCArgs{}) }); err != nil {
+		t.Fatal(err)
+	}
+	expectUnserved(t, "after GC", sb.External, ap(sb.NodeUplink4.Addr(), 8282))
+	if ports, err := openDatapath(t, sb).PublishedPorts(); err != nil || len(ports) != 0 {
+		t.Errorf("published ports after GC: %+v, %v", ports, err)
+	}
 }
