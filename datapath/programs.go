@@ -57,9 +57,15 @@ func (d *Datapath) loadUplinkPrograms() error {
 }
 
 // LoadAllPrograms loads and pins every program of this build that the node
-// does not have yet, the uplink programs too, so that no ADD pays for their
-// verification (`bridge datapath load`, at install time).
-func (d *Datapath) LoadAllPrograms() error { return d.loadUplinkPrograms() }
+// does not have yet, the uplink and node-socket programs too, so that no ADD
+// pays for their verification (`bridge datapath load`, at install time).
+func (d *Datapath) LoadAllPrograms() error {
+	if err := d.loadUplinkPrograms(); err != nil {
+		return err
+	}
+	_, err := d.loadGroup(sockPrograms)
+	return err
+}
 
 // loadGroup loads the group's programs into d.progs, from their pins or,
 // under the state lock, from the embedded collection.
