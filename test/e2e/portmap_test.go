@@ -421,3 +421,57 @@ func TestPortMappingGC(t *testing.T) {
 		t.Errorf("published ports after GC: %+v, %v", ports, err)
 	}
 }
+
+// TestPortMappingUpgrade: a published port keeps answering (from outside
+// and from the node) when a build with a new map layout takes the node
+// over, and a node set up by the previous release, which has no port
+// mapping maps, takes its first mapping after the upgrade.
+func TestPortMappingUpgrade(t *testing.T) {
+	t.Run("new-layout", func(t *testing.T) {
+		sb := sandbox.ForTest(t)
+		cg := testCgroup(t)
+		p := newPMTool(t, sb, "pmup", pmConf("pmup", "br-pmup", t.TempDir(), "network", sb, cg))
+		ctrs := newContainers(t, sb, "pmup", 2)
+		caps := mappings(mapping(8383, 80, "tcp", ""), mapping(8383, 80, "udp", ""))
+		if _, _, err := p.add(ctrs[0], caps); err != nil {
+			t.Fatal(err)
+		}
+		serveTag(t, ctrs[0], 80, "old")
+		up := ap(sb.NodeUplink4.Addr(), 8383)
+		expectServed(t, "before the upgrade", sb.External, up, "old", sb.External4.Addr())
+
+		p.tool.CNIPath = []string{buildPlugin(t, repoRoot(t), layoutBumpFlag)}
+		if _, _, err := p.add(ctrs[1], ""); err != nil {
+			t.Fatal(err)
+		}
+		if got := pinnedLayouts(t, sb); len(got) != 1 {
+			t.Errorf("layouts pinned after the upgrade: %v, want only the new one", got)
+		}
+		expectServed(t, "after the upgrade, from outside", sb.External, up, "old", sb.External4.Addr())
+		expectServed(t, "after the upgrade, from the node", sb.Node, up, "old", netip.Addr{})
+		if err := p.run("check", ctrs[0], caps); err != nil {
+			t.Errorf("CHECK after the upgrade: %v", err)
+		}
+		if err := p.run("del", ctrs[0], caps); err != nil {
+			t.Fatal(err)
+		}
+		expectUnserved(t, "after DEL", sb.External, up)
+	})
+	t.Run("from-"+previousRelease, func(t *testing.T) {
+		sb := sandbox.ForTest(t)
+		cg := testCgroup(t)
+		p := newPMTool(t, sb, "pmold", pmConf("pmold", "br-pmold", t.TempDir(), "network", sb, cg))
+		p.tool.CNIPath = []string{previousReleasePlugin(t)}
+		ctrs := newContainers(t, sb, "pmold", 2)
+		if _, _, err := p.add(ctrs[0], ""); err != nil {
+			t.Fatal(err)
+		}
+		p.tool.CNIPath = []string{bins.PluginDir()}
+		if _, _, err := p.add(ctrs[1], mappings(mapping(8484, 80, "tcp", ""), mapping(8484, 80, "udp", ""))); err != nil {
+			t.Fatal(err)
+		}
+		serveTag(t, ctrs[1], 80, "new")
+		expectServed(t, "first mapping after the upgrade", sb.External, ap(sb.NodeUplink4.Addr(), 8484), "new", sb.External4.Addr())
+		assertNoFirewallRules(t, sb)
+	})
+}
