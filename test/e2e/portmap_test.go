@@ -475,3 +475,34 @@ func TestPortMappingUpgrade(t *testing.T) {
 		assertNoFirewallRules(t, sb)
 	})
 }
+
+// TestPortMappingWithMasquerade: on a masquerading network a published
+// port answers from outside and the container's own connections out are
+// still masqueraded; the two kinds of flows share the NAT table.
+func TestPortMappingWithMasquerade(t *testing.T) {
+	sb := sandbox.ForTest(t)
+	cg := testCgroup(t)
+	extra := fmt.Sprintf(`"capabilities": {"portMappings": true}, "datapath": {"bpffs": %q, "cgroup": %q}`, sb.BPFFS, cg)
+	n := newNetwork(t, sb, masqConf("pmmasq", "br-pmmasq", t.TempDir(), masqRanges4, extra), bins.PluginDir())
+	ctr := newContainers(t, sb, "pmmasq", 1)[0]
+	rt := runtimeConf(ctr, "masq-1", "eth0")
+	rt.CapabilityArgs = map[string]any{"portMappings": []map[string]any{
+		{"hostPort": 8585, "containerPort": 80, "protocol": "tcp"}, {"hostPort": 8585, "containerPort": 80, "protocol": "udp"}}}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	if err := sb.InNode(func() error { _, err := n.cni.AddNetworkList(ctx, n.list, rt); return err }); err != nil {
+		t.Fatal(err)
+	}
+	serveTag(t, ctr, 80, "masq")
+	server := netip.AddrPortFrom(sb.Internet4, 8080)
+	serveWhoAmI(t, sb.External, server)
+	expectServed(t, "published port", sb.External, ap(sb.NodeUplink4.Addr(), 8585), "masq", sb.External4.Addr())
+	for _, proto := range []string{"tcp", "udp"} {
+		seen, err := sandbox.WhoAmI(ctr, proto, server, 3*time.Second)
+		if err != nil || seen.Addr() != sb.NodeUplink4.Addr() {
+			t.Errorf("%s from the container to the outside: seen as %v (%v), want the uplink address", proto, seen, err)
+		}
+	}
+	expectServed(t, "published port, again", sb.External, ap(sb.NodeUplink4.Addr(), 8585), "masq", sb.External4.Addr())
+	assertNoFirewallRules(t, sb)
+}
