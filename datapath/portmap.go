@@ -74,7 +74,8 @@ type Ports struct {
 	// the source hairpin traffic is translated to.
 	Gateways []netip.Addr
 	// Cgroup is the cgroup v2 directory the node-socket programs are
-	// attached to; empty: the root of the machine's cgroup2 mount.
+	// attached to; empty: the root of the machine's cgroup2 mount on a
+	// node that is the initial network namespace, none on another.
 	Cgroup string
 }
 
@@ -349,12 +350,19 @@ func DefaultCgroup() string {
 	return ""
 }
 
-// attachSockPrograms attaches the node-socket programs to cgroup (default
-// DefaultCgroup) unless this build's are there, and pins the links so
-// that they outlive the plugin. A node without cgroup v2 gets no
-// node-local access to published ports, and everything else works.
+// attachSockPrograms attaches the node-socket programs to cgroup unless
+// this build's are there, and pins the links so that they outlive the
+// plugin. Without a cgroup named, a node that is the machine's initial
+// network namespace uses DefaultCgroup; a node in another namespace (a
+// nested node, a test's sandbox) attaches nothing to the machine's
+// hierarchy unless told where (datapath.cgroup): its published ports are
+// then not reachable from its own sockets, and everything else works, as
+// on a node without cgroup v2.
 func (d *Datapath) attachSockPrograms(cgroup string) error {
 	if cgroup == "" {
+		if initial, err := inInitialNS("net"); err != nil || !initial {
+			return err
+		}
 		if cgroup = DefaultCgroup(); cgroup == "" {
 			return nil
 		}

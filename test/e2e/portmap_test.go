@@ -164,7 +164,7 @@ func serveTag(t *testing.T, n *sandbox.NetNS, port int, tag string) {
 func ask(n *sandbox.NetNS, proto string, lport int, dst netip.AddrPort) (tag string, seen netip.AddrPort, err error) {
 	var conn net.Conn
 	err = n.Do(func() (err error) {
-		d := net.Dialer{Timeout: 2 * time.Second}
+		d := net.Dialer{Timeout: 5 * time.Second}
 		if lport != 0 {
 			d.LocalAddr = &net.UDPAddr{Port: lport}
 		}
@@ -175,7 +175,7 @@ func ask(n *sandbox.NetNS, proto string, lport int, dst netip.AddrPort) (tag str
 		return "", seen, err
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(2 * time.Second))
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
 	if proto == "udp" {
 		if _, err := conn.Write([]byte("?")); err != nil {
 			return "", seen, err
@@ -505,4 +505,22 @@ func TestPortMappingWithMasquerade(t *testing.T) {
 	}
 	expectServed(t, "published port, again", sb.External, ap(sb.NodeUplink4.Addr(), 8585), "masq", sb.External4.Addr())
 	assertNoFirewallRules(t, sb)
+}
+
+// TestPortMappingNestedNodeDefaultCgroup: a node in a network namespace of
+// its own, with no cgroup configured, attaches nothing to the machine's
+// cgroup hierarchy; its published ports still answer from outside.
+func TestPortMappingNestedNodeDefaultCgroup(t *testing.T) {
+	sb := sandbox.ForTest(t)
+	p := newPMTool(t, sb, "pmnc", pmConf("pmnc", "br-pmnc", t.TempDir(), "network", sb, ""))
+	ctr := newContainers(t, sb, "pmnc", 1)[0]
+	if _, _, err := p.add(ctr, mappings(mapping(8686, 80, "tcp", ""), mapping(8686, 80, "udp", ""))); err != nil {
+		t.Fatal(err)
+	}
+	serveTag(t, ctr, 80, "nc")
+	expectServed(t, "from outside", sb.External, ap(sb.NodeUplink4.Addr(), 8686), "nc", sb.External4.Addr())
+	links, err := filepath.Glob(filepath.Join(openDatapath(t, sb).Dir(), "portmap-links", "*", "*"))
+	if err != nil || len(links) != 0 {
+		t.Errorf("cgroup links pinned without a cgroup configured: %v (%v)", links, err)
+	}
 }
