@@ -160,11 +160,12 @@ func serveTag(t *testing.T, n *sandbox.NetNS, port int, tag string) {
 }
 
 // ask sends to dst over proto from inside n (from local port lport when
-// not 0) and returns the server's tag and the source it saw.
-func ask(n *sandbox.NetNS, proto string, lport int, dst netip.AddrPort) (tag string, seen netip.AddrPort, err error) {
+// not 0) and returns the server's tag and the source it saw, waiting at
+// most timeout.
+func ask(n *sandbox.NetNS, proto string, lport int, dst netip.AddrPort, timeout time.Duration) (tag string, seen netip.AddrPort, err error) {
 	var conn net.Conn
 	err = n.Do(func() (err error) {
-		d := net.Dialer{Timeout: 5 * time.Second}
+		d := net.Dialer{Timeout: timeout}
 		if lport != 0 {
 			d.LocalAddr = &net.UDPAddr{Port: lport}
 		}
@@ -175,7 +176,7 @@ func ask(n *sandbox.NetNS, proto string, lport int, dst netip.AddrPort) (tag str
 		return "", seen, err
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	conn.SetDeadline(time.Now().Add(timeout))
 	if proto == "udp" {
 		if _, err := conn.Write([]byte("?")); err != nil {
 			return "", seen, err
@@ -201,7 +202,7 @@ func ask(n *sandbox.NetNS, proto string, lport int, dst netip.AddrPort) (tag str
 func expectServed(t *testing.T, what string, n *sandbox.NetNS, dst netip.AddrPort, tag string, want netip.Addr) {
 	t.Helper()
 	for _, proto := range []string{"tcp", "udp"} {
-		got, seen, err := ask(n, proto, 0, dst)
+		got, seen, err := ask(n, proto, 0, dst, answerTimeout)
 		if err != nil {
 			t.Errorf("%s: %s to %s: %v", what, proto, dst, err)
 			continue
@@ -214,10 +215,16 @@ func expectServed(t *testing.T, what string, n *sandbox.NetNS, dst netip.AddrPor
 
 func expectUnserved(t *testing.T, what string, n *sandbox.NetNS, dst netip.AddrPort) {
 	t.Helper()
-	if tag, _, err := ask(n, "tcp", 0, dst); err == nil {
+	// A negative answer costs the timeout: short, as a port that answers
+	// does so in microseconds here.
+	if tag, _, err := ask(n, "tcp", 0, dst, time.Second); err == nil {
 		t.Errorf("%s: tcp to %s answered by %s, want no answer", what, dst, tag)
 	}
 }
+
+// answerTimeout bounds the wait for an answer that should come (a SYN or
+// datagram lost to neighbour resolution is retried within it).
+const answerTimeout = 5 * time.Second
 
 func ap(a netip.Addr, port int) netip.AddrPort { return netip.AddrPortFrom(a, uint16(port)) }
 
@@ -322,7 +329,7 @@ func TestPortMapping(t *testing.T) {
 
 	// UDP from a fixed source port, so that a stale translation would
 	// catch the next packets of the same 5-tuple.
-	if tag, _, err := ask(sb.External, "udp", 40000, ap(up4, 8080)); err != nil || tag != "srv" {
+	if tag, _, err := ask(sb.External, "udp", 40000, ap(up4, 8080), answerTimeout); err != nil || tag != "srv" {
 		t.Fatalf("UDP from port 40000: %q, %v", tag, err)
 	}
 	// After DEL the port answers no more; a new container mapping it gets
@@ -335,7 +342,7 @@ func TestPortMapping(t *testing.T) {
 		t.Fatal(err)
 	}
 	serveTag(t, late, 80, "late")
-	if tag, _, err := ask(sb.External, "udp", 40000, ap(up4, 8080)); err != nil || tag != "late" {
+	if tag, _, err := ask(sb.External, "udp", 40000, ap(up4, 8080), answerTimeout); err != nil || tag != "late" {
 		t.Errorf("UDP from port 40000 after the new mapping: %q, %v; want the new container", tag, err)
 	}
 	expectServed(t, "the new mapping from outside", sb.External, ap(up4, 8080), "late", sb.External4.Addr())
