@@ -367,17 +367,28 @@ func (d *Datapath) attachSockPrograms(cgroup string) error {
 			return nil
 		}
 	}
+	dir := d.state.sockLinkDir(cgroup)
+	// Attached already: an ADD leaves the links alone (Upgrade moves them
+	// onto a new build's programs), which saves it opening each.
+	complete := true
+	for _, p := range sockPrograms(d.progs) {
+		if _, err := os.Stat(filepath.Join(dir, p.name)); err != nil {
+			complete = false
+		}
+	}
+	if complete {
+		return nil
+	}
 	if _, err := d.loadGroup(sockPrograms); err != nil {
 		return err
 	}
-	dir := d.state.sockLinkDir(cgroup)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	for _, p := range sockPrograms(d.progs) {
 		path := filepath.Join(dir, p.name)
 		if l, err := link.LoadPinnedLink(path, nil); err == nil {
-			err = l.Update(*p.dst) // this build's, or an older one's replaced
+			err = updateLink(l, *p.dst) // an older build's is replaced
 			l.Close()
 			if err != nil {
 				return fmt.Errorf("update %s on cgroup %s: %w", p.name, cgroup, err)
@@ -395,6 +406,20 @@ func (d *Datapath) attachSockPrograms(cgroup string) error {
 		}
 	}
 	return nil
+}
+
+// updateLink makes l run prog unless it does already: a cgroup link's
+// update recomputes the programs of every cgroup below, which an ADD need
+// not pay for.
+func updateLink(l link.Link, prog *ebpf.Program) error {
+	want, err := programID(prog)
+	if err != nil {
+		return err
+	}
+	if info, err := l.Info(); err == nil && info.Program == want {
+		return nil
+	}
+	return l.Update(prog)
 }
 
 // upgradeSockLinks moves the pinned node-socket links onto this build's
@@ -418,7 +443,7 @@ func (d *Datapath) upgradeSockLinks() error {
 				continue
 			}
 			if err == nil {
-				err = l.Update(*p.dst)
+				err = updateLink(l, *p.dst)
 				l.Close()
 			}
 			errs = append(errs, err)
