@@ -13,10 +13,13 @@
  *                   container. Isolation by source, in the receiver's mode.
  *   uplink_egress   tc egress of an uplink: source NAT of what masqueraded
  *                   containers send out (nat.h).
- *   uplink_ingress  tc ingress of an uplink: reverse NAT of the replies and
- *                   of ICMP errors about translated flows (nat.h,
- *                   icmp_error.h); replies may go straight into their
+ *   uplink_ingress  tc ingress of an uplink: destination NAT to published
+ *                   ports (portmap.h), reverse NAT of the replies and of
+ *                   ICMP errors about translated flows (nat.h,
+ *                   icmp_error.h); either may go straight into its
  *                   container (fastpath.h).
+ *   portmap_*       cgroup sock_addr programs: the node's own sockets to
+ *                   a published port (portmap.h).
  *
  * skb->ifindex is the host veth in the first two, and keys the endpoint; the
  * uplink in the others. Packets pass with TC_ACT_UNSPEC and drop with
@@ -38,6 +41,7 @@
 #include "isolation.h"
 #include "nat.h"
 #include "parse.h"
+#include "portmap.h"
 #include "stats.h"
 #include "verdict.h"
 
@@ -69,15 +73,34 @@ struct go_contract {
 	enum nat_usage_key nat_usage_key;
 	enum nat_limits nat_limits;
 	enum ct_gen ct_gen;
+	enum portmap_limits portmap_limits;
+	enum portmap_flow_flags portmap_flow_flags;
 };
 const struct go_contract *const bpfbridge_contract __attribute__((unused)) = 0;
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
+/* Port mapping of what a container sends, past anti-spoofing: a packet it
+ * translated (PKT_F_XLATED) is of a published-port flow, which passes
+ * isolation (portmap.h) and takes the bridge, not the fast path (pkt
+ * describes it as it was). Returns 0 when the packet goes on to the
+ * isolation check, else 1 with the verdict's reason in *reason (DROP_NONE:
+ * it passes). */
+static __always_inline int from_container_portmap(struct __sk_buff *skb, struct pkt *pkt, __u8 *reason)
+{
+	int ret = portmap_from_container(skb, pkt);
+
+	if (ret == PORTMAP_NONE)
+		return 0;
+	*reason = ret < 0 ? (__u8)-ret : DROP_NONE;
+	pkt->flags |= PKT_F_XLATED | (ret == PORTMAP_REDIRECT ? PKT_F_REDIRECT : 0);
+	return 1;
+}
+
 /* The policy for a frame a container sends; parsed is what parse_packet()
  * returned. Returns DROP_NONE or the reason to drop. */
 static __always_inline __u8 from_container_policy(struct __sk_buff *skb, const struct endpoint *ep,
-						  const struct pkt *pkt, __u8 parsed)
+						  struct pkt *pkt, __u8 parsed)
 {
 	__u8 reason;
 
@@ -99,7 +122,7 @@ static __always_inline __u8 from_container_policy(struct __sk_buff *skb, const s
 		if (parsed != DROP_NONE)
 			return parsed;
 		reason = antispoof_ipv4(ep, pkt);
-		if (reason != DROP_NONE)
+		if (reason != DROP_NONE || from_container_portmap(skb, pkt, &reason))
 			return reason;
 		return isolation_check(ep, pkt, pkt->dst_mac, &pkt->daddr, skb->ifindex, DIR_FROM_CONTAINER);
 	case ETH_P_IPV6:
@@ -113,7 +136,7 @@ static __always_inline __u8 from_container_policy(struct __sk_buff *skb, const s
 		if (reason != DROP_NONE)
 			return reason;
 		reason = antispoof_ndp(skb, ep, pkt);
-		if (reason != DROP_NONE)
+		if (reason != DROP_NONE || from_container_portmap(skb, pkt, &reason))
 			return reason;
 		return isolation_check(ep, pkt, pkt->dst_mac, &pkt->daddr, skb->ifindex, DIR_FROM_CONTAINER);
 	default:
@@ -151,12 +174,18 @@ static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 di
 	}
 	if (reason != DROP_NONE)
 		return drop_packet(skb, st, &pkt, reason, dir);
+	if (pkt.flags & PKT_F_REDIRECT)
+		return TC_ACT_REDIRECT; /* portmap_route sent it */
 	if (dir == DIR_TO_CONTAINER)
 		stats_count_to(st, len);
-	else if ((peer = fast_path_peer(ep, &pkt, ifindex)))
-		return fast_path_deliver(skb, ep, peer, &pkt, len);
-	else if ((bridge = fast_path_gateway(ep, &pkt)))
-		return fast_path_route_out(skb, &pkt, bridge, len);
+	else if (!(pkt.flags & PKT_F_XLATED)) {
+		/* A port-mapped packet takes the stack (pkt describes it as
+		 * it was, before the translation). */
+		if ((peer = fast_path_peer(ep, &pkt, ifindex)))
+			return fast_path_deliver(skb, ep, peer, &pkt, len);
+		if ((bridge = fast_path_gateway(ep, &pkt)))
+			return fast_path_route_out(skb, &pkt, bridge, len);
+	}
 	return VERDICT_PASS;
 }
 
@@ -188,6 +217,10 @@ int uplink_egress(struct __sk_buff *skb)
 	 * already dropped malformed ones from containers. */
 	if (!pkt || parse_packet(skb, pkt) != DROP_NONE || (pkt->flags & PKT_F_TAGGED))
 		return VERDICT_PASS;
+	/* A published container's reply, translated on its veth already: its
+	 * tuple is its pair's, not a node flow to track (portmap.h). */
+	if (portmap_flow_exempt(pkt))
+		return VERDICT_PASS;
 	/* An ICMP error a container sends about a translated flow is
 	 * translated with its quote; any other goes on as any ICMP. */
 	ret = icmp_is_error(skb, pkt) ? icmp_error_nat(skb, ICMP_ERR_FROM_CONTAINER) : 0;
@@ -200,8 +233,9 @@ int uplink_egress(struct __sk_buff *skb)
 	return VERDICT_PASS;
 }
 
-/* Reverse NAT: replies to masqueraded flows, and ICMP errors about them, go
- * on to the container; everything else passes untouched. */
+/* Destination NAT to published ports and reverse NAT of replies to
+ * masqueraded flows (and ICMP errors about them): either goes on to the
+ * container; everything else passes untouched. */
 SEC("tc")
 int uplink_ingress(struct __sk_buff *skb)
 {
@@ -215,7 +249,16 @@ int uplink_ingress(struct __sk_buff *skb)
 		ret = icmp_error_nat(skb, ICMP_ERR_FROM_OUTSIDE);
 		reason = ret < 0 ? (__u8)-ret : DROP_NONE;
 	} else {
-		reason = rnat_ingress(skb, pkt, &translated);
+		/* A published port first; a masqueraded flow's reply owns its
+		 * tuple, and portmap_dnat leaves it to rnat_ingress. Either
+		 * translation leaves a packet for a local container. */
+		ret = portmap_from_outside(skb, pkt);
+		if (ret < 0)
+			reason = (__u8)-ret;
+		else if (ret == PORTMAP_DONE)
+			reason = DROP_NONE, translated = 1;
+		else
+			reason = rnat_ingress(skb, pkt, &translated);
 	}
 	if (reason != DROP_NONE)
 		return drop_packet(skb, NULL, pkt, reason, DIR_UPLINK_INGRESS);
@@ -225,3 +268,23 @@ int uplink_ingress(struct __sk_buff *skb)
 		return fast_path_route_in(skb, pkt);
 	return VERDICT_PASS;
 }
+
+/* The node's own sockets to a published port (portmap.h): connect() and
+ * sendmsg() go to the container instead, recvmsg() reports UDP replies
+ * from where the application sent. They always allow the call (1). */
+#define PORTMAP_SOCK_PROG(hook, fn, family)            \
+	SEC("cgroup/" #hook)                            \
+	int portmap_##hook(struct bpf_sock_addr *ctx)   \
+	{                                               \
+		fn(ctx, family);                        \
+		return 1;                               \
+	}
+
+PORTMAP_SOCK_PROG(connect4, portmap_sock_connect, 4)
+PORTMAP_SOCK_PROG(connect6, portmap_sock_connect, 6)
+PORTMAP_SOCK_PROG(sendmsg4, portmap_sock_connect, 4)
+PORTMAP_SOCK_PROG(sendmsg6, portmap_sock_connect, 6)
+PORTMAP_SOCK_PROG(recvmsg4, portmap_sock_peer, 4)
+PORTMAP_SOCK_PROG(recvmsg6, portmap_sock_peer, 6)
+PORTMAP_SOCK_PROG(getpeername4, portmap_sock_peer, 4)
+PORTMAP_SOCK_PROG(getpeername6, portmap_sock_peer, 6)

@@ -29,6 +29,7 @@
 #include "drop.h"
 #include "endpoint.h"
 #include "parse.h"
+#include "portmap.h"
 
 /* NDP is never isolated: like ARP it is how neighbours on the bridge find
  * each other and the gateway, and it carries no payload. */
@@ -104,6 +105,8 @@ static __always_inline __u8 isolation_check(const struct endpoint *ep, const str
 static __always_inline __u8 to_container_policy(__u32 ifindex, const struct endpoint *ep,
 						const struct pkt *pkt, __u8 parsed)
 {
+	__u8 reason;
+
 	if (pkt->flags & PKT_F_TAGGED)
 		return DROP_NONE;
 	switch (pkt->eth_proto) {
@@ -113,7 +116,11 @@ static __always_inline __u8 to_container_policy(__u32 ifindex, const struct endp
 		 * the receiving stack would discard the packet anyway. */
 		if (parsed != DROP_NONE)
 			return parsed;
-		return isolation_check(ep, pkt, pkt->src_mac, &pkt->saddr, ifindex, DIR_TO_CONTAINER);
+		reason = isolation_check(ep, pkt, pkt->src_mac, &pkt->saddr, ifindex, DIR_TO_CONTAINER);
+		/* A published port is public (portmap.h). */
+		if ((reason == DROP_CROSS_NETWORK || reason == DROP_SAME_NETWORK) && portmap_flow_exempt(pkt))
+			return DROP_NONE;
+		return reason;
 	default:
 		/* ARP and everything else: never isolated. */
 		return DROP_NONE;

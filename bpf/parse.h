@@ -67,6 +67,8 @@ union addr {
 #define PKT_F_EXT_DEEP (1 << 2) /* IPv6 header chain longer than we walk */
 #define PKT_F_ETH (1 << 3)      /* the Ethernet header was read */
 #define PKT_F_FRAG (1 << 4)     /* a fragment (first or not): frag_id is set */
+#define PKT_F_XLATED (1 << 5)   /* port mapping rewrote the packet: the fields describe it as it was */
+#define PKT_F_REDIRECT (1 << 6) /* port mapping redirected it (TC_ACT_REDIRECT) */
 
 /* What the parser learnt about a packet. All multi-byte integers are in host
  * byte order except the addresses, which stay in network byte order. */

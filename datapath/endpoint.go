@@ -212,7 +212,8 @@ func (d *Datapath) detach(key EndpointKey) error {
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		// No record; a crash between pinning links and recording is not
 		// possible (the record comes first), but unpin defensively.
-		return d.detachPrograms(key, nil)
+		_, perr := d.unpublishPorts(key)
+		return errors.Join(perr, d.detachPrograms(key, nil))
 	}
 	if err != nil {
 		return fmt.Errorf("look up endpoint: %w", err)
@@ -224,7 +225,13 @@ func (d *Datapath) detach(key EndpointKey) error {
 	if err := d.deleteVeth(&meta); err != nil {
 		return err
 	}
-	errs := []error{d.detachPrograms(key, &meta), d.deleteEntries(&meta)}
+	// Its published ports go, and their flows die with its addresses'
+	// generations, before the addresses can go to another container.
+	var errs []error
+	if had, err := d.unpublishPorts(key); had || err != nil {
+		errs = append(errs, err, d.ForgetFlows(meta.Ep.IPs()))
+	}
+	errs = append(errs, d.detachPrograms(key, &meta), d.deleteEntries(&meta))
 	if err := d.maps.meta.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, err)
 	}
@@ -415,7 +422,7 @@ func (d *Datapath) GC(network string, valid map[EndpointKey]bool) error {
 	for _, key := range stale {
 		errs = append(errs, d.detach(key))
 	}
-	return errors.Join(append(errs, err)...)
+	return errors.Join(append(errs, err, d.sweepPortMaps())...)
 }
 
 // eachEndpoint calls fn with every endpoint record; fn receives a copy.

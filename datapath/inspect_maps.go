@@ -333,6 +333,40 @@ var mapDecoders = map[string]mapDumper{
 			Excluded bool `json:"excluded"`
 		}{*v != 0}}
 	}),
+	program.BpfbridgeMapPortMaps: dumpEach(func(k *program.BpfbridgePortmapKey, v *program.BpfbridgePortmapValue) MapEntry {
+		return MapEntry{Key: struct {
+			Host     string `json:"host"`
+			Protocol string `json:"protocol"`
+		}{hostPort(k.HostIP(), program.FromBe16(k.Port)), protoName(k.Proto)}, Value: struct {
+			Container  netip.AddrPort `json:"container"`
+			Ifindex    uint32         `json:"ifindex"`
+			HairpinSrc netip.Addr     `json:"hairpin_src"`
+			Owner      string         `json:"owner"`
+			Packets    uint64         `json:"packets"`
+		}{v.Container(k.Family), v.Ifindex, program.AddrOf(k.Family, v.HairpinSrc), EndpointKey(v.Owner).String(), v.Packets}}
+	}),
+	program.BpfbridgeMapPortmapNodeAddrs: dumpEach(func(k *program.BpfbridgeIpKey, v *uint8) MapEntry {
+		return MapEntry{Key: struct {
+			Family uint8      `json:"family"`
+			Addr   netip.Addr `json:"addr"`
+		}{k.Family, k.IP()}, Value: struct {
+			NodeAddress bool `json:"node_address"`
+		}{*v != 0}}
+	}),
+	program.BpfbridgeMapPortmapConfig: dumpEach(func(k *uint32, v *program.BpfbridgePortmapConfig) MapEntry {
+		return MapEntry{Key: indexKey{*k}, Value: struct {
+			NetnsCookie uint64 `json:"netns_cookie"`
+			Enabled     bool   `json:"enabled"`
+		}{v.NetnsCookie, v.Enabled != 0}}
+	}),
+	program.BpfbridgeMapPortmapSockRev: dumpEach(func(k *program.BpfbridgePortmapSockKey, v *program.BpfbridgePortmapSockOrig) MapEntry {
+		return MapEntry{Key: struct {
+			Cookie    uint64         `json:"socket_cookie"`
+			Container netip.AddrPort `json:"container"`
+		}{k.Cookie, netip.AddrPortFrom(program.AddrOf(k.Family, k.Addr), program.FromBe16(k.Port))}, Value: struct {
+			Orig netip.AddrPort `json:"orig"`
+		}{netip.AddrPortFrom(program.AddrOf(k.Family, v.Addr), program.FromBe16(v.Port))}}
+	}),
 	program.BpfbridgeMapNatConfig: dumpEach(func(k *uint32, v *program.BpfbridgeNatConfig) MapEntry {
 		return MapEntry{Key: indexKey{*k}, Value: struct {
 			PortMin    uint16 `json:"port_min"`

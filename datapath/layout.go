@@ -153,7 +153,32 @@ func (d *Datapath) copyState(old *maps, dir string) error {
 	} {
 		errs = append(errs, copyEntries(m.from, m.to))
 	}
-	errs = append(errs, d.copyFlows(old), copyDropTotals(dir, d.state.mapsDir()))
+	errs = append(errs, d.copyFlows(old), copyDropTotals(dir, d.state.mapsDir()), d.copyPortMaps(dir))
+	return errors.Join(errs...)
+}
+
+// copyPortMaps copies the published ports and their node state from the
+// layout pinned in dir; a layout without them (older than port mapping)
+// has nothing to copy.
+func (d *Datapath) copyPortMaps(dir string) error {
+	var errs []error
+	for _, name := range []string{program.BpfbridgeMapPortMaps, program.BpfbridgeMapPortmapNodeAddrs, program.BpfbridgeMapPortmapConfig} {
+		from, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		to, err := d.writableMap(name)
+		if err == nil {
+			errs = append(errs, copyEntries(from, to))
+			to.Close()
+		}
+		from.Close()
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 

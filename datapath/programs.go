@@ -64,9 +64,15 @@ func (d *Datapath) loadUplinkPrograms() error {
 }
 
 // LoadAllPrograms loads and pins every program of this build that the node
-// does not have yet, the uplink programs too, so that no ADD pays for their
-// verification (`bridge datapath load`, at install time).
-func (d *Datapath) LoadAllPrograms() error { return d.loadUplinkPrograms() }
+// does not have yet, the uplink and node-socket programs too, so that no ADD
+// pays for their verification (`bridge datapath load`, at install time).
+func (d *Datapath) LoadAllPrograms() error {
+	if d.progs == nil {
+		return errors.New("loading the programs needs an open datapath: open it with Open")
+	}
+	_, err := d.loadGroups(uplinkPrograms, sockPrograms)
+	return err
+}
 
 // loadGroups loads the groups' programs into d.progs, from their pins or,
 // under the state lock, from the embedded collection, all the groups'
@@ -338,7 +344,7 @@ func (d *Datapath) Upgrade() (int, error) {
 	if err != nil {
 		return moved, err
 	}
-	errs = append(errs, d.upgradeUplinks())
+	errs = append(errs, d.upgradeUplinks(), d.upgradeSockLinks())
 	if errors.Join(errs...) == nil {
 		errs = append(errs, d.finishLayouts(migrated), d.unpinOldPrograms(tag))
 	}

@@ -153,6 +153,16 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	}
 
 	gateways := completeRoutes(conf, result)
+	if len(conf.ports) > 0 {
+		// Undone with the attachment: Detach unpublishes its ports.
+		if err := dp.PublishPorts(portsOf(conf, args, ep, gatewayAddrs(gateways))); err != nil {
+			return portsError(err)
+		}
+		if err := failAfter("portmap"); err != nil {
+			return err
+		}
+		tr.Mark("portmap")
+	}
 	contIf, err := topology.ConfigureContainer(netns, topology.ContainerConfig{
 		IfName:    args.IfName,
 		IPs:       result.IPs,
@@ -273,6 +283,17 @@ func completeRoutes(conf *NetConf, result *current.Result) []net.IPNet {
 		}
 	}
 	return gateways
+}
+
+// gatewayAddrs are the addresses of gateways.
+func gatewayAddrs(gateways []net.IPNet) []netip.Addr {
+	var out []netip.Addr
+	for _, g := range gateways {
+		if a, ok := netip.AddrFromSlice(g.IP); ok {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
 }
 
 // setupGateways puts the gateway addresses on the bridge (or on the VLAN's

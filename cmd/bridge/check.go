@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -63,8 +64,18 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return err
 	}
 	defer dp.Close()
-	if err := dp.Check(endpointOf(conf, args, hostVeth, mac, ips)); err != nil {
+	ep := endpointOf(conf, args, hostVeth, mac, ips)
+	if err := dp.Check(ep); err != nil {
 		return checkFailed("datapath: %v", err)
+	}
+	var gateways []netip.Addr
+	for _, ipc := range ips {
+		if a, ok := netip.AddrFromSlice(ipc.Gateway); ok && conf.IsGateway {
+			gateways = append(gateways, a.Unmap())
+		}
+	}
+	if err := dp.CheckPorts(portsOf(conf, args, ep, gateways)); err != nil {
+		return checkFailed("port mapping: %v", err)
 	}
 	return netns.Do(func(ns.NetNS) error {
 		if err := topology.VerifyAddresses(args.IfName, ips); err != nil {

@@ -104,14 +104,22 @@ type NetConf struct {
 		// FastPath: unicast between endpoints of one bridge skips the
 		// bridge (default true).
 		FastPath *bool `json:"fastPath"`
+		// Cgroup is the cgroup v2 directory the node-socket
+		// port-mapping programs attach to (default: the cgroup2 root).
+		Cgroup string `json:"cgroup"`
 	} `json:"datapath"`
 
-	// Args holds args.cni.mac; other keys (Mesos sends
-	// args["org.apache.mesos"]) are ignored.
+	// Args holds args.cni.mac and Mesos' port mappings; other keys are
+	// ignored.
 	Args struct {
 		CNI struct {
 			MAC string `json:"mac,omitempty"`
 		} `json:"cni"`
+		Mesos struct {
+			NetworkInfo struct {
+				PortMappings []mesosPortMapping `json:"port_mappings"`
+			} `json:"network_info"`
+		} `json:"org.apache.mesos"`
 	} `json:"args"`
 	RuntimeConfig struct {
 		MAC string `json:"mac,omitempty"`
@@ -123,12 +131,17 @@ type NetConf struct {
 			EgressRate  uint64 `json:"egressRate"`
 			EgressBurst uint64 `json:"egressBurst"`
 		} `json:"bandwidth"`
+		// PortMappings reach bpfbridge when its entry declares the
+		// "portMappings" capability (portmap.go).
+		PortMappings []cniPortMapping `json:"portMappings"`
 	} `json:"runtimeConfig"`
 
 	// trunk is VlanTrunk expanded into sorted, distinct VLAN IDs.
 	trunk []int
 	// masq is Masquerade, parsed; Network and Subnets are filled at ADD.
 	masq datapath.Masquerade
+	// ports are the port mappings of both forms, parsed.
+	ports []datapath.PortMapping
 }
 
 // VlanTrunk is one entry of vlanTrunk: a single id or a minID-maxID range.
@@ -183,6 +196,9 @@ func loadConf(stdin []byte) (*NetConf, error) {
 		return nil, err
 	}
 	if conf.masq, err = parseMasquerade(conf); err != nil {
+		return nil, err
+	}
+	if conf.ports, err = parsePortMappings(conf); err != nil {
 		return nil, err
 	}
 	trunk, err := expandTrunk(conf.VlanTrunk)

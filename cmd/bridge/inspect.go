@@ -50,6 +50,9 @@ Objects:
                               endpoint
   ct list                     masquerade connection tracking entries
   nat list                    masquerade translations
+  portmap list                published ports: host address:port ("*": every
+                              node address), container address:port, protocol,
+                              owner, packets translated to the container
   monitor                     stream drop events as they happen, until Ctrl-C
       --endpoint <container-id>[/<ifname>]   only this endpoint's drops (monitor) or flows (ct, nat)
       --reason <reason>[,<reason>…]          only these reasons
@@ -99,6 +102,7 @@ var inspectCommands = []inspectCommand{
 	{words: []string{"stats"}, run: (*inspector).stats},
 	{words: []string{"ct", "list"}, flags: []string{"endpoint"}, run: (*inspector).ctList},
 	{words: []string{"nat", "list"}, flags: []string{"endpoint"}, run: (*inspector).natList},
+	{words: []string{"portmap", "list"}, run: (*inspector).portmapList},
 	{words: []string{"monitor"}, flags: []string{"endpoint", "reason", "count", "duration"}, run: (*inspector).monitor},
 	{words: []string{"ipam"}, flags: []string{"data-dir"}, run: (*inspector).ipam},
 }

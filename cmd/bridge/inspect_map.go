@@ -132,3 +132,17 @@ func (in *inspector) endpointIPs() ([]netip.Addr, error) {
 	}
 	return ips, nil
 }
+
+// portmapList serves `portmap list`: the node's published ports.
+func (in *inspector) portmapList([]string) error {
+	ports, err := in.dp.PublishedPorts()
+	if err != nil {
+		return err
+	}
+	return in.emit(ports, func(w io.Writer) {
+		row(w, "HOST", "CONTAINER", "PROTO", "OWNER", "PACKETS")
+		for _, p := range ports {
+			row(w, p.Host, p.Container, p.Protocol, p.Owner, p.Packets)
+		}
+	})
+}

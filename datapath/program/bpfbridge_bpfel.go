@@ -451,42 +451,142 @@ type BpfbridgePkt struct {
 	ArpOp  uint16
 }
 
+type BpfbridgePortmapConfig struct {
+	_           structs.HostLayout
+	NetnsCookie uint64
+	Enabled     uint32
+	Pad         uint32
+}
+
+type BpfbridgePortmapFlowFlags uint32
+
+const (
+	BpfbridgePortmapFlowFlagsPORTMAP_FLOW_F       BpfbridgePortmapFlowFlags = 1073741824
+	BpfbridgePortmapFlowFlagsPORTMAP_HAIRPIN_F    BpfbridgePortmapFlowFlags = 536870912
+	BpfbridgePortmapFlowFlagsPORTMAP_IFINDEX_MASK BpfbridgePortmapFlowFlags = 536870911
+)
+
+type BpfbridgePortmapKey struct {
+	_      structs.HostLayout
+	Family uint8
+	Proto  uint8
+	Port   uint16
+	Addr   [16]uint8
+}
+
+type BpfbridgePortmapLimits uint32
+
+const (
+	BpfbridgePortmapLimitsPORTMAP_MAX_ENTRIES    BpfbridgePortmapLimits = 16384
+	BpfbridgePortmapLimitsPORTMAP_MAX_NODE_ADDRS BpfbridgePortmapLimits = 1024
+	BpfbridgePortmapLimitsPORTMAP_MAX_SOCK_REV   BpfbridgePortmapLimits = 65536
+)
+
+type BpfbridgePortmapScratch struct {
+	_  structs.HostLayout
+	K  BpfbridgePortmapKey
+	It BpfbridgeNatTuple
+	Ot BpfbridgeNatTuple
+	L4 struct {
+		_        structs.HostLayout
+		CsumOff  uint32
+		SportOff uint32
+		DportOff uint32
+		Sport    uint16
+		Dport    uint16
+		TcpFlags uint8
+		TcpDoff  uint8
+		TcpWin   uint16
+		TcpSeq   uint32
+		TcpAck   uint32
+	}
+	V   BpfbridgeNatEntry
+	Src struct {
+		_ structs.HostLayout
+		B [16]uint8
+	}
+	To struct {
+		_ structs.HostLayout
+		B [16]uint8
+	}
+}
+
+type BpfbridgePortmapSockKey struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Addr   [16]uint8
+	Port   uint16
+	Family uint8
+	Pad    [5]uint8
+}
+
+type BpfbridgePortmapSockOrig struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+	Port uint16
+	Pad  [2]uint8
+}
+
+type BpfbridgePortmapValue struct {
+	_          structs.HostLayout
+	Addr       [16]uint8
+	Port       uint16
+	Pad        [2]uint8
+	Ifindex    uint32
+	HairpinSrc [16]uint8
+	Owner      [32]uint8
+	Packets    uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	BpfbridgeMapDropEvents        = "drop_events"
-	BpfbridgeMapDropTotals        = "drop_totals"
-	BpfbridgeMapEndpointMeta      = "endpoint_meta"
-	BpfbridgeMapEndpointStats     = "endpoint_stats"
-	BpfbridgeMapEndpoints         = "endpoints"
-	BpfbridgeMapEventBudget       = "event_budget"
-	BpfbridgeMapFastPathStats     = "fast_path_stats"
-	BpfbridgeMapGatewayMacs       = "gateway_macs"
-	BpfbridgeMapIcmpScratch       = "icmp_scratch"
-	BpfbridgeMapIpOwners          = "ip_owners"
-	BpfbridgeMapMacOwners         = "mac_owners"
-	BpfbridgeMapNatConfig         = "nat_config"
-	BpfbridgeMapNatExclude        = "nat_exclude"
-	BpfbridgeMapNatFrags          = "nat_frags"
-	BpfbridgeMapNatGen            = "nat_gen"
-	BpfbridgeMapNatGenScratch     = "nat_gen_scratch"
-	BpfbridgeMapNatIn             = "nat_in"
-	BpfbridgeMapNatNetworks       = "nat_networks"
-	BpfbridgeMapNatOut            = "nat_out"
-	BpfbridgeMapNatQuota          = "nat_quota"
-	BpfbridgeMapNatRing           = "nat_ring"
-	BpfbridgeMapNatRingPos        = "nat_ring_pos"
-	BpfbridgeMapNatScratch        = "nat_scratch"
-	BpfbridgeMapNatUplinks        = "nat_uplinks"
-	BpfbridgeMapNatUsage          = "nat_usage"
-	BpfbridgeMapUplinkPkts        = "uplink_pkts"
-	BpfbridgeProgFromContainer    = "from_container"
-	BpfbridgeProgToContainer      = "to_container"
-	BpfbridgeProgUplinkEgress     = "uplink_egress"
-	BpfbridgeProgUplinkIngress    = "uplink_ingress"
-	BpfbridgeVarBpfbridgeContract = "bpfbridge_contract"
-	BpfbridgeVarBpfbridgeVariant  = "bpfbridge_variant"
+	BpfbridgeMapDropEvents           = "drop_events"
+	BpfbridgeMapDropTotals           = "drop_totals"
+	BpfbridgeMapEndpointMeta         = "endpoint_meta"
+	BpfbridgeMapEndpointStats        = "endpoint_stats"
+	BpfbridgeMapEndpoints            = "endpoints"
+	BpfbridgeMapEventBudget          = "event_budget"
+	BpfbridgeMapFastPathStats        = "fast_path_stats"
+	BpfbridgeMapGatewayMacs          = "gateway_macs"
+	BpfbridgeMapIcmpScratch          = "icmp_scratch"
+	BpfbridgeMapIpOwners             = "ip_owners"
+	BpfbridgeMapMacOwners            = "mac_owners"
+	BpfbridgeMapNatConfig            = "nat_config"
+	BpfbridgeMapNatExclude           = "nat_exclude"
+	BpfbridgeMapNatFrags             = "nat_frags"
+	BpfbridgeMapNatGen               = "nat_gen"
+	BpfbridgeMapNatGenScratch        = "nat_gen_scratch"
+	BpfbridgeMapNatIn                = "nat_in"
+	BpfbridgeMapNatNetworks          = "nat_networks"
+	BpfbridgeMapNatOut               = "nat_out"
+	BpfbridgeMapNatQuota             = "nat_quota"
+	BpfbridgeMapNatRing              = "nat_ring"
+	BpfbridgeMapNatRingPos           = "nat_ring_pos"
+	BpfbridgeMapNatScratch           = "nat_scratch"
+	BpfbridgeMapNatUplinks           = "nat_uplinks"
+	BpfbridgeMapNatUsage             = "nat_usage"
+	BpfbridgeMapPortMaps             = "port_maps"
+	BpfbridgeMapPortmapConfig        = "portmap_config"
+	BpfbridgeMapPortmapNodeAddrs     = "portmap_node_addrs"
+	BpfbridgeMapPortmapScratch       = "portmap_scratch"
+	BpfbridgeMapPortmapSockRev       = "portmap_sock_rev"
+	BpfbridgeMapUplinkPkts           = "uplink_pkts"
+	BpfbridgeProgFromContainer       = "from_container"
+	BpfbridgeProgPortmapConnect4     = "portmap_connect4"
+	BpfbridgeProgPortmapConnect6     = "portmap_connect6"
+	BpfbridgeProgPortmapGetpeername4 = "portmap_getpeername4"
+	BpfbridgeProgPortmapGetpeername6 = "portmap_getpeername6"
+	BpfbridgeProgPortmapRecvmsg4     = "portmap_recvmsg4"
+	BpfbridgeProgPortmapRecvmsg6     = "portmap_recvmsg6"
+	BpfbridgeProgPortmapSendmsg4     = "portmap_sendmsg4"
+	BpfbridgeProgPortmapSendmsg6     = "portmap_sendmsg6"
+	BpfbridgeProgToContainer         = "to_container"
+	BpfbridgeProgUplinkEgress        = "uplink_egress"
+	BpfbridgeProgUplinkIngress       = "uplink_ingress"
+	BpfbridgeVarBpfbridgeContract    = "bpfbridge_contract"
+	BpfbridgeVarBpfbridgeVariant     = "bpfbridge_variant"
 )
 
 // LoadBpfbridge returns the embedded CollectionSpec for Bpfbridge.
@@ -531,42 +631,55 @@ type BpfbridgeSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BpfbridgeProgramSpecs struct {
-	FromContainer *ebpf.ProgramSpec `ebpf:"from_container"`
-	ToContainer   *ebpf.ProgramSpec `ebpf:"to_container"`
-	UplinkEgress  *ebpf.ProgramSpec `ebpf:"uplink_egress"`
-	UplinkIngress *ebpf.ProgramSpec `ebpf:"uplink_ingress"`
+	FromContainer       *ebpf.ProgramSpec `ebpf:"from_container"`
+	PortmapConnect4     *ebpf.ProgramSpec `ebpf:"portmap_connect4"`
+	PortmapConnect6     *ebpf.ProgramSpec `ebpf:"portmap_connect6"`
+	PortmapGetpeername4 *ebpf.ProgramSpec `ebpf:"portmap_getpeername4"`
+	PortmapGetpeername6 *ebpf.ProgramSpec `ebpf:"portmap_getpeername6"`
+	PortmapRecvmsg4     *ebpf.ProgramSpec `ebpf:"portmap_recvmsg4"`
+	PortmapRecvmsg6     *ebpf.ProgramSpec `ebpf:"portmap_recvmsg6"`
+	PortmapSendmsg4     *ebpf.ProgramSpec `ebpf:"portmap_sendmsg4"`
+	PortmapSendmsg6     *ebpf.ProgramSpec `ebpf:"portmap_sendmsg6"`
+	ToContainer         *ebpf.ProgramSpec `ebpf:"to_container"`
+	UplinkEgress        *ebpf.ProgramSpec `ebpf:"uplink_egress"`
+	UplinkIngress       *ebpf.ProgramSpec `ebpf:"uplink_ingress"`
 }
 
 // BpfbridgeMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BpfbridgeMapSpecs struct {
-	DropEvents    *ebpf.MapSpec `ebpf:"drop_events"`
-	DropTotals    *ebpf.MapSpec `ebpf:"drop_totals"`
-	EndpointMeta  *ebpf.MapSpec `ebpf:"endpoint_meta"`
-	EndpointStats *ebpf.MapSpec `ebpf:"endpoint_stats"`
-	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
-	EventBudget   *ebpf.MapSpec `ebpf:"event_budget"`
-	FastPathStats *ebpf.MapSpec `ebpf:"fast_path_stats"`
-	GatewayMacs   *ebpf.MapSpec `ebpf:"gateway_macs"`
-	IcmpScratch   *ebpf.MapSpec `ebpf:"icmp_scratch"`
-	IpOwners      *ebpf.MapSpec `ebpf:"ip_owners"`
-	MacOwners     *ebpf.MapSpec `ebpf:"mac_owners"`
-	NatConfig     *ebpf.MapSpec `ebpf:"nat_config"`
-	NatExclude    *ebpf.MapSpec `ebpf:"nat_exclude"`
-	NatFrags      *ebpf.MapSpec `ebpf:"nat_frags"`
-	NatGen        *ebpf.MapSpec `ebpf:"nat_gen"`
-	NatGenScratch *ebpf.MapSpec `ebpf:"nat_gen_scratch"`
-	NatIn         *ebpf.MapSpec `ebpf:"nat_in"`
-	NatNetworks   *ebpf.MapSpec `ebpf:"nat_networks"`
-	NatOut        *ebpf.MapSpec `ebpf:"nat_out"`
-	NatQuota      *ebpf.MapSpec `ebpf:"nat_quota"`
-	NatRing       *ebpf.MapSpec `ebpf:"nat_ring"`
-	NatRingPos    *ebpf.MapSpec `ebpf:"nat_ring_pos"`
-	NatScratch    *ebpf.MapSpec `ebpf:"nat_scratch"`
-	NatUplinks    *ebpf.MapSpec `ebpf:"nat_uplinks"`
-	NatUsage      *ebpf.MapSpec `ebpf:"nat_usage"`
-	UplinkPkts    *ebpf.MapSpec `ebpf:"uplink_pkts"`
+	DropEvents       *ebpf.MapSpec `ebpf:"drop_events"`
+	DropTotals       *ebpf.MapSpec `ebpf:"drop_totals"`
+	EndpointMeta     *ebpf.MapSpec `ebpf:"endpoint_meta"`
+	EndpointStats    *ebpf.MapSpec `ebpf:"endpoint_stats"`
+	Endpoints        *ebpf.MapSpec `ebpf:"endpoints"`
+	EventBudget      *ebpf.MapSpec `ebpf:"event_budget"`
+	FastPathStats    *ebpf.MapSpec `ebpf:"fast_path_stats"`
+	GatewayMacs      *ebpf.MapSpec `ebpf:"gateway_macs"`
+	IcmpScratch      *ebpf.MapSpec `ebpf:"icmp_scratch"`
+	IpOwners         *ebpf.MapSpec `ebpf:"ip_owners"`
+	MacOwners        *ebpf.MapSpec `ebpf:"mac_owners"`
+	NatConfig        *ebpf.MapSpec `ebpf:"nat_config"`
+	NatExclude       *ebpf.MapSpec `ebpf:"nat_exclude"`
+	NatFrags         *ebpf.MapSpec `ebpf:"nat_frags"`
+	NatGen           *ebpf.MapSpec `ebpf:"nat_gen"`
+	NatGenScratch    *ebpf.MapSpec `ebpf:"nat_gen_scratch"`
+	NatIn            *ebpf.MapSpec `ebpf:"nat_in"`
+	NatNetworks      *ebpf.MapSpec `ebpf:"nat_networks"`
+	NatOut           *ebpf.MapSpec `ebpf:"nat_out"`
+	NatQuota         *ebpf.MapSpec `ebpf:"nat_quota"`
+	NatRing          *ebpf.MapSpec `ebpf:"nat_ring"`
+	NatRingPos       *ebpf.MapSpec `ebpf:"nat_ring_pos"`
+	NatScratch       *ebpf.MapSpec `ebpf:"nat_scratch"`
+	NatUplinks       *ebpf.MapSpec `ebpf:"nat_uplinks"`
+	NatUsage         *ebpf.MapSpec `ebpf:"nat_usage"`
+	PortMaps         *ebpf.MapSpec `ebpf:"port_maps"`
+	PortmapConfig    *ebpf.MapSpec `ebpf:"portmap_config"`
+	PortmapNodeAddrs *ebpf.MapSpec `ebpf:"portmap_node_addrs"`
+	PortmapScratch   *ebpf.MapSpec `ebpf:"portmap_scratch"`
+	PortmapSockRev   *ebpf.MapSpec `ebpf:"portmap_sock_rev"`
+	UplinkPkts       *ebpf.MapSpec `ebpf:"uplink_pkts"`
 }
 
 // BpfbridgeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -597,32 +710,37 @@ func (o *BpfbridgeObjects) Close() error {
 //
 // It can be passed to LoadBpfbridgeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BpfbridgeMaps struct {
-	DropEvents    *ebpf.Map `ebpf:"drop_events"`
-	DropTotals    *ebpf.Map `ebpf:"drop_totals"`
-	EndpointMeta  *ebpf.Map `ebpf:"endpoint_meta"`
-	EndpointStats *ebpf.Map `ebpf:"endpoint_stats"`
-	Endpoints     *ebpf.Map `ebpf:"endpoints"`
-	EventBudget   *ebpf.Map `ebpf:"event_budget"`
-	FastPathStats *ebpf.Map `ebpf:"fast_path_stats"`
-	GatewayMacs   *ebpf.Map `ebpf:"gateway_macs"`
-	IcmpScratch   *ebpf.Map `ebpf:"icmp_scratch"`
-	IpOwners      *ebpf.Map `ebpf:"ip_owners"`
-	MacOwners     *ebpf.Map `ebpf:"mac_owners"`
-	NatConfig     *ebpf.Map `ebpf:"nat_config"`
-	NatExclude    *ebpf.Map `ebpf:"nat_exclude"`
-	NatFrags      *ebpf.Map `ebpf:"nat_frags"`
-	NatGen        *ebpf.Map `ebpf:"nat_gen"`
-	NatGenScratch *ebpf.Map `ebpf:"nat_gen_scratch"`
-	NatIn         *ebpf.Map `ebpf:"nat_in"`
-	NatNetworks   *ebpf.Map `ebpf:"nat_networks"`
-	NatOut        *ebpf.Map `ebpf:"nat_out"`
-	NatQuota      *ebpf.Map `ebpf:"nat_quota"`
-	NatRing       *ebpf.Map `ebpf:"nat_ring"`
-	NatRingPos    *ebpf.Map `ebpf:"nat_ring_pos"`
-	NatScratch    *ebpf.Map `ebpf:"nat_scratch"`
-	NatUplinks    *ebpf.Map `ebpf:"nat_uplinks"`
-	NatUsage      *ebpf.Map `ebpf:"nat_usage"`
-	UplinkPkts    *ebpf.Map `ebpf:"uplink_pkts"`
+	DropEvents       *ebpf.Map `ebpf:"drop_events"`
+	DropTotals       *ebpf.Map `ebpf:"drop_totals"`
+	EndpointMeta     *ebpf.Map `ebpf:"endpoint_meta"`
+	EndpointStats    *ebpf.Map `ebpf:"endpoint_stats"`
+	Endpoints        *ebpf.Map `ebpf:"endpoints"`
+	EventBudget      *ebpf.Map `ebpf:"event_budget"`
+	FastPathStats    *ebpf.Map `ebpf:"fast_path_stats"`
+	GatewayMacs      *ebpf.Map `ebpf:"gateway_macs"`
+	IcmpScratch      *ebpf.Map `ebpf:"icmp_scratch"`
+	IpOwners         *ebpf.Map `ebpf:"ip_owners"`
+	MacOwners        *ebpf.Map `ebpf:"mac_owners"`
+	NatConfig        *ebpf.Map `ebpf:"nat_config"`
+	NatExclude       *ebpf.Map `ebpf:"nat_exclude"`
+	NatFrags         *ebpf.Map `ebpf:"nat_frags"`
+	NatGen           *ebpf.Map `ebpf:"nat_gen"`
+	NatGenScratch    *ebpf.Map `ebpf:"nat_gen_scratch"`
+	NatIn            *ebpf.Map `ebpf:"nat_in"`
+	NatNetworks      *ebpf.Map `ebpf:"nat_networks"`
+	NatOut           *ebpf.Map `ebpf:"nat_out"`
+	NatQuota         *ebpf.Map `ebpf:"nat_quota"`
+	NatRing          *ebpf.Map `ebpf:"nat_ring"`
+	NatRingPos       *ebpf.Map `ebpf:"nat_ring_pos"`
+	NatScratch       *ebpf.Map `ebpf:"nat_scratch"`
+	NatUplinks       *ebpf.Map `ebpf:"nat_uplinks"`
+	NatUsage         *ebpf.Map `ebpf:"nat_usage"`
+	PortMaps         *ebpf.Map `ebpf:"port_maps"`
+	PortmapConfig    *ebpf.Map `ebpf:"portmap_config"`
+	PortmapNodeAddrs *ebpf.Map `ebpf:"portmap_node_addrs"`
+	PortmapScratch   *ebpf.Map `ebpf:"portmap_scratch"`
+	PortmapSockRev   *ebpf.Map `ebpf:"portmap_sock_rev"`
+	UplinkPkts       *ebpf.Map `ebpf:"uplink_pkts"`
 }
 
 func (m *BpfbridgeMaps) Close() error {
@@ -652,6 +770,11 @@ func (m *BpfbridgeMaps) Close() error {
 		m.NatScratch,
 		m.NatUplinks,
 		m.NatUsage,
+		m.PortMaps,
+		m.PortmapConfig,
+		m.PortmapNodeAddrs,
+		m.PortmapScratch,
+		m.PortmapSockRev,
 		m.UplinkPkts,
 	)
 }
@@ -668,15 +791,31 @@ type BpfbridgeVariables struct {
 //
 // It can be passed to LoadBpfbridgeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BpfbridgePrograms struct {
-	FromContainer *ebpf.Program `ebpf:"from_container"`
-	ToContainer   *ebpf.Program `ebpf:"to_container"`
-	UplinkEgress  *ebpf.Program `ebpf:"uplink_egress"`
-	UplinkIngress *ebpf.Program `ebpf:"uplink_ingress"`
+	FromContainer       *ebpf.Program `ebpf:"from_container"`
+	PortmapConnect4     *ebpf.Program `ebpf:"portmap_connect4"`
+	PortmapConnect6     *ebpf.Program `ebpf:"portmap_connect6"`
+	PortmapGetpeername4 *ebpf.Program `ebpf:"portmap_getpeername4"`
+	PortmapGetpeername6 *ebpf.Program `ebpf:"portmap_getpeername6"`
+	PortmapRecvmsg4     *ebpf.Program `ebpf:"portmap_recvmsg4"`
+	PortmapRecvmsg6     *ebpf.Program `ebpf:"portmap_recvmsg6"`
+	PortmapSendmsg4     *ebpf.Program `ebpf:"portmap_sendmsg4"`
+	PortmapSendmsg6     *ebpf.Program `ebpf:"portmap_sendmsg6"`
+	ToContainer         *ebpf.Program `ebpf:"to_container"`
+	UplinkEgress        *ebpf.Program `ebpf:"uplink_egress"`
+	UplinkIngress       *ebpf.Program `ebpf:"uplink_ingress"`
 }
 
 func (p *BpfbridgePrograms) Close() error {
 	return _BpfbridgeClose(
 		p.FromContainer,
+		p.PortmapConnect4,
+		p.PortmapConnect6,
+		p.PortmapGetpeername4,
+		p.PortmapGetpeername6,
+		p.PortmapRecvmsg4,
+		p.PortmapRecvmsg6,
+		p.PortmapSendmsg4,
+		p.PortmapSendmsg6,
 		p.ToContainer,
 		p.UplinkEgress,
 		p.UplinkIngress,

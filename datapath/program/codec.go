@@ -310,3 +310,38 @@ func (r DropReason) MarshalText() ([]byte, error) { return []byte(r.String()), n
 
 // MarshalText writes the direction's name.
 func (d BpfbridgeDirection) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// PortmapKeyOf is the port_maps key of a published port: proto
+// (IPPROTO_TCP, IPPROTO_UDP) and port on hostIP of family (4 or 6); an
+// invalid or unspecified hostIP publishes on every node address.
+func PortmapKeyOf(family, proto uint8, hostIP netip.Addr, port uint16) BpfbridgePortmapKey {
+	k := BpfbridgePortmapKey{Family: family, Proto: proto, Port: Be16(port)}
+	if hostIP.IsValid() && !hostIP.IsUnspecified() {
+		k.Addr = addr16(hostIP.Unmap())
+	}
+	return k
+}
+
+// HostIP is the key's host address, invalid for every node address.
+func (k *BpfbridgePortmapKey) HostIP() netip.Addr {
+	if k.Addr == ([16]uint8{}) {
+		return netip.Addr{}
+	}
+	return AddrOf(k.Family, k.Addr)
+}
+
+// PortmapValueOf is the port_maps value sending a published port to port
+// on container (the host veth ifindex), owned by the attachment owner;
+// hairpin is the gateway hairpin traffic is translated to (invalid: none).
+func PortmapValueOf(container netip.Addr, port uint16, ifindex uint32, hairpin netip.Addr, owner [32]byte) BpfbridgePortmapValue {
+	v := BpfbridgePortmapValue{Addr: addr16(container.Unmap()), Port: Be16(port), Ifindex: ifindex, Owner: owner}
+	if hairpin.IsValid() {
+		v.HairpinSrc = addr16(hairpin.Unmap())
+	}
+	return v
+}
+
+// Container is the value's container address, of the key's family.
+func (v *BpfbridgePortmapValue) Container(family uint8) netip.AddrPort {
+	return netip.AddrPortFrom(AddrOf(family, v.Addr), FromBe16(v.Port))
+}

@@ -87,10 +87,17 @@ func (n *natEnv) setConfig(t *testing.T, c program.BpfbridgeNatConfig) {
 // frame as the program left it.
 func (n *natEnv) xlate(t *testing.T, prog *ebpf.Program, frame []byte) (uint32, []byte) {
 	t.Helper()
+	return n.runOut(t, prog, n.uplink, frame)
+}
+
+// runOut runs prog on frame on ifindex and returns the verdict and the
+// frame as the program left it.
+func (e *env) runOut(t *testing.T, prog *ebpf.Program, ifindex uint32, frame []byte) (uint32, []byte) {
+	t.Helper()
 	var ret uint32
 	out := make([]byte, len(frame)+256)
-	err := n.ns.Do(func() error {
-		opts := ebpf.RunOptions{Data: frame, DataOut: out, Context: skbContext{Ifindex: n.uplink}}
+	err := e.ns.Do(func() error {
+		opts := ebpf.RunOptions{Data: frame, DataOut: out, Context: skbContext{Ifindex: ifindex}}
 		var err error
 		ret, err = prog.Run(&opts)
 		out = opts.DataOut

@@ -92,8 +92,10 @@ func TestDatapathLoad(t *testing.T) {
 	}
 	load()
 	first := pinnedPrograms(t, sb)
-	if got := slices.Sorted(maps.Keys(first)); !slices.Equal(got, []string{"from_container", "to_container", "uplink_egress", "uplink_ingress"}) {
-		t.Fatalf("datapath load pinned %v, want all four programs", got)
+	want := []string{"from_container", "portmap_connect4", "portmap_connect6", "portmap_getpeername4", "portmap_getpeername6",
+		"portmap_recvmsg4", "portmap_recvmsg6", "portmap_sendmsg4", "portmap_sendmsg6", "to_container", "uplink_egress", "uplink_ingress"}
+	if got := slices.Sorted(maps.Keys(first)); !slices.Equal(got, want) {
+		t.Fatalf("datapath load pinned %v, want all of them: %v", got, want)
 	}
 	load()
 	if again := pinnedPrograms(t, sb); !maps.Equal(again, first) {

@@ -13,6 +13,17 @@ import (
 // to addr with the address:port they came from, followed by a newline: how
 // a server sees its clients, e.g. through masquerade.
 func ServeWhoAmI(n *NetNS, addr netip.AddrPort) (stop func(), err error) {
+	return serveLines(n, addr, func(from string) string { return from })
+}
+
+// ServeTagged is ServeWhoAmI answering "<tag> <address:port>": which server
+// got the traffic, and from where.
+func ServeTagged(n *NetNS, addr netip.AddrPort, tag string) (stop func(), err error) {
+	return serveLines(n, addr, func(from string) string { return tag + " " + from })
+}
+
+// serveLines answers TCP and UDP to addr inside n with line(client)+"\n".
+func serveLines(n *NetNS, addr netip.AddrPort, line func(from string) string) (stop func(), err error) {
 	var ln net.Listener
 	var pc net.PacketConn
 	err = n.Do(func() (err error) {
@@ -33,7 +44,7 @@ func ServeWhoAmI(n *NetNS, addr netip.AddrPort) (stop func(), err error) {
 			if err != nil {
 				return
 			}
-			fmt.Fprintln(c, c.RemoteAddr())
+			fmt.Fprintln(c, line(c.RemoteAddr().String()))
 			c.Close()
 		}
 	}()
@@ -44,7 +55,7 @@ func ServeWhoAmI(n *NetNS, addr netip.AddrPort) (stop func(), err error) {
 			if err != nil {
 				return
 			}
-			_, _ = pc.WriteTo([]byte(from.String()+"\n"), from)
+			_, _ = pc.WriteTo([]byte(line(from.String())+"\n"), from)
 		}
 	}()
 	return func() { ln.Close(); pc.Close() }, nil
