@@ -89,10 +89,7 @@ func TestFailureAfterAllocationUndoesAll(t *testing.T) {
 			n := newNetwork(t, sb, fmt.Sprintf(`{"cniVersion": "1.0.0", "name": %q, "type": "bridge",
 				"bridge": %q, "isGateway": true, "mtu": 1420,
 				"ipam": {"type": "host-local", "subnet": %q, "dataDir": %q}}`, c.bridge, c.bridge, c.subnet, t.TempDir()), bins.PluginDir())
-			ctr, err := sb.NewContainer(c.bridge)
-			if err != nil {
-				t.Fatal(err)
-			}
+			ctr := newContainer(t, sb, c.bridge)
 			_, err = n.add(ctr, "doomed", "eth0")
 			if cniCode(err) != 110 {
 				t.Fatalf("ADD: %v (code %d), want code 110", err, cniCode(err))
@@ -121,10 +118,7 @@ func TestBridgeMTUIsKept(t *testing.T) {
 		n := newNetwork(t, sb, fmt.Sprintf(`{"cniVersion": "1.0.0", "name": %q, "type": "bridge",
 			"bridge": %q, "mtu": 1420, "ipam": {"type": "host-local", "subnet": "10.62.0.0/24", "dataDir": %q}}`,
 			bridge, bridge, t.TempDir()), bins.PluginDir())
-		ctr, err := sb.NewContainer(bridge)
-		if err != nil {
-			t.Fatal(err)
-		}
+		ctr := newContainer(t, sb, bridge)
 		n.mustAdd(ctr, "c", "eth0")
 		if err := n.del(ctr, "c", "eth0"); err != nil {
 			t.Fatal(err)
@@ -198,16 +192,13 @@ func TestIfnameAlreadyExists(t *testing.T) {
 	sb := sandbox.ForTest(t)
 	n := newNetwork(t, sb, fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "taken", "type": "bridge",
 		"bridge": "br-taken", "ipam": {"type": "host-local", "subnet": "10.91.0.0/24", "dataDir": %q}}`, t.TempDir()), bins.PluginDir())
-	ctr, err := sb.NewContainer("taken")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctr := newContainer(t, sb, "taken")
 	if err := ctr.Do(func() error {
 		return netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}})
 	}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = n.add(ctr, "taken", "eth0")
+	_, err := n.add(ctr, "taken", "eth0")
 	if cniCode(err) != types.ErrInvalidEnvironmentVariables {
 		t.Fatalf("ADD over an existing eth0: %v (code %d), want code 4", err, cniCode(err))
 	}
@@ -223,10 +214,7 @@ func TestIfnameAlreadyExists(t *testing.T) {
 // message naming the offending key and value, and nothing left behind.
 func TestInvalidInputs(t *testing.T) {
 	sb := sandbox.ForTest(t)
-	ctr, err := sb.NewContainer("bad")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctr := newContainer(t, sb, "bad")
 	const ipam = `"type": "host-local", "subnet": "10.70.0.0/24"`
 	cases := []badInput{
 		{"bad JSON", `{"name": "bad", "type": "bridge",`, nil, 6, []string{"JSON"}},
@@ -342,10 +330,7 @@ func TestRemovedEndpointLeavesNoVeth(t *testing.T) {
 	target := isolated.attach("fcb0")
 
 	// GC with an empty valid list, the container still running.
-	gcVictim, err := sb.NewContainer("fcgc")
-	if err != nil {
-		t.Fatal(err)
-	}
+	gcVictim := newContainer(t, sb, "fcgc")
 	n.mustAdd(gcVictim, "fcgc", "eth0")
 	if err := sb.InNode(func() error {
 		return n.cni.GCNetworkList(context.Background(), n.list, &libcni.GCArgs{})
@@ -355,14 +340,8 @@ func TestRemovedEndpointLeavesNoVeth(t *testing.T) {
 	assertCut(t, gcVictim, target)
 
 	// The same (container id, ifname) added again, into another netns.
-	first, err := sb.NewContainer("fcdup1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	second, err := sb.NewContainer("fcdup2")
-	if err != nil {
-		t.Fatal(err)
-	}
+	first := newContainer(t, sb, "fcdup1")
+	second := newContainer(t, sb, "fcdup2")
 	n.mustAdd(first, "fcdup", "eth0")
 	n.mustAdd(second, "fcdup", "eth0")
 	assertCut(t, first, target)
@@ -409,12 +388,9 @@ func TestLostStateFailsClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	a2, err := sb.NewContainer("lsa2")
-	if err != nil {
-		t.Fatal(err)
-	}
+	a2 := newContainer(t, sb, "lsa2")
 	allocated := len(na.allocations())
-	_, err = na.add(a2, "lsa2", "eth0")
+	_, err := na.add(a2, "lsa2", "eth0")
 	if cniCode(err) != 112 || !strings.Contains(fmt.Sprint(err), "datapath state lost") {
 		t.Fatalf("ADD after the state was lost: %v (code %d), want code 112 saying the state was lost", err, cniCode(err))
 	}
@@ -488,10 +464,7 @@ func TestUnderIPNetnsExec(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(confDir, "ipne.conflist"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ctr, err := sb.NewContainer("ipne0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctr := newContainer(t, sb, "ipne0")
 	cmd := exec.Command("nsenter", "--target", mnt.Pid(), "--mount", "--",
 		"ip", "netns", "exec", sb.Node.Name, bins.CNITool, "add", "ipne", ctr.Path)
 	cmd.Env = append(os.Environ(), "NETCONFPATH="+confDir, "CNI_PATH="+bins.PluginDir())

@@ -167,8 +167,8 @@ func TestMasqueradePMTU(t *testing.T) {
 	n := newNetwork(t, sb, masqConf("masq", "br-masq", t.TempDir(), masqRanges4, ""), bins.PluginDir())
 	c := n.attach("pmtu")
 
-	var ln net.Listener
-	if err := far.Do(func() (err error) { ln, err = net.Listen("tcp", netip.AddrPortFrom(farAddr, 0).String()); return err }); err != nil {
+	ln, err := far.ListenTCP(netip.AddrPortFrom(farAddr, 0))
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
@@ -223,10 +223,7 @@ func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 // "fragmentation needed" from External) saves a large transfer to it.
 func addFarHost(t *testing.T, sb *sandbox.Sandbox, mtu int) (*sandbox.NetNS, netip.Addr) {
 	t.Helper()
-	far, err := sb.NewContainer("far")
-	if err != nil {
-		t.Fatal(err)
-	}
+	far := newContainer(t, sb, "far")
 	routerSide, farSide := netip.MustParsePrefix("198.18.0.1/30"), netip.MustParsePrefix("198.18.0.2/30")
 	if err := linkNamespaces(sb.External, far, "to-far", "eth0", mtu, routerSide, farSide); err != nil {
 		t.Fatal(err)
@@ -234,7 +231,7 @@ func addFarHost(t *testing.T, sb *sandbox.Sandbox, mtu int) (*sandbox.NetNS, net
 	if err := sb.External.SetSysctl("net.ipv4.ip_forward", "1"); err != nil {
 		t.Fatal(err)
 	}
-	err = far.Do(func() error {
+	err := far.Do(func() error {
 		l, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
@@ -288,8 +285,8 @@ func TestMasqueradePortExhaustion(t *testing.T) {
 	n := newNetwork(t, sb, masqConf("masq", "br-masq", t.TempDir(), masqRanges4, `"masquerade": {"portRange": "61000-61001"}`), bins.PluginDir())
 	c := n.attach("ex")
 	server := netip.AddrPortFrom(sb.Internet4, 9000)
-	var ln net.Listener
-	if err := sb.External.Do(func() (err error) { ln, err = net.Listen("tcp", server.String()); return err }); err != nil {
+	ln, err := sb.External.ListenTCP(server)
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
@@ -772,8 +769,8 @@ func TestMasqueradeBlindRST(t *testing.T) {
 	sb, n, _ := newMasqNetwork(t, 8082)
 	c := n.attach("idle")
 	server := netip.AddrPortFrom(sb.Internet4, 9200)
-	var ln net.Listener
-	if err := sb.External.Do(func() (err error) { ln, err = net.Listen("tcp4", server.String()); return err }); err != nil {
+	ln, err := sb.External.ListenTCP(server)
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()

@@ -123,7 +123,7 @@ func TCPRequestResponse(ctx context.Context, client, server *NetNS, addr netip.A
 // what is measured is the handshake through the datapath, connection
 // tracking and NAT included.
 func TCPConnectRate(ctx context.Context, client, server *NetNS, addr netip.Addr, d time.Duration) (perSecond float64, err error) {
-	ln, err := listenTCP(server, addr)
+	ln, err := server.ListenTCP(netip.AddrPortFrom(addr, 0))
 	if err != nil {
 		return 0, err
 	}
@@ -234,15 +234,15 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 	return s[min(max(rank, 0), len(s)-1)]
 }
 
-// listenTCP listens on addr, port 0, inside n.
-func listenTCP(n *NetNS, addr netip.Addr) (*net.TCPListener, error) {
+// ListenTCP listens on addr (port 0 for any) inside n, in its family.
+func (n *NetNS) ListenTCP(addr netip.AddrPort) (*net.TCPListener, error) {
 	var ln *net.TCPListener
 	err := n.Do(func() (err error) {
-		ln, err = net.ListenTCP(network("tcp", addr), net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
+		ln, err = net.ListenTCP(network("tcp", addr.Addr()), net.TCPAddrFromAddrPort(addr))
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("sandbox: TCP listener in %s: %w", n.Name, err)
+		return nil, fmt.Errorf("sandbox: TCP listener on %s in %s: %w", addr, n.Name, err)
 	}
 	return ln, nil
 }
@@ -250,7 +250,7 @@ func listenTCP(n *NetNS, addr netip.Addr) (*net.TCPListener, error) {
 // tcpPair connects client to a listener at addr inside server and returns
 // both ends of the connection.
 func tcpPair(client, server *NetNS, addr netip.Addr) (c, s net.Conn, err error) {
-	ln, err := listenTCP(server, addr)
+	ln, err := server.ListenTCP(netip.AddrPortFrom(addr, 0))
 	if err != nil {
 		return nil, nil, err
 	}
