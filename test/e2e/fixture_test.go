@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -337,6 +338,17 @@ func newContainer(t testing.TB, sb *sandbox.Sandbox, name string) *sandbox.NetNS
 		t.Fatal(err)
 	}
 	return c
+}
+
+// listenTCP listens on addr inside n for the rest of the test, or fails t.
+func listenTCP(t testing.TB, n *sandbox.NetNS, addr netip.AddrPort) *net.TCPListener {
+	t.Helper()
+	ln, err := n.ListenTCP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
 }
 
 // newContainers creates count container namespaces named <base><i>.

@@ -167,11 +167,7 @@ func TestMasqueradePMTU(t *testing.T) {
 	n := newNetwork(t, sb, masqConf("masq", "br-masq", t.TempDir(), masqRanges4, ""), bins.PluginDir())
 	c := n.attach("pmtu")
 
-	ln, err := far.ListenTCP(netip.AddrPortFrom(farAddr, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := listenTCP(t, far, netip.AddrPortFrom(farAddr, 0))
 	got := make(chan int64, 1)
 	go func() {
 		conn, err := ln.Accept()
@@ -285,11 +281,7 @@ func TestMasqueradePortExhaustion(t *testing.T) {
 	n := newNetwork(t, sb, masqConf("masq", "br-masq", t.TempDir(), masqRanges4, `"masquerade": {"portRange": "61000-61001"}`), bins.PluginDir())
 	c := n.attach("ex")
 	server := netip.AddrPortFrom(sb.Internet4, 9000)
-	ln, err := sb.External.ListenTCP(server)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := listenTCP(t, sb.External, server)
 	go func() {
 		for {
 			conn, err := ln.Accept()
@@ -769,11 +761,7 @@ func TestMasqueradeBlindRST(t *testing.T) {
 	sb, n, _ := newMasqNetwork(t, 8082)
 	c := n.attach("idle")
 	server := netip.AddrPortFrom(sb.Internet4, 9200)
-	ln, err := sb.External.ListenTCP(server)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := listenTCP(t, sb.External, server)
 	accepted := make(chan net.Conn, 1)
 	go func() {
 		conn, err := ln.Accept()
