@@ -36,7 +36,13 @@ enum endpoint_limits {
  * (endpoint_meta alone is 65536 x ~0.9 KiB, ip_owners half a million
  * entries) in every node's kernel, charged to the cgroup that loads them.
  * Only the control plane inserts into them, so allocating on insert costs
- * the datapath nothing; lookups are the same either way. */
+ * the datapath nothing; lookups are the same either way.
+ *
+ * They share one shape (and with them stats.h's, fastpath.h's and nat.h's
+ * per-endpoint and per-network maps) but each is spelled out in libbpf's
+ * form, deliberately: a map definition is a declaration, not logic, and the
+ * written-out struct is what a reader greps for and bpftool names. Only the
+ * two halves of one table share a macro (NAT_TABLE_HALF in conntrack.h). */
 
 /* endpoint.isolation; one byte, as stored there. */
 enum __attribute__((packed)) isolation_mode {

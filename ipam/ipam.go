@@ -34,33 +34,31 @@ func Add(ipamType string, args *skel.CmdArgs) (*current.Result, error) {
 
 // Del releases the addresses of the attachment described by args.
 func Del(ipamType string, args *skel.CmdArgs) error {
-	if ipamType == HostLocal {
-		return hostlocal.Del(args)
-	}
-	return invoke.DelegateDel(context.TODO(), ipamType, args.StdinData, nil)
+	return run(ipamType, args, hostlocal.Del, invoke.DelegateDel)
 }
 
 // Check verifies that the attachment's addresses are still allocated.
 func Check(ipamType string, args *skel.CmdArgs) error {
-	if ipamType == HostLocal {
-		return hostlocal.Check(args)
-	}
-	return invoke.DelegateCheck(context.TODO(), ipamType, args.StdinData, nil)
+	return run(ipamType, args, hostlocal.Check, invoke.DelegateCheck)
 }
 
 // GC releases allocations of attachments missing from the config's
 // cni.dev/valid-attachments.
 func GC(ipamType string, args *skel.CmdArgs) error {
-	if ipamType == HostLocal {
-		return hostlocal.GC(args)
-	}
-	return invoke.DelegateGC(context.TODO(), ipamType, args.StdinData, nil)
+	return run(ipamType, args, hostlocal.GC, invoke.DelegateGC)
 }
 
 // Status reports whether the IPAM plugin could serve an ADD.
 func Status(ipamType string, args *skel.CmdArgs) error {
+	return run(ipamType, args, hostlocal.Status, invoke.DelegateStatus)
+}
+
+// run serves a verb that returns no result: in process for host-local,
+// through the delegate for any other type.
+func run(ipamType string, args *skel.CmdArgs, local func(*skel.CmdArgs) error,
+	delegate func(context.Context, string, []byte, invoke.Exec) error) error {
 	if ipamType == HostLocal {
-		return hostlocal.Status(args)
+		return local(args)
 	}
-	return invoke.DelegateStatus(context.TODO(), ipamType, args.StdinData, nil)
+	return delegate(context.TODO(), ipamType, args.StdinData, nil)
 }

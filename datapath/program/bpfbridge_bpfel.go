@@ -13,6 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type BpfbridgeAddr struct {
+	_ structs.HostLayout
+	B [16]uint8
+}
+
 type BpfbridgeAttachMode uint32
 
 const (
@@ -176,48 +181,26 @@ type BpfbridgeGatewayMac struct {
 	Pad [2]uint8
 }
 
+type BpfbridgeIcmpQuote struct {
+	_        structs.HostLayout
+	Saddr    BpfbridgeAddr
+	Daddr    BpfbridgeAddr
+	SaddrOff uint32
+	DaddrOff uint32
+	CheckOff uint32
+	L4Off    uint32
+	L4       BpfbridgeNatL4
+	Check    uint16
+	Proto    uint8
+	Pad      uint8
+}
+
 type BpfbridgeIcmpScratch struct {
-	_ structs.HostLayout
-	Q struct {
-		_     structs.HostLayout
-		Saddr struct {
-			_ structs.HostLayout
-			B [16]uint8
-		}
-		Daddr struct {
-			_ structs.HostLayout
-			B [16]uint8
-		}
-		SaddrOff uint32
-		DaddrOff uint32
-		CheckOff uint32
-		L4Off    uint32
-		L4       struct {
-			_        structs.HostLayout
-			CsumOff  uint32
-			SportOff uint32
-			DportOff uint32
-			Sport    uint16
-			Dport    uint16
-			TcpFlags uint8
-			TcpDoff  uint8
-			TcpWin   uint16
-			TcpSeq   uint32
-			TcpAck   uint32
-		}
-		Check uint16
-		Proto uint8
-		Pad   uint8
-	}
-	T  BpfbridgeNatTuple
-	To struct {
-		_ structs.HostLayout
-		B [16]uint8
-	}
-	From struct {
-		_ structs.HostLayout
-		B [16]uint8
-	}
+	_    structs.HostLayout
+	Q    BpfbridgeIcmpQuote
+	T    BpfbridgeNatTuple
+	To   BpfbridgeAddr
+	From BpfbridgeAddr
 }
 
 type BpfbridgeIpKey struct {
@@ -318,6 +301,20 @@ type BpfbridgeNatGenKey struct {
 	Pad    [3]uint8
 }
 
+type BpfbridgeNatL4 struct {
+	_        structs.HostLayout
+	CsumOff  uint32
+	SportOff uint32
+	DportOff uint32
+	Sport    uint16
+	Dport    uint16
+	TcpFlags uint8
+	TcpDoff  uint8
+	TcpWin   uint16
+	TcpSeq   uint32
+	TcpAck   uint32
+}
+
 type BpfbridgeNatLimits uint32
 
 const (
@@ -364,28 +361,13 @@ type BpfbridgeNatRingPos struct {
 }
 
 type BpfbridgeNatScratch struct {
-	_       structs.HostLayout
-	Ot      BpfbridgeNatTuple
-	It      BpfbridgeNatTuple
-	NatAddr struct {
-		_ structs.HostLayout
-		B [16]uint8
-	}
-	Rot BpfbridgeNatTuple
-	Rit BpfbridgeNatTuple
-	L4  struct {
-		_        structs.HostLayout
-		CsumOff  uint32
-		SportOff uint32
-		DportOff uint32
-		Sport    uint16
-		Dport    uint16
-		TcpFlags uint8
-		TcpDoff  uint8
-		TcpWin   uint16
-		TcpSeq   uint32
-		TcpAck   uint32
-	}
+	_         structs.HostLayout
+	Ot        BpfbridgeNatTuple
+	It        BpfbridgeNatTuple
+	NatAddr   BpfbridgeAddr
+	Rot       BpfbridgeNatTuple
+	Rit       BpfbridgeNatTuple
+	L4        BpfbridgeNatL4
 	_         [4]byte
 	V         BpfbridgeNatEntry
 	Reclaimed uint8
@@ -439,16 +421,10 @@ type BpfbridgePkt struct {
 	L4Off     uint32
 	L3End     uint32
 	FragId    uint32
-	Saddr     struct {
-		_ structs.HostLayout
-		B [16]uint8
-	}
-	Daddr struct {
-		_ structs.HostLayout
-		B [16]uint8
-	}
-	ArpSha [6]uint8
-	ArpOp  uint16
+	Saddr     BpfbridgeAddr
+	Daddr     BpfbridgeAddr
+	ArpSha    [6]uint8
+	ArpOp     uint16
 }
 
 type BpfbridgePortmapConfig struct {
@@ -483,32 +459,14 @@ const (
 )
 
 type BpfbridgePortmapScratch struct {
-	_  structs.HostLayout
-	K  BpfbridgePortmapKey
-	It BpfbridgeNatTuple
-	Ot BpfbridgeNatTuple
-	L4 struct {
-		_        structs.HostLayout
-		CsumOff  uint32
-		SportOff uint32
-		DportOff uint32
-		Sport    uint16
-		Dport    uint16
-		TcpFlags uint8
-		TcpDoff  uint8
-		TcpWin   uint16
-		TcpSeq   uint32
-		TcpAck   uint32
-	}
+	_   structs.HostLayout
+	K   BpfbridgePortmapKey
+	It  BpfbridgeNatTuple
+	Ot  BpfbridgeNatTuple
+	L4  BpfbridgeNatL4
 	V   BpfbridgeNatEntry
-	Src struct {
-		_ structs.HostLayout
-		B [16]uint8
-	}
-	To struct {
-		_ structs.HostLayout
-		B [16]uint8
-	}
+	Src BpfbridgeAddr
+	To  BpfbridgeAddr
 }
 
 type BpfbridgePortmapSockKey struct {

@@ -145,14 +145,9 @@ func loadConfig(data []byte, cniArgs string) (*config, error) {
 // fixes their last_reserved_ip indexes: runtimeConfig.ipRanges, then the
 // legacy top-level range, then ipam.ranges.
 func loadRangeSets(n *netConf) ([]rangeSet, error) {
-	var sets []rangeSet
-	for i, rs := range n.RuntimeConfig.IPRanges {
-		key := fmt.Sprintf("runtimeConfig.ipRanges[%d]", i)
-		set, err := loadRangeSet(key, rs)
-		if err != nil {
-			return nil, err
-		}
-		sets = append(sets, set)
+	sets, err := appendRangeSets(nil, "runtimeConfig.ipRanges", n.RuntimeConfig.IPRanges)
+	if err != nil {
+		return nil, err
 	}
 	// As in the reference, the legacy keys count only with a subnet.
 	if n.IPAM.Subnet != "" {
@@ -162,13 +157,8 @@ func loadRangeSets(n *netConf) ([]rangeSet, error) {
 		}
 		sets = append(sets, rangeSet{key: "ipam.subnet", ranges: []ipRange{r}})
 	}
-	for i, rs := range n.IPAM.Ranges {
-		key := fmt.Sprintf("ipam.ranges[%d]", i)
-		set, err := loadRangeSet(key, rs)
-		if err != nil {
-			return nil, err
-		}
-		sets = append(sets, set)
+	if sets, err = appendRangeSets(sets, "ipam.ranges", n.IPAM.Ranges); err != nil {
+		return nil, err
 	}
 	if len(sets) == 0 {
 		return nil, newError(types.ErrInvalidNetworkConfig, "ipam.ranges is missing: set ipam.ranges or ipam.subnet")
@@ -179,6 +169,18 @@ func loadRangeSets(n *netConf) ([]rangeSet, error) {
 				return nil, err
 			}
 		}
+	}
+	return sets, nil
+}
+
+// appendRangeSets appends the range sets of the list at key to sets.
+func appendRangeSets(sets []rangeSet, key string, list [][]rangeConf) ([]rangeSet, error) {
+	for i, confs := range list {
+		set, err := loadRangeSet(fmt.Sprintf("%s[%d]", key, i), confs)
+		if err != nil {
+			return nil, err
+		}
+		sets = append(sets, set)
 	}
 	return sets, nil
 }

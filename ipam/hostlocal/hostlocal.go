@@ -49,13 +49,11 @@ func Add(args *skel.CmdArgs) (*current.Result, error) {
 			return nil, newError(types.ErrIOFailure, "ipam.resolvConf %q: %v", c.resolvConf, err)
 		}
 	}
-	st, err := lock(c)
-	if err != nil {
-		return nil, err
-	}
-	defer st.Unlock()
-	allocs, err := allocate(st, c, att, requested)
-	if err != nil {
+	var allocs []allocation
+	if err := locked(c, func(st *store.Store) (err error) {
+		allocs, err = allocate(st, c, att, requested)
+		return err
+	}); err != nil {
 		return nil, err
 	}
 	for _, a := range allocs {
@@ -74,15 +72,12 @@ func Del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	st, err := lock(c)
-	if err != nil {
-		return err
-	}
-	defer st.Unlock()
-	if _, err := st.Release(att); err != nil {
-		return newError(types.ErrIOFailure, "network %s: releasing container %s ifname %s: %v", c.name, att.ContainerID, att.IfName, err)
-	}
-	return nil
+	return locked(c, func(st *store.Store) error {
+		if _, err := st.Release(att); err != nil {
+			return newError(types.ErrIOFailure, "network %s: releasing container %s ifname %s: %v", c.name, att.ContainerID, att.IfName, err)
+		}
+		return nil
+	})
 }
 
 // Check verifies that every address of prevResult in the network's ranges,
@@ -96,14 +91,14 @@ func Check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	st, err := lock(c)
-	if err != nil {
+	var addrs []netip.Addr
+	if err := locked(c, func(st *store.Store) (err error) {
+		if addrs, err = st.Held(att); err != nil {
+			return newError(types.ErrIOFailure, "network %s: reading store: %v", c.name, err)
+		}
+		return nil
+	}); err != nil {
 		return err
-	}
-	defer st.Unlock()
-	addrs, err := st.Held(att)
-	if err != nil {
-		return newError(types.ErrIOFailure, "network %s: reading store: %v", c.name, err)
 	}
 	held := map[netip.Addr]bool{}
 	for _, ip := range addrs {
@@ -145,15 +140,12 @@ func GC(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	st, err := lock(c)
-	if err != nil {
-		return err
-	}
-	defer st.Unlock()
-	if _, err := st.GC(c.valid); err != nil {
-		return newError(types.ErrIOFailure, "network %s: garbage collection: %v", c.name, err)
-	}
-	return nil
+	return locked(c, func(st *store.Store) error {
+		if _, err := st.GC(c.valid); err != nil {
+			return newError(types.ErrIOFailure, "network %s: garbage collection: %v", c.name, err)
+		}
+		return nil
+	})
 }
 
 // Status succeeds when an ADD could be served: the store is usable and no
@@ -199,12 +191,14 @@ func load(args *skel.CmdArgs) (*config, store.Attachment, error) {
 	return c, att, nil
 }
 
-func lock(c *config) (*store.Store, error) {
+// locked runs fn with the network's store locked, and unlocks it.
+func locked(c *config, fn func(st *store.Store) error) error {
 	st, err := store.Lock(c.dataDir, c.name)
 	if err != nil {
-		return nil, newError(types.ErrIOFailure, "network %s: locking store in %s: %v", c.name, c.dataDir, err)
+		return newError(types.ErrIOFailure, "network %s: locking store in %s: %v", c.name, c.dataDir, err)
 	}
-	return st, nil
+	defer st.Unlock()
+	return fn(st)
 }
 
 // parsePrevResult converts the config's prevResult, if any, to a current

@@ -78,6 +78,14 @@ func indexEntries(t *testing.T, dir string) []string {
 	return names
 }
 
+// assertIndexEntries fails t unless the index of dir holds want entries.
+func assertIndexEntries(t *testing.T, dir string, want int) {
+	t.Helper()
+	if names := indexEntries(t, dir); len(names) != want {
+		t.Errorf("index entries %v, want %d", names, want)
+	}
+}
+
 func TestReserveLayoutMatchesReference(t *testing.T) {
 	st, dir := lockedStore(t)
 	if err := st.Reserve(c1eth0, []Reservation{{IP: addr("10.0.0.2"), RangeSet: 0}, {IP: addr("fd00::2"), RangeSet: 1}}, nil); err != nil {
@@ -144,9 +152,7 @@ func TestReleaseUsesVerifiedIndex(t *testing.T) {
 	if !exists(filepath.Join(dir, "10.0.0.3")) {
 		t.Error("released c1/eth1's address too")
 	}
-	if n := len(indexEntries(t, dir)); n != 1 {
-		t.Errorf("%d index entries left, want 1 (c1/eth1)", n)
-	}
+	assertIndexEntries(t, dir, 1) // c1/eth1's
 }
 
 // TestReleaseWithoutIndexScans covers allocations made by the reference.
@@ -220,9 +226,7 @@ func TestStaleIndexFallsBackToScan(t *testing.T) {
 	if readFile(t, filepath.Join(dir, "10.0.0.2")) != "c2\r\neth0" {
 		t.Error("released c2's address through a stale index entry")
 	}
-	if n := len(indexEntries(t, dir)); n != 0 {
-		t.Errorf("%d index entries left", n)
-	}
+	assertIndexEntries(t, dir, 0)
 }
 
 // TestIndexedIgnoresUnindexed documents the deliberate limit of ADD's
@@ -248,9 +252,7 @@ func TestReserveRollsBack(t *testing.T) {
 	if exists(filepath.Join(dir, "10.0.0.2")) {
 		t.Error("first reservation left behind")
 	}
-	if n := len(indexEntries(t, dir)); n != 0 {
-		t.Errorf("%d index entries left behind", n)
-	}
+	assertIndexEntries(t, dir, 0)
 	if readFile(t, filepath.Join(dir, "fd00::2")) != "other\r\neth0" {
 		t.Error("touched the other attachment's file")
 	}

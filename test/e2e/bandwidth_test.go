@@ -61,14 +61,8 @@ func TestChainedBandwidthAndPortmap(t *testing.T) {
 // modes and the teardown.
 func checkBandwidthChain(t *testing.T, sb *sandbox.Sandbox, n *network, capA map[string]any, modeA, modeB string) {
 	t.Helper()
-	nsA, err := sb.NewContainer("bw-a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	nsB, err := sb.NewContainer("bw-b")
-	if err != nil {
-		t.Fatal(err)
-	}
+	nsA := newContainer(t, sb, "bw-a")
+	nsB := newContainer(t, sb, "bw-b")
 	res, err := n.addWith(nsA, "bw-a", capA)
 	if err != nil {
 		t.Fatalf("ADD with bandwidth limits and a port mapping: %v", err)

@@ -62,10 +62,7 @@ func TestDualStack(t *testing.T) {
 func TestDualStackOldResult(t *testing.T) {
 	sb := sandbox.ForTest(t)
 	n := newNetwork(t, sb, dualStackConf("0.2.0", "dual-old", "br-old", t.TempDir()), bins.PluginDir())
-	ctr, err := sb.NewContainer("old")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctr := newContainer(t, sb, "old")
 	res, err := n.add(ctr, "old", "eth0")
 	if err != nil {
 		t.Fatal(err)

@@ -20,10 +20,7 @@ import (
 // created: no bridge, no veth, no container interface, no allocation.
 func TestConfigErrorCodes(t *testing.T) {
 	sb := sandbox.ForTest(t)
-	ctr, err := sb.NewContainer("codes")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctr := newContainer(t, sb, "codes")
 	const (
 		ipam   = `"type": "host-local", "subnet": "10.72.0.0/24"`
 		ipam6  = `"type": "host-local", "ranges": [[{"subnet": "10.72.0.0/24"}], [{"subnet": "fd72::/64"}]]`
@@ -96,10 +93,7 @@ func TestVlanConfigWithoutKernelSupport(t *testing.T) {
 	if vlanFilteringSupported(t, sb) {
 		t.Skip("this kernel's bridge filters VLANs: vlan and vlanTrunk work here")
 	}
-	ctr, err := sb.NewContainer("novlan")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctr := newContainer(t, sb, "novlan")
 	const ipam = `"type": "host-local", "subnet": "10.75.0.0/24"`
 	runBadInputs(t, sb, ctr, []badInput{
 		{"vlan", conf(`"vlan": 10`, ipam), nil, 7, []string{`"vlan": 10`, "VLAN filtering"}},
@@ -203,10 +197,7 @@ func assertNothingCreated(t *testing.T, sb *sandbox.Sandbox, ctr *sandbox.NetNS,
 // above is the input's doing.
 func TestConfigErrorCodesControl(t *testing.T) {
 	sb := sandbox.ForTest(t)
-	ctr, err := sb.NewContainer("control")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctr := newContainer(t, sb, "control")
 	n := newNetwork(t, sb, fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "ok", "type": "bridge", "bridge": "br-ok",
 		"mtu": 1280, "runtimeConfig": {"mac": "02:00:00:00:00:01"},
 		"ipam": {"type": "host-local", "ranges": [[{"subnet": "10.73.0.0/24"}], [{"subnet": "fd73::/64"}]],

@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -329,16 +330,33 @@ func cniCode(err error) uint {
 	return e.Code
 }
 
+// newContainer creates the container netns name in sb, or fails t.
+func newContainer(t testing.TB, sb *sandbox.Sandbox, name string) *sandbox.NetNS {
+	t.Helper()
+	c, err := sb.NewContainer(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// listenTCP listens on addr inside n for the rest of the test, or fails t.
+func listenTCP(t testing.TB, n *sandbox.NetNS, addr netip.AddrPort) *net.TCPListener {
+	t.Helper()
+	ln, err := n.ListenTCP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
 // newContainers creates count container namespaces named <base><i>.
 func newContainers(t *testing.T, sb *sandbox.Sandbox, base string, count int) []*sandbox.NetNS {
 	t.Helper()
 	var ctrs []*sandbox.NetNS
 	for i := range count {
-		c, err := sb.NewContainer(fmt.Sprintf("%s%d", base, i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctrs = append(ctrs, c)
+		ctrs = append(ctrs, newContainer(t, sb, fmt.Sprintf("%s%d", base, i)))
 	}
 	return ctrs
 }

@@ -82,14 +82,8 @@ func TestLongNamesRoundTrip(t *testing.T) {
 	longConf := withBPFFS(t, sb, isoConf(long, "br-long", "10.182.0.0/24", "network", t.TempDir()))
 	twinConf := withBPFFS(t, sb, isoConf(twin, "br-twin", "10.183.0.0/24", "network", t.TempDir()))
 	longID, twinID := strings.Repeat("c", 1000), "twin0"
-	ctr, err := sb.NewContainer("longc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bystander, err := sb.NewContainer("twinc")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctr := newContainer(t, sb, "longc")
+	bystander := newContainer(t, sb, "twinc")
 	added := map[string]types.Result{}
 	run := func(command, conf, id string, ctr *sandbox.NetNS, valid ...string) {
 		t.Helper()

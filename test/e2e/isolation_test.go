@@ -239,17 +239,14 @@ func TestDatapathStateLifecycle(t *testing.T) {
 	// collected, the valid one stays.
 	valid := n.attach("l2")
 	ghostRuntime := newNetwork(t, sb, conf, bins.PluginDir())
-	ghost, err := sb.NewContainer("ghost")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ghost := newContainer(t, sb, "ghost")
 	ghostRuntime.mustAdd(ghost, "ghost", "eth0")
 	if err := ghost.Delete(); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	err = sb.InNode(func() error {
+	err := sb.InNode(func() error {
 		return n.cni.GCNetworkList(ctx, n.list, &libcni.GCArgs{
 			ValidAttachments: []types.GCAttachment{{ContainerID: valid.id, IfName: "eth0"}},
 		})
@@ -328,8 +325,8 @@ func TestUpgradeKeepsStreamAlive(t *testing.T) {
 // connection until stop closes; streamErr gets the first error, or nil.
 func startStream(t *testing.T, from, to container, received *atomic.Int64, streamErr chan<- error, stop <-chan struct{}) {
 	t.Helper()
-	var ln net.Listener
-	if err := to.ns.Do(func() (err error) { ln, err = net.Listen("tcp", netip.AddrPortFrom(to.ip, 0).String()); return err }); err != nil {
+	ln, err := to.ns.ListenTCP(netip.AddrPortFrom(to.ip, 0))
+	if err != nil {
 		t.Fatal(err)
 	}
 	var conn net.Conn

@@ -83,10 +83,7 @@ func TestAddFailureAfterEveryStep(t *testing.T) {
 	dir := faultInjectPlugins(t)
 	n := newNetwork(t, sb, masqConf("undo", "br-undo", t.TempDir(),
 		`[[{"subnet": "10.151.0.0/24"}], [{"subnet": "fd51::/64"}]]`, ""), dir)
-	keeper, err := sb.NewContainer("keeper")
-	if err != nil {
-		t.Fatal(err)
-	}
+	keeper := newContainer(t, sb, "keeper")
 	n.mustAdd(keeper, "keeper", "eth0")
 	before := stateOf(t, sb, n)
 	if before.pinned["endpoints"] != 1 || before.pinned["ip_owners"] != 2 || before.natNetworks != 1 {
@@ -95,11 +92,8 @@ func TestAddFailureAfterEveryStep(t *testing.T) {
 	for _, step := range addSteps {
 		t.Run(step, func(t *testing.T) {
 			t.Setenv("BPFBRIDGE_FAIL_AFTER", step)
-			ctr, err := sb.NewContainer("f-" + step)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = n.add(ctr, "doomed-"+step, "eth0")
+			ctr := newContainer(t, sb, "f-"+step)
+			_, err := n.add(ctr, "doomed-"+step, "eth0")
 			if err == nil {
 				t.Fatal("ADD succeeded")
 			}
@@ -138,11 +132,8 @@ func TestMasqueradeFailureUndoesAll(t *testing.T) {
 	sb := sandbox.ForTest(t)
 	n := newNetwork(t, sb, masqConf("nouplink", "br-nouplink", t.TempDir(), masqRanges4,
 		`"masquerade": {"uplinks": ["nonexistent0"]}`), bins.PluginDir())
-	ctr, err := sb.NewContainer("nouplink")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = n.add(ctr, "nouplink", "eth0")
+	ctr := newContainer(t, sb, "nouplink")
+	_, err := n.add(ctr, "nouplink", "eth0")
 	if cniCode(err) != 112 {
 		t.Fatalf("ADD: %v (code %d), want code 112", err, cniCode(err))
 	}

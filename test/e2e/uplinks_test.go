@@ -141,11 +141,8 @@ func TestMasqueradeUplinksOverride(t *testing.T) {
 func TestMasqueradeAddressNotOnUplink(t *testing.T) {
 	sb := sandbox.ForTest(t)
 	n := newNetwork(t, sb, masqConf("masq", "br-masq", t.TempDir(), masqRanges4, `"masquerade": {"address": "198.51.100.99"}`), bins.PluginDir())
-	ctr, err := sb.NewContainer("m0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = n.add(ctr, "m0", "eth0")
+	ctr := newContainer(t, sb, "m0")
+	_, err := n.add(ctr, "m0", "eth0")
 	if err == nil {
 		t.Fatal("ADD with a masquerade.address that is on no uplink succeeded")
 	}

@@ -167,10 +167,7 @@ func statusAndGC(t *testing.T, sb *sandbox.Sandbox, n *network, conf, id string)
 	// A second runtime (its own result cache) attaches a container, which
 	// then vanishes without DEL: its allocation is stale.
 	other := newNetwork(t, sb, conf, bins.PluginDir())
-	ghost, err := sb.NewContainer("ghost")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ghost := newContainer(t, sb, "ghost")
 	stale := other.mustAdd(ghost, "ghost", "eth0").IPs[0].Address.IP.String()
 	if err := ghost.Delete(); err != nil {
 		t.Fatal(err)
@@ -179,7 +176,7 @@ func statusAndGC(t *testing.T, sb *sandbox.Sandbox, n *network, conf, id string)
 	if _, ok := before[stale]; !ok || len(before) != 2 {
 		t.Fatalf("allocations before GC = %v, want the valid one and %s", before, stale)
 	}
-	err = sb.InNode(func() error {
+	err := sb.InNode(func() error {
 		return n.cni.GCNetworkList(ctx, n.list, &libcni.GCArgs{
 			ValidAttachments: []types.GCAttachment{{ContainerID: id, IfName: "eth0"}},
 		})

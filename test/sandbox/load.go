@@ -137,7 +137,7 @@ func TCPConnectRate(ctx context.Context, client, server *NetNS, addr netip.Addr,
 // TCPConnectRateAt is [TCPConnectRate] with the server listening at listen
 // and the client connecting to dial, as for [TCPRequestResponseAt].
 func TCPConnectRateAt(ctx context.Context, client, server *NetNS, listen, dial netip.AddrPort, d time.Duration) (perSecond float64, err error) {
-	ln, err := listenTCP(server, listen)
+	ln, err := server.ListenTCP(listen)
 	if err != nil {
 		return 0, err
 	}
@@ -248,15 +248,15 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 	return s[min(max(rank, 0), len(s)-1)]
 }
 
-// listenTCP listens on addr inside n.
-func listenTCP(n *NetNS, addr netip.AddrPort) (*net.TCPListener, error) {
+// ListenTCP listens on addr (port 0 for any) inside n, in its family.
+func (n *NetNS) ListenTCP(addr netip.AddrPort) (*net.TCPListener, error) {
 	var ln *net.TCPListener
 	err := n.Do(func() (err error) {
 		ln, err = net.ListenTCP(network("tcp", addr.Addr()), net.TCPAddrFromAddrPort(addr))
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("sandbox: TCP listener in %s: %w", n.Name, err)
+		return nil, fmt.Errorf("sandbox: TCP listener on %s in %s: %w", addr, n.Name, err)
 	}
 	return ln, nil
 }
@@ -274,7 +274,7 @@ func dialAddr(ln *net.TCPListener, dial netip.AddrPort) string {
 // listener at listen inside server, and returns both ends of the
 // connection.
 func tcpPair(client, server *NetNS, listen, dial netip.AddrPort) (c, s net.Conn, err error) {
-	ln, err := listenTCP(server, listen)
+	ln, err := server.ListenTCP(listen)
 	if err != nil {
 		return nil, nil, err
 	}
