@@ -225,6 +225,42 @@ static __always_inline int fast_path_flow_ok(struct __sk_buff *skb, const struct
 	return !fast_path_ct_tracked(skb, pkt);
 }
 
+/* The FIB lookup's parameters and the next hop, per CPU. On the stack they
+ * would take from_container and uplink_ingress, which also call the
+ * port-mapping and NAT subprograms, past the verifier's 512 bytes for a
+ * chain of calls. Held as bytes because bpf2go cannot express the kernel
+ * structs' anonymous unions in Go; fast_path_scratch_get hands out typed
+ * pointers. */
+struct fast_path_scratch {
+	__u8 fib[sizeof(struct bpf_fib_lookup)] __attribute__((aligned(8)));
+	__u8 nh[sizeof(struct bpf_redir_neigh)] __attribute__((aligned(8)));
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fast_path_scratch);
+} fast_path_scratch SEC(".maps");
+
+struct fast_path_params {
+	struct bpf_fib_lookup *fib;
+	struct bpf_redir_neigh *nh;
+};
+
+static __always_inline int fast_path_scratch_get(struct fast_path_params *p)
+{
+	struct fast_path_scratch *s;
+	__u32 zero = 0;
+
+	s = bpf_map_lookup_elem(&fast_path_scratch, &zero);
+	if (!s)
+		return 0;
+	p->fib = (struct bpf_fib_lookup *)s->fib;
+	p->nh = (struct bpf_redir_neigh *)s->nh;
+	return 1;
+}
+
 /* The FIB's decision for pkt as the node would forward it, arriving on
  * in_ifindex: fib->ifindex the egress, smac/dmac the new L2 addresses.
  * Returns 1 when the FIB decided completely and the packet fits. */
@@ -444,33 +480,33 @@ static __always_inline int fast_path_route_to(struct __sk_buff *skb, struct pkt 
 static __always_inline int fast_path_route_out(struct __sk_buff *skb, struct pkt *pkt, __u32 bridge,
 					       __u32 len)
 {
-	struct bpf_redir_neigh nh = {};
-	struct bpf_fib_lookup fib;
+	struct fast_path_params s;
 	__u32 peer;
 
-	if (!fast_path_ttl_ok(skb, pkt) || !fast_path_fib(skb, pkt, bridge, &fib))
+	if (!fast_path_scratch_get(&s) || !fast_path_ttl_ok(skb, pkt) || !fast_path_fib(skb, pkt, bridge, s.fib))
 		return VERDICT_PASS;
-	if (bpf_map_lookup_elem(&nat_uplinks, &fib.ifindex)) {
+	if (bpf_map_lookup_elem(&nat_uplinks, &s.fib->ifindex)) {
 		if (!fast_path_flow_ok(skb, pkt, fast_path_nat_known(pkt)))
 			return VERDICT_PASS;
-		if (fast_path_forward(skb, pkt, fib.dmac, fib.smac))
+		if (fast_path_forward(skb, pkt, s.fib->dmac, s.fib->smac))
 			return drop_packet(skb, stats_get(skb->ifindex), pkt, DROP_MALFORMED, DIR_FROM_CONTAINER);
 		fast_path_count(skb->ifindex);
 		/* The FIB's next hop (the lookup wrote it over the
 		 * destination). */
+		__builtin_memset(s.nh, 0, sizeof(*s.nh));
 		if (pkt->family == 4) {
-			nh.nh_family = AF_INET;
-			nh.ipv4_nh = fib.ipv4_dst;
+			s.nh->nh_family = AF_INET;
+			s.nh->ipv4_nh = s.fib->ipv4_dst;
 		} else {
-			nh.nh_family = AF_INET6;
-			__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, 16);
+			s.nh->nh_family = AF_INET6;
+			__builtin_memcpy(s.nh->ipv6_nh, s.fib->ipv6_dst, 16);
 		}
-		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+		return bpf_redirect_neigh(s.fib->ifindex, s.nh, sizeof(*s.nh), 0);
 	}
-	peer = fast_path_routed_peer(pkt, &fib);
+	peer = fast_path_routed_peer(pkt, s.fib);
 	if (!peer || peer == skb->ifindex || !fast_path_flow_ok(skb, pkt, 0))
 		return VERDICT_PASS;
-	return fast_path_route_to(skb, pkt, peer, &fib, skb->ifindex, len);
+	return fast_path_route_to(skb, pkt, peer, s.fib, skb->ifindex, len);
 }
 
 /* The routed fast path for a reply arriving on an uplink, once the
@@ -478,14 +514,14 @@ static __always_inline int fast_path_route_out(struct __sk_buff *skb, struct pkt
  * container it is for. Anything else takes the stack. */
 static __always_inline int fast_path_route_in(struct __sk_buff *skb, struct pkt *pkt)
 {
-	struct bpf_fib_lookup fib;
+	struct fast_path_params s;
 	__u32 peer;
 
-	if (!fast_path_flow_ok(skb, pkt, 1) || !fast_path_ttl_ok(skb, pkt) ||
-	    !fast_path_fib(skb, pkt, skb->ifindex, &fib))
+	if (!fast_path_scratch_get(&s) || !fast_path_flow_ok(skb, pkt, 1) || !fast_path_ttl_ok(skb, pkt) ||
+	    !fast_path_fib(skb, pkt, skb->ifindex, s.fib))
 		return VERDICT_PASS;
-	peer = fast_path_routed_peer(pkt, &fib);
+	peer = fast_path_routed_peer(pkt, s.fib);
 	if (!peer)
 		return VERDICT_PASS;
-	return fast_path_route_to(skb, pkt, peer, &fib, 0, skb->len);
+	return fast_path_route_to(skb, pkt, peer, s.fib, 0, skb->len);
 }

@@ -269,8 +269,10 @@ static __always_inline struct portmap_scratch *portmap_scratch_for(const struct 
  * for the halves' own address and port): nat_in first, then nat_out; a
  * pair is whole or absent. Replaces what the keys held (dead pairs, or a
  * pair of an older mapping). Returns DROP_NONE or DROP_NAT_EXHAUSTED (the
- * table is full). Not inlined: its frame is its own. */
-static __noinline __u8 portmap_pair_create(struct portmap_scratch *s, const struct portmap_value *m,
+ * table is full). Inlined: as a call of its own it would make
+ * from_container's deepest chain of frames (from_container, portmap_dnat,
+ * this, nat_usage_add) pass the verifier's 512 bytes. */
+static __always_inline __u8 portmap_pair_create(struct portmap_scratch *s, const struct portmap_value *m,
 					   const union addr *host, __be16 host_port)
 {
 	__builtin_memcpy(s->v.addr, m->addr, 16);

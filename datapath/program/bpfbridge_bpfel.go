@@ -175,6 +175,13 @@ const (
 	BpfbridgeEventBudgetLimitEVENTS_PER_WINDOW BpfbridgeEventBudgetLimit = 64
 )
 
+type BpfbridgeFastPathScratch struct {
+	_   structs.HostLayout
+	Fib [64]uint8
+	Nh  [20]uint8
+	_   [4]byte
+}
+
 type BpfbridgeGatewayMac struct {
 	_   structs.HostLayout
 	Mac [6]uint8
@@ -506,6 +513,7 @@ const (
 	BpfbridgeMapEndpointStats        = "endpoint_stats"
 	BpfbridgeMapEndpoints            = "endpoints"
 	BpfbridgeMapEventBudget          = "event_budget"
+	BpfbridgeMapFastPathScratch      = "fast_path_scratch"
 	BpfbridgeMapFastPathStats        = "fast_path_stats"
 	BpfbridgeMapGatewayMacs          = "gateway_macs"
 	BpfbridgeMapIcmpScratch          = "icmp_scratch"
@@ -613,6 +621,7 @@ type BpfbridgeMapSpecs struct {
 	EndpointStats    *ebpf.MapSpec `ebpf:"endpoint_stats"`
 	Endpoints        *ebpf.MapSpec `ebpf:"endpoints"`
 	EventBudget      *ebpf.MapSpec `ebpf:"event_budget"`
+	FastPathScratch  *ebpf.MapSpec `ebpf:"fast_path_scratch"`
 	FastPathStats    *ebpf.MapSpec `ebpf:"fast_path_stats"`
 	GatewayMacs      *ebpf.MapSpec `ebpf:"gateway_macs"`
 	IcmpScratch      *ebpf.MapSpec `ebpf:"icmp_scratch"`
@@ -674,6 +683,7 @@ type BpfbridgeMaps struct {
 	EndpointStats    *ebpf.Map `ebpf:"endpoint_stats"`
 	Endpoints        *ebpf.Map `ebpf:"endpoints"`
 	EventBudget      *ebpf.Map `ebpf:"event_budget"`
+	FastPathScratch  *ebpf.Map `ebpf:"fast_path_scratch"`
 	FastPathStats    *ebpf.Map `ebpf:"fast_path_stats"`
 	GatewayMacs      *ebpf.Map `ebpf:"gateway_macs"`
 	IcmpScratch      *ebpf.Map `ebpf:"icmp_scratch"`
@@ -709,6 +719,7 @@ func (m *BpfbridgeMaps) Close() error {
 		m.EndpointStats,
 		m.Endpoints,
 		m.EventBudget,
+		m.FastPathScratch,
 		m.FastPathStats,
 		m.GatewayMacs,
 		m.IcmpScratch,
