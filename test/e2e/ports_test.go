@@ -1,0 +1,85 @@
+package e2e
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/bpfbridge/bpfbridge/test/sandbox"
+)
+
+// TestBridgePortsHaveNoIPv6: the host end of every container's veth is a
+// bridge port without IPv6 of its own (no address, no route in the node's
+// tables, which the kernel would walk on every change of a port), while the
+// container keeps its link-local address and gets arp_notify as the
+// reference sets it (bpfbridge sets it through netlink), and the
+// containers reach each other.
+func TestBridgePortsHaveNoIPv6(t *testing.T) {
+	sb := sandbox.ForTest(t)
+	n := newNetwork(t, sb, gatewayConf("ports", "br-ports", "10.194.0.0/24", t.TempDir()), bins.PluginDir())
+	a, b := n.attach("port0"), n.attach("port1")
+	for _, c := range []container{a, b} {
+		veth := hostVeth(t, sb, c)
+		var disabled string
+		var addrs []netlink.Addr
+		var routes []netlink.Route
+		if err := sb.InNode(func() error {
+			v, err := os.ReadFile("/proc/sys/net/ipv6/conf/" + veth + "/disable_ipv6")
+			if err != nil {
+				return err
+			}
+			disabled = strings.TrimSpace(string(v))
+			l, err := netlink.LinkByName(veth)
+			if err != nil {
+				return err
+			}
+			if addrs, err = netlink.AddrList(l, netlink.FAMILY_V6); err != nil {
+				return err
+			}
+			routes, err = netlink.RouteListFiltered(netlink.FAMILY_V6,
+				&netlink.Route{Table: unix.RT_TABLE_UNSPEC, LinkIndex: l.Attrs().Index}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_OIF)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if disabled != "1" {
+			t.Errorf("%s: host veth %s has disable_ipv6 %q, want 1", c.id, veth, disabled)
+		}
+		if len(addrs) != 0 || len(routes) != 0 {
+			t.Errorf("%s: host veth %s has IPv6 addresses %v and %d IPv6 routes, want none", c.id, veth, addrs, len(routes))
+		}
+
+		var notify string
+		var linkLocal bool
+		if err := c.ns.Do(func() error {
+			v, err := os.ReadFile("/proc/sys/net/ipv4/conf/eth0/arp_notify")
+			if err != nil {
+				return err
+			}
+			notify = strings.TrimSpace(string(v))
+			l, err := netlink.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+			for _, a := range addrs {
+				linkLocal = linkLocal || a.IP.IsLinkLocalUnicast()
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if notify != "1" {
+			t.Errorf("%s: eth0 has arp_notify %q, want 1", c.id, notify)
+		}
+		if !linkLocal {
+			t.Errorf("%s: eth0 has no IPv6 link-local address", c.id)
+		}
+	}
+	if !reaches(a.ns, b.ip) || !reaches(b.ns, a.ip) {
+		t.Error("the containers do not reach each other")
+	}
+}
