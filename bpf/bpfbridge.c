@@ -99,8 +99,8 @@ static __always_inline int from_container_portmap(struct __sk_buff *skb, struct 
 
 /* The policy for a frame a container sends; parsed is what parse_packet()
  * returned. Returns DROP_NONE or the reason to drop. */
-static __always_inline __u8 from_container_policy(struct __sk_buff *skb, const struct endpoint *ep,
-						  struct pkt *pkt, __u8 parsed)
+__subprog int from_container_policy(struct __sk_buff *skb, const struct endpoint *ep __arg_nonnull,
+				    struct pkt *pkt __arg_nonnull, __u8 parsed)
 {
 	__u8 reason;
 

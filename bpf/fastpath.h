@@ -206,7 +206,7 @@ static __always_inline int fast_path_tcp_syn(struct __sk_buff *skb, const struct
 /* Whether pkt's protocol and state let it take the routed fast path:
  * unfragmented TCP past its SYN, or UDP of a flow the NAT holds
  * (masqueraded, nat_known), and no flow of the kernel's conntrack. */
-static __always_inline int fast_path_flow_ok(struct __sk_buff *skb, const struct pkt *pkt, int nat_known)
+__subprog int fast_path_flow_ok(struct __sk_buff *skb, const struct pkt *pkt __arg_nonnull, int nat_known)
 {
 	if ((pkt->flags & (PKT_F_FRAG | PKT_F_L4)) != PKT_F_L4)
 		return 0;
@@ -264,8 +264,8 @@ static __always_inline int fast_path_scratch_get(struct fast_path_params *p)
 /* The FIB's decision for pkt as the node would forward it, arriving on
  * in_ifindex: fib->ifindex the egress, smac/dmac the new L2 addresses.
  * Returns 1 when the FIB decided completely and the packet fits. */
-static __always_inline int fast_path_fib(struct __sk_buff *skb, const struct pkt *pkt, __u32 in_ifindex,
-					 struct bpf_fib_lookup *fib)
+__subprog int fast_path_fib(struct __sk_buff *skb, const struct pkt *pkt __arg_nonnull, __u32 in_ifindex,
+			    struct bpf_fib_lookup *fib __arg_nonnull)
 {
 	__u32 l3_len = pkt->l3_end - ETH_HLEN, mtu = 0;
 	int gso = skb->gso_segs > 1;
@@ -406,7 +406,7 @@ static __always_inline __u32 fast_path_routed_peer(const struct pkt *pkt, const 
  * policy and counters. Returns 1 when the frame may be delivered, 0 when
  * it must take the normal path (a receiver without the fast path, or being
  * removed), -1 when the receiver's policy dropped it (counted). */
-static __always_inline int fast_path_admit(__u32 peer, const struct pkt *pkt, __u32 len)
+__subprog int fast_path_admit(__u32 peer, const struct pkt *pkt __arg_nonnull, __u32 len)
 {
 	struct endpoint_stats *st;
 	struct endpoint *rcv;
@@ -435,8 +435,8 @@ static __always_inline int fast_path_verdict(int admitted)
  * it. Where the node's netfilter sees bridged frames (EP_F_BRIDGE_NF),
  * only the later packets of flows it does not track skip the bridge, by
  * the rule of the routed fast path (fast_path_flow_ok). */
-static __always_inline int fast_path_deliver(struct __sk_buff *skb, const struct endpoint *ep, __u32 peer,
-					     const struct pkt *pkt, __u32 len)
+__subprog int fast_path_deliver(struct __sk_buff *skb, const struct endpoint *ep __arg_nonnull, __u32 peer,
+				const struct pkt *pkt __arg_nonnull, __u32 len)
 {
 	int admitted;
 
@@ -477,11 +477,10 @@ static __always_inline int fast_path_route_to(struct __sk_buff *skb, struct pkt 
  * uplink_egress, translates it as it does every masqueraded packet: one
  * home for the NAT); to a container on another bridge, forwarded into it
  * past both bridges. Anything else takes the stack. */
-static __always_inline int fast_path_route_out(struct __sk_buff *skb, struct pkt *pkt, __u32 bridge,
-					       __u32 len)
+__subprog int fast_path_route_out(struct __sk_buff *skb, struct pkt *pkt __arg_nonnull, __u32 bridge, __u32 len)
 {
+	__u32 self = skb->ifindex, peer;
 	struct fast_path_params s;
-	__u32 peer;
 
 	if (!fast_path_scratch_get(&s) || !fast_path_ttl_ok(skb, pkt) || !fast_path_fib(skb, pkt, bridge, s.fib))
 		return VERDICT_PASS;
@@ -489,8 +488,8 @@ static __always_inline int fast_path_route_out(struct __sk_buff *skb, struct pkt
 		if (!fast_path_flow_ok(skb, pkt, fast_path_nat_known(pkt)))
 			return VERDICT_PASS;
 		if (fast_path_forward(skb, pkt, s.fib->dmac, s.fib->smac))
-			return drop_packet(skb, stats_get(skb->ifindex), pkt, DROP_MALFORMED, DIR_FROM_CONTAINER);
-		fast_path_count(skb->ifindex);
+			return drop_packet_for(self, stats_get(self), pkt, DROP_MALFORMED, DIR_FROM_CONTAINER);
+		fast_path_count(self);
 		/* The FIB's next hop (the lookup wrote it over the
 		 * destination). */
 		__builtin_memset(s.nh, 0, sizeof(*s.nh));
@@ -504,15 +503,15 @@ static __always_inline int fast_path_route_out(struct __sk_buff *skb, struct pkt
 		return bpf_redirect_neigh(s.fib->ifindex, s.nh, sizeof(*s.nh), 0);
 	}
 	peer = fast_path_routed_peer(pkt, s.fib);
-	if (!peer || peer == skb->ifindex || !fast_path_flow_ok(skb, pkt, 0))
+	if (!peer || peer == self || !fast_path_flow_ok(skb, pkt, 0))
 		return VERDICT_PASS;
-	return fast_path_route_to(skb, pkt, peer, s.fib, skb->ifindex, len);
+	return fast_path_route_to(skb, pkt, peer, s.fib, self, len);
 }
 
 /* The routed fast path for a reply arriving on an uplink, once the
  * masquerade translated it back (pkt parsed again after that): into the
  * container it is for. Anything else takes the stack. */
-static __always_inline int fast_path_route_in(struct __sk_buff *skb, struct pkt *pkt)
+__subprog int fast_path_route_in(struct __sk_buff *skb, struct pkt *pkt __arg_nonnull)
 {
 	struct fast_path_params s;
 	__u32 peer;

@@ -163,7 +163,7 @@ struct {
  * error is about no flow of ours, or -DROP_MALFORMED when the kernel refused
  * a rewrite (the packet may be half rewritten). A global function,
  * verified once for both programs. */
-__noinline int icmp_error_nat(struct __sk_buff *skb, __u32 dir)
+__subprog int icmp_error_nat(struct __sk_buff *skb, __u32 dir)
 {
 	struct icmp_scratch *s;
 	struct nat_entry *e;

@@ -266,7 +266,7 @@ static __always_inline struct nat_usage *nat_usage_get(__u32 key)
 /* Count a pair of the container at ifindex in or out (delta 1 or -1).
  * Not inlined, as the helpers below: their keys get a frame of their own,
  * off the stack of the path that creates flows. */
-static __noinline void nat_usage_add(__u32 ifindex, __s32 delta)
+__subprog int nat_usage_add(__u32 ifindex, __s32 delta)
 {
 	struct nat_usage *u = nat_usage_get(ifindex);
 
@@ -275,10 +275,11 @@ static __noinline void nat_usage_add(__u32 ifindex, __s32 delta)
 	u = nat_usage_get(NAT_USAGE_TOTAL);
 	if (u)
 		__sync_fetch_and_add(&u->pairs, delta);
+	return 0;
 }
 
 /* Whether the container at ifindex may create another pair. */
-static __noinline int nat_quota_allows(__u32 ifindex)
+__subprog int nat_quota_allows(__u32 ifindex)
 {
 	const struct nat_quota *q;
 	const struct nat_usage *mine, *all;
@@ -480,8 +481,8 @@ static __always_inline int nat_l4_ports(const __u8 *hdr, __u32 off, __u8 proto, 
 #define IPPROTO_DCCP 33
 #endif
 
-static __always_inline int nat_parse_l4(struct __sk_buff *skb, const struct pkt *pkt,
-					__u8 echo4, __u8 echo6, struct nat_l4 *l4)
+__subprog int nat_parse_l4(struct __sk_buff *skb, const struct pkt *pkt __arg_nonnull, __u8 echo4, __u8 echo6,
+			   struct nat_l4 *l4 __arg_nonnull)
 {
 	__u32 off = pkt->l4_off, end = pkt->l3_end;
 	__u8 hdr[8];
@@ -530,7 +531,7 @@ static __always_inline int nat_parse_l4(struct __sk_buff *skb, const struct pkt 
  * included) is at off: 0 when it has none, which means the sender's
  * windows are unscaled (RFC 7323). Not inlined: the option buffer gets a
  * frame of its own. */
-static __noinline __u8 nat_tcp_wscale(struct __sk_buff *skb, __u32 off, __u32 doff, __u32 end)
+__subprog int nat_tcp_wscale(struct __sk_buff *skb, __u32 off, __u32 doff, __u32 end)
 {
 	__u8 opts[64] = {};
 	__u32 len, i = 0, n;
@@ -714,51 +715,131 @@ static __always_inline void nat_ring_append(const struct nat_tuple *ot)
 		__builtin_memcpy(slot, ot, sizeof(*slot));
 }
 
-/* Look at up to budget slots at the ring's tail (see nat_ring): delete the
- * reclaimable pairs found there, put the live ones back at the head. A
- * global function, verified once; it runs before nat_create (whose
- * scratch tuples it leaves alone) rather than inside it: their frames
- * would not fit the stack together. Returns 0. */
-__noinline int nat_reclaim(__u32 budget)
+/* Look at the slot at the ring's tail (see nat_ring): delete the pair it
+ * names if reclaimable, put it back at the head if live. Returns 0, or 1
+ * when the ring has nothing more to look at. A global function: checked
+ * once, not in every iteration of nat_reclaim's loop. */
+__subprog int nat_reclaim_one(void)
 {
 	const struct nat_config *cfg = nat_config_get();
 	struct nat_ring_pos *pos;
 	struct nat_scratch *s;
 	struct nat_tuple *slot;
 	struct nat_entry *out, *in;
-	__u64 now = bpf_ktime_get_ns();
-	__u32 zero = 0, i, n;
+	__u32 zero = 0, i;
 	int stale;
 
 	pos = bpf_map_lookup_elem(&nat_ring_pos, &zero);
 	s = bpf_map_lookup_elem(&nat_scratch, &zero);
-	if (!pos || !s)
+	/* Nothing appended since the last look: done. */
+	if (!pos || !s || pos->tail >= pos->head)
+		return 1;
+	i = (__u32)(__sync_fetch_and_add(&pos->tail, 1) % NAT_RING_SLOTS);
+	slot = bpf_map_lookup_elem(&nat_ring, &i);
+	if (!slot)
+		return 1;
+	__builtin_memcpy(&s->rot, slot, sizeof(s->rot));
+	out = bpf_map_lookup_elem(&nat_out, &s->rot);
+	if (!out)
+		return 0; /* deleted since: the slot is done */
+	stale = nat_stale(out, s->rot.family, s->rot.src);
+	if (!stale && !ct_reclaimable(out, cfg, bpf_ktime_get_ns())) {
+		nat_ring_append(&s->rot);
 		return 0;
-	for (n = 0; n < NAT_RECLAIM_ON_FULL; n++) {
-		/* Nothing appended since the last look: done. */
-		if (n >= budget || pos->tail >= pos->head)
-			break;
-		i = (__u32)(__sync_fetch_and_add(&pos->tail, 1) % NAT_RING_SLOTS);
-		slot = bpf_map_lookup_elem(&nat_ring, &i);
-		if (!slot)
-			break;
-		__builtin_memcpy(&s->rot, slot, sizeof(s->rot));
-		out = bpf_map_lookup_elem(&nat_out, &s->rot);
-		if (!out)
-			continue; /* deleted since: the slot is done */
-		stale = nat_stale(out, s->rot.family, s->rot.src);
-		if (!stale && !ct_reclaimable(out, cfg, now)) {
-			nat_ring_append(&s->rot);
-			continue;
-		}
-		nat_in_key(&s->rit, &s->rot, out->addr, out->port);
-		in = bpf_map_lookup_elem(&nat_in, &s->rit);
-		if (in && nat_in_belongs(in, &s->rot))
-			bpf_map_delete_elem(&nat_in, &s->rit);
-		/* A dead container's pairs were uncounted by its DEL. */
-		if (!bpf_map_delete_elem(&nat_out, &s->rot) && !stale)
-			nat_usage_forget(s->rot.family, s->rot.src);
 	}
+	nat_in_key(&s->rit, &s->rot, out->addr, out->port);
+	in = bpf_map_lookup_elem(&nat_in, &s->rit);
+	if (in && nat_in_belongs(in, &s->rot))
+		bpf_map_delete_elem(&nat_in, &s->rit);
+	/* A dead container's pairs were uncounted by its DEL. */
+	if (!bpf_map_delete_elem(&nat_out, &s->rot) && !stale)
+		nat_usage_forget(s->rot.family, s->rot.src);
+	return 0;
+}
+
+/* Look at up to budget slots at the ring's tail (nat_reclaim_one). It runs
+ * before nat_create (whose scratch tuples it leaves alone) rather than
+ * inside it: their frames would not fit the stack together. Returns 0. */
+__subprog int nat_reclaim(__u32 budget)
+{
+	__u32 n;
+
+	for (n = 0; n < NAT_RECLAIM_ON_FULL; n++)
+		if (n >= budget || nat_reclaim_one())
+			break;
+	return 0;
+}
+
+/* What nat_port_try found at a candidate port. */
+#define NAT_TRY_CLAIMED 0     /* the flow's nat_in half is in: the port is its */
+#define NAT_TRY_TAKEN 1       /* a live flow holds it (or it was freed meanwhile) */
+#define NAT_TRY_REPLACEABLE 2 /* its holder may be reclaimed (nat_in_replaceable) */
+#define NAT_TRY_FULL 3        /* nat_in is full */
+
+/* Claim port (network order) on the uplink's address for the flow in this
+ * CPU's nat_scratch (ot, nat_addr, v): insert its nat_in half (key left in
+ * s->it) with BPF_NOEXIST, atomic against other CPUs, or adopt this flow's
+ * own orphaned nat_in half (refreshed) rather than leak it and take a
+ * second port. A global function: checked once, not for every state of
+ * nat_create's walk. */
+__subprog int nat_port_try(__u32 port)
+{
+	const struct nat_config *cfg = nat_config_get();
+	struct nat_scratch *s;
+	struct nat_entry *in;
+	__u32 zero = 0;
+	int ret;
+
+	s = bpf_map_lookup_elem(&nat_scratch, &zero);
+	if (!s)
+		return NAT_TRY_FULL; /* cannot happen: an array */
+	nat_in_key(&s->it, &s->ot, s->nat_addr.b, (__be16)port);
+	ret = bpf_map_update_elem(&nat_in, &s->it, &s->v, BPF_NOEXIST);
+	if (!ret)
+		return NAT_TRY_CLAIMED;
+	if (ret != -EEXIST)
+		return NAT_TRY_FULL;
+	in = bpf_map_lookup_elem(&nat_in, &s->it);
+	if (!in)
+		return NAT_TRY_TAKEN; /* freed meanwhile: leave it to the next try */
+	if (nat_in_belongs(in, &s->ot))
+		return bpf_map_update_elem(&nat_in, &s->it, &s->v, BPF_EXIST) ? NAT_TRY_TAKEN : NAT_TRY_CLAIMED;
+	if (ct_reclaimable(in, cfg, bpf_ktime_get_ns()) || nat_stale(in, s->ot.family, in->addr))
+		return NAT_TRY_REPLACEABLE;
+	return NAT_TRY_TAKEN;
+}
+
+/* nat_create's walk over candidate ports, one bpf_loop step each: the
+ * verifier checks a step once, whatever the number of tries. */
+struct nat_port_search {
+	__u32 pmin, range, start; /* the range, and the first candidate's offset */
+	int result;               /* NAT_TRY_CLAIMED or NAT_TRY_FULL end the walk */
+	__be16 port;              /* the port claimed */
+	__be16 reclaim;           /* the first port whose holder may be reclaimed, or 0 */
+};
+
+/* Step i: the first candidate is the flow's own port, or its hash (a flow
+ * whose entries expired gets its port back). A range of up to
+ * NAT_PORT_TRIES ports is then walked whole; in a larger one the others
+ * are random: walking consecutive ports would run through the runs of
+ * taken ports that form long before the range is full, and report
+ * exhaustion with most ports free (measured: at 60%). Returns 1 to stop. */
+static long nat_port_search_step(__u64 i, void *ctx)
+{
+	struct nat_port_search *c = ctx;
+	__u32 offset = (i && c->range > NAT_PORT_TRIES) ? bpf_get_prandom_u32() : c->start + (__u32)i;
+	__be16 port;
+
+	if (!c->range)
+		return 1;
+	port = bpf_htons((__u16)(c->pmin + offset % c->range));
+	c->result = nat_port_try(port);
+	if (c->result == NAT_TRY_CLAIMED || c->result == NAT_TRY_FULL) {
+		c->port = port;
+		return 1;
+	}
+	if (c->result == NAT_TRY_REPLACEABLE && !c->reclaim)
+		c->reclaim = port;
 	return 0;
 }
 
@@ -784,12 +865,12 @@ __noinline int nat_reclaim(__u32 budget)
  * Global functions take scalars only on older kernels, hence the scratch
  * map. Returns NAT_CREATED, NAT_EXISTS, NAT_EXHAUSTED or NAT_FULL; the caller looks
  * the nat_out entry up. */
-__noinline int nat_create(__u32 uplink, __u32 state, __u32 addr_only, __u32 gen)
+__subprog int nat_create(__u32 uplink, __u32 state, __u32 addr_only, __u32 gen)
 {
 	const struct nat_config *cfg = nat_config_get();
+	struct nat_port_search search = {};
 	struct nat_scratch *s;
-	struct nat_entry *in;
-	__u32 pmin = 0, pmax = 0, range, start, tries, offset, own, i, zero = 0;
+	__u32 pmin = 0, pmax = 0, range, start, tries, own, zero = 0;
 	__u64 now = bpf_ktime_get_ns();
 	__be16 port, reclaim = 0;
 	int ret;
@@ -836,38 +917,17 @@ __noinline int nat_create(__u32 uplink, __u32 state, __u32 addr_only, __u32 gen)
 	s->v.last_seen_ns = now;
 	s->v.flags = (__u8)((gen & CT_GEN_MASK) << CT_GEN_SHIFT);
 
-	for (i = 0; i < NAT_PORT_TRIES; i++) {
-		if (i >= tries)
-			break;
-		/* The first candidate is the flow's own port, or its hash (a
-		 * flow whose entries expired gets its port back). A range of up to
-		 * NAT_PORT_TRIES ports is then walked whole; in a larger one
-		 * the others are random: walking consecutive ports would run
-		 * through the runs of taken ports that form long before the
-		 * range is full, and report exhaustion with most ports free
-		 * (measured: at 60%). */
-		offset = (i && range > NAT_PORT_TRIES) ? bpf_get_prandom_u32() : start + i;
-		port = bpf_htons((__u16)(pmin + offset % range));
-		nat_in_key(&s->it, &s->ot, s->nat_addr.b, port);
-		ret = bpf_map_update_elem(&nat_in, &s->it, &s->v, BPF_NOEXIST);
-		if (!ret)
-			goto claimed;
-		if (ret != -EEXIST)
-			return NAT_FULL; /* no other port does better */
-		in = bpf_map_lookup_elem(&nat_in, &s->it);
-		if (!in)
-			continue; /* freed meanwhile: leave it to the next try */
-		if (nat_in_belongs(in, &s->ot)) {
-			/* This flow's own nat_in half, orphaned: adopt
-			 * it (refreshed) rather than leak it and take a
-			 * second port. */
-			if (!bpf_map_update_elem(&nat_in, &s->it, &s->v, BPF_EXIST))
-				goto claimed;
-			continue;
-		}
-		if (!reclaim && (ct_reclaimable(in, cfg, now) || nat_stale(in, s->ot.family, in->addr)))
-			reclaim = port;
-	}
+	search.pmin = pmin;
+	search.range = range;
+	search.start = start;
+	search.result = NAT_TRY_TAKEN;
+	bpf_loop(tries, nat_port_search_step, &search, 0);
+	port = search.port;
+	if (search.result == NAT_TRY_CLAIMED)
+		goto claimed;
+	if (search.result == NAT_TRY_FULL)
+		return NAT_FULL; /* no other port does better */
+	reclaim = search.reclaim;
 	if (!reclaim)
 		return NAT_EXHAUSTED;
 	port = reclaim;
@@ -981,8 +1041,8 @@ static __always_inline int nat_uplink_addr(const struct nat_uplink *up, __u8 fam
  * Not inlined: the keys of its lookups get a frame of their own, off the
  * stack of the path that creates flows (the BPF stack is 512 bytes for a
  * whole call chain). */
-static __noinline int nat_source_policy(const struct pkt *pkt, __u32 uplink, union addr *nat_addr,
-					__u32 *ep_ifindex)
+__subprog int nat_source_policy(const struct pkt *pkt __arg_nonnull, __u32 uplink,
+				union addr *nat_addr __arg_nonnull, __u32 *ep_ifindex __arg_nonnull)
 {
 	const struct nat_uplink *up;
 	const struct nat_network *net;
@@ -1069,23 +1129,24 @@ static __always_inline void nat_frag_key_of(struct nat_frag_key *k, const struct
 
 /* The first fragment of a datagram was translated to addr: remember it for
  * the others. Not inlined, as nat_frag_translate. */
-static __noinline void nat_frag_record(const struct pkt *pkt, __u8 dir, const __u8 *addr)
+__subprog int nat_frag_record(const struct pkt *pkt __arg_nonnull, __u8 dir, const union addr *addr __arg_nonnull)
 {
 	struct nat_frag_key k;
 	struct nat_frag v;
 
 	if (!(pkt->flags & PKT_F_FRAG))
-		return;
+		return 0;
 	nat_frag_key_of(&k, pkt, dir);
-	__builtin_memcpy(v.addr, addr, 16);
+	__builtin_memcpy(v.addr, addr->b, 16);
 	bpf_map_update_elem(&nat_frags, &k, &v, BPF_ANY);
+	return 0;
 }
 
 /* Translate a later fragment (no L4 header) like its first: its source
  * (FRAG_EGRESS) or destination (FRAG_INGRESS) address. Returns 1 when
  * translated, 0 when no first fragment was seen, -1 when the kernel refused
  * the rewrite. Not inlined: its key gets a frame of its own. */
-static __noinline int nat_frag_translate(struct __sk_buff *skb, const struct pkt *pkt, __u8 dir)
+__subprog int nat_frag_translate(struct __sk_buff *skb, const struct pkt *pkt __arg_nonnull, __u8 dir)
 {
 	struct nat_frag_key k;
 	const struct nat_frag *f;
@@ -1108,8 +1169,7 @@ static __noinline int nat_frag_translate(struct __sk_buff *skb, const struct pkt
  * drop counters. Not inlined: the program's own frame (the parsed packet)
  * and this one's add up to less than inlined, with nat_create's or
  * icmp_error_nat's behind them. */
-static __noinline __u8 snat_egress(struct __sk_buff *skb, const struct pkt *pkt,
-				   __u32 *ep_ifindex)
+__subprog int snat_egress(struct __sk_buff *skb, const struct pkt *pkt __arg_nonnull, __u32 *ep_ifindex __arg_nonnull)
 {
 	const struct nat_config *cfg;
 	struct nat_scratch *s;
@@ -1230,7 +1290,7 @@ rewrite:
 		/* The kernel refused a write (a packet shorter than its
 		 * headers, no memory to unclone): it may be half rewritten. */
 		return DROP_MALFORMED;
-	nat_frag_record(pkt, FRAG_EGRESS, s->nat_addr.b);
+	nat_frag_record(pkt, FRAG_EGRESS, &s->nat_addr);
 	return DROP_NONE;
 }
 
@@ -1291,7 +1351,7 @@ static __always_inline __u8 rnat_ingress(struct __sk_buff *skb, const struct pkt
 	if (nat_rewrite(skb, pkt, &l4, nat_daddr_off(pkt), &pkt->daddr, &orig, l4.dport_off,
 			nat_in_port(&it), orig_port))
 		return DROP_MALFORMED;
-	nat_frag_record(pkt, FRAG_INGRESS, orig.b);
+	nat_frag_record(pkt, FRAG_INGRESS, &orig);
 	*translated = 1;
 	return DROP_NONE;
 }

@@ -23,6 +23,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "drop.h"
+#include "subprog.h"
 
 #ifndef ETH_P_8021AD
 #define ETH_P_8021AD 0x88A8
@@ -328,7 +329,7 @@ static __always_inline __u8 parse_ipv6(struct __sk_buff *skb, struct pkt *pkt)
  * whatever could be read before that, for the drop event. Unknown
  * EtherTypes and tagged frames parse fine with family 0: what to do with
  * them is policy. */
-static __always_inline __u8 parse_packet(struct __sk_buff *skb, struct pkt *pkt)
+__subprog int parse_packet(struct __sk_buff *skb, struct pkt *pkt __arg_nonnull)
 {
 	struct ethhdr *eth = pkt_header(skb, 0, ETH_HLEN);
 	__u8 reason = DROP_NONE;

@@ -295,7 +295,7 @@ static __always_inline __u8 portmap_pair_create(struct portmap_scratch *s, const
  * PORTMAP_DONE, PORTMAP_HAIRPIN (translated, to be sent back by
  * portmap_hairpin), PORTMAP_NONE (no mapping, or the tuple is a masqueraded
  * flow's reply, which conntrack owns first, as in netfilter) or -reason. */
-static __noinline int portmap_dnat(struct __sk_buff *skb, const struct pkt *pkt, __u32 from_ifindex)
+__subprog int portmap_dnat(struct __sk_buff *skb, const struct pkt *pkt __arg_nonnull, __u32 from_ifindex)
 {
 	const struct nat_config *cfg;
 	struct portmap_scratch *s;
@@ -374,7 +374,7 @@ static __noinline int portmap_dnat(struct __sk_buff *skb, const struct pkt *pkt,
  * flow: the source becomes the host address and port the request went to
  * (and, for hairpin, the destination the container itself). Returns
  * PORTMAP_DONE, PORTMAP_HAIRPIN, PORTMAP_NONE or -reason. */
-static __noinline int portmap_reverse(struct __sk_buff *skb, const struct pkt *pkt)
+__subprog int portmap_reverse(struct __sk_buff *skb, const struct pkt *pkt __arg_nonnull)
 {
 	const struct nat_config *cfg;
 	struct portmap_scratch *s;
@@ -430,7 +430,7 @@ static __noinline int portmap_reverse(struct __sk_buff *skb, const struct pkt *p
  * veth's tc ingress. Returns PORTMAP_REDIRECT, or PORTMAP_DONE to let the
  * stack route it when no route is found here. Not inlined: the lookup's
  * parameters get a frame of their own. */
-static __noinline int portmap_route(struct __sk_buff *skb, __u8 family)
+__subprog int portmap_route(struct __sk_buff *skb, __u8 family)
 {
 	struct bpf_fib_lookup fib;
 	int rc;
@@ -479,7 +479,7 @@ static __always_inline int portmap_hairpin(struct __sk_buff *skb, const struct p
  * (br_netfilter) loses it too (measured: IPv4 replies never arrived).
  * Returns PORTMAP_REDIRECT, or PORTMAP_NONE when no endpoint holds the
  * destination. */
-static __noinline int portmap_to_endpoint(struct __sk_buff *skb, const struct pkt *pkt)
+__subprog int portmap_to_endpoint(struct __sk_buff *skb, const struct pkt *pkt __arg_nonnull)
 {
 	const struct ip_owner *owner = ip_owner_lookup(pkt->family, &pkt->daddr);
 	const struct endpoint *ep;
@@ -505,7 +505,7 @@ static __noinline int portmap_to_endpoint(struct __sk_buff *skb, const struct pk
  * Hairpin goes back by portmap_hairpin, a reply to a container by
  * portmap_to_endpoint, any other reply by portmap_route. Returns
  * PORTMAP_NONE, PORTMAP_DONE, PORTMAP_REDIRECT or -reason. */
-static __always_inline int portmap_from_container(struct __sk_buff *skb, const struct pkt *pkt)
+__subprog int portmap_from_container(struct __sk_buff *skb, const struct pkt *pkt __arg_nonnull)
 {
 	int ret;
 
@@ -535,7 +535,7 @@ static __always_inline int portmap_from_outside(struct __sk_buff *skb, const str
  * On an uplink's egress the same test finds a published container's reply,
  * translated already by portmap_reverse: the masquerade must not track it
  * as the node's own flow (whose tuple the pair holds). */
-static __noinline int portmap_flow_exempt(const struct pkt *pkt)
+__subprog int portmap_flow_exempt(const struct pkt *pkt __arg_nonnull)
 {
 	struct nat_entry *e;
 	struct nat_tuple t;

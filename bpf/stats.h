@@ -34,16 +34,21 @@ struct {
  * at ADD). Call it only once the endpoint is known to exist, so that traffic
  * on veths without an endpoint cannot fill the map. Returns NULL only when
  * the entry can be neither found nor created (map full). */
+/* A new entry's value. A constant (.rodata) rather than a zeroed local:
+ * at 200-odd bytes a local would take half of the stack that a program
+ * and the global functions it calls share (subprog.h). */
+static const struct endpoint_stats stats_zero;
+
 static __always_inline struct endpoint_stats *stats_get(__u32 ifindex)
 {
-	struct endpoint_stats *st, zero = {};
+	struct endpoint_stats *st;
 
 	st = bpf_map_lookup_elem(&endpoint_stats, &ifindex);
 	if (st)
 		return st;
 	/* BPF_NOEXIST: if another CPU created it meanwhile, keep its entry
 	 * (a per-CPU update from a program only writes this CPU's slot). */
-	bpf_map_update_elem(&endpoint_stats, &ifindex, &zero, BPF_NOEXIST);
+	bpf_map_update_elem(&endpoint_stats, &ifindex, &stats_zero, BPF_NOEXIST);
 	return bpf_map_lookup_elem(&endpoint_stats, &ifindex);
 }
 

@@ -17,6 +17,7 @@
 #include "drop.h"
 #include "parse.h"
 #include "stats.h"
+#include "subprog.h"
 
 #define VERDICT_PASS TC_ACT_UNSPEC
 #define VERDICT_DROP TC_ACT_SHOT
@@ -109,8 +110,8 @@ static __always_inline void drop_event_emit(__u32 ifindex, const struct pkt *pkt
  * is the endpoint's counters, NULL when the veth has no endpoint
  * (DROP_NO_ENDPOINT) or its stats entry could not be created; the total is
  * counted regardless. */
-static __always_inline int drop_packet_for(__u32 ifindex, struct endpoint_stats *st,
-					   const struct pkt *pkt, __u8 reason, __u8 direction)
+__subprog int drop_packet_for(__u32 ifindex, struct endpoint_stats *st, const struct pkt *pkt __arg_nonnull,
+			      __u8 reason, __u8 direction)
 {
 	/* A bounded index keeps the verifier happy and a bad reason visible
 	 * as something rather than nothing. */
