@@ -143,13 +143,23 @@ func (d *Datapath) loadFromSpec(pins []pin[ebpf.Program]) error {
 	if err != nil {
 		return fmt.Errorf("read embedded programs: %w", err)
 	}
-	if err := d.loadMaps(spec); err != nil {
+	// The kernel's BTF is decoded while the kernel creates the maps: one
+	// is Go's CPU time, the other the kernel's, and both are needed
+	// before the first program loads.
+	kernelTypes := btf.NewCache()
+	decoded := make(chan struct{})
+	go func() {
+		defer close(decoded)
+		decodeKfuncs(kernelTypes, spec, pins)
+	}()
+	err = d.loadMaps(spec)
+	<-decoded
+	if err != nil {
 		return err
 	}
 	d.opts.Trace.Mark("create-maps")
 	progs := make([]*ebpf.Program, len(pins))
 	errs := make([]error, len(pins))
-	kernelTypes := btf.NewCache()
 	var wg sync.WaitGroup
 	for i, p := range pins {
 		// One copy per load, made here: a CollectionSpec is not safe for
@@ -179,6 +189,32 @@ func (d *Datapath) loadFromSpec(pins []pin[ebpf.Program]) error {
 		*p.dst = progs[i]
 	}
 	return nil
+}
+
+// decodeKfuncs decodes into kernelTypes what resolving the kfuncs that the
+// programs of pins call takes: the kernel's BTF, and the types of those
+// functions (the conntrack lookup's pull in much of the kernel's networking
+// types). Errors are left to the loads, which meet them again.
+func decodeKfuncs(kernelTypes *btf.Cache, spec *ebpf.CollectionSpec, pins []pin[ebpf.Program]) {
+	var names []string
+	for _, p := range pins {
+		for _, ins := range spec.Programs[p.name].Instructions {
+			if ins.IsKfuncCall() {
+				names = append(names, ins.Reference())
+			}
+		}
+	}
+	if len(names) == 0 {
+		return
+	}
+	kernel, err := kernelTypes.Kernel()
+	if err != nil {
+		return
+	}
+	for _, name := range names {
+		var fn *btf.Func
+		_ = kernel.TypeByName(name, &fn)
+	}
 }
 
 // loadMaps creates the collection's pinned maps that do not exist yet,
