@@ -80,13 +80,6 @@ var metrics = []metricInfo{
 	{publishedRun, "add_pub10_extra_ms", "ms", "", "ADD median with 10 port mappings minus without"},
 }
 
-// The figures of each kind of run, in table order.
-var (
-	scaleMetrics     = metricsOf(scaleRun)
-	trafficMetrics   = metricsOf(trafficRun)
-	publishedMetrics = metricsOf(publishedRun)
-)
-
 // metricsOf returns the figures that runs of kind measure.
 func metricsOf(kind runKind) []metricInfo {
 	var ms []metricInfo
@@ -97,6 +90,13 @@ func metricsOf(kind runKind) []metricInfo {
 	}
 	return ms
 }
+
+// The figures of each kind of run, in table order.
+var (
+	scaleMetrics     = metricsOf(scaleRun)
+	trafficMetrics   = metricsOf(trafficRun)
+	publishedMetrics = metricsOf(publishedRun)
+)
 
 // report is the JSON file, and the source of the Markdown and the SVG.
 type report struct {
