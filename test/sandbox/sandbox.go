@@ -195,6 +195,17 @@ func upWithAddrs(name string, addrs ...netip.Prefix) (netlink.Link, error) {
 	return link, nil
 }
 
+// AddAddr adds p to the link called name in the calling thread's namespace
+// (tests set up links of their own with it). IPv6 addresses skip duplicate
+// address detection, as addAddr says.
+func AddAddr(name string, p netip.Prefix) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	return addAddr(link, p)
+}
+
 // addAddr adds p to link. IPv6 addresses skip duplicate address detection,
 // which would otherwise leave them unusable (tentative) for about a second.
 func addAddr(link netlink.Link, p netip.Prefix) error {
