@@ -143,7 +143,8 @@ static __always_inline const struct nat_config *nat_config_get(void)
 	return bpf_map_lookup_elem(&nat_config, &zero);
 }
 
-/* A configured timeout, or the default when the config leaves it 0. */
+/* A configured value (a timeout, a port bound, a quota), or its default when
+ * the config leaves it 0. */
 static __always_inline __u32 ct_or_default(__u32 configured, __u32 def)
 {
 	return configured ? configured : def;

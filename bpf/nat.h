@@ -283,17 +283,11 @@ __subprog int nat_quota_allows(__u32 ifindex)
 {
 	const struct nat_quota *q;
 	const struct nat_usage *mine, *all;
-	__u32 zero = 0, guaranteed = 0, shared = 0, total = NAT_USAGE_TOTAL;
+	__u32 zero = 0, guaranteed, shared, total = NAT_USAGE_TOTAL;
 
 	q = bpf_map_lookup_elem(&nat_quota, &zero);
-	if (q) {
-		guaranteed = q->guaranteed;
-		shared = q->shared;
-	}
-	if (!guaranteed)
-		guaranteed = NAT_QUOTA_GUARANTEED_DEFAULT;
-	if (!shared)
-		shared = NAT_QUOTA_SHARED_DEFAULT;
+	guaranteed = ct_or_default(q ? q->guaranteed : 0, NAT_QUOTA_GUARANTEED_DEFAULT);
+	shared = ct_or_default(q ? q->shared : 0, NAT_QUOTA_SHARED_DEFAULT);
 	mine = bpf_map_lookup_elem(&nat_usage, &ifindex);
 	if (!mine || mine->pairs < (__s32)guaranteed)
 		return 1;
@@ -870,7 +864,7 @@ __subprog int nat_create(__u32 uplink, __u32 state, __u32 addr_only, __u32 gen)
 	const struct nat_config *cfg = nat_config_get();
 	struct nat_port_search search = {};
 	struct nat_scratch *s;
-	__u32 pmin = 0, pmax = 0, range, start, tries, own, zero = 0;
+	__u32 pmin, pmax, range, start, tries, own, zero = 0;
 	__u64 now = bpf_ktime_get_ns();
 	__be16 port, reclaim = 0;
 	int ret;
@@ -880,14 +874,8 @@ __subprog int nat_create(__u32 uplink, __u32 state, __u32 addr_only, __u32 gen)
 		return NAT_EXHAUSTED; /* cannot happen: an array */
 	s->reclaimed = 0;
 	__builtin_memset(&s->v, 0, sizeof(s->v));
-	if (cfg) {
-		pmin = cfg->port_min;
-		pmax = cfg->port_max;
-	}
-	if (!pmin)
-		pmin = NAT_PORT_MIN_DEFAULT;
-	if (!pmax)
-		pmax = NAT_PORT_MAX_DEFAULT;
+	pmin = ct_or_default(cfg ? cfg->port_min : 0, NAT_PORT_MIN_DEFAULT);
+	pmax = ct_or_default(cfg ? cfg->port_max : 0, NAT_PORT_MAX_DEFAULT);
 	if (pmin > pmax) {
 		/* A config no control plane writes on purpose: better
 		 * the defaults than no masquerade at all. */

@@ -241,6 +241,17 @@ func (d *Datapath) writableMap(name string) (*ebpf.Map, error) {
 	return ebpf.LoadPinnedMap(filepath.Join(d.state.mapsDir(), name), nil)
 }
 
+// writeConfig writes v into the only slot of the pinned array map name: a
+// setting the programs read.
+func (d *Datapath) writeConfig(name string, v any) error {
+	m, err := d.writableMap(name)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	return m.Update(uint32(0), v, ebpf.UpdateAny)
+}
+
 // expired tells whether an entry outlived its state's timeout, as
 // ct_expired in bpf/conntrack.h decides it.
 func expired(e *program.BpfbridgeNatEntry, cfg *program.BpfbridgeNatConfig, now uint64) bool {

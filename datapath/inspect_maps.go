@@ -294,10 +294,7 @@ var mapDecoders = map[string]mapDumper{
 		}{v.Pairs}}
 	}),
 	program.BpfbridgeMapNatGen: dumpEach(func(k *program.BpfbridgeNatGenKey, v *uint32) MapEntry {
-		return MapEntry{Key: struct {
-			Family uint8      `json:"family"`
-			Addr   netip.Addr `json:"addr"`
-		}{k.Family, program.AddrOf(k.Family, k.Addr)}, Value: struct {
+		return MapEntry{Key: addrKey{k.Family, program.AddrOf(k.Family, k.Addr)}, Value: struct {
 			Generation uint32 `json:"generation"`
 		}{*v}}
 	}),
@@ -325,13 +322,13 @@ var mapDecoders = map[string]mapDumper{
 			Masquerade bool `json:"masquerade"`
 		}{v.Flags&uint32(program.BpfbridgeNatNetworkFlagsNAT_F_MASQUERADE) != 0}}
 	}),
-	program.BpfbridgeMapNatExclude: dumpEach(func(k *program.BpfbridgeNatExcludeKey, v *uint8) MapEntry {
+	program.BpfbridgeMapNatExclude: dumpSet(func(k *program.BpfbridgeNatExcludeKey, member bool) MapEntry {
 		return MapEntry{Key: struct {
 			Network uint32       `json:"network"`
 			Prefix  netip.Prefix `json:"prefix"`
 		}{k.Network, k.Prefix()}, Value: struct {
 			Excluded bool `json:"excluded"`
-		}{*v != 0}}
+		}{member}}
 	}),
 	program.BpfbridgeMapPortMaps: dumpEach(func(k *program.BpfbridgePortmapKey, v *program.BpfbridgePortmapValue) MapEntry {
 		return MapEntry{Key: struct {
@@ -345,13 +342,10 @@ var mapDecoders = map[string]mapDumper{
 			Packets    uint64         `json:"packets"`
 		}{v.Container(k.Family), v.Ifindex, program.AddrOf(k.Family, v.HairpinSrc), EndpointKey(v.Owner).String(), v.Packets}}
 	}),
-	program.BpfbridgeMapPortmapNodeAddrs: dumpEach(func(k *program.BpfbridgeIpKey, v *uint8) MapEntry {
-		return MapEntry{Key: struct {
-			Family uint8      `json:"family"`
-			Addr   netip.Addr `json:"addr"`
-		}{k.Family, k.IP()}, Value: struct {
+	program.BpfbridgeMapPortmapNodeAddrs: dumpSet(func(k *program.BpfbridgeIpKey, member bool) MapEntry {
+		return MapEntry{Key: addrKey{k.Family, k.IP()}, Value: struct {
 			NodeAddress bool `json:"node_address"`
-		}{*v != 0}}
+		}{member}}
 	}),
 	program.BpfbridgeMapPortmapConfig: dumpEach(func(k *uint32, v *program.BpfbridgePortmapConfig) MapEntry {
 		return MapEntry{Key: indexKey{*k}, Value: struct {
@@ -394,6 +388,11 @@ func dumpEach[K, V any](decode func(*K, *V) MapEntry) mapDumper {
 		}
 		return out, it.Err()
 	}
+}
+
+// dumpSet dumps a map that holds a set: a key's byte is 1 for a member.
+func dumpSet[K any](decode func(k *K, member bool) MapEntry) mapDumper {
+	return dumpEach(func(k *K, v *uint8) MapEntry { return decode(k, *v != 0) })
 }
 
 // dumpEachPerCPU dumps a per-CPU map: each entry's value is the sum of the
@@ -467,6 +466,12 @@ func perCPU(t ebpf.MapType) bool {
 // ifindexKey keys the maps indexed by the host veth's ifindex.
 type ifindexKey struct {
 	Ifindex uint32 `json:"ifindex"`
+}
+
+// addrKey keys the maps indexed by an address of either family.
+type addrKey struct {
+	Family uint8      `json:"family"`
+	Addr   netip.Addr `json:"addr"`
 }
 
 // indexKey keys an array map.

@@ -265,12 +265,7 @@ func (d *Datapath) ReleaseMasquerade(network, containerID, ifname string) error 
 // writeQuota writes the per-container guaranteed share into nat_quota (0:
 // the programs' default); the shared pool keeps its default.
 func (d *Datapath) writeQuota(guaranteed uint32) error {
-	q, err := d.writableMap(program.BpfbridgeMapNatQuota)
-	if err != nil {
-		return err
-	}
-	defer q.Close()
-	if err := q.Update(uint32(0), &program.BpfbridgeNatQuota{Guaranteed: guaranteed}, ebpf.UpdateAny); err != nil {
+	if err := d.writeConfig(program.BpfbridgeMapNatQuota, &program.BpfbridgeNatQuota{Guaranteed: guaranteed}); err != nil {
 		return fmt.Errorf("write masquerade budget: %w", err)
 	}
 	return nil

@@ -169,21 +169,12 @@ func (d *Datapath) PublishPorts(p Ports) error {
 		return err
 	}
 	defer unlock()
-	key := KeyOf(p.ContainerID, p.IfName)
-	var meta program.BpfbridgeEndpointMeta
-	if err := d.maps.meta.Lookup(key, &meta); err != nil {
-		return fmt.Errorf("publish ports of %s/%s: no endpoint record: %w", p.ContainerID, p.IfName, err)
-	}
-	keys, vals, err := p.entries(meta.Ifindex)
+	pm, keys, vals, err := d.portEntries(p, d.writableMap)
 	if err != nil {
-		return err
-	}
-	pm, err := d.writableMap(program.BpfbridgeMapPortMaps)
-	if err != nil {
-		return err
+		return fmt.Errorf("publish ports: %w", err)
 	}
 	defer pm.Close()
-	if err := d.checkConflicts(pm, key, keys); err != nil {
+	if err := d.checkConflicts(pm, KeyOf(p.ContainerID, p.IfName), keys); err != nil {
 		return err
 	}
 	if err := d.portmapNode(p); err != nil {
@@ -195,6 +186,23 @@ func (d *Datapath) PublishPorts(p Ports) error {
 		}
 	}
 	return nil
+}
+
+// portEntries returns the port_maps entries that publish p's ports, for its
+// attachment's veth, and port_maps opened by open (writable to publish them,
+// read-only to check them).
+func (d *Datapath) portEntries(p Ports, open func(string) (*ebpf.Map, error)) (
+	*ebpf.Map, []program.BpfbridgePortmapKey, []program.BpfbridgePortmapValue, error) {
+	var meta program.BpfbridgeEndpointMeta
+	if err := d.maps.meta.Lookup(KeyOf(p.ContainerID, p.IfName), &meta); err != nil {
+		return nil, nil, nil, fmt.Errorf("no datapath record for %s/%s: %w", p.ContainerID, p.IfName, err)
+	}
+	keys, vals, err := p.entries(meta.Ifindex)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	pm, err := open(program.BpfbridgeMapPortMaps)
+	return pm, keys, vals, err
 }
 
 // eachPortMap calls fn with every port_maps entry until it returns false.
@@ -290,13 +298,8 @@ func (d *Datapath) portmapNode(p Ports) error {
 	if err != nil {
 		return err
 	}
-	cfgMap, err := d.writableMap(program.BpfbridgeMapPortmapConfig)
-	if err != nil {
-		return err
-	}
-	defer cfgMap.Close()
 	cfg := program.BpfbridgePortmapConfig{NetnsCookie: cookie, Enabled: 1}
-	if err := cfgMap.Update(uint32(0), &cfg, ebpf.UpdateAny); err != nil {
+	if err := d.writeConfig(program.BpfbridgeMapPortmapConfig, &cfg); err != nil {
 		return fmt.Errorf("write port mapping config: %w", err)
 	}
 	return d.attachSockPrograms(p.Cgroup)
@@ -496,15 +499,7 @@ func (d *Datapath) CheckPorts(p Ports) error {
 	if len(p.Mappings) == 0 {
 		return nil
 	}
-	var meta program.BpfbridgeEndpointMeta
-	if err := d.maps.meta.Lookup(KeyOf(p.ContainerID, p.IfName), &meta); err != nil {
-		return fmt.Errorf("no datapath record for %s/%s: %w", p.ContainerID, p.IfName, err)
-	}
-	keys, vals, err := p.entries(meta.Ifindex)
-	if err != nil {
-		return err
-	}
-	pm, err := d.pinnedMap(program.BpfbridgeMapPortMaps)
+	pm, keys, vals, err := d.portEntries(p, d.pinnedMap)
 	if err != nil {
 		return err
 	}

@@ -33,14 +33,7 @@ const containerIfIndex = 2
 // addresses from IPAM, addresses and routes inside the container and the
 // gateway on the bridge. Everything it can check is checked before it
 // creates anything; whatever it did is undone when a later step fails.
-func cmdAdd(args *skel.CmdArgs) (err error) {
-	tr := trace.Start("ADD")
-	defer func() { tr.Finish(err) }()
-	conf, err := loadConf(args.StdinData)
-	if err != nil {
-		return err
-	}
-	tr.Enable(conf.Trace)
+func cmdAdd(conf *NetConf, args *skel.CmdArgs, tr *trace.Tracer) (err error) {
 	if err := conf.validateForAdd(); err != nil {
 		return err
 	}

@@ -17,11 +17,7 @@ import (
 // described by prevResult: the address reservation, the veth pair on the
 // bridge, the eBPF datapath's entries and programs, and the container's
 // addresses and routes.
-func cmdCheck(args *skel.CmdArgs) error {
-	conf, err := loadConf(args.StdinData)
-	if err != nil {
-		return err
-	}
+func cmdCheck(conf *NetConf, args *skel.CmdArgs) error {
 	prev, err := conf.prevResult()
 	if err != nil {
 		return err

@@ -6,9 +6,6 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
-	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/bpfbridge/bpfbridge/datapath"
 	"github.com/bpfbridge/bpfbridge/datapath/topology"
@@ -23,23 +20,11 @@ import (
 // every step runs whatever the steps before it answered, "already gone"
 // counts as done, and DEL fails only for something still present that a step
 // could not remove; the runtime then retries it.
-func cmdDel(args *skel.CmdArgs) (err error) {
-	tr := trace.Start("DEL")
-	defer func() { tr.Finish(err) }()
-	conf, err := loadConf(args.StdinData)
-	if err != nil {
-		return err
-	}
-	tr.Enable(conf.Trace)
+func cmdDel(conf *NetConf, args *skel.CmdArgs, tr *trace.Tracer) error {
 	tr.Mark("config")
 	var errs []error
 	if args.Netns != "" {
-		err := ns.WithNetNSPath(args.Netns, func(ns.NetNS) error {
-			return topology.DeleteLink(args.IfName)
-		})
-		if !alreadyGone(err) {
-			errs = append(errs, err)
-		}
+		errs = append(errs, topology.DeleteContainerLink(args.Netns, args.IfName))
 		tr.Mark("veth")
 	}
 	// The interface goes first and the addresses last, so that a DEL that
@@ -55,18 +40,6 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 		tr.Mark("ipam")
 	}
 	return joinDelErrors(errs)
-}
-
-// alreadyGone reports whether err, from removing the container's interface,
-// says there is nothing left to remove: the namespace was deleted (or its
-// bind mount removed), or the link vanished before or while it was deleted.
-func alreadyGone(err error) bool {
-	switch err.(type) {
-	case nil, ns.NSPathNotExistErr, ns.NSPathNotNSErr:
-		return true
-	}
-	return errors.As(err, new(netlink.LinkNotFoundError)) ||
-		errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH)
 }
 
 // joinDelErrors reports the failed steps of a DEL as one CNI error, with the

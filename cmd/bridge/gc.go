@@ -14,11 +14,7 @@ import (
 // (and expired ones), the network's masquerade state once no endpoint is
 // left, and addresses. Links need
 // no collection: a veth disappears with its container's namespace.
-func cmdGC(args *skel.CmdArgs) error {
-	conf, err := loadConf(args.StdinData)
-	if err != nil {
-		return err
-	}
+func cmdGC(conf *NetConf, args *skel.CmdArgs) error {
 	valid := make(map[datapath.EndpointKey]bool, len(conf.ValidAttachments))
 	for _, a := range conf.ValidAttachments {
 		valid[datapath.KeyOf(a.ContainerID, a.IfName)] = true

@@ -254,6 +254,16 @@ func (in *inspector) emit(v any, table func(w io.Writer)) error {
 	return w.Flush()
 }
 
+// emitRead emits what get reads from the datapath, as the commands that
+// show one datapath view do; table writes the view as a table.
+func emitRead[T any](in *inspector, get func() (T, error), table func(io.Writer, T)) error {
+	v, err := get()
+	if err != nil {
+		return err
+	}
+	return in.emit(v, func(w io.Writer) { table(w, v) })
+}
+
 // row writes one tab-separated table row.
 func row(w io.Writer, cells ...any) {
 	for i, c := range cells {

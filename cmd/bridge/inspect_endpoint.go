@@ -20,11 +20,7 @@ func ipList(ips []netip.Addr) string {
 
 // endpointList serves `endpoint list`.
 func (in *inspector) endpointList([]string) error {
-	recs, err := in.dp.Endpoints()
-	if err != nil {
-		return err
-	}
-	return in.emit(recs, func(w io.Writer) {
+	return emitRead(in, in.dp.Endpoints, func(w io.Writer, recs []datapath.EndpointRecord) {
 		row(w, "CONTAINER", "IFNAME", "NETWORK", "IPS", "MAC", "HOST_IF", "IFINDEX", "ISOLATION", "MODE", "PROG_TAG",
 			"PKTS_FROM", "BYTES_FROM", "PKTS_TO", "BYTES_TO", "DROPS", "STALE")
 		for _, r := range recs {
@@ -99,11 +95,7 @@ func (in *inspector) endpointsOf(id, ifname string) ([]datapath.EndpointRecord, 
 
 // stats serves `stats`.
 func (in *inspector) stats([]string) error {
-	s, err := in.dp.DropStats()
-	if err != nil {
-		return err
-	}
-	return in.emit(s, func(w io.Writer) {
+	return emitRead(in, in.dp.DropStats, func(w io.Writer, s datapath.DropStats) {
 		row(w, "REASON", "NODE TOTAL")
 		for _, r := range datapath.DropReasons() {
 			row(w, r, s.Totals[r])

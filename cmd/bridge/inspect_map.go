@@ -15,11 +15,7 @@ import (
 
 // mapList serves `map list`.
 func (in *inspector) mapList([]string) error {
-	maps, err := in.dp.Maps()
-	if err != nil {
-		return err
-	}
-	return in.emit(maps, func(w io.Writer) {
+	return emitRead(in, in.dp.Maps, func(w io.Writer, maps []datapath.PinnedMap) {
 		row(w, "NAME", "ID", "TYPE", "KEY", "VALUE", "MAX_ENTRIES", "ENTRIES", "PRESSURE", "FLAGS")
 		for _, m := range maps {
 			entries, pressure := "-", "-"
@@ -135,11 +131,7 @@ func (in *inspector) endpointIPs() ([]netip.Addr, error) {
 
 // portmapList serves `portmap list`: the node's published ports.
 func (in *inspector) portmapList([]string) error {
-	ports, err := in.dp.PublishedPorts()
-	if err != nil {
-		return err
-	}
-	return in.emit(ports, func(w io.Writer) {
+	return emitRead(in, in.dp.PublishedPorts, func(w io.Writer, ports []datapath.PublishedPort) {
 		row(w, "HOST", "CONTAINER", "PROTO", "OWNER", "PACKETS")
 		for _, p := range ports {
 			row(w, p.Host, p.Container, p.Protocol, p.Owner, p.Packets)

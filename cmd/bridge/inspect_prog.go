@@ -11,11 +11,7 @@ import (
 // prog serves `prog`: one table row per attachment (a program attached
 // nowhere gets one row too).
 func (in *inspector) prog([]string) error {
-	progs, err := in.dp.Programs()
-	if err != nil {
-		return err
-	}
-	return in.emit(progs, func(w io.Writer) {
+	return emitRead(in, in.dp.Programs, func(w io.Writer, progs []datapath.Program) {
 		row(w, "ID", "NAME", "TAG", "BUILD", "INTERFACE", "DIRECTION", "MODE", "RUNS", "RUN_TIME")
 		for _, p := range progs {
 			runs, runTime := "-", "-"
@@ -38,11 +34,7 @@ func (in *inspector) prog([]string) error {
 
 // link serves `link` (and `net`).
 func (in *inspector) link([]string) error {
-	links, err := in.dp.Links()
-	if err != nil {
-		return err
-	}
-	return in.emit(links, func(w io.Writer) {
+	return emitRead(in, in.dp.Links, func(w io.Writer, links []datapath.Link) {
 		row(w, "INTERFACE", "IFINDEX", "ENDPOINT", "INGRESS", "EGRESS")
 		for _, l := range links {
 			ep := "-"

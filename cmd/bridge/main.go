@@ -13,6 +13,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/bpfbridge/bpfbridge/datapath/trace"
 )
 
 // Set at build time with -ldflags "-X main.buildVersion=… -X main.buildCommit=…".
@@ -32,11 +34,11 @@ func main() {
 		os.Exit(runCLI(os.Args[1:]))
 	}
 	err := skel.PluginMainFuncsWithError(skel.CNIFuncs{
-		Add:    cmdAdd,
-		Del:    cmdDel,
-		Check:  cmdCheck,
-		GC:     cmdGC,
-		Status: cmdStatus,
+		Add:    traced("ADD", cmdAdd),
+		Del:    traced("DEL", cmdDel),
+		Check:  withConf(cmdCheck),
+		GC:     withConf(cmdGC),
+		Status: withConf(cmdStatus),
 	}, version.All, about())
 	if err != nil {
 		nameBadEnv(err)
@@ -44,6 +46,35 @@ func main() {
 			fmt.Fprintln(os.Stderr, "bridge: print error:", perr)
 		}
 		os.Exit(1)
+	}
+}
+
+// withConf adapts a verb to skel: every verb starts from the network config
+// on stdin, and a config that does not parse fails the verb with the CNI
+// error loadConf names it by.
+func withConf(verb func(*NetConf, *skel.CmdArgs) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) error {
+		conf, err := loadConf(args.StdinData)
+		if err != nil {
+			return err
+		}
+		return verb(conf, args)
+	}
+}
+
+// traced is withConf for the verbs whose phases can be traced (ADD, DEL):
+// the trace covers the whole verb, config included, and is on when
+// BPFBRIDGE_TRACE or the config's "trace" key asks for it.
+func traced(name string, verb func(*NetConf, *skel.CmdArgs, *trace.Tracer) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) (err error) {
+		tr := trace.Start(name)
+		defer func() { tr.Finish(err) }()
+		conf, err := loadConf(args.StdinData)
+		if err != nil {
+			return err
+		}
+		tr.Enable(conf.Trace)
+		return verb(conf, args, tr)
 	}
 }
 

@@ -8,11 +8,7 @@ import (
 
 // cmdStatus reports whether the network can serve an ADD now; the IPAM
 // answers for its address pool and store.
-func cmdStatus(args *skel.CmdArgs) error {
-	conf, err := loadConf(args.StdinData)
-	if err != nil {
-		return err
-	}
+func cmdStatus(conf *NetConf, args *skel.CmdArgs) error {
 	if conf.IPAM.Type == "" {
 		return nil
 	}

@@ -19,65 +19,84 @@ import (
 
 // metricInfo describes one figure of the report.
 type metricInfo struct {
-	Name string `json:"-"`
-	Unit string `json:"unit"`
+	// Run is the kind of run that measures the figure.
+	Run  runKind `json:"-"`
+	Name string  `json:"-"`
+	Unit string  `json:"unit"`
 	// Better is "lower" or "higher"; empty for counts that have no better
 	// direction, which get no ratio.
 	Better string `json:"better,omitempty"`
 	What   string `json:"what"`
 }
 
-// scaleMetrics are the figures of one plugin set at one N, in table order.
-var scaleMetrics = []metricInfo{
-	{"add_p50_ms", "ms", "lower", "ADD latency, median"},
-	{"add_p90_ms", "ms", "lower", "ADD latency, 90th percentile"},
-	{"add_p99_ms", "ms", "lower", "ADD latency, 99th percentile"},
-	{"add_max_ms", "ms", "lower", "ADD latency, slowest"},
-	{"del_p50_ms", "ms", "lower", "DEL latency, median"},
-	{"del_p90_ms", "ms", "lower", "DEL latency, 90th percentile"},
-	{"del_p99_ms", "ms", "lower", "DEL latency, 99th percentile"},
-	{"del_max_ms", "ms", "lower", "DEL latency, slowest"},
-	{"cold_add_ms", "ms", "lower", "the first ADD on a fresh node (not in the percentiles)"},
-	{"add_rate_per_s", "1/s", "higher", "ADDs completed per second at the run's concurrency"},
-	{"add_wall_ms", "ms", "lower", "wall time of the N ADDs at the run's concurrency (a boot storm at concurrency > 1)"},
-	{"add_growth", "ratio", "lower", "median ADD latency of the last 10% of containers over that of the first 10%"},
-	{"add_cpu_ms", "ms", "lower", "user+system CPU per ADD, plugin and the children it waited for"},
-	{"del_cpu_ms", "ms", "lower", "user+system CPU per DEL"},
-	{"add_maxrss_kib", "KiB", "lower", "largest peak RSS of an ADD's processes"},
-	{"del_maxrss_kib", "KiB", "lower", "largest peak RSS of a DEL's processes"},
-	{"iptables_rules", "rules", "", "iptables-save rules in the node after N ADDs"},
-	{"ip6tables_rules", "rules", "", "ip6tables-save rules in the node after N ADDs"},
-	{"nft_rules", "rules", "", "nftables rules in the node after N ADDs (iptables-nft rules included)"},
-	{"bpf_map_entries", "entries", "", "keys of the hash maps pinned under <bpffs>/bpfbridge/maps/v*/ after N ADDs"},
-	{"leftover_allocations", "addresses", "", "IPAM allocations left after every DEL (must be 0)"},
+// runKind is a kind of run of the report.
+type runKind int
+
+const (
+	scaleRun     runKind = iota // one plugin set at one N
+	trafficRun                  // one plugin set in one traffic run
+	publishedRun                // the published-ports run: from the outside to a container's published port, and ADD with port mappings
+)
+
+// metrics are the figures of the report, in table order.
+var metrics = []metricInfo{
+	{scaleRun, "add_p50_ms", "ms", "lower", "ADD latency, median"},
+	{scaleRun, "add_p90_ms", "ms", "lower", "ADD latency, 90th percentile"},
+	{scaleRun, "add_p99_ms", "ms", "lower", "ADD latency, 99th percentile"},
+	{scaleRun, "add_max_ms", "ms", "lower", "ADD latency, slowest"},
+	{scaleRun, "del_p50_ms", "ms", "lower", "DEL latency, median"},
+	{scaleRun, "del_p90_ms", "ms", "lower", "DEL latency, 90th percentile"},
+	{scaleRun, "del_p99_ms", "ms", "lower", "DEL latency, 99th percentile"},
+	{scaleRun, "del_max_ms", "ms", "lower", "DEL latency, slowest"},
+	{scaleRun, "cold_add_ms", "ms", "lower", "the first ADD on a fresh node (not in the percentiles)"},
+	{scaleRun, "add_rate_per_s", "1/s", "higher", "ADDs completed per second at the run's concurrency"},
+	{scaleRun, "add_wall_ms", "ms", "lower", "wall time of the N ADDs at the run's concurrency (a boot storm at concurrency > 1)"},
+	{scaleRun, "add_growth", "ratio", "lower", "median ADD latency of the last 10% of containers over that of the first 10%"},
+	{scaleRun, "add_cpu_ms", "ms", "lower", "user+system CPU per ADD, plugin and the children it waited for"},
+	{scaleRun, "del_cpu_ms", "ms", "lower", "user+system CPU per DEL"},
+	{scaleRun, "add_maxrss_kib", "KiB", "lower", "largest peak RSS of an ADD's processes"},
+	{scaleRun, "del_maxrss_kib", "KiB", "lower", "largest peak RSS of a DEL's processes"},
+	{scaleRun, "iptables_rules", "rules", "", "iptables-save rules in the node after N ADDs"},
+	{scaleRun, "ip6tables_rules", "rules", "", "ip6tables-save rules in the node after N ADDs"},
+	{scaleRun, "nft_rules", "rules", "", "nftables rules in the node after N ADDs (iptables-nft rules included)"},
+	{scaleRun, "bpf_map_entries", "entries", "", "keys of the hash maps pinned under <bpffs>/bpfbridge/maps/v*/ after N ADDs"},
+	{scaleRun, "leftover_allocations", "addresses", "", "IPAM allocations left after every DEL (must be 0)"},
+	{trafficRun, "tcp_stream_c2c_gbps", "Gbit/s", "higher", "TCP stream throughput, one connection, container to container"},
+	{trafficRun, "iperf3_stream_c2c_gbps", "Gbit/s", "higher", "the same measured by iperf3 (--iperf3), median of rounds"},
+	{trafficRun, "paired_stream_c2c_gbps", "Gbit/s", "higher", "cnibench's stream in turns with those iperf3 rounds, median"},
+	{trafficRun, "tcp_stream_ext_gbps", "Gbit/s", "higher", "TCP stream throughput, container to external"},
+	{trafficRun, "tcp_rr_c2c_p50_us", "µs", "lower", "1-byte TCP request/response round trip, median, container to container"},
+	{trafficRun, "tcp_rr_c2c_p99_us", "µs", "lower", "the same, 99th percentile"},
+	{trafficRun, "tcp_rr_ext_p50_us", "µs", "lower", "1-byte TCP request/response round trip, median, container to external"},
+	{trafficRun, "tcp_rr_ext_p99_us", "µs", "lower", "the same, 99th percentile"},
+	{trafficRun, "tcp_crr_c2c_per_s", "1/s", "higher", "TCP connect+close per second, container to container"},
+	{trafficRun, "tcp_crr_ext_per_s", "1/s", "higher", "TCP connect+close per second, container to external"},
+	{trafficRun, "udp_c2c_pps", "packets/s", "higher", "64-byte UDP datagrams received per second, one sender, container to container"},
+	{publishedRun, "tcp_rr_pub_p50_us", "µs", "lower", "1-byte TCP request/response round trip, median, external to a container's published port (the node's address, host port)"},
+	{publishedRun, "tcp_rr_pub_p99_us", "µs", "lower", "the same, 99th percentile"},
+	{publishedRun, "tcp_crr_pub_per_s", "1/s", "higher", "TCP connect+close per second, external to the published port"},
+	{publishedRun, "add_pub0_p50_ms", "ms", "lower", "ADD latency, median, on the published-ports network, without port mappings"},
+	{publishedRun, "add_pub10_p50_ms", "ms", "lower", "the same with 10 port mappings"},
+	{publishedRun, "add_pub10_extra_ms", "ms", "", "ADD median with 10 port mappings minus without"},
 }
 
-// trafficMetrics are the figures of one plugin set in one traffic run.
-var trafficMetrics = []metricInfo{
-	{"tcp_stream_c2c_gbps", "Gbit/s", "higher", "TCP stream throughput, one connection, container to container"},
-	{"iperf3_stream_c2c_gbps", "Gbit/s", "higher", "the same measured by iperf3 (--iperf3), median of rounds"},
-	{"paired_stream_c2c_gbps", "Gbit/s", "higher", "cnibench's stream in turns with those iperf3 rounds, median"},
-	{"tcp_stream_ext_gbps", "Gbit/s", "higher", "TCP stream throughput, container to external"},
-	{"tcp_rr_c2c_p50_us", "µs", "lower", "1-byte TCP request/response round trip, median, container to container"},
-	{"tcp_rr_c2c_p99_us", "µs", "lower", "the same, 99th percentile"},
-	{"tcp_rr_ext_p50_us", "µs", "lower", "1-byte TCP request/response round trip, median, container to external"},
-	{"tcp_rr_ext_p99_us", "µs", "lower", "the same, 99th percentile"},
-	{"tcp_crr_c2c_per_s", "1/s", "higher", "TCP connect+close per second, container to container"},
-	{"tcp_crr_ext_per_s", "1/s", "higher", "TCP connect+close per second, container to external"},
-	{"udp_c2c_pps", "packets/s", "higher", "64-byte UDP datagrams received per second, one sender, container to container"},
+// metricsOf returns the figures that runs of kind measure.
+func metricsOf(kind runKind) []metricInfo {
+	var ms []metricInfo
+	for _, m := range metrics {
+		if m.Run == kind {
+			ms = append(ms, m)
+		}
+	}
+	return ms
 }
 
-// publishedMetrics are the figures of one plugin set in the published-ports
-// run: the path from the outside to a container's published port, and ADD
-// with port mappings.
-var publishedMetrics = []metricInfo{
-	{"tcp_rr_pub_p50_us", "µs", "lower", "1-byte TCP request/response round trip, median, external to a container's published port (the node's address, host port)"},
-	{"tcp_rr_pub_p99_us", "µs", "lower", "the same, 99th percentile"},
-	{"tcp_crr_pub_per_s", "1/s", "higher", "TCP connect+close per second, external to the published port"},
-	{"add_pub0_p50_ms", "ms", "lower", "ADD latency, median, on the published-ports network, without port mappings"},
-	{"add_pub10_p50_ms", "ms", "lower", "the same with 10 port mappings"},
-	{"add_pub10_extra_ms", "ms", "", "ADD median with 10 port mappings minus without"},
-}
+// The figures of each kind of run, in table order.
+var (
+	scaleMetrics     = metricsOf(scaleRun)
+	trafficMetrics   = metricsOf(trafficRun)
+	publishedMetrics = metricsOf(publishedRun)
+)
 
 // report is the JSON file, and the source of the Markdown and the SVG.
 type report struct {
@@ -263,10 +282,8 @@ func newReport(o options, plugins []*plugin, prefix string) *report {
 		r.RatioMeaning = fmt.Sprintf("%s / %s. For metrics whose better is \"lower\" (latency, CPU, memory) a ratio below 1 means %[1]s is better; "+
 			"for \"higher\" (throughput, rates) a ratio above 1 means %[1]s is better.", plugins[0].Label, plugins[1].Label)
 	}
-	for _, ms := range [][]metricInfo{scaleMetrics, trafficMetrics, publishedMetrics} {
-		for _, m := range ms {
-			r.Metrics[m.Name] = m
-		}
+	for _, m := range metrics {
+		r.Metrics[m.Name] = m
 	}
 	return r
 }

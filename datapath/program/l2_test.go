@@ -54,36 +54,24 @@ func TestIsolationAtL2(t *testing.T) {
 		want  program.DropReason
 	}{
 		// Unicast link-local to a neighbour's MAC, as the sender sends it.
-		{"link-local same network", modes{modeNetwork, modeNetwork, modeNetwork}, fromC, epA,
-			func(e *env) []byte { return ping6(e.a.mac, e.b.mac, e.a.ll(), e.b.ll()) }, pass},
-		{"link-local other network", modes{modeNetwork, modeNetwork, modeNetwork}, fromC, epA,
-			func(e *env) []byte { return ping6(e.a.mac, e.c.mac, e.a.ll(), e.c.ll()) }, cross},
-		{"link-local neighbour, container mode", modes{modeContainer, modeContainer, modeNetwork}, fromC, epA,
-			func(e *env) []byte { return ping6(e.a.mac, e.b.mac, e.a.ll(), e.b.ll()) }, same},
-		{"link-local other network, mode none", modes{modeNone, modeNetwork, modeNetwork}, fromC, epA,
-			func(e *env) []byte { return ping6(e.a.mac, e.c.mac, e.a.ll(), e.c.ll()) }, pass},
+		{"link-local same network", modes{modeNetwork, modeNetwork, modeNetwork}, fromC, epA, llPing(epA, epB), pass},
+		{"link-local other network", modes{modeNetwork, modeNetwork, modeNetwork}, fromC, epA, llPing(epA, epC), cross},
+		{"link-local neighbour, container mode", modes{modeContainer, modeContainer, modeNetwork}, fromC, epA, llPing(epA, epB), same},
+		{"link-local other network, mode none", modes{modeNone, modeNetwork, modeNetwork}, fromC, epA, llPing(epA, epC), pass},
 		// Any address, as long as the frame goes to the peer's MAC.
 		{"IPv4 to another network's MAC", modes{modeNetwork, modeNetwork, modeNetwork}, fromC, epA,
 			func(e *env) []byte { return udp4To(e.a.mac, e.c.mac, e.a.v4(), e.c.v4()) }, cross},
 		// Received: the peer is the source MAC.
-		{"received link-local from another network", modes{modeNetwork, modeNetwork, modeNetwork}, toC, epC,
-			func(e *env) []byte { return ping6(e.a.mac, e.c.mac, e.a.ll(), e.c.ll()) }, cross},
-		{"received link-local from the network", modes{modeNetwork, modeNetwork, modeNetwork}, toC, epB,
-			func(e *env) []byte { return ping6(e.a.mac, e.b.mac, e.a.ll(), e.b.ll()) }, pass},
+		{"received link-local from another network", modes{modeNetwork, modeNetwork, modeNetwork}, toC, epC, llPing(epA, epC), cross},
+		{"received link-local from the network", modes{modeNetwork, modeNetwork, modeNetwork}, toC, epB, llPing(epA, epB), pass},
 		// Multicast and broadcast: the sender passes them, each receiver
 		// decides with the stricter of its mode and the sender's.
-		{"multicast sent", modes{modeContainer, modeContainer, modeNetwork}, fromC, epA,
-			func(e *env) []byte { return ping6(e.a.mac, allNodesHW, e.a.ll(), allNodes6) }, pass},
-		{"multicast received across networks", modes{modeNetwork, modeNetwork, modeNetwork}, toC, epC,
-			func(e *env) []byte { return ping6(e.a.mac, allNodesHW, e.a.ll(), allNodes6) }, cross},
-		{"multicast received, receiver in mode none", modes{modeNetwork, modeNetwork, modeNone}, toC, epC,
-			func(e *env) []byte { return ping6(e.a.mac, allNodesHW, e.a.ll(), allNodes6) }, cross},
-		{"multicast received, both in mode none", modes{modeNone, modeNetwork, modeNone}, toC, epC,
-			func(e *env) []byte { return ping6(e.a.mac, allNodesHW, e.a.ll(), allNodes6) }, pass},
-		{"multicast within the network", modes{modeNetwork, modeNetwork, modeNetwork}, toC, epB,
-			func(e *env) []byte { return ping6(e.a.mac, allNodesHW, e.a.ll(), allNodes6) }, pass},
-		{"multicast from a container-mode neighbour", modes{modeContainer, modeNetwork, modeNetwork}, toC, epB,
-			func(e *env) []byte { return ping6(e.a.mac, allNodesHW, e.a.ll(), allNodes6) }, same},
+		{"multicast sent", modes{modeContainer, modeContainer, modeNetwork}, fromC, epA, allNodesPing(epA), pass},
+		{"multicast received across networks", modes{modeNetwork, modeNetwork, modeNetwork}, toC, epC, allNodesPing(epA), cross},
+		{"multicast received, receiver in mode none", modes{modeNetwork, modeNetwork, modeNone}, toC, epC, allNodesPing(epA), cross},
+		{"multicast received, both in mode none", modes{modeNone, modeNetwork, modeNone}, toC, epC, allNodesPing(epA), pass},
+		{"multicast within the network", modes{modeNetwork, modeNetwork, modeNetwork}, toC, epB, allNodesPing(epA), pass},
+		{"multicast from a container-mode neighbour", modes{modeContainer, modeNetwork, modeNetwork}, toC, epB, allNodesPing(epA), same},
 		{"IPv4 broadcast across networks", modes{modeNetwork, modeNetwork, modeNetwork}, toC, epC,
 			func(e *env) []byte { return udp4To(e.a.mac, broadcast, e.a.v4(), ip("255.255.255.255")) }, cross},
 		// Neighbour discovery is never isolated.
@@ -107,6 +95,22 @@ func TestIsolationAtL2(t *testing.T) {
 			}
 			e.expect(t, tc.dir, tc.on(e).ifindex, tc.frame(e), tc.want)
 		})
+	}
+}
+
+// llPing is a link-local ping6 from one endpoint to another's MAC.
+func llPing(from, to func(*env) *testEndpoint) func(*env) []byte {
+	return func(e *env) []byte {
+		src, dst := from(e), to(e)
+		return ping6(src.mac, dst.mac, src.ll(), dst.ll())
+	}
+}
+
+// allNodesPing is a link-local ping6 from an endpoint to all nodes.
+func allNodesPing(from func(*env) *testEndpoint) func(*env) []byte {
+	return func(e *env) []byte {
+		src := from(e)
+		return ping6(src.mac, allNodesHW, src.ll(), allNodes6)
 	}
 }
 

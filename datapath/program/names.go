@@ -7,19 +7,13 @@ import "strconv"
 // at compile time against the enum's count member, so a value added in C
 // without a name here does not build.
 
-// directionNames name enum direction (bpf/drop.h), with the same
-// compile-time check against DIRECTIONS.
+// directionNames name enum direction (bpf/drop.h).
 var directionNames = [...]string{
 	BpfbridgeDirectionDIR_FROM_CONTAINER: "from-container",
 	BpfbridgeDirectionDIR_TO_CONTAINER:   "to-container",
 	BpfbridgeDirectionDIR_UPLINK_EGRESS:  "uplink-egress",
 	BpfbridgeDirectionDIR_UPLINK_INGRESS: "uplink-ingress",
 }
-
-var (
-	_ [len(directionNames) - int(BpfbridgeDirectionDIRECTIONS)]struct{}
-	_ [int(BpfbridgeDirectionDIRECTIONS) - len(directionNames)]struct{}
-)
 
 // String names the direction of a drop_event, or "direction-N" for a value
 // this build does not know.
@@ -34,14 +28,21 @@ var ctStateNames = [...]string{
 	BpfbridgeCtStateCT_ICMP:        "icmp",
 }
 
-var (
-	_ [len(ctStateNames) - int(BpfbridgeCtStateCT_STATES)]struct{}
-	_ [int(BpfbridgeCtStateCT_STATES) - len(ctStateNames)]struct{}
-)
-
 // String names a nat_entry state, or "state-N" for a value this build does
 // not know.
 func (s BpfbridgeCtState) String() string { return enumName(ctStateNames[:], s, "state") }
+
+// Each pair fails to compile unless its table has one name per member of
+// its enum: len(dropReasonNames) == NumDropReasons (DROP_REASONS),
+// len(directionNames) == DIRECTIONS, len(ctStateNames) == CT_STATES.
+var (
+	_ [len(dropReasonNames) - NumDropReasons]struct{}
+	_ [NumDropReasons - len(dropReasonNames)]struct{}
+	_ [len(directionNames) - int(BpfbridgeDirectionDIRECTIONS)]struct{}
+	_ [int(BpfbridgeDirectionDIRECTIONS) - len(directionNames)]struct{}
+	_ [len(ctStateNames) - int(BpfbridgeCtStateCT_STATES)]struct{}
+	_ [int(BpfbridgeCtStateCT_STATES) - len(ctStateNames)]struct{}
+)
 
 // enumName is names[v], or "<unknown>-<v>" for a value without a name.
 func enumName[T ~uint8](names []string, v T, unknown string) string {

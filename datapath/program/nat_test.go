@@ -20,18 +20,6 @@ import (
 // ifindex of the test namespace, which stands for an uplink. Network 1
 // (endpoints a and b) masquerades, network 2 (c) does not.
 
-var (
-	uplinkMAC = mac("02:00:00:00:00:99")
-	routerMAC = mac("02:00:00:00:00:fe")
-	uplink4   = ip("203.0.113.1")
-	uplink6   = ip("2001:db8::1")
-	remote4   = ip("198.51.100.7")
-	remote6   = ip("2001:db8:ffff::7")
-	router4   = ip("198.51.100.1")
-	router6   = ip("2001:db8:ffff::1")
-	excluded4 = netip.MustParsePrefix("192.0.2.0/24")
-)
-
 type natEnv struct {
 	*env
 	uplink uint32
@@ -260,75 +248,71 @@ type natProto struct {
 	reply  func(natPort uint16) []byte
 }
 
+// natSegment builds a masqueraded protocol's segment from src to dst: the
+// container's packet (out) from its port p, or the reply to the NAT port p
+// (for echo, p is the identifier both ways).
+type natSegment func(src, dst netip.Addr, p uint16, out bool) []byte
+
+// natProtos are the masqueraded protocols, in an order the tests index.
 func natProtos(a *testEndpoint) []natProto {
-	v4, v6 := a.v4(), a.v6()
+	tcp := func(port uint16) natSegment {
+		return func(src, dst netip.Addr, p uint16, out bool) []byte {
+			if out {
+				return tcpFlags(src, dst, p, port, tcpSYN)
+			}
+			return tcpFlags(src, dst, port, p, tcpSYN|tcpACK)
+		}
+	}
+	// udpTo sends query and gets answer back, through seg (with or without
+	// a checksum).
+	udpTo := func(query, answer string, seg func(src, dst netip.Addr, sport, dport uint16, data []byte) []byte) natSegment {
+		return func(src, dst netip.Addr, p uint16, out bool) []byte {
+			if out {
+				return seg(src, dst, p, 53, []byte(query))
+			}
+			return seg(src, dst, 53, p, []byte(answer))
+		}
+	}
+	noCsum := func(_, _ netip.Addr, sport, dport uint16, data []byte) []byte { return udpNoCsum(sport, dport, data) }
+	echo4 := func(_, _ netip.Addr, id uint16, out bool) []byte {
+		return icmp4EchoMsg(map[bool]uint8{true: icmp4EchoRequest, false: icmp4EchoReply}[out], id, 1)
+	}
+	echo6 := func(src, dst netip.Addr, id uint16, out bool) []byte {
+		return icmp6EchoMsg(src, dst, map[bool]uint8{true: icmp6EchoRequest, false: icmp6EchoReply}[out], id, 1)
+	}
+	// row is the protocol over IPv6 with v6, else IPv4; pad pads its frames.
+	row := func(name string, v6 bool, proto uint8, state program.BpfbridgeCtState, seg natSegment, pad bool) natProto {
+		src, remote, nat, frame := a.v4(), remote4, uplink4, ipv4Frame
+		if v6 {
+			src, remote, nat, frame = a.v6(), remote6, uplink6, ipv6Frame
+		}
+		padded := func(f []byte) []byte {
+			if pad {
+				return padFrame(f)
+			}
+			return f
+		}
+		return natProto{name: name, src: src, remote: remote, nat: nat, proto: proto, state: state,
+			out: func(p uint16) []byte {
+				return padded(frame(a.mac, gwMAC, src, remote, proto, seg(src, remote, p, true)))
+			},
+			reply: func(p uint16) []byte {
+				return padded(frame(routerMAC, uplinkMAC, remote, nat, proto, seg(remote, nat, p, false)))
+			}}
+	}
 	return []natProto{
-		{name: "tcp4", src: v4, remote: remote4, nat: uplink4, proto: protoTCP, state: program.BpfbridgeCtStateCT_SYN_SENT,
-			out: func(sp uint16) []byte {
-				return ipv4Frame(a.mac, gwMAC, v4, remote4, protoTCP, tcpFlags(v4, remote4, sp, 80, tcpSYN))
-			},
-			reply: func(np uint16) []byte {
-				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoTCP, tcpFlags(remote4, uplink4, 80, np, tcpSYN|tcpACK))
-			}},
-		{name: "udp4", src: v4, remote: remote4, nat: uplink4, proto: protoUDP, state: program.BpfbridgeCtStateCT_UDP,
-			out: func(sp uint16) []byte {
-				return ipv4Frame(a.mac, gwMAC, v4, remote4, protoUDP, udp(v4, remote4, sp, 53, []byte("query")))
-			},
-			reply: func(np uint16) []byte {
-				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoUDP, udp(remote4, uplink4, 53, np, []byte("answer")))
-			}},
-		{name: "udp4 without checksum", src: v4, remote: remote4, nat: uplink4, proto: protoUDP, state: program.BpfbridgeCtStateCT_UDP,
-			out: func(sp uint16) []byte {
-				return ipv4Frame(a.mac, gwMAC, v4, remote4, protoUDP, udpNoCsum(sp, 53, []byte("query")))
-			},
-			reply: func(np uint16) []byte {
-				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoUDP, udpNoCsum(53, np, []byte("answer")))
-			}},
-		{name: "icmp4 echo", src: v4, remote: remote4, nat: uplink4, proto: protoICMP, state: program.BpfbridgeCtStateCT_ICMP,
-			out: func(id uint16) []byte {
-				return ipv4Frame(a.mac, gwMAC, v4, remote4, protoICMP, icmp4EchoMsg(icmp4EchoRequest, id, 1))
-			},
-			reply: func(id uint16) []byte {
-				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoICMP, icmp4EchoMsg(icmp4EchoReply, id, 1))
-			}},
-		{name: "tcp6", src: v6, remote: remote6, nat: uplink6, proto: protoTCP, state: program.BpfbridgeCtStateCT_SYN_SENT,
-			out: func(sp uint16) []byte {
-				return ipv6Frame(a.mac, gwMAC, v6, remote6, protoTCP, tcpFlags(v6, remote6, sp, 443, tcpSYN))
-			},
-			reply: func(np uint16) []byte {
-				return ipv6Frame(routerMAC, uplinkMAC, remote6, uplink6, protoTCP, tcpFlags(remote6, uplink6, 443, np, tcpSYN|tcpACK))
-			}},
-		{name: "udp6", src: v6, remote: remote6, nat: uplink6, proto: protoUDP, state: program.BpfbridgeCtStateCT_UDP,
-			out: func(sp uint16) []byte {
-				return ipv6Frame(a.mac, gwMAC, v6, remote6, protoUDP, udp(v6, remote6, sp, 53, []byte("query")))
-			},
-			reply: func(np uint16) []byte {
-				return ipv6Frame(routerMAC, uplinkMAC, remote6, uplink6, protoUDP, udp(remote6, uplink6, 53, np, []byte("answer")))
-			}},
-		{name: "icmp6 echo", src: v6, remote: remote6, nat: uplink6, proto: protoICMPv6, state: program.BpfbridgeCtStateCT_ICMP,
-			out: func(id uint16) []byte {
-				return ipv6Frame(a.mac, gwMAC, v6, remote6, protoICMPv6, icmp6EchoMsg(v6, remote6, icmp6EchoRequest, id, 1))
-			},
-			reply: func(id uint16) []byte {
-				return ipv6Frame(routerMAC, uplinkMAC, remote6, uplink6, protoICMPv6, icmp6EchoMsg(remote6, uplink6, icmp6EchoReply, id, 1))
-			}},
+		row("tcp4", false, protoTCP, program.BpfbridgeCtStateCT_SYN_SENT, tcp(80), false),
+		row("udp4", false, protoUDP, program.BpfbridgeCtStateCT_UDP, udpTo("query", "answer", udp), false),
+		row("udp4 without checksum", false, protoUDP, program.BpfbridgeCtStateCT_UDP, udpTo("query", "answer", noCsum), false),
+		row("icmp4 echo", false, protoICMP, program.BpfbridgeCtStateCT_ICMP, echo4, false),
+		row("tcp6", true, protoTCP, program.BpfbridgeCtStateCT_SYN_SENT, tcp(443), false),
+		row("udp6", true, protoUDP, program.BpfbridgeCtStateCT_UDP, udpTo("query", "answer", udp), false),
+		row("icmp6 echo", true, protoICMPv6, program.BpfbridgeCtStateCT_ICMP, echo6, false),
 		// Short packets in minimum-size (60-byte) Ethernet frames: the
 		// padding is no part of the IP packet, and must not be taken for
 		// one by the translation or its checksums.
-		{name: "udp4 padded", src: v4, remote: remote4, nat: uplink4, proto: protoUDP, state: program.BpfbridgeCtStateCT_UDP,
-			out: func(sp uint16) []byte {
-				return padFrame(ipv4Frame(a.mac, gwMAC, v4, remote4, protoUDP, udp(v4, remote4, sp, 53, []byte("q"))))
-			},
-			reply: func(np uint16) []byte {
-				return padFrame(ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoUDP, udp(remote4, uplink4, 53, np, []byte("a"))))
-			}},
-		{name: "tcp4 padded", src: v4, remote: remote4, nat: uplink4, proto: protoTCP, state: program.BpfbridgeCtStateCT_SYN_SENT,
-			out: func(sp uint16) []byte {
-				return padFrame(ipv4Frame(a.mac, gwMAC, v4, remote4, protoTCP, tcpFlags(v4, remote4, sp, 80, tcpSYN)))
-			},
-			reply: func(np uint16) []byte {
-				return padFrame(ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoTCP, tcpFlags(remote4, uplink4, 80, np, tcpSYN|tcpACK)))
-			}},
+		row("udp4 padded", false, protoUDP, program.BpfbridgeCtStateCT_UDP, udpTo("q", "a", udp), true),
+		row("tcp4 padded", false, protoTCP, program.BpfbridgeCtStateCT_SYN_SENT, tcp(80), true),
 	}
 }
 
@@ -351,6 +335,20 @@ func checkPadding(t *testing.T, in, out []byte) {
 	}
 }
 
+// checkRewritten checks the packet a program made of frame (translated
+// out, or restored in): the padding kept, the layer 4 checksum right, the
+// addresses src -> dst. It returns the packet.
+func checkRewritten(t *testing.T, what string, frame, out []byte, src, dst netip.Addr) ipPacket {
+	t.Helper()
+	checkPadding(t, frame, out)
+	p := decodeFrame(t, out)
+	checkL4(t, p, what)
+	if p.src != src || p.dst != dst {
+		t.Errorf("%s %v -> %v, want %v -> %v", what, p.src, p.dst, src, dst)
+	}
+	return p
+}
+
 // masquerade sends c's packet from port sport through uplink_egress and
 // checks the translation; returns the translated frame and the NAT port.
 func (n *natEnv) masquerade(t *testing.T, c natProto, sport uint16) ([]byte, uint16) {
@@ -366,12 +364,7 @@ func (n *natEnv) masquerade(t *testing.T, c natProto, sport uint16) ([]byte, uin
 	if !bytes.Equal(out[:14], frame[:14]) {
 		t.Errorf("egress changed the Ethernet header")
 	}
-	checkPadding(t, frame, out)
-	p := decodeFrame(t, out)
-	checkL4(t, p, "translated")
-	if p.src != c.nat || p.dst != c.remote {
-		t.Errorf("translated %v -> %v, want %v -> %v", p.src, p.dst, c.nat, c.remote)
-	}
+	p := checkRewritten(t, "translated", frame, out, c.nat, c.remote)
 	natPort, dport := p.ports()
 	if natPort < uint16(program.BpfbridgeNatPortDefaultNAT_PORT_MIN_DEFAULT) || natPort > uint16(program.BpfbridgeNatPortDefaultNAT_PORT_MAX_DEFAULT) {
 		t.Errorf("NAT port %d outside the default range", natPort)
@@ -422,12 +415,7 @@ func TestMasqueradeRoundTrip(t *testing.T) {
 			if verdict != verdictPass {
 				t.Fatalf("ingress verdict %#x", verdict)
 			}
-			checkPadding(t, reply, back)
-			p := decodeFrame(t, back)
-			checkL4(t, p, "restored")
-			if p.src != c.remote || p.dst != c.src {
-				t.Errorf("restored %v -> %v, want %v -> %v", p.src, p.dst, c.remote, c.src)
-			}
+			p := checkRewritten(t, "restored", reply, back, c.remote, c.src)
 			rs, rd := p.ports()
 			if c.proto == protoICMP || c.proto == protoICMPv6 {
 				rd = rs // the identifier
@@ -774,6 +762,23 @@ func checkICMPError(t *testing.T, out []byte, c natProto, sport uint16, fullQuot
 	}
 }
 
+// icmp4ErrorFrom builds an ICMPv4 error from src to the uplink that quotes
+// a packet; rest is the header's second word (the MTU of "fragmentation
+// needed").
+func icmp4ErrorFrom(src netip.Addr, typ, code uint8, rest uint32) func(quote []byte) []byte {
+	return func(quote []byte) []byte {
+		return ipv4Frame(routerMAC, uplinkMAC, src, uplink4, protoICMP, icmp4Error(typ, code, rest, quote))
+	}
+}
+
+// icmp6ErrorFrom is icmp4ErrorFrom for ICMPv6 (rest is the MTU of "packet
+// too big").
+func icmp6ErrorFrom(src netip.Addr, typ, code uint8, rest uint32) func(quote []byte) []byte {
+	return func(quote []byte) []byte {
+		return ipv6Frame(routerMAC, uplinkMAC, src, uplink6, protoICMPv6, icmp6(src, uplink6, typ, code, append(be32(nil, rest), quote...)))
+	}
+}
+
 func TestICMPErrorTranslation(t *testing.T) {
 	n := newNATEnv(t)
 	protos := natProtos(n.a)
@@ -781,57 +786,34 @@ func TestICMPErrorTranslation(t *testing.T) {
 		name  string
 		proto natProto
 		sport uint16
-		// error builds the error about the translated packet.
-		error     func(translated ipPacket) []byte
+		// error builds the error about the translated packet, quoting it
+		// whole (fullQuote) or its header and first 8 bytes.
+		error     func(quote []byte) []byte
 		fullQuote bool
 	}{
 		{name: "fragmentation needed, tcp4, whole packet quoted", proto: protos[0], sport: 41000, fullQuote: true,
-			error: func(tp ipPacket) []byte {
-				raw := append(append([]byte{}, tp.hdr...), tp.seg...)
-				return ipv4Frame(routerMAC, uplinkMAC, router4, uplink4, protoICMP, icmp4Error(icmp4DestUnreach, icmp4FragNeeded, 1400, raw))
-			}},
+			error: icmp4ErrorFrom(router4, icmp4DestUnreach, icmp4FragNeeded, 1400)},
 		{name: "fragmentation needed, tcp4, 8 bytes quoted", proto: protos[0], sport: 41001,
-			error: func(tp ipPacket) []byte {
-				raw := append(append([]byte{}, tp.hdr...), tp.seg[:8]...)
-				return ipv4Frame(routerMAC, uplinkMAC, router4, uplink4, protoICMP, icmp4Error(icmp4DestUnreach, icmp4FragNeeded, 1400, raw))
-			}},
-		{name: "time exceeded, udp4", proto: protos[1], sport: 41002, fullQuote: true,
-			error: func(tp ipPacket) []byte {
-				raw := append(append([]byte{}, tp.hdr...), tp.seg...)
-				return ipv4Frame(routerMAC, uplinkMAC, router4, uplink4, protoICMP, icmp4Error(11, 0, 0, raw))
-			}},
+			error: icmp4ErrorFrom(router4, icmp4DestUnreach, icmp4FragNeeded, 1400)},
+		{name: "time exceeded, udp4", proto: protos[1], sport: 41002, fullQuote: true, error: icmp4ErrorFrom(router4, 11, 0, 0)},
 		{name: "port unreachable, udp4 without checksum", proto: protos[2], sport: 41003, fullQuote: true,
-			error: func(tp ipPacket) []byte {
-				raw := append(append([]byte{}, tp.hdr...), tp.seg...)
-				return ipv4Frame(routerMAC, uplinkMAC, remote4, uplink4, protoICMP, icmp4Error(icmp4DestUnreach, 3, 0, raw))
-			}},
+			error: icmp4ErrorFrom(remote4, icmp4DestUnreach, 3, 0)},
 		{name: "time exceeded, icmp4 echo (traceroute)", proto: protos[3], sport: 41004, fullQuote: true,
-			error: func(tp ipPacket) []byte {
-				raw := append(append([]byte{}, tp.hdr...), tp.seg...)
-				return ipv4Frame(routerMAC, uplinkMAC, router4, uplink4, protoICMP, icmp4Error(11, 0, 0, raw))
-			}},
+			error: icmp4ErrorFrom(router4, 11, 0, 0)},
 		{name: "packet too big, tcp6", proto: protos[4], sport: 41005, fullQuote: true,
-			error: func(tp ipPacket) []byte {
-				raw := append(append([]byte{}, tp.hdr...), tp.seg...)
-				body := append(be32(nil, 1280), raw...)
-				return ipv6Frame(routerMAC, uplinkMAC, router6, uplink6, protoICMPv6, icmp6(router6, uplink6, icmp6PacketTooBig, 0, body))
-			}},
-		{name: "time exceeded, udp6", proto: protos[5], sport: 41006, fullQuote: true,
-			error: func(tp ipPacket) []byte {
-				raw := append(append([]byte{}, tp.hdr...), tp.seg...)
-				body := append(be32(nil, 0), raw...)
-				return ipv6Frame(routerMAC, uplinkMAC, router6, uplink6, protoICMPv6, icmp6(router6, uplink6, 3, 0, body))
-			}},
+			error: icmp6ErrorFrom(router6, icmp6PacketTooBig, 0, 1280)},
+		{name: "time exceeded, udp6", proto: protos[5], sport: 41006, fullQuote: true, error: icmp6ErrorFrom(router6, 3, 0, 0)},
 		{name: "destination unreachable, icmp6 echo", proto: protos[6], sport: 41007, fullQuote: true,
-			error: func(tp ipPacket) []byte {
-				raw := append(append([]byte{}, tp.hdr...), tp.seg...)
-				body := append(be32(nil, 0), raw...)
-				return ipv6Frame(routerMAC, uplinkMAC, router6, uplink6, protoICMPv6, icmp6(router6, uplink6, 1, 0, body))
-			}},
+			error: icmp6ErrorFrom(router6, 1, 0, 0)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			translated, _ := n.masquerade(t, tc.proto, tc.sport)
-			errFrame := tc.error(decodeFrame(t, translated))
+			tp := decodeFrame(t, translated)
+			seg := tp.seg
+			if !tc.fullQuote {
+				seg = seg[:8]
+			}
+			errFrame := tc.error(append(append([]byte{}, tp.hdr...), seg...))
 			checkL4(t, decodeFrame(t, errFrame), "crafted error") // the test's own frame is right
 			verdict, out := n.ingress(t, errFrame)
 			if verdict != verdictPass {

@@ -71,7 +71,9 @@ func (ep *testEndpoint) entry() program.BpfbridgeEndpoint {
 	return e
 }
 
+// The test namespace's addresses other than the endpoints'.
 var (
+	// The bridge's gateway.
 	gwMAC = mac("02:00:00:00:00:01")
 	gw4   = ip("10.0.0.1")
 	gw6   = ip("fd00::1")
@@ -79,6 +81,17 @@ var (
 	evilMAC = mac("02:66:66:66:66:66")
 	evil4   = ip("10.0.0.66")
 	evil6   = ip("fd00::66")
+	// The masquerade tests' uplink (nat_test.go), the router behind it, a
+	// remote host and a destination prefix excluded from masquerading.
+	uplinkMAC = mac("02:00:00:00:00:99")
+	routerMAC = mac("02:00:00:00:00:fe")
+	uplink4   = ip("203.0.113.1")
+	uplink6   = ip("2001:db8::1")
+	router4   = ip("198.51.100.1")
+	router6   = ip("2001:db8:ffff::1")
+	remote4   = ip("198.51.100.7")
+	remote6   = ip("2001:db8:ffff::7")
+	excluded4 = netip.MustParsePrefix("192.0.2.0/24")
 )
 
 // Fresh endpoints for every env: A and B share network 1, C is network 2.

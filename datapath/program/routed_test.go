@@ -156,17 +156,7 @@ func linkUp(name string) error {
 	return netlink.LinkSetUp(l)
 }
 
-func addAddr(name, cidr string) error {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	a, err := netlink.ParseAddr(cidr)
-	if err != nil {
-		return err
-	}
-	return netlink.AddrAdd(l, a)
-}
+func addAddr(name, cidr string) error { return sandbox.AddAddr(name, netip.MustParsePrefix(cidr)) }
 
 // runOn runs prog on frame as arriving on ifindex and returns the verdict
 // and the frame as the program left it.

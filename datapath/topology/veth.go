@@ -206,6 +206,30 @@ func DeleteLink(name string) error {
 	return nil
 }
 
+// DeleteContainerLink deletes the interface ifname of the container whose
+// namespace is at netnsPath, for DEL. A namespace or link that is already
+// gone counts as deleted, also when it goes while this runs (a runtime
+// deletes namespaces in parallel with DELs).
+func DeleteContainerLink(netnsPath, ifname string) error {
+	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error { return DeleteLink(ifname) })
+	if alreadyGone(err) {
+		return nil
+	}
+	return err
+}
+
+// alreadyGone reports whether err, from removing the container's interface,
+// says there is nothing left to remove: the namespace was deleted (or its
+// bind mount removed), or the link vanished before or while it was deleted.
+func alreadyGone(err error) bool {
+	switch err.(type) {
+	case nil, ns.NSPathNotExistErr, ns.NSPathNotNSErr:
+		return true
+	}
+	return errors.As(err, new(netlink.LinkNotFoundError)) ||
+		errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH)
+}
+
 // randomVethName is a host-side veth name as the reference plugin makes
 // them: "veth" and 8 random hex digits (NetworkManager ignores veth*).
 func randomVethName() string {

@@ -25,8 +25,7 @@ import (
 // TestExhaustionLeavesNothing fills a /29 and expects the extra ADD to fail
 // with the exhaustion code, leaving no link, allocation or index entry.
 func TestExhaustionLeavesNothing(t *testing.T) {
-	sb := sandbox.ForTest(t)
-	n := newNetwork(t, sb, gatewayConf("small", "br-small", "10.50.0.0/29", t.TempDir()), bins.PluginDir())
+	sb, n := newGatewayNetwork(t, "small", "br-small", "10.50.0.0/29")
 	// 10.50.0.0/29: .1 is the gateway, .7 broadcast, so .2-.6 are free.
 	ctrs := newContainers(t, sb, "x", 6)
 	for i, ctr := range ctrs[:5] {
@@ -155,8 +154,7 @@ func addBridge(name string, mtu int, addr string) error {
 // gone, and for an attachment that never existed: every DEL succeeds and
 // the address is always released.
 func TestDelIsIdempotent(t *testing.T) {
-	sb := sandbox.ForTest(t)
-	n := newNetwork(t, sb, gatewayConf("idem", "br-idem", "10.90.0.0/24", t.TempDir()), bins.PluginDir())
+	sb, n := newGatewayNetwork(t, "idem", "br-idem", "10.90.0.0/24")
 	ctrs := newContainers(t, sb, "d", 3)
 	for i, ctr := range ctrs {
 		n.mustAdd(ctr, fmt.Sprintf("d%d", i), "eth0")

@@ -127,14 +127,26 @@ func runtimeConf(ctr *sandbox.NetNS, id, ifname string) *libcni.RuntimeConf {
 	return rt
 }
 
+// newGatewayNetwork is a sandbox with one network of gatewayConf on it,
+// served by the plugins under test.
+func newGatewayNetwork(t *testing.T, name, bridge, subnet string) (*sandbox.Sandbox, *network) {
+	sb := sandbox.ForTest(t)
+	return sb, newNetwork(t, sb, gatewayConf(name, bridge, subnet, t.TempDir()), bins.PluginDir())
+}
+
 // add attaches ctr (as container id, interface ifname) from inside the node.
 func (n *network) add(ctr *sandbox.NetNS, id, ifname string) (types.Result, error) {
+	return n.addRuntime(runtimeConf(ctr, id, ifname))
+}
+
+// addRuntime attaches with rt from inside the node, as a runtime does.
+func (n *network) addRuntime(rt *libcni.RuntimeConf) (types.Result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	var res types.Result
 	err := n.sb.InNode(func() error {
 		var err error
-		res, err = n.cni.AddNetworkList(ctx, n.list, runtimeConf(ctr, id, ifname))
+		res, err = n.cni.AddNetworkList(ctx, n.list, rt)
 		return err
 	})
 	return res, err

@@ -587,11 +587,8 @@ func TestMasqueradeLargeUDP(t *testing.T) {
 	sb, n, _ := newMasqNetwork(t, 8080)
 	c := n.attach("big")
 	server := netip.AddrPortFrom(sb.Internet4, 9100)
-	var conn *net.UDPConn
-	if err := sb.External.Do(func() (err error) {
-		conn, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(server))
-		return err
-	}); err != nil {
+	conn, err := sb.External.ListenUDP(server)
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
@@ -613,7 +610,7 @@ func TestMasqueradeLargeUDP(t *testing.T) {
 	}()
 	payload := []byte(strings.Repeat("0123456789", 300))
 	var answer []byte
-	err := c.ns.Do(func() error {
+	err = c.ns.Do(func() error {
 		cc, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(server))
 		if err != nil {
 			return err

@@ -150,13 +150,27 @@ func (p *pmTool) run(verb string, ctr *sandbox.NetNS, capArgs string) error {
 
 // serveTag answers TCP and UDP to port, on every address of n, with tag:
 // which container got the traffic.
-func serveTag(t *testing.T, n *sandbox.NetNS, port int, tag string) {
+func serveTag(t testing.TB, n *sandbox.NetNS, port int, tag string) {
 	t.Helper()
 	stop, err := sandbox.ServeTagged(n, netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(port)), tag)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(stop)
+}
+
+// mustPublish attaches ctr as container id through libcni, publishing
+// hostPort to the container's port 80 over TCP and UDP as a runtime passes
+// portMappings, and serves tag there.
+func (n *network) mustPublish(ctr *sandbox.NetNS, id string, hostPort int, tag string) {
+	n.t.Helper()
+	rt := runtimeConf(ctr, id, "eth0")
+	rt.CapabilityArgs = map[string]any{"portMappings": []map[string]any{
+		{"hostPort": hostPort, "containerPort": 80, "protocol": "tcp"}, {"hostPort": hostPort, "containerPort": 80, "protocol": "udp"}}}
+	if _, err := n.addRuntime(rt); err != nil {
+		n.t.Fatalf("ADD %s publishing %d: %v", id, hostPort, err)
+	}
+	serveTag(n.t, ctr, 80, tag)
 }
 
 // ask sends to dst over proto from inside n (from local port lport when
@@ -410,15 +424,9 @@ func TestPortMappingGC(t *testing.T) {
 	conf := strings.Replace(pmConf("pmgc", "br-pmgc", t.TempDir(), "network", sb, cg), `"cniVersion": "1.0.0"`, `"cniVersion": "1.1.0"`, 1)
 	n := newNetwork(t, sb, conf, bins.PluginDir())
 	ctr := newContainers(t, sb, "pmgc", 1)[0]
-	rt := runtimeConf(ctr, "gc-1", "eth0")
-	rt.CapabilityArgs = map[string]any{"portMappings": []map[string]any{
-		{"hostPort": 8282, "containerPort": 80, "protocol": "tcp"}, {"hostPort": 8282, "containerPort": 80, "protocol": "udp"}}}
+	n.mustPublish(ctr, "gc-1", 8282, "gc")
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	if err := sb.InNode(func() error { _, err := n.cni.AddNetworkList(ctx, n.list, rt); return err }); err != nil {
-		t.Fatal(err)
-	}
-	serveTag(t, ctr, 80, "gc")
 	expectServed(t, "before GC", sb.External, ap(sb.NodeUplink4.Addr(), 8282), "gc", sb.External4.Addr())
 	if err := sb.InNode(func() error { return n.cni.GCNetworkList(ctx, n.list, &libcni.GCArgs{}) }); err != nil {
 		t.Fatal(err)
@@ -492,15 +500,7 @@ func TestPortMappingWithMasquerade(t *testing.T) {
 	extra := fmt.Sprintf(`"capabilities": {"portMappings": true}, "datapath": {"bpffs": %q, "cgroup": %q}`, sb.BPFFS, cg)
 	n := newNetwork(t, sb, masqConf("pmmasq", "br-pmmasq", t.TempDir(), masqRanges4, extra), bins.PluginDir())
 	ctr := newContainers(t, sb, "pmmasq", 1)[0]
-	rt := runtimeConf(ctr, "masq-1", "eth0")
-	rt.CapabilityArgs = map[string]any{"portMappings": []map[string]any{
-		{"hostPort": 8585, "containerPort": 80, "protocol": "tcp"}, {"hostPort": 8585, "containerPort": 80, "protocol": "udp"}}}
-	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-	defer cancel()
-	if err := sb.InNode(func() error { _, err := n.cni.AddNetworkList(ctx, n.list, rt); return err }); err != nil {
-		t.Fatal(err)
-	}
-	serveTag(t, ctr, 80, "masq")
+	n.mustPublish(ctr, "masq-1", 8585, "masq")
 	server := netip.AddrPortFrom(sb.Internet4, 8080)
 	serveWhoAmI(t, sb.External, server)
 	expectServed(t, "published port", sb.External, ap(sb.NodeUplink4.Addr(), 8585), "masq", sb.External4.Addr())

@@ -351,12 +351,8 @@ func kubernetesConflist(name, bridge, bpffs, dataDir string) string {
 // and from outside through the hostPort; the client pod is masqueraded to
 // the outside world. Removing the pods leaves no veth, endpoint or address.
 func TestRuntimeCRI(t *testing.T) {
-	sb := sandbox.ForTest(t)
-	if err := sb.MountBPFFS(); err != nil {
-		t.Fatal(err)
-	}
+	sb, dataDir := runtimeNode(t)
 	const network = "bpfbk8s"
-	dataDir := t.TempDir()
 	c := startContainerdCRI(t, sb, kubernetesConflist(network, "bpfbk8s0", sb.BPFFS, dataDir))
 	echo := internetEcho(t, sb)
 

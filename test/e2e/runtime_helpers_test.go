@@ -146,3 +146,14 @@ func internetEcho(t *testing.T, sb *sandbox.Sandbox) netip.AddrPort {
 	t.Cleanup(stop)
 	return bound
 }
+
+// runtimeNode is the node a real runtime runs on: a sandbox with its bpffs
+// mounted, which the runtime's conflists name, and a directory for the
+// IPAM's store.
+func runtimeNode(t *testing.T) (sb *sandbox.Sandbox, dataDir string) {
+	sb = sandbox.ForTest(t)
+	if err := sb.MountBPFFS(); err != nil {
+		t.Fatal(err)
+	}
+	return sb, t.TempDir()
+}

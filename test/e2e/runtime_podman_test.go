@@ -123,12 +123,8 @@ func podmanConflist(name, bridge, bpffs, dataDir string) string {
 // own (DEL from conmon's cleanup, which gets no BPFBRIDGE_* environment),
 // leave no veth, endpoint or address.
 func TestRuntimePodman(t *testing.T) {
-	sb := sandbox.ForTest(t)
-	if err := sb.MountBPFFS(); err != nil {
-		t.Fatal(err)
-	}
+	sb, dataDir := runtimeNode(t)
 	const network = "bpfbpod"
-	dataDir := t.TempDir()
 	p := newPodman(t, sb, podmanConflist(network, "bpfbpod0", sb.BPFFS, dataDir))
 	rootfs := busyboxRootfs(t, "served by busybox httpd in podman\n")
 	echo := internetEcho(t, sb)

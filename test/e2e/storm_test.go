@@ -478,8 +478,7 @@ func TestDelRacesNetnsDeletion(t *testing.T) {
 // container to several networks), then 64 DELs, and checks that every
 // address is distinct and that nothing is left afterwards.
 func TestConcurrentAddDel(t *testing.T) {
-	sb := sandbox.ForTest(t)
-	n := newNetwork(t, sb, gatewayConf("busy", "br-busy", "10.40.0.0/24", t.TempDir()), bins.PluginDir())
+	sb, n := newGatewayNetwork(t, "busy", "br-busy", "10.40.0.0/24")
 	ctrs := newContainers(t, sb, "k", 32)
 	type attachment struct {
 		ctr        *sandbox.NetNS

@@ -188,13 +188,9 @@ func TCPConnectRateAt(ctx context.Context, client, server *NetNS, listen, dial n
 // inside server as fast as one sender can for d, and returns how many
 // datagrams per second arrived, and how many were sent.
 func UDPRate(ctx context.Context, client, server *NetNS, addr netip.Addr, size int, d time.Duration) (receivedPerSecond float64, sent int, err error) {
-	var rx *net.UDPConn
-	err = server.Do(func() (err error) {
-		rx, err = net.ListenUDP(network("udp", addr), net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
-		return err
-	})
+	rx, err := server.ListenUDP(netip.AddrPortFrom(addr, 0))
 	if err != nil {
-		return 0, 0, fmt.Errorf("sandbox: UDP receiver in %s: %w", server.Name, err)
+		return 0, 0, err
 	}
 	rx.SetReadBuffer(4 << 20) // capped by the machine's net.core.rmem_max
 	var received atomic.Int64
@@ -250,15 +246,28 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 
 // ListenTCP listens on addr (port 0 for any) inside n, in its family.
 func (n *NetNS) ListenTCP(addr netip.AddrPort) (*net.TCPListener, error) {
-	var ln *net.TCPListener
-	err := n.Do(func() (err error) {
-		ln, err = net.ListenTCP(network("tcp", addr.Addr()), net.TCPAddrFromAddrPort(addr))
-		return err
+	return openIn(n, "TCP listener", addr, func() (*net.TCPListener, error) {
+		return net.ListenTCP(network("tcp", addr.Addr()), net.TCPAddrFromAddrPort(addr))
 	})
+}
+
+// ListenUDP opens a UDP socket on addr (port 0 for any) inside n, in its
+// family.
+func (n *NetNS) ListenUDP(addr netip.AddrPort) (*net.UDPConn, error) {
+	return openIn(n, "UDP socket", addr, func() (*net.UDPConn, error) {
+		return net.ListenUDP(network("udp", addr.Addr()), net.UDPAddrFromAddrPort(addr))
+	})
+}
+
+// openIn returns the socket open opens inside n, which it stays in; what
+// and addr name it in the error.
+func openIn[S any](n *NetNS, what string, addr netip.AddrPort, open func() (S, error)) (S, error) {
+	var s S
+	err := n.Do(func() (err error) { s, err = open(); return err })
 	if err != nil {
-		return nil, fmt.Errorf("sandbox: TCP listener on %s in %s: %w", addr, n.Name, err)
+		return s, fmt.Errorf("sandbox: %s on %s in %s: %w", what, addr, n.Name, err)
 	}
-	return ln, nil
+	return s, nil
 }
 
 // dialAddr is where a client reaches ln: dial, or without one ln's own

@@ -1,18 +1,8 @@
 package sandbox
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-
-	"github.com/vishvananda/netlink"
-)
-
-// Names of the two ends of a bare pair's veth.
-const (
-	PairNameA = "bare0" // in VethPair.A
-	PairNameB = "bare1" // in VethPair.B
 )
 
 // VethPair is the physical limit of the paths a CNI plugin builds: two
@@ -38,45 +28,14 @@ func NewVethPair(prefix string, mtu int) (*VethPair, error) {
 		return nil, err
 	}
 	p := &VethPair{Prefix: prefix, AddrA: netip.MustParseAddr("10.202.0.1"), AddrB: netip.MustParseAddr("10.202.0.2")}
-	if err := p.build(mtu); err != nil {
-		// Only what this call created: with a clashing prefix, the
-		// existing namespaces belong to somebody else.
-		for _, n := range []*NetNS{p.A, p.B} {
-			if n != nil {
-				err = errors.Join(err, n.Delete())
-			}
-		}
+	if err := newJoined(veth{prefix + "a", PairNameA, &p.A}, veth{prefix + "b", PairNameB, &p.B}, mtu, p.configure); err != nil {
 		return nil, err
 	}
 	return p, nil
 }
 
-func (p *VethPair) build(mtu int) error {
-	var err error
-	if p.A, err = NewNetNS(p.Prefix + "a"); err != nil {
-		return err
-	}
-	if p.B, err = NewNetNS(p.Prefix + "b"); err != nil {
-		return err
-	}
-	b, err := os.Open(p.B.Path)
-	if err != nil {
-		return fmt.Errorf("sandbox: %w", err)
-	}
-	defer b.Close()
-	// As the sandbox's uplink: created inside A with its peer placed
-	// straight into B, never in the caller's namespace.
-	err = p.A.Do(func() error {
-		return netlink.LinkAdd(&netlink.Veth{
-			LinkAttrs:     netlink.LinkAttrs{Name: PairNameA, MTU: mtu},
-			PeerName:      PairNameB,
-			PeerMTU:       uint32(mtu),
-			PeerNamespace: netlink.NsFd(b.Fd()),
-		})
-	})
-	if err != nil {
-		return fmt.Errorf("sandbox: create veth pair %s: %w", p.Prefix, err)
-	}
+// configure gives both ends their addresses.
+func (p *VethPair) configure() error {
 	for _, end := range []struct {
 		ns   *NetNS
 		name string

@@ -14,10 +14,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Names of the two ends of the uplink veth pair.
+// Names of the two ends of the uplink veth pair, and of a bare pair's.
 const (
 	NodeUplinkName     = "uplink0" // in Sandbox.Node
 	ExternalUplinkName = "ext0"    // in Sandbox.External
+	PairNameA          = "bare0"   // in VethPair.A
+	PairNameB          = "bare1"   // in VethPair.B
 )
 
 // Sandbox is a throwaway node: the Node namespace, where the CNI plugin runs,
@@ -65,47 +67,72 @@ func New(prefix string) (*Sandbox, error) {
 		Internet6:   netip.MustParseAddr("2001:db8:eeee::10"),
 		BPFFS:       filepath.Join(BPFFSRoot, prefix+"bpffs"),
 	}
-	err := s.build()
+	err := newJoined(veth{prefix + "node", NodeUplinkName, &s.Node}, veth{prefix + "ext", ExternalUplinkName, &s.External}, 0, s.configure)
 	if err != nil {
-		// Only undo what this call created: with a clashing prefix, the
-		// existing namespaces belong to somebody else.
-		for _, n := range []*NetNS{s.Node, s.External} {
-			if n != nil {
-				err = errors.Join(err, n.Delete())
-			}
-		}
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *Sandbox) build() error {
+// veth is one end of a veth pair between two namespaces: the namespace's
+// name, the end's name in it, and where the namespace goes once created.
+type veth struct {
+	netns, name string
+	ns          **NetNS
+}
+
+// newJoined creates the namespaces of a and b, joined by a veth pair whose
+// both ends have mtu (0: the kernel's default), and then calls configure.
+// The pair is created from inside a with its peer placed straight into b,
+// so it never exists in the caller's namespace, not even briefly. When any
+// of it fails, newJoined deletes the namespaces it created, and only those:
+// with a clashing name, an existing namespace belongs to somebody else.
+func newJoined(a, b veth, mtu int, configure func() error) error {
+	err := joinVeth(a, b, mtu)
+	if err == nil {
+		err = configure()
+	}
+	if err != nil {
+		for _, n := range []*NetNS{*a.ns, *b.ns} {
+			if n != nil {
+				err = errors.Join(err, n.Delete())
+			}
+		}
+	}
+	return err
+}
+
+func joinVeth(a, b veth, mtu int) error {
 	var err error
-	if s.Node, err = NewNetNS(s.Prefix + "node"); err != nil {
+	if *a.ns, err = NewNetNS(a.netns); err != nil {
 		return err
 	}
-	if s.External, err = NewNetNS(s.Prefix + "ext"); err != nil {
+	if *b.ns, err = NewNetNS(b.netns); err != nil {
 		return err
 	}
-	ext, err := os.Open(s.External.Path)
+	peer, err := os.Open((*b.ns).Path)
 	if err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
-	defer ext.Close()
-	// Created from inside Node with its peer placed straight into External,
-	// so the pair never exists in the caller's namespace, not even briefly.
-	err = s.Node.Do(func() error {
+	defer peer.Close()
+	err = (*a.ns).Do(func() error {
 		return netlink.LinkAdd(&netlink.Veth{
-			LinkAttrs:     netlink.LinkAttrs{Name: NodeUplinkName},
-			PeerName:      ExternalUplinkName,
-			PeerNamespace: netlink.NsFd(ext.Fd()),
+			LinkAttrs:     netlink.LinkAttrs{Name: a.name, MTU: mtu},
+			PeerName:      b.name,
+			PeerMTU:       uint32(mtu),
+			PeerNamespace: netlink.NsFd(peer.Fd()),
 		})
 	})
 	if err != nil {
-		return fmt.Errorf("sandbox: create uplink veth: %w", err)
+		return fmt.Errorf("sandbox: create veth %s in %s: %w", a.name, a.netns, err)
 	}
+	return nil
+}
 
-	err = s.External.Do(func() error {
+// configure gives the uplink its addresses and Node its default routes and
+// forwarding.
+func (s *Sandbox) configure() error {
+	err := s.External.Do(func() error {
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {
 			return err
@@ -166,6 +193,17 @@ func upWithAddrs(name string, addrs ...netip.Prefix) (netlink.Link, error) {
 		return nil, fmt.Errorf("set %s up: %w", name, err)
 	}
 	return link, nil
+}
+
+// AddAddr adds p to the link called name in the calling thread's namespace
+// (tests set up links of their own with it). IPv6 addresses skip duplicate
+// address detection, as addAddr says.
+func AddAddr(name string, p netip.Prefix) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	return addAddr(link, p)
 }
 
 // addAddr adds p to link. IPv6 addresses skip duplicate address detection,

@@ -82,26 +82,13 @@ func TestSandbox(t *testing.T) {
 
 	t.Run("echo failures", func(t *testing.T) {
 		// A UDP server that answers with the wrong bytes.
-		var c *net.UDPConn
-		err := s.External.Do(func() (err error) {
-			c, err = net.ListenUDP("udp4", &net.UDPAddr{})
-			return err
-		})
+		bound, stop, err := sandbox.ServeUDP(s.External, netip.AddrPortFrom(netip.IPv4Unspecified(), 0),
+			func([]byte, net.Addr) []byte { return []byte("wrong") })
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
-		go func() {
-			buf := make([]byte, 100)
-			for {
-				_, from, err := c.ReadFromUDPAddrPort(buf)
-				if err != nil {
-					return
-				}
-				c.WriteToUDPAddrPort([]byte("wrong"), from)
-			}
-		}()
-		port := uint16(c.LocalAddr().(*net.UDPAddr).Port)
+		defer stop()
+		port := bound.Port()
 		// External4, not Internet4: this naive server replies from the
 		// uplink address, and the reply must reach UDPEcho to be compared.
 		err = sandbox.UDPEcho(s.Node, netip.AddrPortFrom(s.External4.Addr(), port), []byte("right"), timeout)

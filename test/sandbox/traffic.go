@@ -136,13 +136,9 @@ func awaitEchoReply(c *icmp.PacketConn, buf []byte, proto int, reply icmp.Type, 
 // returns the bound address and stop, which closes the listener and all
 // connections and waits for them; stop may be called more than once.
 func ServeTCPEcho(n *NetNS, addr netip.AddrPort) (bound netip.AddrPort, stop func(), err error) {
-	var ln *net.TCPListener
-	err = n.Do(func() (err error) {
-		ln, err = net.ListenTCP(network("tcp", addr.Addr()), net.TCPAddrFromAddrPort(addr))
-		return err
-	})
+	ln, err := n.ListenTCP(addr)
 	if err != nil {
-		return netip.AddrPort{}, nil, fmt.Errorf("sandbox: TCP echo server in %s: %w", n.Name, err)
+		return netip.AddrPort{}, nil, err
 	}
 
 	var (
@@ -216,50 +212,26 @@ func TCPEcho(n *NetNS, dst netip.AddrPort, payload []byte, timeout time.Duration
 // which closes the socket and waits for the server; stop may be called more
 // than once.
 func ServeUDPEcho(n *NetNS, addr netip.AddrPort) (bound netip.AddrPort, stop func(), err error) {
-	var c *net.UDPConn
-	err = n.Do(func() (err error) {
-		c, err = net.ListenUDP(network("udp", addr.Addr()), net.UDPAddrFromAddrPort(addr))
-		return err
-	})
+	c, err := n.ListenUDP(addr)
 	if err != nil {
-		return netip.AddrPort{}, nil, fmt.Errorf("sandbox: UDP echo server in %s: %w", n.Name, err)
+		return netip.AddrPort{}, nil, err
 	}
 	// Replies must leave from the address each datagram was sent to. On a
 	// wildcard socket the kernel would otherwise pick the source by route,
 	// the uplink address for a datagram sent to an address on lo, say, and
-	// the client's connected socket would drop the reply. The two branches
-	// are alike but for x/net's per-family types (ipv4 and ipv6 PacketConn
-	// and ControlMessage), which share no interface to write one loop on.
+	// the client's connected socket would drop the reply.
 	var serve func()
 	if addr.Addr().Unmap().Is4() {
 		p := ipv4.NewPacketConn(c)
 		err = p.SetControlMessage(ipv4.FlagDst, true)
 		serve = func() {
-			buf := make([]byte, 64<<10)
-			for {
-				nr, cm, from, err := p.ReadFrom(buf)
-				if err != nil {
-					return // stop closed the socket
-				}
-				if cm != nil {
-					p.WriteTo(buf[:nr], &ipv4.ControlMessage{Src: cm.Dst}, from) // best effort, as UDP is
-				}
-			}
+			echoFromDst(p, func(cm *ipv4.ControlMessage) *ipv4.ControlMessage { return &ipv4.ControlMessage{Src: cm.Dst} })
 		}
 	} else {
 		p := ipv6.NewPacketConn(c)
 		err = p.SetControlMessage(ipv6.FlagDst, true)
 		serve = func() {
-			buf := make([]byte, 64<<10)
-			for {
-				nr, cm, from, err := p.ReadFrom(buf)
-				if err != nil {
-					return // stop closed the socket
-				}
-				if cm != nil {
-					p.WriteTo(buf[:nr], &ipv6.ControlMessage{Src: cm.Dst}, from)
-				}
-			}
+			echoFromDst(p, func(cm *ipv6.ControlMessage) *ipv6.ControlMessage { return &ipv6.ControlMessage{Src: cm.Dst} })
 		}
 	}
 	if err != nil {
@@ -273,6 +245,29 @@ func ServeUDPEcho(n *NetNS, addr netip.AddrPort) (bound netip.AddrPort, stop fun
 		wg.Wait()
 	})
 	return unmap(c.LocalAddr().(*net.UDPAddr).AddrPort()), stop, nil
+}
+
+// datagramConn is what x/net's ipv4.PacketConn and ipv6.PacketConn have in
+// common; CM is the family's ControlMessage.
+type datagramConn[CM any] interface {
+	ReadFrom(b []byte) (int, *CM, net.Addr, error)
+	WriteTo(b []byte, cm *CM, dst net.Addr) (int, error)
+}
+
+// echoFromDst sends every datagram p reads back to its sender, with the
+// control message reply makes of the datagram's (its destination as the
+// source), until p is closed.
+func echoFromDst[CM any](p datagramConn[CM], reply func(*CM) *CM) {
+	buf := make([]byte, 64<<10)
+	for {
+		nr, cm, from, err := p.ReadFrom(buf)
+		if err != nil {
+			return // stop closed the socket
+		}
+		if cm != nil {
+			p.WriteTo(buf[:nr], reply(cm), from) // best effort, as UDP is
+		}
+	}
 }
 
 // UDPEcho sends payload from inside n to a UDP echo server at dst and checks

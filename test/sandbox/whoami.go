@@ -24,19 +24,14 @@ func ServeTagged(n *NetNS, addr netip.AddrPort, tag string) (stop func(), err er
 
 // serveLines answers TCP and UDP to addr inside n with line(client)+"\n".
 func serveLines(n *NetNS, addr netip.AddrPort, line func(from string) string) (stop func(), err error) {
-	var ln net.Listener
-	var pc net.PacketConn
-	err = n.Do(func() (err error) {
-		if ln, err = net.Listen("tcp", addr.String()); err != nil {
-			return err
-		}
-		if pc, err = net.ListenPacket("udp", addr.String()); err != nil {
-			ln.Close()
-		}
-		return err
-	})
+	ln, err := openIn(n, "whoami server", addr, func() (net.Listener, error) { return net.Listen("tcp", addr.String()) })
 	if err != nil {
-		return nil, fmt.Errorf("sandbox: whoami server in %s: %w", n.Name, err)
+		return nil, err
+	}
+	_, stopUDP, err := ServeUDP(n, addr, func(_ []byte, from net.Addr) []byte { return []byte(line(from.String()) + "\n") })
+	if err != nil {
+		ln.Close()
+		return nil, err
 	}
 	go func() {
 		for {
@@ -48,17 +43,28 @@ func serveLines(n *NetNS, addr netip.AddrPort, line func(from string) string) (s
 			c.Close()
 		}
 	}()
+	return func() { ln.Close(); stopUDP() }, nil
+}
+
+// ServeUDP answers, inside n, every datagram to addr (port 0 picks a free
+// port; a wildcard address serves both families) with what answer returns
+// for it. It returns the bound address and stop, which closes the socket.
+func ServeUDP(n *NetNS, addr netip.AddrPort, answer func(req []byte, from net.Addr) []byte) (bound netip.AddrPort, stop func(), err error) {
+	pc, err := openIn(n, "UDP server", addr, func() (net.PacketConn, error) { return net.ListenPacket("udp", addr.String()) })
+	if err != nil {
+		return netip.AddrPort{}, nil, err
+	}
 	go func() {
-		buf := make([]byte, 1500)
+		buf := make([]byte, 64<<10)
 		for {
-			_, from, err := pc.ReadFrom(buf)
+			nr, from, err := pc.ReadFrom(buf)
 			if err != nil {
-				return
+				return // stop closed the socket
 			}
-			_, _ = pc.WriteTo([]byte(line(from.String())+"\n"), from)
+			_, _ = pc.WriteTo(answer(buf[:nr], from), from) // best effort, as UDP is
 		}
 	}()
-	return func() { ln.Close(); pc.Close() }, nil
+	return unmap(pc.LocalAddr().(*net.UDPAddr).AddrPort()), func() { pc.Close() }, nil
 }
 
 // WhoAmI asks the ServeWhoAmI server at dst, over network "tcp" or "udp"
