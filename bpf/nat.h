@@ -945,10 +945,10 @@ claimed:
  * (address-only translation, later fragments). from/to are the address, old_port/new_port
  * the port (or echo identifier), all in network order. Returns 0 or a
  * negative error, after which the packet may be half rewritten. */
-static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct pkt *pkt,
-				       const struct nat_l4 *l4, __u32 addr_off,
-				       const union addr *from, const union addr *to, __u32 port_off,
-				       __be16 old_port, __be16 new_port)
+static __always_inline int nat_rewrite_at(struct __sk_buff *skb, const struct pkt *pkt,
+					  const struct nat_l4 *l4, __u32 addr_off,
+					  const union addr *from, const union addr *to, __u32 port_off,
+					  __be16 old_port, __be16 new_port)
 {
 	/* A UDP checksum of 0 means "none" (IPv4) and must stay 0, and a
 	 * computed 0 must be sent as 0xffff. */
@@ -1002,6 +1002,32 @@ static __always_inline __u32 nat_daddr_off(const struct pkt *pkt)
 {
 	return pkt->family == 4 ? ETH_HLEN + offsetof(struct iphdr, daddr) :
 				  ETH_HLEN + offsetof(struct ipv6hdr, daddr);
+}
+
+/* The two ways the NAT rewrites a packet (nat_rewrite_at), as global
+ * functions: the verifier checks each once rather than at each of the
+ * callers' states. The source address becomes *to and the source port (or
+ * echo identifier) new_port; or the destination address and port (an
+ * echo's identifier, which both directions share). l4 is the packet's, as
+ * nat_parse_l4 read it; new_port equal to the packet's leaves the port as
+ * it is. Network order. Returns 0 or a negative error, after which the
+ * packet may be half rewritten. */
+__subprog int nat_rewrite_src(struct __sk_buff *skb, const struct pkt *pkt __arg_nonnull,
+			      const struct nat_l4 *l4 __arg_nonnull, const union addr *to __arg_nonnull,
+			      __u32 new_port)
+{
+	return nat_rewrite_at(skb, pkt, l4, nat_saddr_off(pkt), &pkt->saddr, to, l4->sport_off, l4->sport,
+			      (__be16)new_port);
+}
+
+__subprog int nat_rewrite_dst(struct __sk_buff *skb, const struct pkt *pkt __arg_nonnull,
+			      const struct nat_l4 *l4 __arg_nonnull, const union addr *to __arg_nonnull,
+			      __u32 new_port)
+{
+	__be16 old = nat_proto_is_echo(pkt->ip_proto) ? l4->sport : l4->dport;
+
+	return nat_rewrite_at(skb, pkt, l4, nat_daddr_off(pkt), &pkt->daddr, to, l4->dport_off, old,
+			      (__be16)new_port);
 }
 
 /* The uplink's address of family into *addr; 0 when it has none. */
@@ -1147,8 +1173,8 @@ __subprog int nat_frag_translate(struct __sk_buff *skb, const struct pkt *pkt __
 		return 0;
 	__builtin_memcpy(to.b, f->addr, 16);
 	if (dir == FRAG_EGRESS)
-		return nat_rewrite(skb, pkt, &none, nat_saddr_off(pkt), &pkt->saddr, &to, 0, 0, 0) ? -1 : 1;
-	return nat_rewrite(skb, pkt, &none, nat_daddr_off(pkt), &pkt->daddr, &to, 0, 0, 0) ? -1 : 1;
+		return nat_rewrite_src(skb, pkt, &none, &to, 0) ? -1 : 1;
+	return nat_rewrite_dst(skb, pkt, &none, &to, 0) ? -1 : 1;
 }
 
 /* Source NAT of a packet leaving on an uplink. Returns DROP_NONE (the packet
@@ -1273,8 +1299,7 @@ __subprog int snat_egress(struct __sk_buff *skb, const struct pkt *pkt __arg_non
 	}
 
 rewrite:
-	if (nat_rewrite(skb, pkt, &s->l4, nat_saddr_off(pkt), &pkt->saddr, &s->nat_addr, s->l4.sport_off,
-			s->l4.sport, out->port))
+	if (nat_rewrite_src(skb, pkt, &s->l4, &s->nat_addr, out->port))
 		/* The kernel refused a write (a packet shorter than its
 		 * headers, no memory to unclone): it may be half rewritten. */
 		return DROP_MALFORMED;
@@ -1336,8 +1361,7 @@ static __always_inline __u8 rnat_ingress(struct __sk_buff *skb, const struct pkt
 	__builtin_memcpy(orig.b, in->addr, 16);
 	orig_port = in->port;
 	/* The NAT port is the destination port, or the echo identifier. */
-	if (nat_rewrite(skb, pkt, &l4, nat_daddr_off(pkt), &pkt->daddr, &orig, l4.dport_off,
-			nat_in_port(&it), orig_port))
+	if (nat_rewrite_dst(skb, pkt, &l4, &orig, orig_port))
 		return DROP_MALFORMED;
 	nat_frag_record(pkt, FRAG_INGRESS, &orig);
 	*translated = 1;

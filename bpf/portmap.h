@@ -360,12 +360,11 @@ __subprog int portmap_dnat(struct __sk_buff *skb, const struct pkt *pkt __arg_no
 	__sync_fetch_and_add(&m->packets, 1);
 
 	__builtin_memcpy(s->to.b, m->addr, 16);
-	if (nat_rewrite(skb, pkt, &s->l4, nat_daddr_off(pkt), &pkt->daddr, &s->to, s->l4.dport_off,
-			s->l4.dport, m->port))
+	if (nat_rewrite_dst(skb, pkt, &s->l4, &s->to, m->port))
 		return -DROP_MALFORMED;
 	if (!hairpin)
 		return PORTMAP_DONE;
-	if (nat_rewrite(skb, pkt, &s->l4, nat_saddr_off(pkt), &pkt->saddr, &s->src, 0, 0, 0))
+	if (nat_rewrite_src(skb, pkt, &s->l4, &s->src, s->l4.sport))
 		return -DROP_MALFORMED;
 	return PORTMAP_HAIRPIN;
 }
@@ -406,13 +405,12 @@ __subprog int portmap_reverse(struct __sk_buff *skb, const struct pkt *pkt __arg
 		ct_touch(in, state, now, 0);
 
 	__builtin_memcpy(s->to.b, out->addr, 16);
-	if (nat_rewrite(skb, pkt, &s->l4, nat_saddr_off(pkt), &pkt->saddr, &s->to, s->l4.sport_off,
-			s->l4.sport, out->port))
+	if (nat_rewrite_src(skb, pkt, &s->l4, &s->to, out->port))
 		return -DROP_MALFORMED;
 	if (!(out->uplink & PORTMAP_HAIRPIN_F))
 		return PORTMAP_DONE;
 	__builtin_memcpy(s->to.b, s->ot.src, 16);
-	if (nat_rewrite(skb, pkt, &s->l4, nat_daddr_off(pkt), &pkt->daddr, &s->to, 0, 0, 0))
+	if (nat_rewrite_dst(skb, pkt, &s->l4, &s->to, s->l4.dport))
 		return -DROP_MALFORMED;
 	return PORTMAP_HAIRPIN;
 }
