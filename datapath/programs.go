@@ -139,18 +139,18 @@ func (d *Datapath) loadGroups(groups ...programGroup) (loaded []bool, err error)
 // is verified on one CPU.
 // The programs not asked for are not verified.
 func (d *Datapath) loadFromSpec(pins []pin[ebpf.Program]) error {
-	spec, err := program.LoadSpec()
+	embedded, err := embeddedSpec()
 	if err != nil {
 		return fmt.Errorf("read embedded programs: %w", err)
 	}
-	// The kernel's BTF is decoded while the kernel creates the maps: one
-	// is Go's CPU time, the other the kernel's, and both are needed
-	// before the first program loads.
-	kernelTypes := btf.NewCache()
+	spec := embedded.Copy()
+	// The kernel's BTF is decoded (unless Prefetch started it earlier)
+	// while the kernel creates the maps: one is Go's CPU time, the other
+	// the kernel's, and both are needed before the first program loads.
 	decoded := make(chan struct{})
 	go func() {
 		defer close(decoded)
-		decodeKfuncs(kernelTypes, spec, pins)
+		kernelTypes()
 	}()
 	err = d.loadMaps(spec)
 	<-decoded
@@ -167,7 +167,7 @@ func (d *Datapath) loadFromSpec(pins []pin[ebpf.Program]) error {
 		only := spec.Copy()
 		only.Programs = map[string]*ebpf.ProgramSpec{p.name: only.Programs[p.name]}
 		wg.Go(func() {
-			coll, err := d.newCollection(only, kernelTypes)
+			coll, err := d.newCollection(only, kernelTypes())
 			if err != nil {
 				errs[i] = err
 				return
@@ -191,29 +191,59 @@ func (d *Datapath) loadFromSpec(pins []pin[ebpf.Program]) error {
 	return nil
 }
 
-// decodeKfuncs decodes into kernelTypes what resolving the kfuncs that the
-// programs of pins call takes: the kernel's BTF, and the types of those
-// functions (the conntrack lookup's pull in much of the kernel's networking
-// types). Errors are left to the loads, which meet them again.
-func decodeKfuncs(kernelTypes *btf.Cache, spec *ebpf.CollectionSpec, pins []pin[ebpf.Program]) {
-	var names []string
-	for _, p := range pins {
-		for _, ins := range spec.Programs[p.name].Instructions {
+// embeddedSpec is the embedded collection, parsed once per process; callers
+// copy it before they change it.
+var embeddedSpec = sync.OnceValues(program.LoadSpec)
+
+// kernelTypes is the kernel's BTF as the program loads of this process share
+// it, decoded once with the types of the kfuncs the programs call: resolving
+// them is what needs it, and the fast path's conntrack lookup pulls in much
+// of the kernel's networking types (≈ 20 ms of CPU here, a third of a fresh
+// node's first ADD). Errors are left to the loads, which meet them again.
+var kernelTypes = sync.OnceValue(func() *btf.Cache {
+	cache := btf.NewCache()
+	spec, err := embeddedSpec()
+	if err != nil {
+		return cache
+	}
+	kernel, err := cache.Kernel()
+	if err != nil {
+		return cache
+	}
+	for _, p := range spec.Programs {
+		for _, ins := range p.Instructions {
 			if ins.IsKfuncCall() {
-				names = append(names, ins.Reference())
+				var fn *btf.Func
+				_ = kernel.TypeByName(ins.Reference(), &fn)
 			}
 		}
 	}
-	if len(names) == 0 {
-		return
-	}
-	kernel, err := kernelTypes.Kernel()
+	return cache
+})
+
+// Prefetch starts, in the background, the part of loading this build's
+// programs that needs nothing of the node: parsing the embedded collection
+// and decoding the kernel's BTF. ADD calls it first, so that on a node that
+// does not have this build's programs yet that work runs beside the bridge,
+// veth and address setup; where they are pinned it does nothing.
+func Prefetch(opts Options) {
+	opts = opts.withDefaults()
+	root, err := stateRoot(opts.BPFFS, opts.defaultBPFFS)
 	if err != nil {
 		return
 	}
-	for _, name := range names {
-		var fn *btf.Func
-		_ = kernel.TypeByName(name, &fn)
+	dir := state{root: root}.progDir(programSetTag())
+	groups := []programGroup{endpointPrograms}
+	if opts.Masquerade {
+		groups = append(groups, uplinkPrograms)
+	}
+	for _, g := range groups {
+		for _, p := range g(&program.BpfbridgePrograms{}) {
+			if _, err := os.Stat(filepath.Join(dir, p.name)); err != nil {
+				go kernelTypes()
+				return
+			}
+		}
 	}
 }
 

@@ -61,6 +61,9 @@ func cmdAdd(conf *NetConf, args *skel.CmdArgs, tr *trace.Tracer) (err error) {
 		return err
 	}
 	defer netns.Close()
+	// On a node without this build's programs, what loading them needs
+	// of Go's CPU is done beside the setup below.
+	datapath.Prefetch(conf.openOptions(tr))
 
 	// The datapath is closed after the rollback, which needs its maps.
 	var dp *datapath.Datapath

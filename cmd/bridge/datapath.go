@@ -84,13 +84,18 @@ func (c *NetConf) attachName() string {
 	return os.Getenv(envAttach)
 }
 
+// openOptions are the options ADD and CHECK open the datapath with.
+func (c *NetConf) openOptions(tr *trace.Tracer) datapath.Options {
+	opts := c.datapathOptions()
+	opts.Trace, opts.Masquerade = tr, c.IPMasq
+	return opts
+}
+
 // openDatapath opens the node's datapath for ADD and CHECK. When this build's
 // programs are new on the node, existing endpoints move onto them now: this
 // is how a plugin upgrade reaches running containers.
 func openDatapath(c *NetConf, tr *trace.Tracer) (*datapath.Datapath, error) {
-	opts := c.datapathOptions()
-	opts.Trace, opts.Masquerade = tr, c.IPMasq
-	dp, err := datapath.Open(opts)
+	dp, err := datapath.Open(c.openOptions(tr))
 	if err != nil {
 		return nil, datapathError(err)
 	}
