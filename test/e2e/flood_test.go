@@ -25,16 +25,32 @@ func dadConf(name, bridge, dataDir string) string {
 			"ranges": [[{"subnet": "10.81.0.0/24"}], [{"subnet": "fd00:81::/64"}]]}}`, name, bridge, dataDir)
 }
 
-// TestNeighbourSemanticsOnTheBridge pins what any change to the bridge's
-// flooding must keep: a container's duplicate address detection still
-// finds a duplicate, global or link-local, on another port, and fails the
-// ADD with enabledad; a new container announces itself (arp_notify) and is
-// resolved by broadcast ARP; and containers reach each other over IPv4 and
-// IPv6 link-local.
+// TestNeighbourSemanticsOnTheBridge pins what the bridge's multicast
+// settings must keep (bpfbridge creates its bridge with multicast snooping
+// off; with no querier the reference's bridge forwards the same way): a
+// container's duplicate address detection still finds a duplicate, global
+// or link-local, on another port, and fails the ADD with enabledad; a new
+// container announces itself (arp_notify) and is resolved by broadcast ARP;
+// and containers reach each other over IPv4 and IPv6 link-local.
 func TestNeighbourSemanticsOnTheBridge(t *testing.T) {
 	sb := sandbox.ForTest(t)
 	na := newNetwork(t, sb, dadConf("dada", "br-dad", t.TempDir()), bins.PluginDir())
 	a := na.attach("dada0")
+
+	err := sb.InNode(func() error {
+		l, err := netlink.LinkByName("br-dad")
+		if err != nil {
+			return err
+		}
+		br, ok := l.(*netlink.Bridge)
+		if !ok || br.MulticastSnooping == nil || *br.MulticastSnooping {
+			return fmt.Errorf("bridge br-dad: multicast snooping %v, want off", br.MulticastSnooping)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
 
 	// A second network with the same subnets and its own store hands out
 	// a's addresses again: DAD must fail the ADD.
