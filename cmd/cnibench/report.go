@@ -147,10 +147,14 @@ type scaleResult struct {
 	BPFMaps map[string]int     `json:"bpf_maps,omitempty"` // entries per pinned hash map
 	// AddPhases and DelPhases are the median ms of each phase of the
 	// plugin's trace (bpfbridge only), ColdAddPhases those of the first ADD.
-	AddPhases     map[string]float64 `json:"add_phases_ms,omitempty"`
-	DelPhases     map[string]float64 `json:"del_phases_ms,omitempty"`
-	ColdAddPhases map[string]float64 `json:"cold_add_phases_ms,omitempty"`
-	Error         string             `json:"error,omitempty"`
+	AddPhases map[string]float64 `json:"add_phases_ms,omitempty"`
+	// AddPhasesFirst and AddPhasesLast are those of the first and the last
+	// tenth of the ADDs: what grows with N.
+	AddPhasesFirst map[string]float64 `json:"add_phases_first_tenth_ms,omitempty"`
+	AddPhasesLast  map[string]float64 `json:"add_phases_last_tenth_ms,omitempty"`
+	DelPhases      map[string]float64 `json:"del_phases_ms,omitempty"`
+	ColdAddPhases  map[string]float64 `json:"cold_add_phases_ms,omitempty"`
+	Error          string             `json:"error,omitempty"`
 }
 
 // trafficPoint is one traffic run: without or with masquerade, or the
@@ -376,11 +380,13 @@ func (r *report) phaseTable(b *strings.Builder) {
 		return
 	}
 	fmt.Fprintf(b, "**Where %s's time goes** (median ms per phase of its trace, BPFBRIDGE_TRACE=1; the rest of a call's "+
-		"latency is process start-up and libcni)\n\n| N | ipMasq | concurrency | first ADD | ADD | DEL |\n|---:|---|---:|---|---|---|\n", label)
+		"latency is process start-up and libcni; ADD first/last 10%%: the first and the last tenth of the ADDs)\n\n"+
+		"| N | ipMasq | concurrency | first ADD | ADD | ADD first 10%% | ADD last 10%% | DEL |\n|---:|---|---:|---|---|---|---|---|\n", label)
 	for _, pt := range r.Scale {
 		res := pt.Plugins[label]
-		fmt.Fprintf(b, "| %d | %t | %d | %s | %s | %s |\n", pt.N, pt.Masquerade, pt.Concurrency,
-			phaseList(res.ColdAddPhases), phaseList(res.AddPhases), phaseList(res.DelPhases))
+		fmt.Fprintf(b, "| %d | %t | %d | %s | %s | %s | %s | %s |\n", pt.N, pt.Masquerade, pt.Concurrency,
+			phaseList(res.ColdAddPhases), phaseList(res.AddPhases), phaseList(res.AddPhasesFirst),
+			phaseList(res.AddPhasesLast), phaseList(res.DelPhases))
 	}
 	b.WriteString("\n")
 }

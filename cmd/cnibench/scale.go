@@ -200,6 +200,7 @@ func (b *bench) scaleRun(index int, p *plugin, c scaleCase) (*scaleResult, error
 	m["add_growth"] = ms(sandbox.Percentile(walls(adds[n-tenth:]), 50)) / ms(sandbox.Percentile(walls(adds[:tenth]), 50))
 	m["leftover_allocations"] = float64(left)
 	res.AddPhases, res.DelPhases = phaseMedians(adds), phaseMedians(dels)
+	res.AddPhasesFirst, res.AddPhasesLast = phaseMedians(adds[:tenth]), phaseMedians(adds[n-tenth:])
 	return res, nil
 }
 

@@ -81,7 +81,17 @@ func EnsureBridge(cfg BridgeConfig) (*netlink.Bridge, error) {
 func createBridge(cfg BridgeConfig) (*netlink.Bridge, error) {
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = cfg.Name
-	br := &netlink.Bridge{LinkAttrs: attrs}
+	// Multicast snooping off: with no querier on the segment (none is on a
+	// node's container bridge) the kernel floods every multicast frame to
+	// every port anyway, so snooping only costs: on each ADD, a port's
+	// carrier coming up re-arms the query timers of every port (2 timers per
+	// port firing in softirq), and every multicast frame a container sends
+	// (its MLD reports, duplicate address detection, router solicitations)
+	// is parsed and checksummed. Forwarding is the same; what changes is that
+	// a query from a container (or a querier an operator adds) no longer
+	// switches the bridge to forwarding by its learnt memberships.
+	snooping := false
+	br := &netlink.Bridge{LinkAttrs: attrs, MulticastSnooping: &snooping}
 	if cfg.VlanFiltering {
 		br.VlanFiltering = &cfg.VlanFiltering
 	}
