@@ -88,7 +88,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
  * it passes). */
 static __always_inline int from_container_portmap(struct __sk_buff *skb, struct pkt *pkt, __u8 *reason)
 {
-	int ret = portmap_from_container(skb, pkt);
+	int ret = portmap_enabled() ? portmap_from_container(skb, pkt) : PORTMAP_NONE;
 
 	if (ret == PORTMAP_NONE)
 		return 0;
