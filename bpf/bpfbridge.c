@@ -88,7 +88,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
  * it passes). */
 static __always_inline int from_container_portmap(struct __sk_buff *skb, struct pkt *pkt, __u8 *reason)
 {
-	int ret = portmap_from_container(skb, pkt);
+	int ret = portmap_enabled() ? portmap_from_container(skb, pkt) : PORTMAP_NONE;
 
 	if (ret == PORTMAP_NONE)
 		return 0;
@@ -98,9 +98,11 @@ static __always_inline int from_container_portmap(struct __sk_buff *skb, struct 
 }
 
 /* The policy for a frame a container sends; parsed is what parse_packet()
- * returned. Returns DROP_NONE or the reason to drop. */
+ * returned, owners what isolation learns of the frame's MACs, for the fast
+ * path. Returns DROP_NONE or the reason to drop. */
 __subprog int from_container_policy(struct __sk_buff *skb, const struct endpoint *ep __arg_nonnull,
-				    struct pkt *pkt __arg_nonnull, __u8 parsed)
+				    struct pkt *pkt __arg_nonnull, __u8 parsed,
+				    struct frame_owners *owners __arg_nonnull)
 {
 	__u8 reason;
 
@@ -124,7 +126,8 @@ __subprog int from_container_policy(struct __sk_buff *skb, const struct endpoint
 		reason = antispoof_ipv4(ep, pkt);
 		if (reason != DROP_NONE || from_container_portmap(skb, pkt, &reason))
 			return reason;
-		return isolation_check(ep, pkt, pkt->dst_mac, &pkt->daddr, skb->ifindex, DIR_FROM_CONTAINER);
+		return isolation_check(ep, pkt, &owners->dst, pkt->dst_mac, &pkt->daddr, skb->ifindex,
+				       DIR_FROM_CONTAINER);
 	case ETH_P_IPV6:
 		if (parsed != DROP_NONE)
 			return parsed;
@@ -138,7 +141,8 @@ __subprog int from_container_policy(struct __sk_buff *skb, const struct endpoint
 		reason = antispoof_ndp(skb, ep, pkt);
 		if (reason != DROP_NONE || from_container_portmap(skb, pkt, &reason))
 			return reason;
-		return isolation_check(ep, pkt, pkt->dst_mac, &pkt->daddr, skb->ifindex, DIR_FROM_CONTAINER);
+		return isolation_check(ep, pkt, &owners->dst, pkt->dst_mac, &pkt->daddr, skb->ifindex,
+				       DIR_FROM_CONTAINER);
 	default:
 		return DROP_ETHERTYPE;
 	}
@@ -150,6 +154,7 @@ __subprog int from_container_policy(struct __sk_buff *skb, const struct endpoint
 static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 dir)
 {
 	__u32 ifindex = skb->ifindex, len = skb->len;
+	struct frame_owners owners = {};
 	struct endpoint_stats *st;
 	struct endpoint *ep;
 	struct pkt pkt = {};
@@ -168,9 +173,9 @@ static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 di
 	 * let it through. */
 	if (dir == DIR_FROM_CONTAINER) {
 		stats_count_from(st, len);
-		reason = from_container_policy(skb, ep, &pkt, parsed);
+		reason = from_container_policy(skb, ep, &pkt, parsed, &owners);
 	} else {
-		reason = to_container_policy(ifindex, ep, &pkt, parsed);
+		reason = to_container_policy(ifindex, ep, &pkt, parsed, NULL);
 	}
 	if (reason != DROP_NONE)
 		return drop_packet(skb, st, &pkt, reason, dir);
@@ -181,9 +186,9 @@ static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 di
 	else if (!(pkt.flags & PKT_F_XLATED)) {
 		/* A port-mapped packet takes the stack (pkt describes it as
 		 * it was, before the translation). */
-		if ((peer = fast_path_peer(ep, &pkt, ifindex)))
-			return fast_path_deliver(skb, ep, peer, &pkt, len);
-		if ((bridge = fast_path_gateway(ep, &pkt)))
+		if ((peer = fast_path_peer(ep, &pkt, ifindex, &owners)))
+			return fast_path_deliver(skb, ep, peer, &pkt, &owners.src);
+		if ((bridge = fast_path_gateway(ep, &pkt, &owners.src)))
 			return fast_path_route_out(skb, &pkt, bridge, len);
 	}
 	return VERDICT_PASS;

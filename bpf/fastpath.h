@@ -54,9 +54,10 @@ static __always_inline void fast_path_count(__u32 ifindex)
 }
 
 /* The receiving endpoint's host veth for a frame that may take the fast
- * path, or 0. ep sent it (anti-spoofing and its own isolation passed). */
+ * path, or 0. ep sent it (anti-spoofing and its own isolation passed);
+ * owners are its MACs' owners as far as isolation looked them up. */
 static __always_inline __u32 fast_path_peer(const struct endpoint *ep, const struct pkt *pkt,
-					    __u32 self_ifindex)
+					    __u32 self_ifindex, struct frame_owners *owners)
 {
 	const struct mac_owner *self, *peer;
 
@@ -64,10 +65,10 @@ static __always_inline __u32 fast_path_peer(const struct endpoint *ep, const str
 		return 0;
 	if (pkt->family != 4 && pkt->family != 6)
 		return 0;
-	peer = mac_owner_lookup(pkt->dst_mac);
+	peer = mac_owner_memo(&owners->dst, pkt->dst_mac);
 	if (!peer || peer->ifindex == self_ifindex || !peer->bridge)
 		return 0;
-	self = mac_owner_lookup(ep->mac);
+	self = mac_owner_memo(&owners->src, ep->mac);
 	if (!self || self->bridge != peer->bridge)
 		return 0;
 	return peer->ifindex;
@@ -346,8 +347,10 @@ static __always_inline int fast_path_forward(struct __sk_buff *skb, const struct
 }
 
 /* The bridge a frame from ep is routed by: the sender's bridge, when the
- * frame goes to its MAC (the gateway). 0 otherwise. */
-static __always_inline __u32 fast_path_gateway(const struct endpoint *ep, const struct pkt *pkt)
+ * frame goes to its MAC (the gateway). 0 otherwise. self_memo is the owner
+ * of ep's MAC. */
+static __always_inline __u32 fast_path_gateway(const struct endpoint *ep, const struct pkt *pkt,
+					       struct mac_memo *self_memo)
 {
 	const struct mac_owner *self;
 	const struct gateway_mac *gw;
@@ -357,7 +360,7 @@ static __always_inline __u32 fast_path_gateway(const struct endpoint *ep, const 
 		return 0;
 	if (pkt->family != 4 && pkt->family != 6)
 		return 0;
-	self = mac_owner_lookup(ep->mac);
+	self = mac_owner_memo(self_memo, ep->mac);
 	if (!self || !self->bridge)
 		return 0;
 	bridge = self->bridge;
@@ -403,10 +406,12 @@ static __always_inline __u32 fast_path_routed_peer(const struct pkt *pkt, const 
 
 /* What the receiver's to_container would have done with a frame the fast
  * path brings it, the receiver being the endpoint of host veth peer: its
- * policy and counters. Returns 1 when the frame may be delivered, 0 when
- * it must take the normal path (a receiver without the fast path, or being
- * removed), -1 when the receiver's policy dropped it (counted). */
-__subprog int fast_path_admit(__u32 peer, const struct pkt *pkt __arg_nonnull, __u32 len)
+ * policy and counters; src is the owner of the frame's source MAC. Returns
+ * 1 when the frame may be delivered, 0 when it must take the normal path
+ * (a receiver without the fast path, or being removed), -1 when the
+ * receiver's policy dropped it (counted). */
+__subprog int fast_path_admit(__u32 peer, const struct pkt *pkt __arg_nonnull, __u32 len,
+			      struct mac_memo *src __arg_nonnull)
 {
 	struct endpoint_stats *st;
 	struct endpoint *rcv;
@@ -416,7 +421,7 @@ __subprog int fast_path_admit(__u32 peer, const struct pkt *pkt __arg_nonnull, _
 	if (!rcv || !(rcv->flags & EP_F_FAST_PATH))
 		return 0;
 	st = stats_get(peer);
-	reason = to_container_policy(peer, rcv, pkt, DROP_NONE);
+	reason = to_container_policy(peer, rcv, pkt, DROP_NONE, src);
 	if (reason != DROP_NONE) {
 		drop_packet_for(peer, st, pkt, reason, DIR_TO_CONTAINER);
 		return -1;
@@ -432,17 +437,19 @@ static __always_inline int fast_path_verdict(int admitted)
 
 /* Deliver a frame from ep by the fast path to the container behind the
  * host veth peer on the sender's bridge (fast_path_peer), straight into
- * it. Where the node's netfilter sees bridged frames (EP_F_BRIDGE_NF),
- * only the later packets of flows it does not track skip the bridge, by
- * the rule of the routed fast path (fast_path_flow_ok). */
+ * it; self is the owner of ep's MAC, the frame's source. Where the node's
+ * netfilter sees bridged frames (EP_F_BRIDGE_NF), only the later packets
+ * of flows it does not track skip the bridge, by the rule of the routed
+ * fast path (fast_path_flow_ok). The frame is as it arrived (nothing on
+ * this path rewrites it), skb->len its length. */
 __subprog int fast_path_deliver(struct __sk_buff *skb, const struct endpoint *ep __arg_nonnull, __u32 peer,
-				const struct pkt *pkt __arg_nonnull, __u32 len)
+				const struct pkt *pkt __arg_nonnull, struct mac_memo *self __arg_nonnull)
 {
 	int admitted;
 
 	if ((ep->flags & EP_F_BRIDGE_NF) && !fast_path_flow_ok(skb, pkt, 0))
 		return VERDICT_PASS;
-	admitted = fast_path_admit(peer, pkt, len);
+	admitted = fast_path_admit(peer, pkt, skb->len, self);
 
 	if (admitted <= 0)
 		return fast_path_verdict(admitted);
@@ -456,11 +463,12 @@ __subprog int fast_path_deliver(struct __sk_buff *skb, const struct endpoint *ep
 static __always_inline int fast_path_route_to(struct __sk_buff *skb, struct pkt *pkt, __u32 peer,
 					      const struct bpf_fib_lookup *fib, __u32 sender, __u32 len)
 {
+	struct mac_memo src = {}; /* of the new source MAC, the bridge's */
 	int admitted;
 
 	__builtin_memcpy(pkt->dst_mac, fib->dmac, ETH_ALEN);
 	__builtin_memcpy(pkt->src_mac, fib->smac, ETH_ALEN);
-	admitted = fast_path_admit(peer, pkt, len);
+	admitted = fast_path_admit(peer, pkt, len, &src);
 	if (admitted <= 0)
 		return fast_path_verdict(admitted);
 	if (fast_path_forward(skb, pkt, fib->dmac, fib->smac))

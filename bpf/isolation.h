@@ -62,11 +62,51 @@ static __always_inline int mac_is_group(const __u8 *mac)
 	return mac[0] & 1; /* multicast, broadcast included */
 }
 
+/* The owner of one of a frame's MACs, looked up at most once per frame
+ * however many decisions read it: a copy of the map value, on the stack of
+ * the program that handles the frame, which the global functions it calls
+ * share by pointer (subprog.h). */
+struct mac_memo {
+	struct mac_owner owner; /* valid when found */
+	__u8 looked;            /* mac_owners was asked */
+	__u8 found;
+	__u8 pad[2];
+};
+
+/* A frame a container sends: the owners of its destination MAC, which the
+ * sender's isolation and the fast path ask for, and of its source MAC,
+ * which is the sender's own once anti-spoofing passed (the fast path asks
+ * for it by the endpoint's MAC, the receiver's policy by the frame's). */
+struct frame_owners {
+	struct mac_memo dst;
+	struct mac_memo src;
+};
+
+/* The endpoint that has mac, or NULL, through memo, which starts zeroed
+ * and is only ever asked about the same mac; without a memo (NULL, a
+ * constant once inlined) from the map. */
+static __always_inline const struct mac_owner *mac_owner_memo(struct mac_memo *memo, const __u8 *mac)
+{
+	const struct mac_owner *o;
+
+	if (!memo)
+		return mac_owner_lookup(mac);
+	if (!memo->looked) {
+		o = mac_owner_lookup(mac);
+		memo->looked = 1;
+		memo->found = o != NULL;
+		if (o)
+			memo->owner = *o;
+	}
+	return memo->found ? &memo->owner : NULL;
+}
+
 /* peer_mac and peer_addr are the packet's destination when the container
- * sends (from_container), its source when it receives. */
+ * sends (from_container), its source when it receives; peer_memo is
+ * peer_mac's owner. */
 static __always_inline __u8 isolation_check(const struct endpoint *ep, const struct pkt *pkt,
-					    const __u8 *peer_mac, const union addr *peer_addr,
-					    __u32 self_ifindex, const __u8 dir)
+					    struct mac_memo *peer_memo, const __u8 *peer_mac,
+					    const union addr *peer_addr, __u32 self_ifindex, const __u8 dir)
 {
 	const struct mac_owner *l2;
 	const struct ip_owner *l3;
@@ -84,7 +124,7 @@ static __always_inline __u8 isolation_check(const struct endpoint *ep, const str
 	if (mode == ISOLATION_NONE && (dir == DIR_FROM_CONTAINER || !mac_is_group(pkt->dst_mac)))
 		return DROP_NONE;
 
-	l2 = mac_owner_lookup(peer_mac);
+	l2 = mac_owner_memo(peer_memo, peer_mac);
 	if (l2) {
 		if (l2->ifindex == self_ifindex)
 			return DROP_NONE;
@@ -99,11 +139,12 @@ static __always_inline __u8 isolation_check(const struct endpoint *ep, const str
 }
 
 /* The policy for a frame delivered to the container of the host veth
- * ifindex. Only isolation: what reaches the bridge was already checked on
- * its way in, by from_container for containers and by the host for
- * everything else. */
+ * ifindex; src memoizes the owner of its source MAC (NULL: none to share,
+ * the map is asked). Only isolation: what reaches the bridge was already
+ * checked on its way in, by from_container for containers and by the host
+ * for everything else. */
 static __always_inline __u8 to_container_policy(__u32 ifindex, const struct endpoint *ep,
-						const struct pkt *pkt, __u8 parsed)
+						const struct pkt *pkt, __u8 parsed, struct mac_memo *src)
 {
 	__u8 reason;
 
@@ -116,7 +157,7 @@ static __always_inline __u8 to_container_policy(__u32 ifindex, const struct endp
 		 * the receiving stack would discard the packet anyway. */
 		if (parsed != DROP_NONE)
 			return parsed;
-		reason = isolation_check(ep, pkt, pkt->src_mac, &pkt->saddr, ifindex, DIR_TO_CONTAINER);
+		reason = isolation_check(ep, pkt, src, pkt->src_mac, &pkt->saddr, ifindex, DIR_TO_CONTAINER);
 		/* A published port is public (portmap.h). */
 		if ((reason == DROP_CROSS_NETWORK || reason == DROP_SAME_NETWORK) && portmap_flow_exempt(pkt))
 			return DROP_NONE;

@@ -142,17 +142,31 @@ static __always_inline int pkt_vlan_tagged(const struct __sk_buff *skb, __u16 et
 	return skb->vlan_present || eth_proto == ETH_P_8021Q || eth_proto == ETH_P_8021AD;
 }
 
+/* How far into a packet the ports are read in place; past it, which takes a
+ * long IPv6 header chain, they are copied out. */
+#define L4_DIRECT_MAX 128
+
 static __always_inline void parse_l4_ports(struct __sk_buff *skb, struct pkt *pkt)
 {
-	__be16 ports[2];
+	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	__u32 off = pkt->l4_off;
+	__be16 ports[2], *p;
 
 	if (!(pkt->flags & PKT_F_L4))
 		return;
 	if (pkt->ip_proto != IPPROTO_TCP && pkt->ip_proto != IPPROTO_UDP)
 		return;
-	/* Source and destination port are the first 4 bytes of both. */
-	if (bpf_skb_load_bytes(skb, pkt->l4_off, ports, sizeof(ports)))
+	/* Source and destination port are the first 4 bytes of both: read
+	 * in place when the linear area holds them (the headers the parser
+	 * read before them are there, normally), saving a helper call on
+	 * every packet; copied out otherwise. */
+	p = data + off;
+	if (off <= L4_DIRECT_MAX && (void *)(p + 2) <= data_end) {
+		ports[0] = p[0];
+		ports[1] = p[1];
+	} else if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports))) {
 		return;
+	}
 	pkt->sport = bpf_ntohs(ports[0]);
 	pkt->dport = bpf_ntohs(ports[1]);
 }

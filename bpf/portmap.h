@@ -498,8 +498,10 @@ __subprog int portmap_to_endpoint(struct __sk_buff *skb, const struct pkt *pkt _
 	return PORTMAP_REDIRECT;
 }
 
-/* Port mapping for what a container sends, after anti-spoofing: its
- * replies on a published-port flow, then requests to a published port.
+/* Port mapping for what a container sends, after anti-spoofing, on a node
+ * with port mappings (portmap_enabled, which the caller asks first: on
+ * every packet, a call saved): its replies on a published-port flow, then
+ * requests to a published port.
  * Hairpin goes back by portmap_hairpin, a reply to a container by
  * portmap_to_endpoint, any other reply by portmap_route. Returns
  * PORTMAP_NONE, PORTMAP_DONE, PORTMAP_REDIRECT or -reason. */
@@ -507,8 +509,6 @@ __subprog int portmap_from_container(struct __sk_buff *skb, const struct pkt *pk
 {
 	int ret;
 
-	if (!portmap_enabled())
-		return PORTMAP_NONE;
 	ret = portmap_reverse(skb, pkt);
 	if (ret == PORTMAP_DONE) {
 		ret = portmap_to_endpoint(skb, pkt);

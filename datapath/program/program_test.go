@@ -169,7 +169,7 @@ type env struct {
 
 // newEnv loads a fresh collection (fresh maps: counters and the event
 // budget start at zero) with endpoints a, b and c.
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("loading BPF programs and creating a network namespace need root")

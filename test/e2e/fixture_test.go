@@ -237,7 +237,7 @@ func gatewayConf(name, bridge, subnet, dataDir string) string {
 
 // inNode returns what f returns in the node's network namespace, failing
 // the test (doing what) on an error.
-func inNode[T any](t *testing.T, sb *sandbox.Sandbox, what string, f func() (T, error)) T {
+func inNode[T any](t testing.TB, sb *sandbox.Sandbox, what string, f func() (T, error)) T {
 	t.Helper()
 	var v T
 	if err := sb.InNode(func() (err error) {
