@@ -190,6 +190,10 @@ static __always_inline int endpoint_verdict(struct __sk_buff *skb, const __u8 di
 			return fast_path_deliver(skb, ep, peer, &pkt, &owners.src);
 		if ((bridge = fast_path_gateway(ep, &pkt, &owners.src)))
 			return fast_path_route_out(skb, &pkt, bridge, len);
+		if ((bridge = fast_path_node_mcast(ep, &pkt))) {
+			fast_path_count(ifindex);
+			return bpf_redirect(bridge, BPF_F_INGRESS);
+		}
 	}
 	return VERDICT_PASS;
 }

@@ -58,6 +58,9 @@ enum __attribute__((packed)) endpoint_flags {
 	EP_F_BRIDGE_NF = 1 << 2, /* the node's netfilter sees bridged frames (br_netfilter): the fast
 				  * path between endpoints of a bridge carries only what it does
 				  * not track, as routed traffic (fastpath.h) */
+	EP_F_NODE_MCAST = 1 << 3, /* its bridge keeps no multicast memberships (snooping off): its
+				   * router solicitations and MLD messages go to the node alone
+				   * (fastpath.h) */
 };
 
 /* What a container may send as, and how it is isolated. */

@@ -370,6 +370,37 @@ static __always_inline __u32 fast_path_gateway(const struct endpoint *ep, const 
 	return bridge;
 }
 
+/* The bridge a frame from ep goes up to, past the bridge, or 0: a router
+ * solicitation or an MLD report or done. They concern routers and multicast
+ * queriers, and on a container bridge the node is the only one: containers
+ * may not advertise routes (antispoof_ndp), and a bridge that does not
+ * snoop (EP_F_NODE_MCAST) keeps no memberships. The bridge would flood
+ * each to every port, a clone through a veth into every container, which
+ * discards it: work per new container (it sends about six) that grows with
+ * the containers on the bridge, and keeps coming (router solicitations
+ * repeat, backing off, for the interface's life). Neighbour solicitations
+ * (duplicate address detection) still take the bridge: a duplicate may sit
+ * on any port. */
+static __always_inline __u32 fast_path_node_mcast(const struct endpoint *ep, const struct pkt *pkt)
+{
+	const struct mac_owner *self;
+
+	if (!(ep->flags & EP_F_NODE_MCAST) || pkt->family != 6 || pkt->ip_proto != IPPROTO_ICMPV6 ||
+	    !(pkt->flags & PKT_F_L4) || !mac_is_group(pkt->dst_mac))
+		return 0;
+	switch (pkt->icmp6_type) {
+	case NDISC_ROUTER_SOLICITATION:
+	case ICMPV6_MGM_REPORT:
+	case ICMPV6_MGM_REDUCTION:
+	case ICMPV6_MLD2_REPORT:
+		break;
+	default:
+		return 0;
+	}
+	self = mac_owner_lookup(ep->mac);
+	return self ? self->bridge : 0;
+}
+
 /* Whether the masquerade holds pkt's flow as it leaves a container: its
  * first packet went through the stack and the uplink. */
 static __always_inline int fast_path_nat_known(const struct pkt *pkt)

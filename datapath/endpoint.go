@@ -70,6 +70,10 @@ type Endpoint struct {
 	// (br_netfilter), so the fast path between endpoints of the bridge
 	// carries only flows it does not track (bpf/fastpath.h).
 	BridgeNetfilter bool `json:"-"`
+	// NodeMulticast: the bridge does not snoop multicast, so the fast path
+	// hands the container's router solicitations and MLD messages to the
+	// node rather than the bridge flooding them (bpf/fastpath.h).
+	NodeMulticast bool `json:"-"`
 }
 
 // entry is the endpoint's struct endpoint, in the network with id network.
@@ -83,6 +87,9 @@ func (ep *Endpoint) entry(network uint32) (program.BpfbridgeEndpoint, error) {
 	}
 	if ep.FastPath && ep.BridgeNetfilter {
 		e.Flags |= uint8(program.BpfbridgeEndpointFlagsEP_F_BRIDGE_NF)
+	}
+	if ep.FastPath && ep.NodeMulticast {
+		e.Flags |= uint8(program.BpfbridgeEndpointFlagsEP_F_NODE_MCAST)
 	}
 	return e, e.SetAddrs(net.HardwareAddr(ep.MAC), ep.IPs)
 }
@@ -376,10 +383,10 @@ func (d *Datapath) Check(ep Endpoint) error {
 	if err := d.maps.endpoints.Lookup(meta.Ifindex, &have); err != nil {
 		return fmt.Errorf("no endpoint entry for ifindex %d: %w", meta.Ifindex, err)
 	}
-	// The fast path flag is no policy (a frame that takes it meets both
-	// endpoints' policies all the same), and endpoints of earlier builds
-	// lack it.
-	fast := uint8(program.BpfbridgeEndpointFlagsEP_F_FAST_PATH)
+	// The fast path's flags are no policy (a frame that takes it meets
+	// both endpoints' policies all the same; the bridge's snooping may
+	// change under it), and endpoints of earlier builds lack them.
+	fast := uint8(program.BpfbridgeEndpointFlagsEP_F_FAST_PATH | program.BpfbridgeEndpointFlagsEP_F_NODE_MCAST)
 	have.Flags, want.Flags = have.Flags&^fast, want.Flags&^fast
 	if have != want {
 		return fmt.Errorf("endpoint entry of ifindex %d differs from the attachment (MAC, addresses or isolation)", meta.Ifindex)

@@ -127,6 +127,7 @@ func cmdAdd(conf *NetConf, args *skel.CmdArgs, tr *trace.Tracer) (err error) {
 		return err
 	}
 	ep := endpointOf(conf, args, hostVeth, mac, result.IPs)
+	ep.NodeMulticast = !topology.Snoops(br)
 	if err := dp.Attach(ep); err != nil {
 		return datapathError(err)
 	}

@@ -121,9 +121,10 @@ type BpfbridgeEndpoint struct {
 type BpfbridgeEndpointFlags uint8
 
 const (
-	BpfbridgeEndpointFlagsEP_F_TAGGED_OK BpfbridgeEndpointFlags = 1
-	BpfbridgeEndpointFlagsEP_F_FAST_PATH BpfbridgeEndpointFlags = 2
-	BpfbridgeEndpointFlagsEP_F_BRIDGE_NF BpfbridgeEndpointFlags = 4
+	BpfbridgeEndpointFlagsEP_F_TAGGED_OK  BpfbridgeEndpointFlags = 1
+	BpfbridgeEndpointFlagsEP_F_FAST_PATH  BpfbridgeEndpointFlags = 2
+	BpfbridgeEndpointFlagsEP_F_BRIDGE_NF  BpfbridgeEndpointFlags = 4
+	BpfbridgeEndpointFlagsEP_F_NODE_MCAST BpfbridgeEndpointFlags = 8
 )
 
 type BpfbridgeEndpointKey struct {

@@ -2,6 +2,7 @@ package program_test
 
 import (
 	"errors"
+	"net/netip"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -175,5 +176,66 @@ func BenchmarkFastPathDecision(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.ReportMetric(float64(after.Runtime-before.Runtime)/float64(after.RunCount-before.RunCount), "ns/run")
+	}
+}
+
+// TestFastPathNodeMulticast: on a bridge that does not snoop
+// (EP_F_NODE_MCAST), a container's router solicitations and MLD reports go
+// to the node past the bridge (verdict redirect, counted by the fast path,
+// delivered to no endpoint); everything else multicast, duplicate address
+// detection first, still takes the bridge, as everything does from an
+// endpoint without the flag.
+func TestFastPathNodeMulticast(t *testing.T) {
+	allRouters, mldRouters, zero6 := ip("ff02::2"), ip("ff02::16"), netip.IPv6Unspecified()
+	rsFrame := func(e *env) []byte {
+		return icmp6Frame(e.a.mac, multicastMAC(allRouters), e.a.ll(), allRouters,
+			rs(e.a.ll(), allRouters, ndOpt(ndOptSourceLL, e.a.mac)))
+	}
+	mldFrame := func(e *env) []byte {
+		return eth(multicastMAC(mldRouters), e.a.mac, etherTypeIPv6,
+			ipv6(zero6, mldRouters, protoHop, 1, mld2Report(zero6, mldRouters, solicitedNode(e.a.v6()))))
+	}
+	cases := []struct {
+		name    string
+		flags   program.BpfbridgeEndpointFlags
+		frame   func(e *env) []byte
+		verdict uint32
+	}{
+		{"router solicitation", program.BpfbridgeEndpointFlagsEP_F_NODE_MCAST, rsFrame, verdictRedirect},
+		{"MLDv2 report from ::", program.BpfbridgeEndpointFlagsEP_F_NODE_MCAST, mldFrame, verdictRedirect},
+		{"duplicate address detection takes the bridge", program.BpfbridgeEndpointFlagsEP_F_NODE_MCAST,
+			func(e *env) []byte {
+				sn := solicitedNode(e.a.v6())
+				return icmp6Frame(e.a.mac, multicastMAC(sn), zero6, sn, ns(zero6, sn, e.a.v6()))
+			}, verdictPass},
+		{"an echo to all nodes takes the bridge", program.BpfbridgeEndpointFlagsEP_F_NODE_MCAST,
+			func(e *env) []byte { return ping6(e.a.mac, allNodesHW, e.a.ll(), allNodes6) }, verdictPass},
+		{"a router solicitation on a snooping bridge takes it", 0, rsFrame, verdictPass},
+		{"an MLD report on a snooping bridge takes it", 0, mldFrame, verdictPass},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			for _, ep := range []*testEndpoint{e.a, e.b} {
+				ep.flags |= program.BpfbridgeEndpointFlagsEP_F_FAST_PATH | tc.flags
+				ep.bridge = 100
+				e.putEndpoint(t, ep)
+			}
+			if got := e.run(t, e.objs.FromContainer, e.a.ifindex, tc.frame(e), 0); got != tc.verdict {
+				t.Fatalf("verdict %d, want %d", got, tc.verdict)
+			}
+			wantFast := uint64(0)
+			if tc.verdict == verdictRedirect {
+				wantFast = 1
+			}
+			if n := e.fastPathPackets(t, e.a.ifindex); n != wantFast {
+				t.Errorf("sender's fast path counter %d, want %d", n, wantFast)
+			}
+			snd, _ := e.stats(t, e.a.ifindex)
+			rcv, _ := e.stats(t, e.b.ifindex)
+			if snd.FromPackets != 1 || rcv.ToPackets != 0 {
+				t.Errorf("counted %d sent by %s and %d delivered to %s, want 1 and 0", snd.FromPackets, e.a.name, rcv.ToPackets, e.b.name)
+			}
+		})
 	}
 }

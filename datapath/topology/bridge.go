@@ -76,6 +76,12 @@ func EnsureBridge(cfg BridgeConfig) (*netlink.Bridge, error) {
 	return br, nil
 }
 
+// Snoops reports whether br keeps multicast memberships (multicast
+// snooping on, as the kernel defaults; unknown counts as on).
+func Snoops(br *netlink.Bridge) bool {
+	return br.MulticastSnooping == nil || *br.MulticastSnooping
+}
+
 // createBridge adds the bridge. Concurrent ADDs race to create it, so EEXIST
 // means another ADD won and its bridge is used.
 func createBridge(cfg BridgeConfig) (*netlink.Bridge, error) {

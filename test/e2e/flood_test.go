@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -136,4 +138,98 @@ func dadOutcome(t *testing.T, c container, ip netip.Addr) string {
 		t.Fatal(err)
 	}
 	return outcome
+}
+
+// TestNewContainerMulticastStaysOffPeers: a new container's router
+// solicitations and MLD reports concern the node alone, and with the fast
+// path the bridge no longer floods them to every other container (they
+// reach the node on the bridge); its duplicate address detection still
+// reaches every port. With `datapath.fastPath: false` the bridge floods all
+// of them, as the reference's does (control).
+func TestNewContainerMulticastStaysOffPeers(t *testing.T) {
+	for _, fast := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fastPath=%v", fast), func(t *testing.T) {
+			sb := sandbox.ForTest(t)
+			conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "mcast", "type": "bridge", "bridge": "br-mcast",
+				"isGateway": true, "enabledad": true, "datapath": {"bpffs": %q, "fastPath": %v},
+				"ipam": {"type": "host-local", "dataDir": %q,
+					"ranges": [[{"subnet": "10.82.0.0/24"}], [{"subnet": "fd00:82::/64"}]]}}`, sb.BPFFS, fast, t.TempDir())
+			n := newNetwork(t, sb, conf, bins.PluginDir())
+			peer := n.attach("mcast0")
+
+			// ICMPv6 types by sender, as the peer and the node see them.
+			var mu sync.Mutex
+			atPeer, atNode := map[string]map[uint8]int{}, map[string]map[uint8]int{}
+			count := func(seen map[string]map[uint8]int) func([]byte) {
+				return func(f []byte) {
+					typ, ok := icmp6Type(f)
+					if !ok {
+						return
+					}
+					mu.Lock()
+					defer mu.Unlock()
+					from := net.HardwareAddr(f[6:12]).String()
+					if seen[from] == nil {
+						seen[from] = map[uint8]int{}
+					}
+					seen[from][typ]++
+				}
+			}
+			startCapture(t, peer.ns, "eth0", count(atPeer))
+			startCapture(t, sb.Node, "br-mcast", count(atNode))
+			c := n.attach("mcast1")
+			byNewcomer := func(seen map[string]map[uint8]int, typ uint8) int { return seen[c.mac.String()][typ] }
+
+			// Its MLD reports leave at once; router solicitations follow
+			// duplicate address detection of its link-local address.
+			for deadline := time.Now().Add(8 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+				mu.Lock()
+				done := byNewcomer(atNode, icmp6RS) > 0 && byNewcomer(atNode, icmp6MLD2Report) > 0
+				mu.Unlock()
+				if done {
+					break
+				}
+			}
+			time.Sleep(200 * time.Millisecond) // the peer's copies, if any, trail the node's
+			mu.Lock()
+			defer mu.Unlock()
+			if byNewcomer(atNode, icmp6RS) == 0 || byNewcomer(atNode, icmp6MLD2Report) == 0 {
+				t.Fatalf("the node saw %d router solicitations and %d MLD reports from %s, want some of each",
+					byNewcomer(atNode, icmp6RS), byNewcomer(atNode, icmp6MLD2Report), c.id)
+			}
+			flooded := byNewcomer(atPeer, icmp6RS) + byNewcomer(atPeer, icmp6MLD2Report)
+			if fast && flooded != 0 {
+				t.Errorf("%s saw %d router solicitations and MLD reports of %s, want none", peer.id, flooded, c.id)
+			}
+			if !fast && flooded == 0 {
+				t.Errorf("without the fast path %s saw none of %s's router solicitations and MLD reports: the control failed", peer.id, c.id)
+			}
+			if byNewcomer(atPeer, icmp6NS) == 0 {
+				t.Errorf("%s saw none of %s's neighbour solicitations (duplicate address detection)", peer.id, c.id)
+			}
+		})
+	}
+}
+
+// ICMPv6 types the test above tells apart.
+const (
+	icmp6RS         = 133
+	icmp6NS         = 135
+	icmp6MLD2Report = 143
+)
+
+// icmp6Type is the ICMPv6 type of an Ethernet frame, past a hop-by-hop
+// header (MLD's router alert), if it is one.
+func icmp6Type(f []byte) (uint8, bool) {
+	if len(f) < 14+40 || binary.BigEndian.Uint16(f[12:]) != unix.ETH_P_IPV6 {
+		return 0, false
+	}
+	next, off := f[14+6], 14+40
+	if next == 0 && len(f) >= off+8 {
+		next, off = f[off], off+(int(f[off+1])+1)*8
+	}
+	if next != unix.IPPROTO_ICMPV6 || len(f) <= off {
+		return 0, false
+	}
+	return f[off], true
 }
