@@ -137,11 +137,13 @@ func (d *Datapath) Attach(ep Endpoint) (err error) {
 	if err := d.maps.meta.Update(key, &meta, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("record endpoint: %w", err)
 	}
+	// The counters start at zero, their entries in place: the programs
+	// never add entries for a live endpoint.
 	zero := make([]program.BpfbridgeEndpointStats, ebpf.MustPossibleCPU())
 	if err := d.maps.stats.Update(meta.Ifindex, zero, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("reset counters: %w", err)
 	}
-	if err := ignoreMissing(d.maps.fastPath.Delete(meta.Ifindex)); err != nil {
+	if err := d.maps.fastPath.Update(meta.Ifindex, make([]uint64, ebpf.MustPossibleCPU()), ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("reset counters: %w", err)
 	}
 	if err := d.writeEntries(&meta, ep.Bridge); err != nil {
