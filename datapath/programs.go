@@ -46,12 +46,17 @@ func uplinkPrograms(p *program.BpfbridgePrograms) []pin[ebpf.Program] {
 // new on the node.
 func (d *Datapath) loadPrograms() (fresh bool, err error) {
 	d.progs = &program.BpfbridgePrograms{}
-	groups := []programGroup{endpointPrograms}
-	if d.opts.Masquerade {
-		groups = append(groups, uplinkPrograms)
-	}
-	loaded, err := d.loadGroups(groups...)
+	loaded, err := d.loadGroups(groupsFor(d.opts.Masquerade)...)
 	return loaded[0], err
+}
+
+// groupsFor lists the program groups an ADD or CHECK needs, the endpoint
+// programs first: the uplink programs too when it masquerades.
+func groupsFor(masquerade bool) []programGroup {
+	if masquerade {
+		return []programGroup{endpointPrograms, uplinkPrograms}
+	}
+	return []programGroup{endpointPrograms}
 }
 
 // loadUplinkPrograms makes this build's uplink programs available, loading
@@ -134,9 +139,9 @@ func (d *Datapath) loadGroups(groups ...programGroup) (loaded []bool, err error)
 // loadFromSpec loads the programs of pins from the embedded collection: its
 // maps first, created or reused from their pins, then each program in a
 // collection of its own, all verified at once, in parallel: the verifier's
-// time is most of a fresh node's first ADD (≈ 20 ms of CPU for
-// from_container, 12,400 instructions, here: bpf/subprog.h), and each program
-// is verified on one CPU.
+// time is a good part of a fresh node's first ADD (≈ 20 ms of CPU for
+// from_container, 13,000 instructions, here: bpf/subprog.h), and each
+// program is verified on one CPU.
 // The programs not asked for are not verified.
 func (d *Datapath) loadFromSpec(pins []pin[ebpf.Program]) error {
 	embedded, err := embeddedSpec()
@@ -233,11 +238,7 @@ func Prefetch(opts Options) {
 		return
 	}
 	dir := state{root: root}.progDir(programSetTag())
-	groups := []programGroup{endpointPrograms}
-	if opts.Masquerade {
-		groups = append(groups, uplinkPrograms)
-	}
-	for _, g := range groups {
+	for _, g := range groupsFor(opts.Masquerade) {
 		for _, p := range g(&program.BpfbridgePrograms{}) {
 			if _, err := os.Stat(filepath.Join(dir, p.name)); err != nil {
 				go kernelTypes()
@@ -282,10 +283,8 @@ func (d *Datapath) loadMaps(spec *ebpf.CollectionSpec) error {
 }
 
 // newCollection loads spec with its maps pinned in the node's maps
-// directory. kernelTypes, shared by the loads of one run, decodes the
-// kernel's BTF once for all of them, if one needs it (the fast path's
-// conntrack kfunc is resolved by it, ≈ 25 ms of CPU); nil: a cache of
-// the load's own.
+// directory, resolving kfuncs with kernelTypes (the process's, see
+// kernelTypes; nil for loads without programs).
 func (d *Datapath) newCollection(spec *ebpf.CollectionSpec, kernelTypes *btf.Cache) (*ebpf.Collection, error) {
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Maps:  ebpf.MapOptions{PinPath: d.state.mapsDir()},
