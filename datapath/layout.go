@@ -123,12 +123,68 @@ func (d *Datapath) migrateLayouts() ([]int, error) {
 	return moved, nil
 }
 
-// copyState copies an older layout's state into this build's maps. The
-// endpoint records come first with everything derived from them (entries,
-// owners, counters), so that a veth moved onto the new programs finds its
-// endpoint and its peers; then the masquerade configuration and flows.
-// Existing entries are kept: an endpoint attached by this build already
-// knows better than the old record.
+// carry is how one pinned map's state reaches this build's maps when an
+// older layout is migrated.
+type carry uint8
+
+const (
+	// carryEntries: the old map's entries, as they are (copyEntries).
+	carryEntries carry = iota
+	// carryEndpoints: the endpoint records, each copied and then written
+	// out again into the maps derived from it.
+	carryEndpoints
+	// carryDerived: written anew from the endpoint records (writeEntries).
+	carryDerived
+	// carryCounters: added up reason by reason, which converts between
+	// layouts that count different reasons (copyStats, copyDropTotals).
+	carryCounters
+	// carryIndex: rebuilt from the flows moved over (indexFlows).
+	carryIndex
+	// carryNothing: transient state the programs refill on their own (the
+	// drop events' rate budget, events not yet read).
+	carryNothing
+)
+
+// carried says how every pinned map migrates. A test holds it to the
+// object's pinned maps, so that a map the C side gains cannot be left
+// behind at the next layout change: its flows' generations, for one, keep
+// the replies of a reused address from reaching the address's old flows.
+var carried = map[string]carry{
+	program.BpfbridgeMapEndpointMeta:     carryEndpoints,
+	program.BpfbridgeMapEndpoints:        carryDerived,
+	program.BpfbridgeMapIpOwners:         carryDerived,
+	program.BpfbridgeMapMacOwners:        carryDerived,
+	program.BpfbridgeMapGatewayMacs:      carryDerived,
+	program.BpfbridgeMapEndpointStats:    carryCounters,
+	program.BpfbridgeMapDropTotals:       carryCounters,
+	program.BpfbridgeMapFastPathStats:    carryEntries,
+	program.BpfbridgeMapNatConfig:        carryEntries,
+	program.BpfbridgeMapNatQuota:         carryEntries,
+	program.BpfbridgeMapNatUplinks:       carryEntries,
+	program.BpfbridgeMapNatNetworks:      carryEntries,
+	program.BpfbridgeMapNatExclude:       carryEntries,
+	program.BpfbridgeMapNatGen:           carryEntries,
+	program.BpfbridgeMapNatOut:           carryEntries,
+	program.BpfbridgeMapNatIn:            carryEntries,
+	program.BpfbridgeMapNatFrags:         carryEntries,
+	program.BpfbridgeMapPortMaps:         carryEntries,
+	program.BpfbridgeMapPortmapNodeAddrs: carryEntries,
+	program.BpfbridgeMapPortmapConfig:    carryEntries,
+	program.BpfbridgeMapPortmapSockRev:   carryEntries,
+	program.BpfbridgeMapNatRing:          carryIndex,
+	program.BpfbridgeMapNatRingPos:       carryIndex,
+	program.BpfbridgeMapNatUsage:         carryIndex,
+	program.BpfbridgeMapEventBudget:      carryNothing,
+	program.BpfbridgeMapDropEvents:       carryNothing,
+}
+
+// copyState copies an older layout's state into this build's maps, as
+// carried says. The endpoint records come first with everything derived
+// from them (entries, owners, counters), so that a veth moved onto the new
+// programs finds its endpoint and its peers; then the masquerade and port
+// mapping state, flows and their generations included. Existing entries
+// are kept: an endpoint attached by this build already knows better than
+// the old record.
 func (d *Datapath) copyState(old *maps, dir string) error {
 	var (
 		key  program.BpfbridgeEndpointKey
@@ -146,44 +202,36 @@ func (d *Datapath) copyState(old *maps, dir string) error {
 		errs = append(errs, copyStats(old.stats, d.maps.stats, meta.Ifindex))
 		errs = append(errs, d.writeEntries(&meta, bridgeOf(meta.Ifindex)))
 	}
-	errs = append(errs, it.Err())
-	for _, m := range []struct{ from, to *ebpf.Map }{
-		{old.natConfig, d.maps.natConfig}, {old.natUplinks, d.maps.natUplinks},
-		{old.natNetworks, d.maps.natNetworks}, {old.natExclude, d.maps.natExclude},
-	} {
-		errs = append(errs, copyEntries(m.from, m.to))
+	errs = append(errs, it.Err(), copyDropTotals(dir, d.state.mapsDir()))
+	for name, how := range carried {
+		if how == carryEntries {
+			errs = append(errs, d.copyPinned(dir, name))
+		}
 	}
-	errs = append(errs, d.copyFlows(old), copyDropTotals(dir, d.state.mapsDir()), d.copyPortMaps(dir))
 	return errors.Join(errs...)
 }
 
-// copyPortMaps copies the published ports and their node state from the
-// layout pinned in dir; a layout without them (older than port mapping)
-// has nothing to copy.
-func (d *Datapath) copyPortMaps(dir string) error {
-	var errs []error
-	for _, name := range []string{program.BpfbridgeMapPortMaps, program.BpfbridgeMapPortmapNodeAddrs, program.BpfbridgeMapPortmapConfig} {
-		from, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		to, err := d.writableMap(name)
-		if err == nil {
-			errs = append(errs, copyEntries(from, to))
-			to.Close()
-		}
-		from.Close()
-		errs = append(errs, err)
+// copyPinned copies the entries of the map name pinned in the layout
+// directory dir; a layout older than the map has nothing to copy.
+func (d *Datapath) copyPinned(dir, name string) error {
+	from, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
 	}
-	return errors.Join(errs...)
+	if err != nil {
+		return err
+	}
+	defer from.Close()
+	to, err := d.writableMap(name)
+	if err != nil {
+		return err
+	}
+	defer to.Close()
+	return copyEntries(from, to)
 }
 
 // copyFlows copies the translations both ways, keeping those already in
-// the new maps. Upgrade calls it again once the uplinks run the new
+// the new maps. finishLayouts calls it again once the uplinks run the new
 // programs, for the flows the old programs created in between.
 func (d *Datapath) copyFlows(old *maps) error {
 	return errors.Join(copyEntries(old.natOut, d.maps.natOut), copyEntries(old.natIn, d.maps.natIn))
@@ -197,15 +245,22 @@ func copyEntries(from, to *ebpf.Map) error {
 	if from == nil {
 		return nil // the old build had no such map
 	}
-	var k, v []byte
-	var errs []error
+	var (
+		k    []byte
+		v    = any(new([]byte))
+		errs []error
+	)
+	if perCPU(from.Type()) {
+		// One value per CPU: a slice of values of the map's size.
+		v = reflect.New(reflect.SliceOf(reflect.ArrayOf(int(from.ValueSize()), reflect.TypeFor[byte]()))).Interface()
+	}
 	flags := ebpf.UpdateNoExist
-	if from.Type() == ebpf.Array {
+	if from.Type() == ebpf.Array || from.Type() == ebpf.PerCPUArray {
 		flags = ebpf.UpdateAny
 	}
 	it := from.Iterate()
-	for it.Next(&k, &v) {
-		if err := to.Update(k, v, flags); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+	for it.Next(&k, v) {
+		if err := to.Update(k, reflect.ValueOf(v).Elem().Interface(), flags); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 			errs = append(errs, err)
 		}
 	}

@@ -35,14 +35,17 @@ type container struct {
 	mac net.HardwareAddr
 }
 
-// attach creates the container namespace name and attaches it as eth0.
-func (n *network) attach(name string) container {
+// attach creates the container namespace name and attaches it as eth0,
+// with the CNI_ARGS cniArgs.
+func (n *network) attach(name string, cniArgs ...[2]string) container {
 	n.t.Helper()
 	ns, err := n.sb.NewContainer(name)
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	res := n.mustAdd(ns, name, "eth0")
+	rt := runtimeConf(ns, name, "eth0")
+	rt.Args = cniArgs
+	res := n.mustAddRuntime(rt)
 	ip, _ := netip.AddrFromSlice(res.IPs[0].Address.IP)
 	mac, err := net.ParseMAC(res.Interfaces[2].Mac)
 	if err != nil {

@@ -156,13 +156,19 @@ func (n *network) addRuntime(rt *libcni.RuntimeConf) (types.Result, error) {
 // the result in the current CNI version.
 func (n *network) mustAdd(ctr *sandbox.NetNS, id, ifname string) *current.Result {
 	n.t.Helper()
-	res, err := n.add(ctr, id, ifname)
+	return n.mustAddRuntime(runtimeConf(ctr, id, ifname))
+}
+
+// mustAddRuntime is mustAdd with the runtime's whole configuration.
+func (n *network) mustAddRuntime(rt *libcni.RuntimeConf) *current.Result {
+	n.t.Helper()
+	res, err := n.addRuntime(rt)
 	if err != nil {
-		n.t.Fatalf("ADD %s/%s: %v", id, ifname, err)
+		n.t.Fatalf("ADD %s/%s: %v", rt.ContainerID, rt.IfName, err)
 	}
 	cur, err := current.NewResultFromResult(res)
 	if err != nil {
-		n.t.Fatalf("ADD %s/%s: convert result: %v", id, ifname, err)
+		n.t.Fatalf("ADD %s/%s: convert result: %v", rt.ContainerID, rt.IfName, err)
 	}
 	return cur
 }

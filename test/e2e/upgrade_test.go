@@ -28,11 +28,12 @@ const layoutBumpFlag = "-X github.com/bpfbridge/bpfbridge/datapath.testLayoutBum
 
 // TestUpgradeLiveNode: a node set up by one build — two isolated networks,
 // one masquerading, a container-to-container stream and a masqueraded
-// connection open — is taken over by the next build at its first ADD. The
-// stream and the connection keep flowing, isolation holds between old and
-// new endpoints, CHECK passes, and DEL with and without netns leaves
-// nothing, the old layout's pins included. Twice: from the previous
-// release, and to a build whose map layout is new (the migration path).
+// connection open, another from an address a DEL gave back — is taken over
+// by the next build at its first ADD. The stream and the connections keep
+// flowing, isolation holds between old and new endpoints, CHECK passes,
+// and DEL with and without netns leaves nothing, the old layout's pins
+// included. Twice: from the previous release, and to a build whose map
+// layout is new (the migration path).
 func TestUpgradeLiveNode(t *testing.T) {
 	cases := []struct {
 		name     string
@@ -61,8 +62,22 @@ func testUpgradeLiveNode(t *testing.T, fromDir, toDir string, bump int) {
 	waitForBytes(t, &received, 1, 5*time.Second)
 	masq := dialEcho(t, a1, sb)
 	masq.roundTrip(t, "before the upgrade")
+	// An address held twice: its first holder's DEL ended that holder's
+	// flows (a new generation of the address), and the second holder's
+	// connection lives in the new one, which the migration must carry.
+	gone := oldA.attach("ua4")
+	if err := oldA.del(gone.ns, gone.id, "eth0"); err != nil {
+		t.Fatalf("DEL %s: %v", gone.id, err)
+	}
+	a5 := oldA.attach("ua5", [2]string{"IP", gone.ip.String()})
+	if a5.ip != gone.ip {
+		t.Fatalf("%s got %s, want %s's %s", a5.id, a5.ip, gone.id, gone.ip)
+	}
+	reused := dialEcho(t, a5, sb)
+	reused.roundTrip(t, "before the upgrade, from a reused address")
 
 	newA, newB := oldA.servedBy(toDir), oldB.servedBy(toDir)
+	upgradeStart := time.Now()
 	a3, b2 := newA.attach("ua3"), newB.attach("ub2") // the upgrade happens in the first
 	// From here on this test reads the node as the new build does.
 	datapath.SetTestLayoutBump(bump)
@@ -75,6 +90,13 @@ func testUpgradeLiveNode(t *testing.T, fromDir, toDir string, bump int) {
 	}
 	masq.roundTrip(t, "after the upgrade")
 	masq.close()
+	reused.roundTrip(t, "after the upgrade, from a reused address")
+	// The translation moved over, rather than being made anew by the
+	// round trip above as for a flow of a dead generation.
+	if f := flowOf(t, sb, a5.ip); f.Age < time.Since(upgradeStart) {
+		t.Errorf("%s's connection: its translation is %v old, younger than the upgrade: it did not move over (%+v)", a5.id, f.Age, f)
+	}
+	reused.close()
 
 	if layouts := pinnedLayouts(t, sb); len(layouts) != 1 {
 		t.Errorf("map layouts pinned after the upgrade: %v, want only the new build's", layouts)
@@ -106,7 +128,7 @@ func testUpgradeLiveNode(t *testing.T, fromDir, toDir string, bump int) {
 		n  *network
 		c  container
 		ns *sandbox.NetNS
-	}{{newA, a1, a1.ns}, {newB, b1, nil}, {newA, a2, a2.ns}, {newA, a3, nil}, {newB, b2, b2.ns}} {
+	}{{newA, a1, a1.ns}, {newB, b1, nil}, {newA, a2, a2.ns}, {newA, a3, nil}, {newB, b2, b2.ns}, {newA, a5, a5.ns}} {
 		if err := d.n.del(d.ns, d.c.id, "eth0"); err != nil {
 			t.Errorf("DEL %s: %v", d.c.id, err)
 		}
@@ -124,6 +146,25 @@ func testUpgradeLiveNode(t *testing.T, fromDir, toDir string, bump int) {
 		t.Errorf("host veths left: %v", veths)
 	}
 	assertNoFirewallRules(t, sb)
+}
+
+// flowOf is the one masquerade translation of the container address ip.
+func flowOf(t *testing.T, sb *sandbox.Sandbox, ip netip.Addr) datapath.Flow {
+	t.Helper()
+	flows, err := openDatapath(t, sb).Flows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mine []datapath.Flow
+	for _, f := range flows {
+		if f.Container.Addr() == ip {
+			mine = append(mine, f)
+		}
+	}
+	if len(mine) != 1 {
+		t.Fatalf("translations of %s: %+v, want one", ip, mine)
+	}
+	return mine[0]
 }
 
 // echoConn is a masqueraded TCP connection from a container to an echo
