@@ -4,15 +4,13 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
-
-	"github.com/bpfbridge/bpfbridge/datapath/program"
 )
 
-// TestEveryPinnedMapMigrates holds carried to the object: every map pinned
-// by name says how a layout migration carries it, and carried names no map
-// the object does not pin.
+// TestEveryPinnedMapMigrates holds carried to the collection this build
+// loads: every map pinned by name says how a layout migration carries it,
+// and carried names no map the collection does not pin.
 func TestEveryPinnedMapMigrates(t *testing.T) {
-	spec, err := program.LoadBpfbridge()
+	spec, err := embeddedSpec()
 	if err != nil {
 		t.Fatal(err)
 	}
