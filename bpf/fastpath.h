@@ -204,25 +204,26 @@ static __always_inline int fast_path_tcp_syn(struct __sk_buff *skb, const struct
 	return flags & (TCP_FLAG_SYN | TCP_FLAG_RST);
 }
 
+/* The half of the rule below that pkt alone decides: unfragmented TCP past
+ * its SYN (and not its RST), or UDP. It is cheap, so the routed fast path
+ * asks it before the FIB: what takes the stack anyway (every connection's
+ * SYN and RST, fragments, ICMP) costs no route lookup. */
+static __always_inline int fast_path_flow_may(struct __sk_buff *skb, const struct pkt *pkt)
+{
+	if ((pkt->flags & (PKT_F_FRAG | PKT_F_L4)) != PKT_F_L4)
+		return 0;
+	if (pkt->ip_proto == IPPROTO_TCP)
+		return !fast_path_tcp_syn(skb, pkt);
+	return pkt->ip_proto == IPPROTO_UDP;
+}
+
 /* Whether pkt's protocol and state let it take the routed fast path:
  * unfragmented TCP past its SYN, or UDP of a flow the NAT holds
  * (masqueraded, nat_known), and no flow of the kernel's conntrack. */
 __subprog int fast_path_flow_ok(struct __sk_buff *skb, const struct pkt *pkt __arg_nonnull, int nat_known)
 {
-	if ((pkt->flags & (PKT_F_FRAG | PKT_F_L4)) != PKT_F_L4)
+	if (!fast_path_flow_may(skb, pkt) || (pkt->ip_proto == IPPROTO_UDP && !nat_known))
 		return 0;
-	switch (pkt->ip_proto) {
-	case IPPROTO_TCP:
-		if (fast_path_tcp_syn(skb, pkt))
-			return 0;
-		break;
-	case IPPROTO_UDP:
-		if (!nat_known)
-			return 0;
-		break;
-	default:
-		return 0;
-	}
 	return !fast_path_ct_tracked(skb, pkt);
 }
 
@@ -521,7 +522,8 @@ __subprog int fast_path_route_out(struct __sk_buff *skb, struct pkt *pkt __arg_n
 	__u32 self = skb->ifindex, peer;
 	struct fast_path_params s;
 
-	if (!fast_path_scratch_get(&s) || !fast_path_ttl_ok(skb, pkt) || !fast_path_fib(skb, pkt, bridge, s.fib))
+	if (!fast_path_flow_may(skb, pkt) || !fast_path_scratch_get(&s) || !fast_path_ttl_ok(skb, pkt) ||
+	    !fast_path_fib(skb, pkt, bridge, s.fib))
 		return VERDICT_PASS;
 	if (bpf_map_lookup_elem(&nat_uplinks, &s.fib->ifindex)) {
 		if (!fast_path_flow_ok(skb, pkt, fast_path_nat_known(pkt)))
