@@ -110,36 +110,52 @@ func BenchmarkContainerUDP(b *testing.B) {
 	}
 	defer stats.Close()
 	ctx := context.Background()
-	var bare float64
-	b.Run("path=bare", func(b *testing.B) {
-		for b.Loop() {
-			pps, _, err := sandbox.UDPRate(ctx, pair.A, pair.B, pair.AddrB, 64, udpBenchPhase)
-			if err != nil {
-				b.Fatal(err)
-			}
-			bare = pps
-			b.ReportMetric(pps, "pps")
-		}
+	bare := rateRun(b, "path=bare", "pps", 0, nil, func() (float64, error) {
+		pps, _, err := sandbox.UDPRate(ctx, pair.A, pair.B, pair.AddrB, 64, udpBenchPhase)
+		return pps, err
+	}, nil)
+	rateRun(b, "path=c2c", "pps", bare, progs, func() (float64, error) {
+		pps, _, err := sandbox.UDPRate(ctx, from.ns, to.ns, to.ip, 64, udpBenchPhase)
+		return pps, err
+	}, func(b *testing.B, pps float64, runs, runTime []float64) {
+		received := max(pps*udpBenchPhase.Seconds(), 1)
+		b.ReportMetric(runTime[0]/max(runs[0], 1), "ns/from_container")
+		b.ReportMetric(runs[0]/received, "from_container/pkt")
+		b.ReportMetric(runs[1]/received, "to_container/pkt")
 	})
-	b.Run("path=c2c", func(b *testing.B) {
+}
+
+// rateRun runs the sub-benchmark name: each iteration measures a rate,
+// reported in unit and, when bare (the bare pair's, measured just before)
+// is not 0, as a ratio to it. With progs, report also gets how many times
+// each of them ran and for how many nanoseconds during the measurement (the
+// kernel's run-time statistics). It returns the last rate.
+func rateRun(b *testing.B, name, unit string, bare float64, progs []*ebpf.Program, measure func() (float64, error),
+	report func(b *testing.B, rate float64, runs, runTime []float64)) float64 {
+	var rate float64
+	b.Run(name, func(b *testing.B) {
 		for b.Loop() {
 			before := programStats(b, progs)
-			pps, _, err := sandbox.UDPRate(ctx, from.ns, to.ns, to.ip, 64, udpBenchPhase)
-			if err != nil {
+			var err error
+			if rate, err = measure(); err != nil {
 				b.Fatal(err)
 			}
-			after := programStats(b, progs)
-			received := max(pps*udpBenchPhase.Seconds(), 1)
-			runs := func(i int) float64 { return float64(after[i].RunCount - before[i].RunCount) }
-			b.ReportMetric(pps, "pps")
+			b.ReportMetric(rate, unit)
 			if bare > 0 {
-				b.ReportMetric(pps/bare, "bare-ratio")
+				b.ReportMetric(rate/bare, "bare-ratio")
 			}
-			b.ReportMetric(float64(after[0].Runtime-before[0].Runtime)/max(runs(0), 1), "ns/from_container")
-			b.ReportMetric(runs(0)/received, "from_container/pkt")
-			b.ReportMetric(runs(1)/received, "to_container/pkt")
+			if report == nil {
+				continue
+			}
+			runs, runTime := make([]float64, len(progs)), make([]float64, len(progs))
+			for i, after := range programStats(b, progs) {
+				runs[i] = float64(after.RunCount - before[i].RunCount)
+				runTime[i] = float64(after.Runtime - before[i].Runtime)
+			}
+			report(b, rate, runs, runTime)
 		}
 	})
+	return rate
 }
 
 // endpointPrograms opens the programs at the sender's host veth's tc
@@ -235,33 +251,16 @@ func BenchmarkMasqueradeConnect(b *testing.B) {
 		}
 		progs, names = append(progs, p), append(names, info.Name+"@"+hook)
 	}
-	var bare float64
-	b.Run("path=bare", func(b *testing.B) {
-		for b.Loop() {
-			rate, err := sandbox.TCPConnectRate(ctx, pair.A, pair.B, pair.AddrB, connectBenchPhase)
-			if err != nil {
-				b.Fatal(err)
-			}
-			bare = rate
-			b.ReportMetric(rate, "conn/s")
-		}
-	})
-	b.Run("path=c2ext", func(b *testing.B) {
-		for b.Loop() {
-			before := programStats(b, progs)
-			rate, err := sandbox.TCPConnectRate(ctx, c.ns, sb.External, sb.Internet4, connectBenchPhase)
-			if err != nil {
-				b.Fatal(err)
-			}
-			conns := max(rate*connectBenchPhase.Seconds(), 1)
-			b.ReportMetric(rate, "conn/s")
-			if bare > 0 {
-				b.ReportMetric(rate/bare, "bare-ratio")
-			}
-			for i, after := range programStats(b, progs) {
-				b.ReportMetric(float64(after.RunCount-before[i].RunCount)/conns, "runs/conn:"+names[i])
-				b.ReportMetric(float64(after.Runtime-before[i].Runtime)/conns, "ns/conn:"+names[i])
-			}
+	bare := rateRun(b, "path=bare", "conn/s", 0, nil, func() (float64, error) {
+		return sandbox.TCPConnectRate(ctx, pair.A, pair.B, pair.AddrB, connectBenchPhase)
+	}, nil)
+	rateRun(b, "path=c2ext", "conn/s", bare, progs, func() (float64, error) {
+		return sandbox.TCPConnectRate(ctx, c.ns, sb.External, sb.Internet4, connectBenchPhase)
+	}, func(b *testing.B, rate float64, runs, runTime []float64) {
+		conns := max(rate*connectBenchPhase.Seconds(), 1)
+		for i, name := range names {
+			b.ReportMetric(runs[i]/conns, "runs/conn:"+name)
+			b.ReportMetric(runTime[i]/conns, "ns/conn:"+name)
 		}
 	})
 }
