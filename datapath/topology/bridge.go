@@ -8,11 +8,16 @@ package topology
 import (
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
 	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // ConflictError reports host state that disagrees with the configuration,
@@ -48,7 +53,13 @@ func EnsureBridge(cfg BridgeConfig) (*netlink.Bridge, error) {
 	if errors.As(err, new(netlink.LinkNotFoundError)) {
 		br, err = createBridge(cfg)
 	} else if err == nil && cfg.PinMAC {
-		err = pinMAC(br)
+		// Only a MAC not pinned yet is set: setting it, even to the
+		// address it has, flushes the node's neighbour entries on the
+		// bridge (NETDEV_CHANGEADDR), so that the node must resolve every
+		// container again. An answer sysfs cannot give pins, as before.
+		if pinned, perr := macPinned(br.Name); perr != nil || !pinned {
+			err = pinMAC(br)
+		}
 	}
 	if err != nil {
 		return nil, err
@@ -132,14 +143,55 @@ func createBridge(cfg BridgeConfig) (*netlink.Bridge, error) {
 // takes the lowest MAC of its ports, so its address (the containers'
 // gateway MAC) would change as containers come and go and every neighbour
 // cache would go stale; once set explicitly, the kernel keeps it. Setting
-// the MAC it already has costs one netlink call and changes nothing else,
-// so a bridge created by someone else is pinned on every gateway ADD, as the
-// reference does.
+// it, even to the MAC it has, makes the kernel flush the node's neighbour
+// entries on the bridge (NETDEV_CHANGEADDR), so a bridge created by someone
+// else is pinned once, by the first gateway ADD that finds it unpinned
+// (macPinned); the reference pins it at every gateway ADD.
 func pinMAC(br *netlink.Bridge) error {
 	if err := netlink.LinkSetHardwareAddr(br, br.HardwareAddr); err != nil {
 		return fmt.Errorf("pin MAC of bridge %q: %w", br.Name, err)
 	}
 	return nil
+}
+
+// netAddrSet is NET_ADDR_SET (linux/netdevice.h): the addr_assign_type of
+// an address set explicitly, which a bridge keeps whatever its ports.
+const netAddrSet = "3"
+
+// macPinned reports whether the bridge name's MAC was set explicitly. Only
+// sysfs shows it (addr_assign_type), and the machine's /sys shows the
+// network namespace it was mounted in, which need not be the caller's (a
+// node in a namespace of its own). So it reads a sysfs of the calling
+// thread's network namespace, made for the purpose and mounted nowhere
+// (fsopen, fsmount: a detached mount, gone with its last descriptor).
+func macPinned(name string) (bool, error) {
+	// sysfs shows the network namespace of the thread that creates it.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	fs, err := unix.Fsopen("sysfs", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return false, fmt.Errorf("open a sysfs: %w", err)
+	}
+	defer unix.Close(fs)
+	if err := unix.FsconfigCreate(fs); err != nil {
+		return false, fmt.Errorf("create a sysfs: %w", err)
+	}
+	mnt, err := unix.Fsmount(fs, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_RDONLY|unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
+	if err != nil {
+		return false, fmt.Errorf("mount a sysfs: %w", err)
+	}
+	defer unix.Close(mnt)
+	fd, err := unix.Openat(mnt, "class/net/"+name+"/addr_assign_type", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, fmt.Errorf("addr_assign_type of bridge %q: %w", name, err)
+	}
+	f := os.NewFile(uintptr(fd), "addr_assign_type")
+	defer f.Close()
+	assignType, err := io.ReadAll(f)
+	if err != nil {
+		return false, fmt.Errorf("addr_assign_type of bridge %q: %w", name, err)
+	}
+	return strings.TrimSpace(string(assignType)) == netAddrSet, nil
 }
 
 // adoptMTU sets the configured MTU on an existing bridge that has no ports.

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -55,6 +56,65 @@ func TestExistingBridgeMACPinned(t *testing.T) {
 	if !reaches(ctrs[3].ns, ctrs[2].ip) {
 		t.Errorf("%s does not reach %s", ctrs[3].id, ctrs[2].ip)
 	}
+}
+
+// TestGatewayADDKeepsNodeNeighbours: a gateway ADD leaves the node's
+// neighbour entries for the containers already on the bridge alone, on a
+// bridge bpfbridge created and on one created beforehand (pinned by the
+// first ADD, as TestExistingBridgeMACPinned checks). Setting the bridge's
+// MAC, even to the one it has, flushes them: the node would then resolve
+// every container it routes for again (masqueraded replies included) after
+// every ADD, a broadcast each, flooded to every port.
+func TestGatewayADDKeepsNodeNeighbours(t *testing.T) {
+	for _, existing := range []bool{false, true} {
+		t.Run(fmt.Sprintf("existing=%v", existing), func(t *testing.T) {
+			sb := sandbox.ForTest(t)
+			const bridge = "br-nbr"
+			if existing {
+				if err := sb.InNode(func() error {
+					return netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridge}})
+				}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			n := newNetwork(t, sb, gatewayConf("nbr", bridge, "10.152.0.0/24", t.TempDir()), bins.PluginDir())
+			first := n.attach("nbr0")
+			if !reaches(sb.Node, first.ip) {
+				t.Fatalf("the node does not reach %s", first.ip)
+			}
+			for i := 1; i <= 2; i++ {
+				if state := nodeNeighbour(t, sb, bridge, first.ip); state == 0 {
+					t.Fatalf("before ADD %d: no neighbour entry for %s on %s", i, first.ip, bridge)
+				}
+				n.attach(fmt.Sprintf("nbr%d", i))
+				if state := nodeNeighbour(t, sb, bridge, first.ip); state == 0 || state&unix.NUD_FAILED != 0 {
+					t.Errorf("after ADD %d: the node's neighbour entry for %s on %s is gone (state %#x)", i, first.ip, bridge, state)
+				}
+			}
+		})
+	}
+}
+
+// nodeNeighbour is the state of the node's neighbour entry for ip on the
+// link name, 0 when there is none.
+func nodeNeighbour(t *testing.T, sb *sandbox.Sandbox, name string, ip netip.Addr) int {
+	t.Helper()
+	return inNode(t, sb, "list neighbours", func() (int, error) {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return 0, err
+		}
+		neighs, err := netlink.NeighList(l.Attrs().Index, netlink.FAMILY_V4)
+		if err != nil {
+			return 0, err
+		}
+		for _, nb := range neighs {
+			if nb.IP.Equal(ip.AsSlice()) {
+				return nb.State, nil
+			}
+		}
+		return 0, nil
+	})
 }
 
 // TestBridgePortsHaveNoIPv6: the host end of every container's veth is a
