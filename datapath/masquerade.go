@@ -192,6 +192,9 @@ func (d *Datapath) uplinkAttached(ifindex int) bool {
 }
 
 // upgradeUplinks moves the masquerading uplinks onto this build's programs.
+// An uplink may have none yet: an ADD killed between recording its uplink
+// and attaching to it leaves it bare, so the qdisc is made sure of too (a
+// no-op where it exists; the filters are replaced atomically).
 func (d *Datapath) upgradeUplinks() error {
 	var (
 		ifindex uint32
@@ -206,7 +209,7 @@ func (d *Datapath) upgradeUplinks() error {
 		if err := d.loadUplinkPrograms(); err != nil {
 			return err
 		}
-		errs = append(errs, replaceLegacy(int(ifindex), d.progs, uplinkHooks))
+		errs = append(errs, d.attachLegacy(int(ifindex), uplinkHooks))
 	}
 	return errors.Join(append(errs, it.Err())...)
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -121,6 +122,39 @@ func TestMasqueradeToExternal(t *testing.T) {
 	if m := mapEntries(t, sb); m["nat_networks"]+m["nat_exclude"] != 0 || m["nat_usage"] > 1 {
 		t.Errorf("after the last DEL: nat_networks %d, nat_exclude %d, nat_usage %d; want 0, 0, at most the total",
 			m["nat_networks"], m["nat_exclude"], m["nat_usage"])
+	}
+}
+
+// TestMasqueradeUpgradeAttachesBareUplink: an ADD killed after recording a
+// masquerading uplink and before attaching to it leaves the uplink bare (no
+// clsact, no programs) while the node's state names it. The next upgrade
+// (`bridge datapath upgrade` here; an ADD, CHECK, DEL or GC of a build
+// with other programs likewise) attaches it rather than failing on the
+// missing qdisc, and the masquerade works again.
+func TestMasqueradeUpgradeAttachesBareUplink(t *testing.T) {
+	sb, n, server := newMasqNetwork(t, 8080)
+	c := n.attach("bare0")
+	if err := sb.InNode(func() error {
+		l, err := netlink.LinkByName(sandbox.NodeUplinkName)
+		if err != nil {
+			return err
+		}
+		return netlink.QdiscDel(&netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index,
+			Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"})
+	}); err != nil {
+		t.Fatalf("strip the uplink: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	out, err := sb.Node.Command(ctx, filepath.Join(bins.PluginDir(), "bridge"), "datapath", "upgrade", "--bpffs", sb.BPFFS).CombinedOutput()
+	if err != nil {
+		t.Fatalf("bridge datapath upgrade with a bare uplink: %v\n%s", err, out)
+	}
+	if in, eg := tcPrograms(t, sb, sandbox.NodeUplinkName, datapath.AttachLegacy); len(in) != 1 || len(eg) != 1 {
+		t.Errorf("uplink programs after the upgrade: ingress %v, egress %v; want one each", in, eg)
+	}
+	if seen, err := whoAmI(t, c, "udp", server); err != nil || seen.Addr() != sb.NodeUplink4.Addr() {
+		t.Errorf("UDP from %s after the upgrade: the outside saw %v (%v), want the uplink address %s", c.ip, seen, err, sb.NodeUplink4.Addr())
 	}
 }
 
