@@ -75,6 +75,10 @@ func (d *Datapath) attachTCX(key EndpointKey, ifindex int) error {
 	return nil
 }
 
+// attachLegacy attaches the programs of hs to ifindex as cls_bpf filters
+// under its clsact qdisc, adding the qdisc where it is missing (a replace of
+// an existing clsact changes nothing). A filter already there is replaced
+// atomically: no packet meets the veth without a program.
 func (d *Datapath) attachLegacy(ifindex int, hs []hook) error {
 	qdisc := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
@@ -83,14 +87,9 @@ func (d *Datapath) attachLegacy(ifindex int, hs []hook) error {
 	if err := netlink.QdiscReplace(qdisc); err != nil {
 		return fmt.Errorf("add clsact qdisc to ifindex %d: %w", ifindex, err)
 	}
-	return replaceLegacy(ifindex, d.progs, hs)
-}
-
-// replaceLegacy installs or atomically replaces bpfbridge's filters.
-func replaceLegacy(ifindex int, progs *program.BpfbridgePrograms, hs []hook) error {
 	for _, h := range hs {
 		f := legacyFilter(ifindex, h)
-		f.Fd = h.prog(progs).FD()
+		f.Fd = h.prog(d.progs).FD()
 		if err := netlink.FilterReplace(f); err != nil {
 			return fmt.Errorf("add cls_bpf filter %s to ifindex %d: %w", h.name, ifindex, err)
 		}
@@ -112,13 +111,15 @@ func legacyFilter(ifindex int, h hook) *netlink.BpfFilter {
 	}
 }
 
-// replacePrograms moves an endpoint's veth onto this build's programs.
+// replacePrograms moves an endpoint's veth onto this build's programs. A
+// legacy veth may have no qdisc yet (its ADD was killed before attaching):
+// attachLegacy makes sure of it, a no-op where it exists.
 func (d *Datapath) replacePrograms(key EndpointKey, m *program.BpfbridgeEndpointMeta) error {
 	if AttachMode(m.Attach) == AttachLegacy {
 		if !d.vethExists(m) {
 			return nil // gone with its container; DEL or GC will clean up
 		}
-		return replaceLegacy(int(m.Ifindex), d.progs, endpointHooks)
+		return d.attachLegacy(int(m.Ifindex), endpointHooks)
 	}
 	for _, h := range endpointHooks {
 		l, err := link.LoadPinnedLink(filepath.Join(d.state.linkDir(key), h.pin), nil)
