@@ -91,10 +91,13 @@ static __always_inline __u32 fast_path_peer(const struct endpoint *ep, const str
  * Netfilter keeps working, by this rule: the fast path carries only the
  * later packets of flows whose start went through the stack, and only as
  * long as the kernel's conntrack does not track them.
- *   - A TCP SYN (SYN-ACKs included) always takes the stack: netfilter sees
- *     and judges every new connection (filter rules, DNAT of a chained
- *     portmap or a Service, anything the operator added), and conntrack, if
- *     anything in the node uses it, starts tracking it there.
+ *   - A TCP connection's SYN always takes the stack: netfilter sees and
+ *     judges every new connection (filter rules, DNAT of a chained portmap
+ *     or a Service, anything the operator added), and conntrack, if
+ *     anything in the node uses it, starts tracking it there. The SYN-ACK
+ *     and the rest, its RST included, may take the fast path: a flow
+ *     conntrack started tracking at the SYN stays in the stack by the
+ *     lookup below, and the others have been judged at the SYN.
  *   - UDP takes the fast path only for masqueraded flows, which the NAT
  *     table holds once their first datagram left through the stack and the
  *     uplink; ICMP, other protocols and fragments always take the stack.
@@ -192,28 +195,27 @@ static __always_inline int fast_path_ct_tracked(struct __sk_buff *skb, const str
 	return opts.error != -ENOENT;
 }
 
-/* Whether pkt is a TCP segment with SYN: a connection's start, which the
- * stack must see (a RST, its end, too). A header we cannot read counts as
- * one. */
-static __always_inline int fast_path_tcp_syn(struct __sk_buff *skb, const struct pkt *pkt)
+/* Whether pkt opens a TCP connection, a SYN without ACK: the segment the
+ * stack must see. A header we cannot read counts as one. */
+static __always_inline int fast_path_tcp_opens(struct __sk_buff *skb, const struct pkt *pkt)
 {
 	__u8 flags;
 
 	if (bpf_skb_load_bytes(skb, pkt->l4_off + 13, &flags, 1))
 		return 1;
-	return flags & (TCP_FLAG_SYN | TCP_FLAG_RST);
+	return (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 }
 
 /* The half of the rule below that pkt alone decides: unfragmented TCP past
- * its SYN (and not its RST), or UDP. It is cheap, so the routed fast path
- * asks it before the FIB: what takes the stack anyway (every connection's
- * SYN and RST, fragments, ICMP) costs no route lookup. */
+ * its SYN, or UDP. It is cheap, so the routed fast path asks it before the
+ * FIB: what takes the stack anyway (every connection's SYN, fragments,
+ * ICMP) costs no route lookup. */
 static __always_inline int fast_path_flow_may(struct __sk_buff *skb, const struct pkt *pkt)
 {
 	if ((pkt->flags & (PKT_F_FRAG | PKT_F_L4)) != PKT_F_L4)
 		return 0;
 	if (pkt->ip_proto == IPPROTO_TCP)
-		return !fast_path_tcp_syn(skb, pkt);
+		return !fast_path_tcp_opens(skb, pkt);
 	return pkt->ip_proto == IPPROTO_UDP;
 }
 

@@ -183,7 +183,7 @@ func withTTL(frame []byte, ttl uint8) []byte {
 // header checksum, recomputed here), and what it leaves to the stack and
 // why.
 func TestRoutedFastPath(t *testing.T) {
-	const ack, syn = 0x10, 0x02
+	const ack, syn, synAck, rst = 0x10, 0x02, 0x12, 0x04
 	type frameFn func(r *routedEnv) []byte
 	tcpTo := func(dstMAC net.HardwareAddr, dst netip.Addr, flags uint8) frameFn {
 		return func(r *routedEnv) []byte {
@@ -203,6 +203,10 @@ func TestRoutedFastPath(t *testing.T) {
 		{"TCP to the outside through the gateway", nil, tcpTo(gwMAC, remote4, ack), verdictRedirect,
 			func(*routedEnv) net.HardwareAddr { return routerMAC }, func(r *routedEnv) net.HardwareAddr { return r.up0MAC }, false},
 		{"a SYN takes the stack (netfilter sees every new connection)", nil, tcpTo(gwMAC, remote4, syn), verdictPass, nil, nil, false},
+		{"a SYN-ACK (a container accepting) takes the fast path", nil, tcpTo(gwMAC, remote4, synAck), verdictRedirect,
+			func(*routedEnv) net.HardwareAddr { return routerMAC }, func(r *routedEnv) net.HardwareAddr { return r.up0MAC }, false},
+		{"a RST takes the fast path", nil, tcpTo(gwMAC, remote4, rst), verdictRedirect,
+			func(*routedEnv) net.HardwareAddr { return routerMAC }, func(r *routedEnv) net.HardwareAddr { return r.up0MAC }, false},
 		{"UDP the masquerade does not hold yet takes the stack", nil, udpOut, verdictPass, nil, nil, false},
 		{"UDP of a masqueraded flow", func(t *testing.T, r *routedEnv) {
 			if v, _ := r.egress(t, udpTo(r.a, remote4, 40001)); v != verdictPass {
@@ -316,7 +320,7 @@ func checkForwarded(t *testing.T, in, out []byte, dmac, smac net.HardwareAddr) {
 // bpf_redirect_peer (its counters and policy applied by uplink_ingress),
 // and what the stack must see takes it.
 func TestRoutedFastPathIn(t *testing.T) {
-	const ack, synAck = 0x10, 0x12
+	const ack, syn, synAck, rst = 0x10, 0x02, 0x12, 0x04
 	cases := []struct {
 		name    string
 		flags   uint8
@@ -325,7 +329,9 @@ func TestRoutedFastPathIn(t *testing.T) {
 		verdict uint32
 	}{
 		{"a reply of a masqueraded connection", ack, 64, false, verdictRedirect},
-		{"a SYN-ACK takes the stack", synAck, 64, false, verdictPass},
+		{"a SYN-ACK (the connection's start went through the stack)", synAck, 64, false, verdictRedirect},
+		{"a RST", rst, 64, false, verdictRedirect},
+		{"a SYN (a simultaneous open) takes the stack", syn, 64, false, verdictPass},
 		{"TTL 1 takes the stack", ack, 1, false, verdictPass},
 		{"a packet the masquerade did not translate takes the stack", ack, 64, true, verdictPass},
 	}

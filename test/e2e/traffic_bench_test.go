@@ -210,7 +210,7 @@ const connectBenchPhase = 3 * time.Second
 // before, and, from the kernel's run-time statistics, each program's runs
 // and nanoseconds per connection, by where it is attached: what of a
 // connection's time is ours, and which packets take which path (a
-// connection's SYN and RST take the stack, its ACK the fast path).
+// connection's SYN takes the stack, the rest the fast path).
 func BenchmarkMasqueradeConnect(b *testing.B) {
 	sb := sandbox.ForTest(b)
 	n := newNetwork(b, sb, masqConf("crr", "br-crr", b.TempDir(), `[[{"subnet": "10.172.0.0/24"}]]`,
