@@ -59,6 +59,7 @@ type options struct {
 	traffic              bool   // run the traffic phases
 	preload              bool   // run `bridge datapath load` before the first ADD of the --plugins set
 	phase                time.Duration
+	rounds               int // turns each traffic phase is cut into
 	outDir               string
 	iperf3               bool
 	publishedAdds        int // ADDs with port mappings and without, each, in the published-ports run
@@ -79,6 +80,7 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.traffic, "traffic", true, "run the traffic phases after the scale phase")
 	fs.BoolVar(&o.preload, "preload", false, "run `bridge datapath load` of the --plugins set on each fresh node before its first ADD, as an install would: cold_add_ms is then the first ADD of an installed node")
 	fs.DurationVar(&o.phase, "duration", 5*time.Second, "length of each traffic phase")
+	fs.IntVar(&o.rounds, "rounds", 5, "rounds each traffic phase is cut into, every set and the bare pair taking a turn in each; a figure is the median of its rounds")
 	fs.StringVar(&o.outDir, "o", "test/results", "output directory for cnibench.{md,json,svg}")
 	fs.BoolVar(&o.iperf3, "iperf3", false, "cross-check the container-to-container TCP stream with iperf3")
 	fs.IntVar(&o.publishedAdds, "published-adds", 20, fmt.Sprintf("ADDs with %d port mappings, and as many without, timed in the published-ports run", publishedMappings))
@@ -115,8 +117,8 @@ func parseFlags(args []string) (options, error) {
 		}
 		o.masquerade = append(o.masquerade, m)
 	}
-	if o.phase <= 0 || o.callTimeout <= 0 || o.maxTime <= 0 || o.publishedAdds <= 0 {
-		return o, errors.New("-duration, -call-timeout, -max-time and -published-adds must be positive")
+	if o.phase <= 0 || o.callTimeout <= 0 || o.maxTime <= 0 || o.publishedAdds <= 0 || o.rounds <= 0 {
+		return o, errors.New("-duration, -rounds, -call-timeout, -max-time and -published-adds must be positive")
 	}
 	if o.compare != "" && o.label == o.compareLabel {
 		return o, errors.New("-label and -compare-label must differ")

@@ -61,7 +61,8 @@ func (b *bench) publishedPhases() []phase {
 			run:         b.publishedAdds,
 			pluginsOnly: true,
 			// About 50 ms per ADD and DEL here.
-			span: func(time.Duration) time.Duration { return time.Duration(b.opts.publishedAdds) * 200 * time.Millisecond }},
+			span:  func(time.Duration) time.Duration { return time.Duration(b.opts.publishedAdds) * 200 * time.Millisecond },
+			whole: true},
 	}
 }
 

@@ -115,14 +115,17 @@ type report struct {
 }
 
 type settings struct {
-	N               []int   `json:"n"`
-	Concurrency     []int   `json:"concurrency"`
-	IPMasq          []bool  `json:"ipmasq"`
-	PhaseSeconds    float64 `json:"phase_seconds"`
-	UDPPayloadBytes int     `json:"udp_payload_bytes"`
-	SandboxPrefix   string  `json:"sandbox_prefix"`
-	ScaleSubnet     string  `json:"scale_subnet"`
-	TrafficSubnet   string  `json:"traffic_subnet"`
+	N            []int   `json:"n"`
+	Concurrency  []int   `json:"concurrency"`
+	IPMasq       []bool  `json:"ipmasq"`
+	PhaseSeconds float64 `json:"phase_seconds"`
+	// PhaseRounds is how many turns each traffic phase is cut into; a
+	// figure is the median of its rounds.
+	PhaseRounds     int    `json:"phase_rounds"`
+	UDPPayloadBytes int    `json:"udp_payload_bytes"`
+	SandboxPrefix   string `json:"sandbox_prefix"`
+	ScaleSubnet     string `json:"scale_subnet"`
+	TrafficSubnet   string `json:"traffic_subnet"`
 	// PublishedAdds is how many ADDs of each kind (with and without port
 	// mappings) the published-ports run times.
 	PublishedAdds int `json:"published_adds"`
@@ -275,7 +278,7 @@ func newReport(o options, plugins []*plugin, prefix string) *report {
 		Started: time.Now().UTC().Truncate(time.Second),
 		Machine: thisMachine(),
 		Settings: settings{
-			N: o.ns, Concurrency: o.concurrency, IPMasq: o.masquerade, PhaseSeconds: o.phase.Seconds(), UDPPayloadBytes: udpPayload,
+			N: o.ns, Concurrency: o.concurrency, IPMasq: o.masquerade, PhaseSeconds: o.phase.Seconds(), PhaseRounds: o.rounds, UDPPayloadBytes: udpPayload,
 			SandboxPrefix: prefix, ScaleSubnet: scaleSubnet, TrafficSubnet: trafficSubnet, PublishedAdds: o.publishedAdds,
 			BareVeth: fmt.Sprintf("two namespaces joined by one veth pair, MTU %d, no plugin: the physical limit, measured in every traffic run", networkMTU),
 		},
@@ -412,9 +415,10 @@ func phaseList(phases map[string]float64) string {
 func (r *report) markdown() string {
 	var b strings.Builder
 	m := r.Machine
-	fmt.Fprintf(&b, "Measured %s on %s: %s, %d CPUs, %.1f GiB, Linux %s, %s; %s; ADD/DEL concurrency %s, traffic phases of %gs.\n\n",
+	fmt.Fprintf(&b, "Measured %s on %s: %s, %d CPUs, %.1f GiB, Linux %s, %s; %s; ADD/DEL concurrency %s, traffic phases of %gs in %d rounds (each figure the median of its rounds).\n\n",
 		r.Started.Format("2006-01-02"), m.Hostname, m.CPUModel, m.CPUs, m.MemoryGiB, m.Kernel, m.Go,
-		strings.Join(r.labels(), " vs "), strings.Trim(fmt.Sprint(r.Settings.Concurrency), "[]"), r.Settings.PhaseSeconds)
+		strings.Join(r.labels(), " vs "), strings.Trim(fmt.Sprint(r.Settings.Concurrency), "[]"), r.Settings.PhaseSeconds,
+		r.Settings.PhaseRounds)
 	if r.RatioMeaning != "" {
 		fmt.Fprintf(&b, "Cells are %s (**ratio**). Ratio = %s\n\n", strings.Join(r.labels(), " / "), r.RatioMeaning)
 	}

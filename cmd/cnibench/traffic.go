@@ -77,6 +77,10 @@ type phase struct {
 	// pluginsOnly phases measure the plugin, not a path: the bare pair
 	// skips them.
 	pluginsOnly bool
+	// whole phases run once, for the whole phase length, instead of in
+	// rounds (-rounds): they take their own turns (the iperf3 cross-check)
+	// or time calls rather than a path.
+	whole bool
 }
 
 func (b *bench) phases(masq bool) []phase {
@@ -93,7 +97,7 @@ func (b *bench) phases(masq bool) []phase {
 			}, span: func(d time.Duration) time.Duration {
 				rounds, round := crossCheckPlan(d)
 				return 2 * time.Duration(rounds) * round
-			}})
+			}, whole: true})
 	}
 	return append(ps,
 		streamPhase("TCP stream container→external", "tcp_stream_ext_gbps", ext),
@@ -206,41 +210,8 @@ func (b *bench) trafficRun(masq, published bool, phases []phase, metrics []metri
 	}
 	pt.Run = mode
 	for _, ph := range phases {
-		for _, e := range envs {
-			figs := pt.Bare
-			if e.plugin != nil {
-				figs = pt.Plugins[e.plugin.Label]
-			} else if ph.pluginsOnly {
-				continue
-			}
-			if e.failed != nil {
-				// Still run no phase, but name every figure it would have
-				// had, so that the JSON has the same shape for both sets.
-				for _, name := range ph.figures {
-					figs[name] = *e.failed
-				}
-				continue
-			}
-			span := b.opts.phase
-			if ph.span != nil {
-				span = ph.span(span)
-			}
-			stop := b.progress.timed(fmt.Sprintf("%s, %s: %s", e.label, mode, ph.name), span)
-			values, err := ph.run(b.ctx, e, b.opts.phase)
-			stop()
-			if b.ctx.Err() != nil {
-				return pt, b.ctx.Err()
-			}
-			for name, v := range values {
-				if err != nil {
-					figs[name] = figure{Error: err.Error()}
-				} else {
-					figs[name] = figure{Value: &v}
-				}
-			}
-			if err != nil {
-				b.progress.logf("%s, %s: %s: %v", e.label, mode, ph.name, err)
-			}
+		if err := b.runPhase(ph, mode, envs, pt); err != nil {
+			return pt, err
 		}
 	}
 	pt.Ratios = ratios(metrics, b.plugins, func(label string) map[string]float64 { return values(pt.Plugins[label]) })
@@ -249,6 +220,77 @@ func (b *bench) trafficRun(masq, published bool, phases []phase, metrics []metri
 		pt.BareRatios[p.Label] = divide(metrics, values(pt.Plugins[p.Label]), values(pt.Bare))
 	}
 	return pt, nil
+}
+
+// runPhase runs ph on every env in turn, in b.opts.rounds rounds that add
+// up to the phase length (one for a whole phase), and records each figure
+// as the median of its rounds in pt: short turns spread a shared machine's
+// drift over every set alike, where one long turn each lets it fall on
+// whichever set runs at the time. A failed round fails the env's figures of
+// the phase, and its remaining rounds are skipped. Only the context's end
+// is an error.
+func (b *bench) runPhase(ph phase, mode string, envs []*trafficEnv, pt trafficPoint) error {
+	rounds := b.opts.rounds
+	if ph.whole {
+		rounds = 1
+	}
+	length := b.opts.phase / time.Duration(rounds)
+	span := length
+	if ph.span != nil {
+		span = ph.span(length)
+	}
+	samples := make([]map[string][]float64, len(envs))
+	failed := make([]error, len(envs))
+	for round := range rounds {
+		for i, e := range envs {
+			if failed[i] != nil || e.failed != nil || (e.plugin == nil && ph.pluginsOnly) {
+				continue
+			}
+			label := fmt.Sprintf("%s, %s: %s", e.label, mode, ph.name)
+			if rounds > 1 {
+				label += fmt.Sprintf(" (round %d/%d)", round+1, rounds)
+			}
+			stop := b.progress.timed(label, span)
+			values, err := ph.run(b.ctx, e, length)
+			stop()
+			if b.ctx.Err() != nil {
+				return b.ctx.Err()
+			}
+			if err != nil {
+				failed[i] = err
+				b.progress.logf("%s: %v", label, err)
+				continue
+			}
+			if samples[i] == nil {
+				samples[i] = map[string][]float64{}
+			}
+			for name, v := range values {
+				samples[i][name] = append(samples[i][name], v)
+			}
+		}
+	}
+	for i, e := range envs {
+		figs := pt.Bare
+		if e.plugin != nil {
+			figs = pt.Plugins[e.plugin.Label]
+		} else if ph.pluginsOnly {
+			continue
+		}
+		for _, name := range ph.figures {
+			switch {
+			case e.failed != nil:
+				// No phase ran, but every figure it would have had is
+				// named, so that the JSON has the same shape for both sets.
+				figs[name] = *e.failed
+			case failed[i] != nil:
+				figs[name] = figure{Error: failed[i].Error()}
+			case len(samples[i][name]) > 0:
+				v := median(samples[i][name])
+				figs[name] = figure{Value: &v}
+			}
+		}
+	}
+	return nil
 }
 
 // newTrafficEnv builds plugin set p's traffic node and attaches c0 and c1

@@ -27,7 +27,7 @@ func TestCnibench(t *testing.T) {
 	}
 	out, tmp := t.TempDir(), t.TempDir()
 	args := []string{"--plugins", bins.PluginDir(), "--compare", bins.ReferencePluginDir(),
-		"-n", "1,5", "--concurrency", "2", "--duration", "1s", "--published-adds", "3", "-o", out}
+		"-n", "1,5", "--concurrency", "2", "--duration", "1s", "--rounds", "2", "--published-adds", "3", "-o", out}
 	_, iperfErr := exec.LookPath("iperf3")
 	if iperfErr == nil {
 		args = append(args, "--iperf3")
@@ -44,6 +44,7 @@ func TestCnibench(t *testing.T) {
 	var rep struct {
 		Settings struct {
 			SandboxPrefix string `json:"sandbox_prefix"`
+			PhaseRounds   int    `json:"phase_rounds"`
 		} `json:"settings"`
 		Metrics map[string]struct {
 			Better string `json:"better"`
@@ -74,6 +75,9 @@ func TestCnibench(t *testing.T) {
 		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s missing or empty: %v", f, err)
 		}
+	}
+	if rep.Settings.PhaseRounds != 2 {
+		t.Errorf("phase_rounds %d, want the 2 asked for", rep.Settings.PhaseRounds)
 	}
 	plugins := []string{"bpfbridge", "reference"}
 
