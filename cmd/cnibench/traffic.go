@@ -226,9 +226,9 @@ func (b *bench) trafficRun(masq, published bool, phases []phase, metrics []metri
 // up to the phase length (one for a whole phase), each round starting with
 // the next env, and records each figure as the median of its rounds in pt:
 // short turns spread a shared machine's drift over every set alike, where
-// one long turn each lets it fall on whichever set runs at the time. A failed round fails the env's figures of
-// the phase, and its remaining rounds are skipped. Only the context's end
-// is an error.
+// one long turn each lets it fall on whichever set runs at the time. A
+// failed round fails the env's figures of the phase, and its remaining
+// rounds are skipped. Only the context's end is an error.
 func (b *bench) runPhase(ph phase, mode string, envs []*trafficEnv, pt trafficPoint) error {
 	rounds := b.opts.rounds
 	if ph.whole {
@@ -243,9 +243,10 @@ func (b *bench) runPhase(ph phase, mode string, envs []*trafficEnv, pt trafficPo
 	failed := make([]error, len(envs))
 	for round := range rounds {
 		for k := range envs {
-			// Each round starts with the next set: the one that runs
-			// first in a round measured up to 10% apart from the same
-			// build second (masquerade's new connections).
+			// Each round starts with the next set: the order counts
+			// (two builds measured 0.84x and 1.09x each other's new
+			// connections through masquerade, as one or the other ran
+			// first).
 			i := (k + round) % len(envs)
 			e := envs[i]
 			if failed[i] != nil || e.failed != nil || (e.plugin == nil && ph.pluginsOnly) {
