@@ -149,13 +149,17 @@ func (d *Datapath) loadFromSpec(pins []pin[ebpf.Program]) error {
 		return fmt.Errorf("read embedded programs: %w", err)
 	}
 	spec := embedded.Copy()
-	// The kernel's BTF is decoded (unless Prefetch started it earlier)
-	// while the kernel creates the maps: one is Go's CPU time, the other
-	// the kernel's, and both are needed before the first program loads.
+	// Where the programs' kernel functions are not all in vmlinux, the
+	// loader needs the kernel's BTF decoded (see kfunc.go): that is done
+	// while the kernel creates the maps, one being Go's CPU time, the other
+	// the kernel's.
+	var types *btf.Cache
 	decoded := make(chan struct{})
 	go func() {
 		defer close(decoded)
-		kernelTypes()
+		if !resolveKfuncs(spec) {
+			types = kernelTypes()
+		}
 	}()
 	err = d.loadMaps(spec)
 	<-decoded
@@ -172,7 +176,7 @@ func (d *Datapath) loadFromSpec(pins []pin[ebpf.Program]) error {
 		only := spec.Copy()
 		only.Programs = map[string]*ebpf.ProgramSpec{p.name: only.Programs[p.name]}
 		wg.Go(func() {
-			coll, err := d.newCollection(only, kernelTypes())
+			coll, err := d.newCollection(only, types)
 			if err != nil {
 				errs[i] = err
 				return
@@ -201,10 +205,10 @@ func (d *Datapath) loadFromSpec(pins []pin[ebpf.Program]) error {
 var embeddedSpec = sync.OnceValues(program.LoadSpec)
 
 // kernelTypes is the kernel's BTF as the program loads of this process share
-// it, decoded once with the types of the kfuncs the programs call: resolving
-// them is what needs it, and the fast path's conntrack lookup pulls in much
-// of the kernel's networking types (≈ 20 ms of CPU here, a third of a fresh
-// node's first ADD). Errors are left to the loads, which meet them again.
+// it, decoded once with the types of the kfuncs the programs call, for
+// kernels where resolveKfuncs cannot resolve them: the fast path's
+// conntrack lookup pulls in much of the kernel's networking types (50–75 ms
+// of CPU here). Errors are left to the loads, which meet them again.
 var kernelTypes = sync.OnceValue(func() *btf.Cache {
 	cache := btf.NewCache()
 	spec, err := embeddedSpec()
@@ -228,7 +232,8 @@ var kernelTypes = sync.OnceValue(func() *btf.Cache {
 
 // Prefetch starts, in the background, the part of loading this build's
 // programs that needs nothing of the node: parsing the embedded collection
-// and decoding the kernel's BTF. ADD calls it first, so that on a node that
+// and finding the kernel functions it calls in the kernel's BTF (see
+// kfunc.go). ADD calls it first, so that on a node that
 // does not have this build's programs yet that work runs beside the bridge,
 // veth and address setup; where they are pinned it does nothing.
 func Prefetch(opts Options) {
@@ -241,7 +246,11 @@ func Prefetch(opts Options) {
 	for _, g := range groupsFor(opts.Masquerade) {
 		for _, p := range g(&program.BpfbridgePrograms{}) {
 			if _, err := os.Stat(filepath.Join(dir, p.name)); err != nil {
-				go kernelTypes()
+				go func() {
+					if kfuncIDs() == nil {
+						kernelTypes()
+					}
+				}()
 				return
 			}
 		}
