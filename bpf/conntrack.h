@@ -27,6 +27,8 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 
+#include "parse.h"
+
 /* nat_entry.state (one byte, as stored there). TCP is tracked just enough
  * to pick a timeout; the endpoints do the real state keeping. */
 enum __attribute__((packed)) ct_state {
@@ -82,7 +84,7 @@ struct {
  * nat_in too, where it is the NAT identifier). Padding must be zero: it is
  * hashed with the rest. */
 struct nat_tuple {
-	__u8 src[16];
+	__u8 src[16] ADDR_ALIGNED;
 	__u8 dst[16];
 	__be16 sport;
 	__be16 dport;

@@ -90,7 +90,7 @@ struct {
 struct ip_key {
 	__u8 family; /* 4 or 6 */
 	__u8 pad[3];
-	__u8 addr[16]; /* IPv4 in the first 4 bytes, rest zero */
+	__u8 addr[16] ADDR_ALIGNED; /* IPv4 in the first 4 bytes, rest zero */
 };
 
 struct ip_owner {
@@ -119,7 +119,7 @@ static __always_inline const struct ip_owner *ip_owner_lookup(__u8 family, const
 	if (family == 4)
 		__builtin_memcpy(key.addr, &addr->v4, 4);
 	else
-		__builtin_memcpy(key.addr, addr->b, 16);
+		addr_copy(key.addr, addr->b);
 	return bpf_map_lookup_elem(&ip_owners, &key);
 }
 

@@ -181,8 +181,8 @@ static __always_inline int fast_path_ct_tracked(struct __sk_buff *skb, const str
 		t.ipv4.dport = bpf_htons(pkt->dport);
 		sz = sizeof(t.ipv4);
 	} else {
-		__builtin_memcpy(t.ipv6.saddr, pkt->saddr.b, 16);
-		__builtin_memcpy(t.ipv6.daddr, pkt->daddr.b, 16);
+		addr_copy(t.ipv6.saddr, pkt->saddr.b);
+		addr_copy(t.ipv6.daddr, pkt->daddr.b);
 		t.ipv6.sport = bpf_htons(pkt->sport);
 		t.ipv6.dport = bpf_htons(pkt->dport);
 		sz = sizeof(t.ipv6);
@@ -288,8 +288,8 @@ __subprog int fast_path_fib(struct __sk_buff *skb, const struct pkt *pkt __arg_n
 		fib->ipv4_dst = pkt->daddr.v4;
 	} else {
 		fib->family = AF_INET6;
-		__builtin_memcpy(fib->ipv6_src, pkt->saddr.b, 16);
-		__builtin_memcpy(fib->ipv6_dst, pkt->daddr.b, 16);
+		addr_copy(fib->ipv6_src, pkt->saddr.b);
+		addr_copy(fib->ipv6_dst, pkt->daddr.b);
 	}
 	rc = bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
@@ -541,7 +541,7 @@ __subprog int fast_path_route_out(struct __sk_buff *skb, struct pkt *pkt __arg_n
 			s.nh->ipv4_nh = s.fib->ipv4_dst;
 		} else {
 			s.nh->nh_family = AF_INET6;
-			__builtin_memcpy(s.nh->ipv6_nh, s.fib->ipv6_dst, 16);
+			addr_copy(s.nh->ipv6_nh, s.fib->ipv6_dst);
 		}
 		return bpf_redirect_neigh(s.fib->ifindex, s.nh, sizeof(*s.nh), 0);
 	}

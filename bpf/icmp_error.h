@@ -101,8 +101,8 @@ static __always_inline int icmp_quote_ip(struct __sk_buff *skb, const struct pkt
 			return 0;
 		if (ip6.version != 6)
 			return 0;
-		__builtin_memcpy(q->saddr.b, &ip6.saddr, 16);
-		__builtin_memcpy(q->daddr.b, &ip6.daddr, 16);
+		addr_copy(q->saddr.b, &ip6.saddr);
+		addr_copy(q->daddr.b, &ip6.daddr);
 		q->saddr_off = off + offsetof(struct ipv6hdr, saddr);
 		q->daddr_off = off + offsetof(struct ipv6hdr, daddr);
 		q->check_off = 0;
@@ -223,7 +223,7 @@ __subprog int icmp_error_nat(struct __sk_buff *skb, __u32 dir)
 		return 0;
 	/* An error neither refreshes the flow nor changes its state: a
 	 * stream of errors must not keep a dead flow alive. */
-	__builtin_memcpy(s->to.b, e->addr, 16);
+	addr_copy(s->to.b, e->addr);
 	to_port = e->port;
 	if (addr16_equal(s->from.b, s->to.b) && from_port == to_port)
 		return 1; /* the node's own flow, as it is */

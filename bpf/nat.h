@@ -342,7 +342,7 @@ static __always_inline struct pkt *uplink_pkt(void)
  * address's next holder) and reclaim it as any expired pair. An address
  * without entry is of generation 0. */
 struct nat_gen_key {
-	__u8 addr[16]; /* IPv4 in the first 4 bytes */
+	__u8 addr[16] ADDR_ALIGNED; /* IPv4 in the first 4 bytes */
 	__u8 family;
 	__u8 pad[3];
 };
@@ -374,7 +374,7 @@ static __always_inline __u8 nat_gen_of(__u8 family, const __u8 *addr)
 	k = bpf_map_lookup_elem(&nat_gen_scratch, &zero);
 	if (!k)
 		return 0;
-	__builtin_memcpy(k->addr, addr, 16);
+	addr_copy(k->addr, addr);
 	k->family = family;
 	g = bpf_map_lookup_elem(&nat_gen, k);
 	return g ? (__u8)(*g & CT_GEN_MASK) : 0;
@@ -413,8 +413,8 @@ static __always_inline void nat_tuple_init(struct nat_tuple *t, const union addr
 					   const union addr *dst, __be16 sport, __be16 dport,
 					   __u8 proto, __u8 family)
 {
-	__builtin_memcpy(t->src, src->b, 16);
-	__builtin_memcpy(t->dst, dst->b, 16);
+	addr_copy(t->src, src->b);
+	addr_copy(t->dst, dst->b);
 	nat_tuple_ports(t, sport, dport, proto, family);
 }
 
@@ -574,7 +574,7 @@ static __always_inline int nat_excluded(__u32 network, const struct pkt *pkt)
 	key.prefixlen = 64 + (pkt->family == 4 ? 32 : 128);
 	key.network = network;
 	key.family = pkt->family;
-	__builtin_memcpy(key.addr, pkt->daddr.b, 16);
+	addr_copy(key.addr, pkt->daddr.b);
 	return bpf_map_lookup_elem(&nat_exclude, &key) != NULL;
 }
 
@@ -586,8 +586,8 @@ static __always_inline void nat_in_key(struct nat_tuple *it, const struct nat_tu
 {
 	int echo = nat_proto_is_echo(ot->proto);
 
-	__builtin_memcpy(it->src, ot->dst, 16);
-	__builtin_memcpy(it->dst, nat_addr, 16);
+	addr_copy(it->src, ot->dst);
+	addr_copy(it->dst, nat_addr);
 	nat_tuple_ports(it, echo ? nat_port : ot->dport, echo ? 0 : nat_port, ot->proto, ot->family);
 }
 
@@ -598,8 +598,8 @@ static __always_inline void nat_out_key(struct nat_tuple *ot, const struct nat_t
 {
 	__be16 remote_port = nat_proto_is_echo(it->proto) ? 0 : it->sport;
 
-	__builtin_memcpy(ot->dst, it->src, 16);
-	__builtin_memcpy(ot->src, in->addr, 16);
+	addr_copy(ot->dst, it->src);
+	addr_copy(ot->src, in->addr);
 	/* proto and family are the same in both halves. */
 	nat_tuple_ports(ot, in->port, remote_port, it->proto, it->family);
 }
@@ -897,7 +897,7 @@ __subprog int nat_create(__u32 uplink, __u32 state, __u32 addr_only, __u32 gen)
 		start = nat_hash(&s->ot) % range;
 
 	/* v is the nat_in value while claiming, the nat_out value after. */
-	__builtin_memcpy(s->v.addr, s->ot.src, 16);
+	addr_copy(s->v.addr, s->ot.src);
 	s->v.port = s->ot.sport;
 	s->v.state = (__u8)state;
 	s->v.uplink = uplink;
@@ -929,7 +929,7 @@ __subprog int nat_create(__u32 uplink, __u32 state, __u32 addr_only, __u32 gen)
 		return NAT_EXHAUSTED; /* another CPU took it */
 
 claimed:
-	__builtin_memcpy(s->v.addr, s->nat_addr.b, 16);
+	addr_copy(s->v.addr, s->nat_addr.b);
 	s->v.port = port;
 	ret = bpf_map_update_elem(&nat_out, &s->ot, &s->v, BPF_NOEXIST);
 	if (!ret)
@@ -1041,7 +1041,7 @@ static __always_inline int nat_uplink_addr(const struct nat_uplink *up, __u8 fam
 	}
 	if (!up->has_ipv6)
 		return 0;
-	__builtin_memcpy(addr->b, up->ipv6, 16);
+	addr_copy(addr->b, up->ipv6);
 	return 1;
 }
 
@@ -1119,7 +1119,7 @@ struct nat_frag_key {
 };
 
 struct nat_frag {
-	__u8 addr[16]; /* the address the fragments get */
+	__u8 addr[16] ADDR_ALIGNED; /* the address the fragments get */
 };
 
 struct {
@@ -1132,8 +1132,8 @@ struct {
 
 static __always_inline void nat_frag_key_of(struct nat_frag_key *k, const struct pkt *pkt, __u8 dir)
 {
-	__builtin_memcpy(k->src, pkt->saddr.b, 16);
-	__builtin_memcpy(k->dst, pkt->daddr.b, 16);
+	addr_copy(k->src, pkt->saddr.b);
+	addr_copy(k->dst, pkt->daddr.b);
 	k->id = pkt->frag_id;
 	k->proto = pkt->ip_proto;
 	k->family = pkt->family;
@@ -1151,7 +1151,7 @@ __subprog int nat_frag_record(const struct pkt *pkt __arg_nonnull, __u8 dir, con
 	if (!(pkt->flags & PKT_F_FRAG))
 		return 0;
 	nat_frag_key_of(&k, pkt, dir);
-	__builtin_memcpy(v.addr, addr->b, 16);
+	addr_copy(v.addr, addr->b);
 	bpf_map_update_elem(&nat_frags, &k, &v, BPF_ANY);
 	return 0;
 }
@@ -1171,7 +1171,7 @@ __subprog int nat_frag_translate(struct __sk_buff *skb, const struct pkt *pkt __
 	f = bpf_map_lookup_elem(&nat_frags, &k);
 	if (!f)
 		return 0;
-	__builtin_memcpy(to.b, f->addr, 16);
+	addr_copy(to.b, f->addr);
 	if (dir == FRAG_EGRESS)
 		return nat_rewrite_src(skb, pkt, &none, &to, 0) ? -1 : 1;
 	return nat_rewrite_dst(skb, pkt, &none, &to, 0) ? -1 : 1;
@@ -1358,7 +1358,7 @@ static __always_inline __u8 rnat_ingress(struct __sk_buff *skb, const struct pkt
 			ct_touch(out, state, now, 0);
 	}
 
-	__builtin_memcpy(orig.b, in->addr, 16);
+	addr_copy(orig.b, in->addr);
 	orig_port = in->port;
 	/* The NAT port is the destination port, or the echo identifier. */
 	if (nat_rewrite_dst(skb, pkt, &l4, &orig, orig_port))

@@ -77,7 +77,7 @@ struct portmap_key {
 	__u8 family; /* 4 or 6 */
 	__u8 proto;  /* IPPROTO_TCP, IPPROTO_UDP */
 	__be16 port; /* the host port */
-	__u8 addr[16];
+	__u8 addr[16] ADDR_ALIGNED;
 };
 
 struct portmap_value {
@@ -159,7 +159,7 @@ struct portmap_sock_key {
 };
 
 struct portmap_sock_orig {
-	__u8 addr[16]; /* what the socket sent to */
+	__u8 addr[16] ADDR_ALIGNED; /* what the socket sent to */
 	__be16 port;
 	__u8 pad[2];
 };
@@ -203,7 +203,7 @@ static __always_inline int portmap_is_node_addr(__u8 family, const union addr *a
 
 	__builtin_memset(&key, 0, sizeof(key));
 	key.family = family;
-	__builtin_memcpy(key.addr, a->b, 16);
+	addr_copy(key.addr, a->b);
 	return bpf_map_lookup_elem(&portmap_node_addrs, &key) != NULL;
 }
 
@@ -226,7 +226,7 @@ static __always_inline struct portmap_value *portmap_find(struct portmap_key *k,
 	k->family = family;
 	k->proto = proto;
 	k->port = port;
-	__builtin_memcpy(k->addr, daddr->b, 16);
+	addr_copy(k->addr, daddr->b);
 	m = bpf_map_lookup_elem(&port_maps, k);
 	if (m || !(any_ok || portmap_is_node_addr(family, daddr)))
 		return m;
@@ -275,11 +275,11 @@ static __always_inline struct portmap_scratch *portmap_scratch_for(const struct 
 static __always_inline __u8 portmap_pair_create(struct portmap_scratch *s, const struct portmap_value *m,
 					   const union addr *host, __be16 host_port)
 {
-	__builtin_memcpy(s->v.addr, m->addr, 16);
+	addr_copy(s->v.addr, m->addr);
 	s->v.port = m->port;
 	if (bpf_map_update_elem(&nat_in, &s->it, &s->v, BPF_ANY))
 		return DROP_NAT_EXHAUSTED;
-	__builtin_memcpy(s->v.addr, host->b, 16);
+	addr_copy(s->v.addr, host->b);
 	s->v.port = host_port;
 	if (bpf_map_update_elem(&nat_out, &s->ot, &s->v, BPF_ANY)) {
 		bpf_map_delete_elem(&nat_in, &s->it);
@@ -317,7 +317,7 @@ __subprog int portmap_dnat(struct __sk_buff *skb, const struct pkt *pkt __arg_no
 		return -DROP_MALFORMED;
 
 	hairpin = from_ifindex && from_ifindex == m->ifindex && !addr16_zero(m->hairpin_src);
-	__builtin_memcpy(s->src.b, hairpin ? m->hairpin_src : pkt->saddr.b, 16);
+	addr_copy(s->src.b, hairpin ? m->hairpin_src : pkt->saddr.b);
 	mark = PORTMAP_FLOW_F | (hairpin ? PORTMAP_HAIRPIN_F : 0) | (m->ifindex & PORTMAP_IFINDEX_MASK);
 	nat_tuple_init(&s->it, &s->src, &pkt->daddr, s->l4.sport, s->l4.dport, pkt->ip_proto, pkt->family);
 
@@ -359,7 +359,7 @@ __subprog int portmap_dnat(struct __sk_buff *skb, const struct pkt *pkt __arg_no
 	}
 	__sync_fetch_and_add(&m->packets, 1);
 
-	__builtin_memcpy(s->to.b, m->addr, 16);
+	addr_copy(s->to.b, m->addr);
 	if (nat_rewrite_dst(skb, pkt, &s->l4, &s->to, m->port))
 		return -DROP_MALFORMED;
 	if (!hairpin)
@@ -404,12 +404,12 @@ __subprog int portmap_reverse(struct __sk_buff *skb, const struct pkt *pkt __arg
 	if (in && nat_in_belongs(in, &s->ot))
 		ct_touch(in, state, now, 0);
 
-	__builtin_memcpy(s->to.b, out->addr, 16);
+	addr_copy(s->to.b, out->addr);
 	if (nat_rewrite_src(skb, pkt, &s->l4, &s->to, out->port))
 		return -DROP_MALFORMED;
 	if (!(out->uplink & PORTMAP_HAIRPIN_F))
 		return PORTMAP_DONE;
-	__builtin_memcpy(s->to.b, s->ot.src, 16);
+	addr_copy(s->to.b, s->ot.src);
 	if (nat_rewrite_dst(skb, pkt, &s->l4, &s->to, s->l4.dport))
 		return -DROP_MALFORMED;
 	return PORTMAP_HAIRPIN;
@@ -578,7 +578,7 @@ static __always_inline void portmap_sock_write(struct bpf_sock_addr *ctx, __u8 f
 {
 	union addr a;
 
-	__builtin_memcpy(a.b, b, 16);
+	addr_copy(a.b, b);
 	if (family == 4) {
 		ctx->user_ip4 = a.v4;
 	} else {
@@ -609,10 +609,10 @@ static __always_inline void portmap_sock_connect(struct bpf_sock_addr *ctx, __u8
 	if (!m)
 		return;
 	rk.cookie = bpf_get_socket_cookie(ctx);
-	__builtin_memcpy(rk.addr, m->addr, 16);
+	addr_copy(rk.addr, m->addr);
 	rk.port = m->port;
 	rk.family = family;
-	__builtin_memcpy(orig.addr, dst.b, 16);
+	addr_copy(orig.addr, dst.b);
 	orig.port = port;
 	bpf_map_update_elem(&portmap_sock_rev, &rk, &orig, BPF_ANY);
 	portmap_sock_write(ctx, family, m->addr, m->port);
@@ -631,7 +631,7 @@ static __always_inline void portmap_sock_peer(struct bpf_sock_addr *ctx, __u8 fa
 		return;
 	portmap_sock_read(ctx, family, &src);
 	rk.cookie = bpf_get_socket_cookie(ctx);
-	__builtin_memcpy(rk.addr, src.b, 16);
+	addr_copy(rk.addr, src.b);
 	rk.port = (__be16)ctx->user_port;
 	rk.family = family;
 	orig = bpf_map_lookup_elem(&portmap_sock_rev, &rk);
