@@ -263,9 +263,23 @@ func Prefetch(opts Options) {
 // 2^19 entries take 3 to 7 ms each), and the two CPUs halve that. The
 // maps that are not pinned (the programs' global variables) are each
 // program's own, created with its collection.
+//
+// The endpoint records (endpoint_meta) come last, once every other map is
+// pinned: DEL and GC open a node's state by them (OpenExisting, which
+// completes a set that lacks one of its maps), and a first ADD killed
+// while it creates the maps must not leave them a set that has its
+// records but lacks a map they go on to open (TestStorm kills ADDs).
 func (d *Datapath) loadMaps(spec *ebpf.CollectionSpec) error {
 	if err := os.MkdirAll(d.state.mapsDir(), 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", d.state.mapsDir(), err)
+	}
+	create := func(name string, m *ebpf.MapSpec) error {
+		only := &ebpf.CollectionSpec{Maps: map[string]*ebpf.MapSpec{name: m.Copy()}, Types: spec.Types, ByteOrder: spec.ByteOrder}
+		coll, err := d.newCollection(only, nil)
+		if err == nil {
+			coll.Close() // the pin stays
+		}
+		return err
 	}
 	var (
 		wg   sync.WaitGroup
@@ -273,22 +287,21 @@ func (d *Datapath) loadMaps(spec *ebpf.CollectionSpec) error {
 		errs []error
 	)
 	for name, m := range spec.Maps {
-		if m.Pinning != ebpf.PinByName {
+		if m.Pinning != ebpf.PinByName || name == program.BpfbridgeMapEndpointMeta {
 			continue
 		}
-		only := &ebpf.CollectionSpec{Maps: map[string]*ebpf.MapSpec{name: m.Copy()}, Types: spec.Types, ByteOrder: spec.ByteOrder}
 		wg.Go(func() {
-			coll, err := d.newCollection(only, nil)
-			if err == nil {
-				coll.Close() // the pin stays
-			}
+			err := create(name, m)
 			mu.Lock()
 			errs = append(errs, err)
 			mu.Unlock()
 		})
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return create(program.BpfbridgeMapEndpointMeta, spec.Maps[program.BpfbridgeMapEndpointMeta])
 }
 
 // newCollection loads spec with its maps pinned in the node's maps
