@@ -304,7 +304,7 @@ __subprog int portmap_dnat(struct __sk_buff *skb, const struct pkt *pkt __arg_no
 	__u32 mark;
 	__u8 state, reason;
 	__u64 now;
-	int hairpin;
+	int hairpin, live;
 
 	s = portmap_scratch_for(pkt);
 	if (!s)
@@ -324,10 +324,10 @@ __subprog int portmap_dnat(struct __sk_buff *skb, const struct pkt *pkt __arg_no
 	cfg = nat_config_get();
 	now = bpf_ktime_get_ns();
 	in = bpf_map_lookup_elem(&nat_in, &s->it);
-	if (in && !ct_expired(in, cfg, now) && !nat_stale(in, pkt->family, in->addr) && !portmap_flow(in))
+	live = in && !ct_expired(in, cfg, now) && !nat_stale(in, pkt->family, in->addr);
+	if (live && !portmap_flow(in))
 		return PORTMAP_NONE;
-	if (in && !ct_expired(in, cfg, now) && !nat_stale(in, pkt->family, in->addr) &&
-	    portmap_pair_current(in, m, mark)) {
+	if (live && portmap_pair_current(in, m, mark)) {
 		state = ct_next_state(in->state, pkt->ip_proto, s->l4.tcp_flags, 1, 0);
 		ct_touch(in, state, now, skb->len);
 		nat_out_key(&s->ot, &s->it, in);
