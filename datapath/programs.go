@@ -219,13 +219,9 @@ var kernelTypes = sync.OnceValue(func() *btf.Cache {
 	if err != nil {
 		return cache
 	}
-	for _, p := range spec.Programs {
-		for _, ins := range p.Instructions {
-			if ins.IsKfuncCall() {
-				var fn *btf.Func
-				_ = kernel.TypeByName(ins.Reference(), &fn)
-			}
-		}
+	for name := range kfuncNames(spec) {
+		var fn *btf.Func
+		_ = kernel.TypeByName(name, &fn)
 	}
 	return cache
 })
