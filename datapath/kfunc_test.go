@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"bytes"
 	"os"
 	"testing"
 
@@ -9,11 +10,20 @@ import (
 
 // The walk of the raw BTF must find the IDs cilium/ebpf's full decoder
 // finds: for the programs' kernel functions and for functions spread over
-// the whole type section, so that a miscounted record kind shows.
+// the whole type section, so that a miscounted record kind shows. It walks
+// the BTF as ADD maps it, which must be the file's bytes.
 func TestBTFFuncIDsMatchTheDecoder(t *testing.T) {
-	raw, err := os.ReadFile(vmlinuxBTF)
+	read, err := os.ReadFile(vmlinuxBTF)
 	if err != nil {
 		t.Skipf("no kernel BTF: %v", err)
+	}
+	raw, release, err := readVmlinuxBTF()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if !bytes.Equal(raw, read) {
+		t.Fatalf("readVmlinuxBTF: %d bytes unlike the file's %d", len(raw), len(read))
 	}
 	spec, err := embeddedSpec()
 	if err != nil {

@@ -253,12 +253,15 @@ func Prefetch(opts Options) {
 	}
 }
 
-// loadMaps creates the collection's pinned maps that do not exist yet,
-// each in a collection of its own and all at once: the kernel takes ≈ 30 ms
-// here to allocate them one after the other (the hash tables of 2^18 and
-// 2^19 entries take 3 to 7 ms each), and the two CPUs halve that. The
-// maps that are not pinned (the programs' global variables) are each
-// program's own, created with its collection.
+// loadMaps creates the collection's pinned maps that do not exist yet, all
+// at once: the kernel takes ≈ 28 ms here to allocate them one after the
+// other (the hash tables of 2^18 and 2^19 entries take 2 to 4 ms each),
+// and the two CPUs share that. Each is created alone, with the BTF of its
+// key and value only: a collection per map (as the programs are loaded)
+// would load the object's whole BTF into the kernel once per map, which
+// took a third of the time on top. The maps that are not pinned (the
+// programs' global variables) are each program's own, created with its
+// collection.
 //
 // The endpoint records (endpoint_meta) come last, once every other map is
 // pinned: DEL and GC open a node's state by them (OpenExisting, which
@@ -270,12 +273,11 @@ func (d *Datapath) loadMaps(spec *ebpf.CollectionSpec) error {
 		return fmt.Errorf("create %s: %w", d.state.mapsDir(), err)
 	}
 	create := func(name string, m *ebpf.MapSpec) error {
-		only := &ebpf.CollectionSpec{Maps: map[string]*ebpf.MapSpec{name: m.Copy()}, Types: spec.Types, ByteOrder: spec.ByteOrder}
-		coll, err := d.newCollection(only, nil)
-		if err == nil {
-			coll.Close() // the pin stays
+		created, err := ebpf.NewMapWithOptions(m.Copy(), ebpf.MapOptions{PinPath: d.state.mapsDir()})
+		if err != nil {
+			return d.loadError("create map "+name, err)
 		}
-		return err
+		return created.Close() // the pin stays
 	}
 	var (
 		wg   sync.WaitGroup
@@ -302,23 +304,32 @@ func (d *Datapath) loadMaps(spec *ebpf.CollectionSpec) error {
 
 // newCollection loads spec with its maps pinned in the node's maps
 // directory, resolving kfuncs with kernelTypes (the process's, see
-// kernelTypes; nil for loads without programs).
+// kernelTypes).
 func (d *Datapath) newCollection(spec *ebpf.CollectionSpec, kernelTypes *btf.Cache) (*ebpf.Collection, error) {
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Maps:  ebpf.MapOptions{PinPath: d.state.mapsDir()},
 		Cache: kernelTypes,
 	})
+	if err != nil {
+		return nil, d.loadError("load programs", err)
+	}
+	return coll, nil
+}
+
+// loadError says what went wrong doing what: a pinned map of another
+// layout, with what to do about it, or the verifier's whole log.
+func (d *Datapath) loadError(what string, err error) error {
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		return nil, fmt.Errorf("maps pinned in %s differ from this build's (bump LAYOUT_VERSION in bpf/endpoint.h): %w", d.state.mapsDir(), err)
+		return fmt.Errorf("maps pinned in %s differ from this build's (bump LAYOUT_VERSION in bpf/endpoint.h): %w", d.state.mapsDir(), err)
+	}
+	if errors.Is(err, os.ErrNotExist) {
+		return err
 	}
 	var verr *ebpf.VerifierError
 	if errors.As(err, &verr) {
-		return nil, fmt.Errorf("load programs: %+v", verr)
+		return fmt.Errorf("%s: %+v", what, verr)
 	}
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("load programs: %w", err)
-	}
-	return coll, err
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 // loadPinnedPrograms opens the group's pins in dir; on error it leaves

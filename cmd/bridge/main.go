@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/debug"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -33,6 +34,7 @@ func main() {
 	if os.Getenv("CNI_COMMAND") == "" && len(os.Args) > 1 {
 		os.Exit(runCLI(os.Args[1:]))
 	}
+	collectGarbageLate()
 	err := skel.PluginMainFuncsWithError(skel.CNIFuncs{
 		Add:    traced("ADD", cmdAdd),
 		Del:    traced("DEL", cmdDel),
@@ -47,6 +49,25 @@ func main() {
 		}
 		os.Exit(1)
 	}
+}
+
+// verbMemoryLimit is the heap at which a CNI verb's process collects
+// garbage after all (collectGarbageLate): far above what a verb needs.
+const verbMemoryLimit = 256 << 20
+
+// collectGarbageLate turns the garbage collector off until the heap reaches
+// verbMemoryLimit, unless GOGC or GOMEMLIMIT say otherwise. A verb lives for
+// milliseconds and allocates little: a fresh node's first ADD, the most,
+// parses the programs and peaks at 28 MB resident without a collection
+// against 23 MB with them. Those collections took ≈ 10% of its time on
+// two CPUs, work beside the parse, the maps and the verifier that wait
+// for the CPU.
+func collectGarbageLate() {
+	if os.Getenv("GOGC") != "" || os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	debug.SetGCPercent(-1)
+	debug.SetMemoryLimit(verbMemoryLimit)
 }
 
 // withConf adapts a verb to skel: every verb starts from the network config
